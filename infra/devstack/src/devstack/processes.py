@@ -1,0 +1,142 @@
+"""Start, watch and stop local processes: the building blocks of the dev stack and of the tests' fixtures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tcp_ready(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:
+    """A health check that passes once something accepts TCP connections on the port."""
+
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    """A health check that passes once `url` answers 200."""
+
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+@dataclass
+class ManagedProcess:
+    """One child process with its log file and a readiness check."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    ready: Callable[[], bool] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO_ROOT
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process (its output goes to its log file)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        environment = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            self.argv, cwd=self.cwd, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the readiness check passes; raise with the log tail if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.ready is None or self.ready():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The process id (the process must have been started)."""
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the process."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case, no chance to clean up."""
+        self.signal(signal.SIGKILL)
+        self.wait(5)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for exit; the exit code, or None if it is still running."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit code."""
+        if self.process is None:
+            return None
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            code = self.wait(timeout)
+            if code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                return self.wait(5)
+            return code
+        return self.process.returncode
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop (gracefully) and start again, waiting until ready."""
+        self.stop()
+        self.start()
+        self.wait_ready(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the log, for error messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

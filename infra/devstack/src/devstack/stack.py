@@ -1,0 +1,198 @@
+"""The whole mesh as local processes: the machine's mosquitto and redis-server with the project's config, and
+every service started the way its container starts it (`python -m <package>`), on ports of our choosing."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
+
+BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
+
+AGENTS: dict[str, str] = {"echo": "agent_echo", "research": "agent_research"}
+"""Agent id -> the package that runs it. Every folder under services/agents/ is one of these."""
+
+
+def find_binary(name: str) -> str:
+    """The path of a system binary, looking in sbin too (Debian installs mosquitto there)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if not found:
+        raise FileNotFoundError(f"{name} not found: install it (make test installs it through apt-get)")
+    return found
+
+
+@dataclass
+class Ports:
+    """Every port the stack listens on (all on 127.0.0.1)."""
+
+    mqtt: int
+    redis: int
+    registry: int
+    taskstore: int
+    coordinator: int
+
+    @classmethod
+    def fixed(cls) -> Ports:
+        """The documented ports of `make dev`."""
+        return cls(mqtt=1883, redis=6379, registry=8001, taskstore=8002, coordinator=8000)
+
+    @classmethod
+    def random(cls) -> Ports:
+        """Free ports, so tests never collide with a running `make dev` or with each other."""
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass
+class Stack:
+    """A mesh of local processes under one run directory."""
+
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports.fixed)
+    org: str = "acme"
+    unit: str = "default"
+    agents: dict[str, str] = field(default_factory=lambda: dict(AGENTS))
+    database_url: str | None = None
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    # -- addresses -------------------------------------------------------------------------------------------
+    @property
+    def coordinator_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.coordinator}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.registry}"
+
+    @property
+    def taskstore_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.taskstore}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports.redis}/0"
+
+    def base_env(self) -> dict[str, str]:
+        """Settings every mesh process reads (see a2amesh.settings)."""
+        return {
+            "MESH_ORG": self.org,
+            "MESH_UNIT": self.unit,
+            "MESH_MQTT__HOST": "127.0.0.1",
+            "MESH_MQTT__PORT": str(self.ports.mqtt),
+            "MESH_LOG_LEVEL": self.log_level,
+            **self.extra_env,
+        }
+
+    # -- process definitions ---------------------------------------------------------------------------------
+    def broker(self) -> ManagedProcess:
+        """Mosquitto with the project's policy; only the listener and the data directory are local."""
+        data_dir = self.run_dir / "broker"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.run_dir / "mosquitto.conf"
+        config.write_text(
+            "# written by devstack: local listener and data directory, then the project's broker policy\n"
+            f"user {getpass.getuser()}\n"
+            f"listener {self.ports.mqtt} 127.0.0.1\n"
+            f"persistence_location {data_dir}/\n"
+            "log_dest stdout\n"
+            f"include_dir {BROKER_POLICY_DIR}\n"
+        )
+        return ManagedProcess("broker", [find_binary("mosquitto"), "-c", str(config)],
+                              self.run_dir / "logs" / "broker.log", tcp_ready(self.ports.mqtt))
+
+    def redis(self) -> ManagedProcess:
+        """redis-server on loopback; the registry's index is rebuilt from retained cards, so no persistence."""
+        data_dir = self.run_dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [find_binary("redis-server"), "--port", str(self.ports.redis), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(data_dir)]
+        return ManagedProcess("redis", argv, self.run_dir / "logs" / "redis.log", tcp_ready(self.ports.redis))
+
+    def service(self, name: str, package: str, env: dict[str, str], ready: Callable[[], bool]) -> ManagedProcess:
+        """A mesh service run as its container runs it: `python -m <package>`."""
+        return ManagedProcess(name, [sys.executable, "-m", package], self.run_dir / "logs" / f"{name}.log",
+                              ready, env={**self.base_env(), **env})
+
+    def registry(self) -> ManagedProcess:
+        env = {"MESH_REDIS_URL": self.redis_url, "MESH_HTTP_PORT": str(self.ports.registry)}
+        return self.service("registry", "mesh_registry", env, http_ready(f"{self.registry_url}/healthz"))
+
+    def taskstore(self) -> ManagedProcess:
+        database_url = self.database_url or f"sqlite:///{self.run_dir / 'taskstore.db'}"
+        env = {"MESH_DATABASE_URL": database_url, "MESH_HTTP_PORT": str(self.ports.taskstore)}
+        return self.service("taskstore", "mesh_taskstore", env, http_ready(f"{self.taskstore_url}/healthz"))
+
+    def coordinator(self) -> ManagedProcess:
+        env = {
+            "MESH_HTTP_PORT": str(self.ports.coordinator),
+            "MESH_PUBLIC_URL": self.coordinator_url,
+            "MESH_REGISTRY_URL": self.registry_url,
+            "MESH_TASKSTORE_URL": self.taskstore_url,
+        }
+        return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
+
+    def agent(self, agent_id: str, package: str, **env: str) -> ManagedProcess:
+        """An agent process; ready once the registry lists it online."""
+        return self.service(agent_id, package, {"MESH_AGENT_ID": agent_id, **env}, self.agent_online(agent_id))
+
+    def agent_online(self, agent_id: str) -> Callable[[], bool]:
+        """A check that passes while the registry lists the agent online."""
+        url = f"{self.registry_url}/agents/{self.org}/{self.unit}/{agent_id}"
+
+        def check() -> bool:
+            try:
+                response = httpx.get(url, timeout=1.0)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200 and response.json().get("status") == "online"
+
+        return check
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> None:
+        """Start everything in dependency order, each one ready before the next starts."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        order = [self.broker(), self.redis(), self.registry(), self.taskstore()]
+        order += [self.agent(agent_id, package) for agent_id, package in self.agents.items()]
+        order.append(self.coordinator())
+        try:
+            for process in order:
+                self.launch(process, timeout)
+        except Exception:
+            self.stop()
+            raise
+
+    def launch(self, process: ManagedProcess, timeout: float = 30.0) -> ManagedProcess:
+        """Start one more process as part of this stack and wait until it is ready."""
+        self.processes[process.name] = process
+        process.start()
+        process.wait_ready(timeout)
+        return process
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM everything in reverse order; the exit code of each."""
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.processes)):
+            codes[name] = self.processes[name].stop()
+        return codes
+
+    def __getitem__(self, name: str) -> ManagedProcess:
+        return self.processes[name]
+
+    def wait_for(self, check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+        """Poll `check` until it passes (bounded in time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{what} not met within {timeout}s")

@@ -1,0 +1,191 @@
+"""MQTT 5 plumbing on aiomqtt: connecting with the mesh's settings, reading and writing publish properties,
+and a consumer loop that reconnects. Protocol meaning lives in `binding/`; this module only moves bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from a2amesh.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+STATUS_PROPERTY = "a2a-status"
+STATUS_SOURCE_PROPERTY = "a2a-status-source"
+RESPONDER_PROPERTY = "a2a-responder-agent-id"
+AUTHORIZATION_PROPERTY = "a2a-authorization"
+EVENT_ID_PROPERTY = "a2a-event-id"
+
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between reconnect attempts; the last value repeats."""
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The client TLS context for these settings, or None for a plaintext connection."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    if settings.cert_file:
+        context.load_cert_chain(str(settings.cert_file), str(settings.key_file) if settings.key_file else None)
+    return context
+
+
+def make_client(
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    will: aiomqtt.Will | None = None,
+    persistent: bool = False,
+    max_queued_incoming: int = 0,
+) -> aiomqtt.Client:
+    """An MQTT 5 client for `client_id`. A persistent client resumes its session (clean start off, session expiry
+    set), so QoS 1 messages published while it was away reach it when it returns."""
+    connect_properties = Properties(PacketTypes.CONNECT)
+    connect_properties.SessionExpiryInterval = settings.session_expiry if persistent else 0
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        identifier=client_id,
+        username=settings.username,
+        password=settings.password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=will,
+        clean_start=not persistent,
+        properties=connect_properties,
+        keepalive=settings.keepalive,
+        tls_context=tls_context(settings),
+        max_queued_incoming_messages=max_queued_incoming,
+        timeout=10,
+    )
+
+
+def publish_properties(
+    *,
+    response_topic: str | None = None,
+    correlation_data: bytes | None = None,
+    user: Iterable[tuple[str, str]] = (),
+    content_type: str | None = JSON,
+    message_expiry: int | None = None,
+    packet: int = PacketTypes.PUBLISH,
+) -> Properties:
+    """MQTT 5 PUBLISH (or WILL) properties."""
+    properties = Properties(packet)
+    if response_topic:
+        properties.ResponseTopic = response_topic
+    if correlation_data is not None:
+        properties.CorrelationData = correlation_data
+    pairs = list(user)
+    if pairs:
+        properties.UserProperty = pairs
+    if content_type:
+        properties.ContentType = content_type
+    if message_expiry:
+        properties.MessageExpiryInterval = message_expiry
+    return properties
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The parts of an incoming MQTT message the binding cares about."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, message: aiomqtt.Message) -> Envelope:
+        """Read an aiomqtt message."""
+        properties = message.properties
+        response_topic = getattr(properties, "ResponseTopic", None) if properties else None
+        correlation = getattr(properties, "CorrelationData", None) if properties else None
+        pairs: Sequence[tuple[str, str]] = getattr(properties, "UserProperty", None) or [] if properties else []
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif payload is None or isinstance(payload, int | float):
+            payload = b"" if payload is None else str(payload).encode()
+        return cls(
+            topic=message.topic.value,
+            payload=bytes(payload),
+            retain=bool(message.retain),
+            response_topic=response_topic or None,
+            correlation_data=bytes(correlation) if correlation is not None else None,
+            user_properties=dict(pairs),
+        )
+
+
+Handler = Callable[[Envelope], Awaitable[None]]
+OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
+
+
+async def consume(
+    settings: MqttSettings,
+    client_id: str,
+    subscriptions: Sequence[str],
+    handle: Handler,
+    stop: asyncio.Event,
+    *,
+    persistent: bool = False,
+    on_connect: OnConnect | None = None,
+    connected: asyncio.Event | None = None,
+) -> None:
+    """Subscribe (QoS 1) and hand every message to `handle`, in order, reconnecting until `stop` is set.
+
+    `handle` runs inline, so a slow handler applies back-pressure instead of growing a queue; a handler that
+    raises is logged and the message is skipped (it must not take the consumer down)."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            async with make_client(settings, client_id, persistent=persistent) as client:
+                attempt = 0
+                for topic_filter in subscriptions:
+                    await client.subscribe(topic_filter, qos=1)
+                if on_connect is not None:
+                    await on_connect(client)
+                if connected is not None:
+                    connected.set()
+                log.info("consuming %s as %s", ", ".join(subscriptions), client_id)
+                await _pump(client, handle, stop)
+        except aiomqtt.MqttError as error:
+            if connected is not None:
+                connected.clear()
+            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+            attempt += 1
+            log.warning("mqtt connection lost (%s); reconnecting in %.1fs", error, delay)
+            await _sleep_unless(stop, delay)
+
+
+async def _pump(client: aiomqtt.Client, handle: Handler, stop: asyncio.Event) -> None:
+    stop_waiter = asyncio.create_task(stop.wait())
+    messages = aiter(client.messages)
+    try:
+        while not stop.is_set():
+            next_message = asyncio.create_task(anext(messages))
+            done, _ = await asyncio.wait({next_message, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if next_message not in done:
+                next_message.cancel()
+                break
+            envelope = Envelope.of(next_message.result())
+            try:
+                await handle(envelope)
+            except Exception:
+                log.exception("handler failed on %s; message skipped", envelope.topic)
+    finally:
+        stop_waiter.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

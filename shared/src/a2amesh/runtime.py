@@ -1,0 +1,85 @@
+"""Process lifecycle shared by every service: logging, SIGTERM/SIGINT handling, and serving HTTP beside MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the task id when the record carries one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("task_id", "agent", "context_id"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    """Configure the root logger once per process."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the service, so one SIGTERM stops HTTP and MQTT together
+    and the process exits 0 instead of re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def http_server(app: Any, host: str, port: int, log_level: str = "warning") -> QuietServer:
+    """A uvicorn server for `app` that the service's own stop event shuts down."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level.lower(), lifespan="on", timeout_graceful_shutdown=5
+    )
+    return QuietServer(config)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)` until it returns; SIGTERM or SIGINT sets `stop`, and the process exits 0."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None]) -> None:
+    """Serve HTTP and run background workers until `stop` is set, then shut the server down gracefully."""
+    server_task = asyncio.create_task(server.serve())
+    worker_tasks = [asyncio.ensure_future(worker) for worker in workers]
+    await stop.wait()
+    server.should_exit = True
+    await server_task
+    for task in worker_tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, timeout=5)

@@ -1,0 +1,81 @@
+"""Settings from the environment: the one place every service reads its configuration.
+
+Every variable is prefixed `MESH_`; nested groups use `__`, e.g. `MESH_MQTT__HOST`. Each service builds the
+settings class it needs; all share `MqttSettings` and the mesh identity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from a2amesh.topics import AgentAddress, check_id
+
+
+class MqttSettings(BaseModel):
+    """How to reach the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = 30
+    session_expiry: int = Field(default=3600, description="seconds the broker keeps a persistent session")
+
+
+class ServiceSettings(BaseSettings):
+    """What every mesh process shares: its identity on the broker, the broker, logging."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", env_nested_delimiter="__", extra="ignore")
+
+    org: str = "acme"
+    unit: str = "default"
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    log_level: str = "INFO"
+    log_json: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    def address(self, name: str) -> AgentAddress:
+        """The mesh address of a component called `name` in this org/unit."""
+        return AgentAddress(check_id(self.org, "org id"), check_id(self.unit, "unit id"), name)
+
+
+class AgentSettings(ServiceSettings):
+    """An agent process: its id, optional pool, and how much work it takes at once."""
+
+    agent_id: str = "agent"
+    pool: str | None = None
+    max_concurrent: int = 8
+    max_queued: int = 64
+
+
+class RegistrySettings(ServiceSettings):
+    """The registry: its Redis and HTTP port."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    http_port: int = 8001
+
+
+class TaskStoreSettings(ServiceSettings):
+    """The task store: its database and HTTP port."""
+
+    database_url: str = "sqlite:///./run/taskstore.db"
+    http_port: int = 8002
+
+
+class CoordinatorSettings(ServiceSettings):
+    """The coordinator: where the registry and task store answer, and the URL clients reach it at."""
+
+    http_port: int = 8000
+    public_url: str | None = None
+    registry_url: str = "http://127.0.0.1:8001"
+    taskstore_url: str = "http://127.0.0.1:8002"
+    default_skill: str = "echo"
+    task_timeout: float = 300.0
