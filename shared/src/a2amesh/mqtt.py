@@ -130,6 +130,121 @@ Handler = Callable[[Envelope], Awaitable[None]]
 OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
 
 
+class NotConnectedError(ConnectionError):
+    """The link had no broker connection within the time a publish was allowed to wait."""
+
+
+class MqttLink:
+    """One long-lived MQTT 5 connection that reconnects, re-subscribes, hands each message to a handler in
+    order, and lets any number of tasks publish through it.
+
+    The handler runs inline so a slow consumer applies back-pressure instead of growing a queue; it must stay
+    short (spawn tasks for long work). A handler that raises is logged and the message skipped."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        subscriptions: Sequence[str] = (),
+        handler: Handler | None = None,
+        *,
+        will: aiomqtt.Will | None = None,
+        persistent: bool = False,
+        on_connect: OnConnect | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.handler = handler
+        self.will = will
+        self.persistent = persistent
+        self.on_connect = on_connect
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._client: aiomqtt.Client | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                async with make_client(
+                    self.settings, self.client_id, will=self.will, persistent=self.persistent
+                ) as client:
+                    attempt = 0
+                    for topic_filter in self.subscriptions:
+                        await client.subscribe(topic_filter, qos=1)
+                    self._client = client
+                    if self.on_connect is not None:
+                        await self.on_connect(client)
+                    self.connected.set()
+                    log.info("connected as %s; subscribed to %s", self.client_id, ", ".join(self.subscriptions) or "-")
+                    await self._pump(client, stop)
+            except aiomqtt.MqttError as error:
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                attempt += 1
+                self.reconnects += 1
+                log.warning("mqtt connection of %s lost (%s); reconnecting in %.1fs", self.client_id, error, delay)
+                await _sleep_unless(stop, delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    @property
+    def client(self) -> aiomqtt.Client | None:
+        """The live client, while connected (for a last publish during shutdown)."""
+        return self._client
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+        wait: float = 10.0,
+    ) -> None:
+        """Publish, waiting up to `wait` seconds for a connection and retrying once if it drops mid-publish."""
+        deadline = asyncio.get_running_loop().time() + wait
+        for _ in range(2):
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
+            except TimeoutError:
+                raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
+            client = self._client
+            if client is None:
+                continue
+            try:
+                await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+                return
+            except aiomqtt.MqttError as error:
+                log.warning("publish to %s failed (%s); retrying after reconnect", topic, error)
+                self.connected.clear()
+        raise NotConnectedError(f"{self.client_id}: publish to {topic} failed twice")
+
+    async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        stop_waiter = asyncio.create_task(stop.wait())
+        messages = aiter(client.messages)
+        try:
+            while not stop.is_set():
+                next_message = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({next_message, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if next_message not in done:
+                    next_message.cancel()
+                    break
+                envelope = Envelope.of(next_message.result())
+                if self.handler is None:
+                    continue
+                try:
+                    await self.handler(envelope)
+                except Exception:
+                    log.exception("handler failed on %s; message skipped", envelope.topic)
+        finally:
+            stop_waiter.cancel()
+
+
 async def consume(
     settings: MqttSettings,
     client_id: str,
@@ -142,48 +257,11 @@ async def consume(
     connected: asyncio.Event | None = None,
 ) -> None:
     """Subscribe (QoS 1) and hand every message to `handle`, in order, reconnecting until `stop` is set.
-
-    `handle` runs inline, so a slow handler applies back-pressure instead of growing a queue; a handler that
-    raises is logged and the message is skipped (it must not take the consumer down)."""
-    attempt = 0
-    while not stop.is_set():
-        try:
-            async with make_client(settings, client_id, persistent=persistent) as client:
-                attempt = 0
-                for topic_filter in subscriptions:
-                    await client.subscribe(topic_filter, qos=1)
-                if on_connect is not None:
-                    await on_connect(client)
-                if connected is not None:
-                    connected.set()
-                log.info("consuming %s as %s", ", ".join(subscriptions), client_id)
-                await _pump(client, handle, stop)
-        except aiomqtt.MqttError as error:
-            if connected is not None:
-                connected.clear()
-            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
-            attempt += 1
-            log.warning("mqtt connection lost (%s); reconnecting in %.1fs", error, delay)
-            await _sleep_unless(stop, delay)
-
-
-async def _pump(client: aiomqtt.Client, handle: Handler, stop: asyncio.Event) -> None:
-    stop_waiter = asyncio.create_task(stop.wait())
-    messages = aiter(client.messages)
-    try:
-        while not stop.is_set():
-            next_message = asyncio.create_task(anext(messages))
-            done, _ = await asyncio.wait({next_message, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if next_message not in done:
-                next_message.cancel()
-                break
-            envelope = Envelope.of(next_message.result())
-            try:
-                await handle(envelope)
-            except Exception:
-                log.exception("handler failed on %s; message skipped", envelope.topic)
-    finally:
-        stop_waiter.cancel()
+    `connected`, when given, is set while the consumer is connected."""
+    link = MqttLink(settings, client_id, subscriptions, handle, persistent=persistent, on_connect=on_connect)
+    if connected is not None:
+        link.connected = connected
+    await link.run(stop)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -1,0 +1,71 @@
+"""The agent runtime: subclass `MeshAgent`, declare skills, implement `handle`, and `serve()` does the rest
+(card, presence with the card as Will, requests, de-duplication, task events, graceful stop)."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from a2amesh.binding.responder import Responder
+from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
+from a2amesh.binding.wire import MQTT_BINDING
+from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.runtime import run, setup_logging
+from a2amesh.settings import AgentSettings
+
+__all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve"]
+
+
+class MeshAgent(ABC):
+    """A specialist on the mesh. Class attributes describe it; `handle` does one task's work."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    skills: ClassVar[list[AgentSkill]]
+    version: ClassVar[str] = "0.1.0"
+    input_modes: ClassVar[list[str]] = ["text/plain"]
+    output_modes: ClassVar[list[str]] = ["text/plain"]
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+
+    def card(self) -> AgentCard:
+        """The Agent Card published (retained) on the agent's discovery topic."""
+        address = self.settings.address(self.settings.agent_id)
+        mqtt = self.settings.mqtt
+        scheme = "mqtts" if mqtt.tls else "mqtt"
+        return AgentCard(
+            name=self.name,
+            description=self.description,
+            supported_interfaces=[
+                AgentInterface(
+                    url=f"{scheme}://{mqtt.host}:{mqtt.port}/{address.request_topic}",
+                    protocol_binding=MQTT_BINDING,
+                    protocol_version="1.0",
+                )
+            ],
+            provider=AgentProvider(organization=self.settings.org, url=f"urn:a2a-mesh:{self.settings.org}"),
+            version=self.version,
+            capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+            default_input_modes=list(self.input_modes),
+            default_output_modes=list(self.output_modes),
+            skills=list(self.skills),
+        )
+
+    @abstractmethod
+    async def handle(self, task: TaskContext) -> None:
+        """Do the task's work, reporting through `task`. Raise TaskRejectedError for bad input; returning
+        without ending the task completes it; any other exception fails it with the reason."""
+
+
+def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -> None:
+    """Run an agent process until SIGTERM/SIGINT (the body of every agent's `__main__`)."""
+    settings = settings or AgentSettings()
+    setup_logging(settings.log_level, settings.log_json)
+    agent = agent_class(settings)
+
+    async def main(stop: asyncio.Event) -> None:
+        await Responder(agent.card(), agent.handle, settings).run(stop)
+
+    run(main)

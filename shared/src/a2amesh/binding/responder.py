@@ -1,0 +1,448 @@
+"""The responder side of the binding: serves one agent on its request topic (and pool), following the profile's
+Core rules — Response Topic and Correlation Data required, requester-generated Task.id de-duplicated, contextId
+checked, every stream item echoing the Correlation Data — and publishes each task event for the durable record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from pydantic import ValidationError
+
+from a2amesh.binding.tasks import (
+    Subscriber,
+    TaskContext,
+    TaskFailedError,
+    TaskRecord,
+    TaskRejectedError,
+    agent_message,
+)
+from a2amesh.binding.wire import encode, is_valid_task_id
+from a2amesh.models import (
+    AgentCard,
+    BindingError,
+    CancelTaskRequest,
+    ErrorCode,
+    GetTaskRequest,
+    JsonRpcRequest,
+    JsonRpcResponse,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+    a2a_error_info,
+    binding_error_response,
+    error_response,
+    result_response,
+    utc_now,
+)
+from a2amesh.mqtt import (
+    EVENT_ID_PROPERTY,
+    RESPONDER_PROPERTY,
+    STATUS_PROPERTY,
+    STATUS_SOURCE_PROPERTY,
+    Envelope,
+    MqttLink,
+    NotConnectedError,
+    publish_properties,
+)
+from a2amesh.settings import AgentSettings
+from a2amesh.topics import AgentAddress, PoolAddress
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[TaskContext], Awaitable[None]]
+
+FINISHED_TASKS_KEPT = 10_000
+"""Finished tasks remembered for de-duplication and GetTask (oldest forgotten first)."""
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
+
+
+class Responder:
+    """Serves one agent: its card and presence, its requests, its task events."""
+
+    def __init__(self, card: AgentCard, handler: Handler, settings: AgentSettings) -> None:
+        self.card = card
+        self.handler = handler
+        self.settings = settings
+        self.address: AgentAddress = settings.address(settings.agent_id)
+        self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
+        self.tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self.slots = asyncio.Semaphore(settings.max_concurrent)
+        self.accepting = True
+        subscriptions = [self.address.request_topic]
+        if self.pool:
+            subscriptions.append(self.pool.shared_subscription)
+        self.link = MqttLink(
+            settings.mqtt,
+            self.address.client_id,
+            subscriptions,
+            self._on_message,
+            will=self._will(),
+            persistent=True,
+            on_connect=self._announce,
+        )
+
+    # -- presence ----------------------------------------------------------------------------------------
+    def _card_payload(self) -> bytes:
+        return self.card.to_json().encode()
+
+    def _will(self) -> aiomqtt.Will:
+        properties = publish_properties(
+            user=[(STATUS_PROPERTY, "offline"), (STATUS_SOURCE_PROPERTY, "lwt")], packet=PacketTypes.WILLMESSAGE
+        )
+        return aiomqtt.Will(
+            self.address.discovery_topic, self._card_payload(), qos=1, retain=True, properties=properties
+        )
+
+    def _presence(self, status: str) -> Any:
+        return publish_properties(
+            user=[(STATUS_PROPERTY, status), (STATUS_SOURCE_PROPERTY, "agent"), ("a2a-load", f"{self.load:.3f}")]
+        )
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            self.address.discovery_topic, self._card_payload(), qos=1, retain=True, properties=self._presence("online")
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for record in self.tasks.values() if record.active)
+
+    @property
+    def load(self) -> float:
+        """In-flight tasks per concurrent slot: 0 idle, 1 saturated, above 1 queueing."""
+        return self.in_flight / max(self.settings.max_concurrent, 1)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop`; then drain, end what is left, and go offline gracefully."""
+        link_stop = asyncio.Event()
+        link_task = asyncio.create_task(self.link.run(link_stop))
+        await stop.wait()
+        self.accepting = False
+        await self._drain()
+        client = self.link.client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(
+                    self.address.discovery_topic,
+                    self._card_payload(),
+                    qos=1,
+                    retain=True,
+                    properties=self._presence("offline"),
+                )
+        link_stop.set()
+        await link_task
+
+    async def _drain(self) -> None:
+        runners = [record.runner for record in self.tasks.values() if record.active and record.runner]
+        if runners:
+            log.info("stopping: waiting up to %ss for %d task(s)", SHUTDOWN_GRACE, len(runners))
+            await asyncio.wait(runners, timeout=SHUTDOWN_GRACE)
+        for record in list(self.tasks.values()):
+            if record.active and record.runner:
+                record.state["shutdown"] = True
+                record.runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await record.runner
+
+    # -- requests ----------------------------------------------------------------------------------------
+    async def _on_message(self, envelope: Envelope) -> None:
+        if not envelope.response_topic or envelope.correlation_data is None:
+            log.warning("dropping request on %s without Response Topic or Correlation Data", envelope.topic)
+            return
+        reply = _ReplyTo(self, envelope.response_topic, envelope.correlation_data)
+        try:
+            decoded = json.loads(envelope.payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            await reply.send(error_response(None, ErrorCode.PARSE_ERROR, f"Invalid JSON payload: {error}"))
+            return
+        try:
+            request = JsonRpcRequest.model_validate(decoded)
+        except ValidationError as error:
+            request_id = decoded.get("id") if isinstance(decoded, dict) else None
+            await reply.send(
+                error_response(
+                    request_id if isinstance(request_id, str | int) else None,
+                    ErrorCode.INVALID_REQUEST,
+                    f"Invalid JSON-RPC request: {_brief(error)}",
+                )
+            )
+            return
+        method = _METHODS.get(request.method)
+        if method is None:
+            await reply.send(
+                error_response(request.id, ErrorCode.METHOD_NOT_FOUND, f"Method not found: {request.method}")
+            )
+            return
+        try:
+            await method(self, request, reply)
+        except ValidationError as error:
+            await reply.send(error_response(request.id, ErrorCode.INVALID_PARAMS, f"Invalid params: {_brief(error)}"))
+
+    async def _send_message(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
+        params = SendMessageRequest.model_validate(request.params)
+        message = params.message
+        streaming = request.method == "SendStreamingMessage"
+        if not is_valid_task_id(message.task_id):
+            await reply.send(
+                error_response(
+                    request.id, ErrorCode.INVALID_PARAMS, "message.taskId must be a requester-generated UUID"
+                )
+            )
+            return
+        if not message.parts:
+            await reply.send(error_response(request.id, ErrorCode.INVALID_PARAMS, "message.parts must not be empty"))
+            return
+        subscriber = Subscriber(reply.topic, reply.correlation, request.id, streaming)
+        record = self.tasks.get(message.task_id or "")
+        if record is not None:
+            if message.context_id and record.context_id and message.context_id != record.context_id:
+                await reply.send(
+                    error_response(
+                        request.id, ErrorCode.INVALID_PARAMS, "contextId does not match the one stored for this task id"
+                    )
+                )
+                return
+            if record.current_state.is_interrupted and not record.active:
+                await self._continue(record, params, subscriber)
+            else:
+                await self._attach(record, subscriber)  # a retry of a request already taken: same task, new inbox
+            return
+        if not self.accepting or self.in_flight >= self.settings.max_concurrent + self.settings.max_queued:
+            await reply.send(
+                binding_error_response(
+                    request.id,
+                    BindingError.RESPONDER_UNAVAILABLE,
+                    "agent is saturated or stopping; retry later or elsewhere",
+                )
+            )
+            return
+        context_id = message.context_id or str(uuid.uuid4())
+        message = message.model_copy(update={"context_id": context_id})
+        task = Task(
+            id=message.task_id or "",
+            context_id=context_id,
+            status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
+            history=[message],
+        )
+        record = TaskRecord(task=task, request=request, request_metadata=params.metadata or {})
+        self._remember(record)
+        record.subscribers.append(subscriber)
+        await self._emit(record, StreamResponse(task=task))
+        if params.configuration and params.configuration.return_immediately and not streaming:
+            await self._finish_subscriber(record, subscriber)
+        record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
+
+    async def _continue(self, record: TaskRecord, params: SendMessageRequest, subscriber: Subscriber) -> None:
+        """A follow-up to an INPUT_REQUIRED/AUTH_REQUIRED task: same task, the user's answer, a new turn."""
+        message = params.message.model_copy(update={"context_id": record.context_id})
+        record.task.history = [*(record.task.history or []), message]
+        record.subscribers.append(subscriber)
+        await self._emit(record, StreamResponse(task=record.task.model_copy(deep=True)))
+        record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
+
+    async def _attach(self, record: TaskRecord, subscriber: Subscriber) -> None:
+        snapshot = StreamResponse(task=record.task.model_copy(deep=True))
+        if subscriber.streaming:
+            await self._deliver(subscriber, snapshot)
+        if record.current_state.ends_stream and not record.active:
+            await self._finish_subscriber(record, subscriber, remove=False)
+            return
+        record.subscribers.append(subscriber)
+
+    async def _get_task(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
+        params = GetTaskRequest.model_validate(request.params)
+        record = self.tasks.get(params.id)
+        if record is None:
+            await reply.send(_task_not_found(request.id, params.id))
+            return
+        await reply.send(result_response(request.id, _trim(record.task, params.history_length).to_wire()))
+
+    async def _cancel_task(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
+        params = CancelTaskRequest.model_validate(request.params)
+        record = self.tasks.get(params.id)
+        if record is None:
+            await reply.send(_task_not_found(request.id, params.id))
+            return
+        if record.current_state.is_terminal:
+            await reply.send(
+                error_response(
+                    request.id,
+                    ErrorCode.TASK_NOT_CANCELABLE,
+                    f"Task {params.id} is already {record.current_state.name}",
+                    a2a_error_info("TASK_NOT_CANCELABLE"),
+                )
+            )
+            return
+        if record.active and record.runner is not None:
+            record.runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(record.runner), timeout=10)
+        if not record.current_state.is_terminal:  # interrupted, or the handler swallowed the cancel
+            await self._end(record, TaskState.CANCELED, "canceled by request")
+        await reply.send(result_response(request.id, record.task.to_wire()))
+
+    async def _subscribe(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
+        params = SubscribeToTaskRequest.model_validate(request.params)
+        record = self.tasks.get(params.id)
+        if record is None:
+            await reply.send(_task_not_found(request.id, params.id))
+            return
+        if record.current_state.is_terminal:
+            await reply.send(
+                error_response(
+                    request.id,
+                    ErrorCode.UNSUPPORTED_OPERATION,
+                    f"Task {params.id} is already {record.current_state.name}",
+                    a2a_error_info("UNSUPPORTED_OPERATION"),
+                )
+            )
+            return
+        await self._attach(record, Subscriber(reply.topic, reply.correlation, request.id, True))
+
+    async def _unsupported(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
+        await reply.send(
+            error_response(
+                request.id,
+                ErrorCode.UNSUPPORTED_OPERATION,
+                f"{request.method} is not supported by mesh agents",
+                a2a_error_info("UNSUPPORTED_OPERATION"),
+            )
+        )
+
+    # -- running a task ----------------------------------------------------------------------------------
+    async def _run(self, record: TaskRecord) -> None:
+        context = TaskContext(record, self._emit)
+        try:
+            async with self.slots:
+                if record.current_state is not TaskState.WORKING:
+                    await context.working()
+                await self.handler(context)
+            if not record.current_state.ends_stream:
+                await context.complete()
+        except asyncio.CancelledError:
+            if record.state.pop("shutdown", False):
+                await self._end(record, TaskState.FAILED, "agent stopped before the task finished")
+            else:
+                await self._end(record, TaskState.CANCELED, "canceled by request")
+        except TaskRejectedError as error:
+            await self._end(record, TaskState.REJECTED, str(error) or "rejected")
+        except TaskFailedError as error:
+            await self._end(record, TaskState.FAILED, str(error) or "failed")
+        except NotConnectedError:
+            log.error("task %s: lost the broker while reporting; the requester will time out", record.id)
+        except Exception as error:
+            log.exception("task %s: handler raised", record.id, extra={"task_id": record.id})
+            await self._end(record, TaskState.FAILED, f"agent error: {type(error).__name__}: {error}")
+
+    async def _end(self, record: TaskRecord, state: TaskState, reason: str) -> None:
+        if record.current_state.is_terminal:
+            return
+        status = TaskStatus(
+            state=state, message=agent_message(reason, record.id, record.context_id), timestamp=utc_now()
+        )
+        event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=status)
+        with contextlib.suppress(NotConnectedError):
+            await self._emit(record, StreamResponse(status_update=event))
+
+    async def _emit(self, record: TaskRecord, item: StreamResponse) -> None:
+        """Apply an event, record it on the event topic, and deliver it to everyone listening."""
+        record.apply(item)
+        properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
+        await self.link.publish(self.address.event_topic, item.to_json(), qos=1, properties=properties)
+        ends = item.ends_stream
+        for subscriber in list(record.subscribers):
+            if subscriber.streaming:
+                await self._deliver(subscriber, item)
+                if ends:
+                    record.subscribers.remove(subscriber)
+            elif ends:
+                await self._finish_subscriber(record, subscriber)
+
+    async def _finish_subscriber(self, record: TaskRecord, subscriber: Subscriber, remove: bool = True) -> None:
+        """A one-shot requester gets the task as it stands (SendMessage's result)."""
+        if not subscriber.streaming:
+            result = result_response(subscriber.request_id, {"task": record.task.to_wire()})
+            await self._publish_reply(subscriber.reply_topic, subscriber.correlation, result)
+        if remove and subscriber in record.subscribers:
+            record.subscribers.remove(subscriber)
+
+    async def _deliver(self, subscriber: Subscriber, item: StreamResponse) -> None:
+        await self._publish_reply(
+            subscriber.reply_topic, subscriber.correlation, result_response(subscriber.request_id, item.to_wire())
+        )
+
+    async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
+        properties = publish_properties(correlation_data=correlation, user=[(RESPONDER_PROPERTY, self.address.agent)])
+        await self.link.publish(topic, encode(response), qos=1, properties=properties)
+
+    def _remember(self, record: TaskRecord) -> None:
+        self.tasks[record.id] = record
+        if len(self.tasks) > FINISHED_TASKS_KEPT:
+            for task_id, old in list(self.tasks.items()):
+                if len(self.tasks) <= FINISHED_TASKS_KEPT:
+                    break
+                if not old.active:
+                    del self.tasks[task_id]
+
+
+class _ReplyTo:
+    """Where to answer one request."""
+
+    def __init__(self, responder: Responder, topic: str, correlation: bytes) -> None:
+        self.responder = responder
+        self.topic = topic
+        self.correlation = correlation
+
+    async def send(self, response: JsonRpcResponse) -> None:
+        await self.responder._publish_reply(self.topic, self.correlation, response)
+
+
+def _task_not_found(request_id: Any, task_id: str) -> JsonRpcResponse:
+    return error_response(
+        request_id,
+        ErrorCode.TASK_NOT_FOUND,
+        f"Task {task_id} not found",
+        a2a_error_info("TASK_NOT_FOUND", {"taskId": task_id}),
+    )
+
+
+def _trim(task: Task, history_length: int | None) -> Task:
+    if history_length is None or task.history is None:
+        return task
+    kept = task.history[-history_length:] if history_length > 0 else []
+    return task.model_copy(update={"history": kept})
+
+
+def _brief(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:3])
+
+
+_METHODS: dict[str, Callable[[Responder, JsonRpcRequest, _ReplyTo], Awaitable[None]]] = {
+    "SendMessage": Responder._send_message,
+    "SendStreamingMessage": Responder._send_message,
+    "GetTask": Responder._get_task,
+    "CancelTask": Responder._cancel_task,
+    "SubscribeToTask": Responder._subscribe,
+    "ListTasks": Responder._unsupported,
+    "CreateTaskPushNotificationConfig": Responder._unsupported,
+    "GetTaskPushNotificationConfig": Responder._unsupported,
+    "ListTaskPushNotificationConfigs": Responder._unsupported,
+    "DeleteTaskPushNotificationConfig": Responder._unsupported,
+    "GetExtendedAgentCard": Responder._unsupported,
+}

@@ -1,0 +1,51 @@
+"""Small facts of the binding shared by requester and responder."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from typing import Any
+
+from a2amesh.models import AgentInterface, JsonRpcResponse
+
+MQTT_BINDING = "https://a2a-mqtt-mesh.dev/bindings/mqtt5-jsonrpc/v1"
+"""The `protocolBinding` URI our cards declare for the MQTT interface (A2A asks custom bindings for a URI)."""
+
+SDK_BINDING_LABEL = "MQTTv5+JSONRPCv2"
+"""What the a2a-over-mqtt SDK writes in `protocolBinding`; read as the same binding."""
+
+STREAMING_METHODS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
+
+
+def is_mqtt_interface(interface: AgentInterface) -> bool:
+    """Whether a card interface is reachable over this binding."""
+    return interface.protocol_binding in (MQTT_BINDING, SDK_BINDING_LABEL) or interface.url.startswith(
+        ("mqtt://", "mqtts://")
+    )
+
+
+def new_correlation() -> bytes:
+    """Correlation Data: unguessable, per publish, ASCII so that string-minded peers can echo it."""
+    return secrets.token_hex(16).encode("ascii")
+
+
+def new_task_id() -> str:
+    """A requester-generated Task.id (UUIDv4), as the profile asks."""
+    return str(uuid.uuid4())
+
+
+def is_valid_task_id(value: Any) -> bool:
+    """Task ids on the mesh are UUIDs (the profile: requester-generated UUIDv4)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def encode(response: JsonRpcResponse) -> bytes:
+    """A JSON-RPC response as compact UTF-8 JSON."""
+    return json.dumps(response.to_wire(), separators=(",", ":")).encode()
