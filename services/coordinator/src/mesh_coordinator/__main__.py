@@ -1,0 +1,40 @@
+"""`python -m mesh_coordinator`: serve the mesh's A2A HTTP face until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from a2amesh.binding import MeshRequester
+from a2amesh.runtime import http_server, run, serve_until, setup_logging
+from a2amesh.settings import CoordinatorSettings
+
+from mesh_coordinator.app import build_app
+from mesh_coordinator.directory import RegistryClient, TaskStoreClient
+from mesh_coordinator.handler import MeshRequestHandler
+
+
+def main() -> None:
+    settings = CoordinatorSettings()
+    setup_logging(settings.log_level, settings.log_json)
+
+    async def serve(stop: asyncio.Event) -> None:
+        requester = MeshRequester(settings.mqtt, settings.address("coordinator"))
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            registry = RegistryClient(settings.registry_url, client)
+            store = TaskStoreClient(settings.taskstore_url, client)
+            handler = MeshRequestHandler(settings, requester, registry, store)
+            public_url = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
+            app = build_app(handler, registry, public_url)
+            link_stop = asyncio.Event()
+            link = asyncio.create_task(requester.run(link_stop))
+            await serve_until(stop, http_server(app, settings.http_host, settings.http_port, settings.log_level))
+            await handler.hub.close()
+            link_stop.set()
+            await link
+
+    run(serve)
+
+
+if __name__ == "__main__":
+    main()

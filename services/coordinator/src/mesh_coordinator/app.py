@@ -1,0 +1,96 @@
+"""The coordinator's HTTP face: a2a-sdk's routes (agent card, JSON-RPC, HTTP+JSON with SSE) plus health."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
+from a2a.types import a2a_pb2 as pb
+from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.sdk import to_proto
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mesh_coordinator.directory import DependencyError, RegistryClient
+from mesh_coordinator.handler import MeshRequestHandler
+
+log = logging.getLogger(__name__)
+
+CARD_SKILLS_TTL = 5.0
+"""Seconds the skills listed on the coordinator's card (the mesh's live skills) are cached."""
+
+
+def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> AgentCard:
+    """The card of the whole mesh as one A2A agent: its skills are those of the agents online behind it."""
+    base = public_url.rstrip("/")
+    return AgentCard(
+        name="A2A Mesh Coordinator",
+        description="Front door of an A2A mesh over MQTT: delegates each task to a live specialist agent by skill "
+        "(name it in the request's metadata.skill; without one the default skill is used).",
+        supported_interfaces=[
+            AgentInterface(url=f"{base}/", protocol_binding="JSONRPC", protocol_version="1.0"),
+            AgentInterface(url=base, protocol_binding="HTTP+JSON", protocol_version="1.0"),
+        ],
+        provider=AgentProvider(organization=org, url=base),
+        version="0.1.0",
+        capabilities=AgentCapabilities(streaming=True, push_notifications=False, extended_agent_card=False),
+        default_input_modes=["text/plain", "application/json"],
+        default_output_modes=["text/plain", "application/json"],
+        skills=skills,
+    )
+
+
+class MeshSkills:
+    """The skills of the agents online right now, cached briefly, for the coordinator's card."""
+
+    def __init__(self, registry: RegistryClient) -> None:
+        self.registry = registry
+        self._skills: list[AgentSkill] = []
+        self._fetched = 0.0
+
+    async def current(self) -> list[AgentSkill]:
+        if time.monotonic() - self._fetched > CARD_SKILLS_TTL:
+            try:
+                records = await self.registry.agents(status="online")
+            except DependencyError as error:
+                log.warning("card skills not refreshed: %s", error)
+                return self._skills
+            by_id: dict[str, AgentSkill] = {}
+            for record in records:
+                for skill in AgentCard.from_wire(record["card"]).skills:
+                    by_id.setdefault(skill.id, skill)
+            self._skills = sorted(by_id.values(), key=lambda skill: skill.id)
+            self._fetched = time.monotonic()
+        return self._skills
+
+
+def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> Starlette:
+    """The Starlette app serving A2A v1.0 for the whole mesh."""
+    settings = handler.settings
+    base_card = coordinator_card(public_url, settings.org, [])
+    skills = MeshSkills(registry)
+
+    async def card_with_live_skills(card: pb.AgentCard) -> pb.AgentCard:
+        return to_proto(coordinator_card(public_url, settings.org, await skills.current()), pb.AgentCard)
+
+    async def healthz(request: Request) -> JSONResponse:
+        connected = handler.requester.link.connected.is_set()
+        body = {
+            "status": "ok" if connected else "unavailable",
+            "broker": connected,
+            "tasksInFlight": handler.hub.in_flight,
+        }
+        return JSONResponse(body, status_code=200 if connected else 503)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        *create_agent_card_routes(
+            to_proto(base_card, pb.AgentCard), card_modifier=card_with_live_skills, cache_control="public, max-age=5"
+        ),
+        *create_jsonrpc_routes(handler, rpc_url="/", shutdown_grace_period=2),
+        *create_rest_routes(handler, shutdown_grace_period=2),
+    ]
+    return Starlette(routes=routes)

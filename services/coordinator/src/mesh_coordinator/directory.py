@@ -1,0 +1,91 @@
+"""Clients of the registry (who can do what) and the task store (what happened), over their HTTP APIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from a2amesh.models import ListTasksResponse, Task
+from a2amesh.topics import AgentAddress
+
+
+class DependencyError(RuntimeError):
+    """The registry or the task store could not be reached or answered nonsense."""
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    """A live agent picked for a task."""
+
+    address: AgentAddress
+    skills: tuple[str, ...]
+    load: float | None
+
+
+class RegistryClient:
+    """Asks the registry which live agents offer a skill (least loaded first)."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+
+    async def agents(self, **filters: str) -> list[dict[str, Any]]:
+        """Agent records matching the filters (skill=, tag=, status=)."""
+        try:
+            response = await self.client.get(f"{self.base_url}/agents", params=filters)
+            response.raise_for_status()
+            return list(response.json()["agents"])
+        except (httpx.HTTPError, KeyError, ValueError) as error:
+            raise DependencyError(f"registry unavailable: {error}") from error
+
+    async def choose(self, skill: str) -> AgentChoice | None:
+        """The least-loaded online agent offering `skill`, or None."""
+        for record in await self.agents(skill=skill, status="online"):
+            return AgentChoice(
+                AgentAddress.parse(record["address"]), tuple(record.get("skills", [])), record.get("load")
+            )
+        return None
+
+    async def knows_skill(self, skill: str) -> bool:
+        """Whether any agent, online or not, has ever offered `skill`."""
+        return bool(await self.agents(skill=skill))
+
+
+class TaskStoreClient:
+    """Reads the durable record of tasks."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any | None:
+        try:
+            response = await self.client.get(f"{self.base_url}{path}", params=params)
+        except httpx.HTTPError as error:
+            raise DependencyError(f"task store unavailable: {error}") from error
+        if response.status_code == 404:
+            return None
+        if response.status_code == 400:
+            raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code != 200:
+            raise DependencyError(f"task store answered {response.status_code}")
+        return response.json()
+
+    async def get_task(self, task_id: str, history_length: int | None = None) -> Task | None:
+        """The recorded task, or None if the store has never seen it."""
+        params = {"historyLength": history_length} if history_length is not None else None
+        body = await self._get(f"/tasks/{task_id}", params)
+        return Task.from_wire(body) if body is not None else None
+
+    async def agent_of(self, task_id: str) -> AgentAddress | None:
+        """The agent that ran a recorded task."""
+        body = await self._get(f"/tasks/{task_id}/events")
+        if body is None or not body.get("agent"):
+            return None
+        return AgentAddress.parse(body["agent"])
+
+    async def list_tasks(self, query: dict[str, Any]) -> ListTasksResponse:
+        """One page of recorded tasks (query: the A2A ListTasks params, camelCase)."""
+        body = await self._get("/tasks", {k: v for k, v in query.items() if v is not None})
+        return ListTasksResponse.from_wire(body or {})

@@ -1,0 +1,284 @@
+"""The coordinator's A2A request handler: the a2a-sdk serves HTTP (JSON-RPC, HTTP+JSON, SSE) and calls these
+methods with protobuf requests; each is answered by delegating to an agent over MQTT or by reading the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers.request_handler import RequestHandler
+from a2a.types import a2a_pb2 as pb
+from a2a.utils import errors as sdk_errors
+from a2amesh.binding import MeshRequester, RemoteError, RetryProfile
+from a2amesh.binding.wire import new_task_id
+from a2amesh.models import (
+    ErrorCode,
+    ListTasksRequest,
+    SendMessageRequest,
+    StreamResponse,
+    Task,
+    TaskState,
+    TaskStatus,
+    utc_now,
+)
+from a2amesh.mqtt import EVENT_ID_PROPERTY, publish_properties
+from a2amesh.sdk import SdkEvent, from_proto, to_proto, to_sdk_event
+from a2amesh.settings import CoordinatorSettings
+from a2amesh.topics import AgentAddress, TopicError
+from google.protobuf.json_format import MessageToDict
+
+from mesh_coordinator.directory import DependencyError, RegistryClient, TaskStoreClient
+from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
+
+log = logging.getLogger(__name__)
+
+_REMOTE_ERRORS: dict[int, type[sdk_errors.A2AError]] = {
+    ErrorCode.TASK_NOT_FOUND: sdk_errors.TaskNotFoundError,
+    ErrorCode.TASK_NOT_CANCELABLE: sdk_errors.TaskNotCancelableError,
+    ErrorCode.INVALID_PARAMS: sdk_errors.InvalidParamsError,
+    ErrorCode.INVALID_REQUEST: sdk_errors.InvalidRequestError,
+    ErrorCode.METHOD_NOT_FOUND: sdk_errors.UnsupportedOperationError,
+    ErrorCode.CONTENT_TYPE_NOT_SUPPORTED: sdk_errors.ContentTypeNotSupportedError,
+}
+
+
+def sdk_error(error: RemoteError) -> sdk_errors.A2AError:
+    """An agent's JSON-RPC error as the a2a-sdk error the HTTP face answers with."""
+    if error.binding_error is not None:
+        return sdk_errors.InternalError(message=f"agent unavailable: {error.error.message}")
+    if error.code == ErrorCode.UNSUPPORTED_OPERATION:
+        return sdk_errors.UnsupportedOperationError(message=error.error.message)
+    return _REMOTE_ERRORS.get(error.code, sdk_errors.InvalidAgentResponseError)(message=error.error.message)
+
+
+class MeshRequestHandler(RequestHandler):
+    """Routes each A2A operation to the right agent over MQTT, or to the task store."""
+
+    def __init__(
+        self, settings: CoordinatorSettings, requester: MeshRequester, registry: RegistryClient, store: TaskStoreClient
+    ) -> None:
+        self.settings = settings
+        self.requester = requester
+        self.registry = registry
+        self.store = store
+        self.hub = TaskHub()
+        self.identity = settings.address("coordinator")
+        self.profile = RetryProfile()
+
+    # -- sending ---------------------------------------------------------------------------------------------
+    async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
+        request = from_proto(params, SendMessageRequest)
+        live = await self._start(request)
+        try:
+            await asyncio.shield(live.first_item)
+        except RemoteError as error:
+            raise sdk_error(error) from None
+        configuration = request.configuration
+        if not (configuration and configuration.return_immediately):
+            try:
+                await asyncio.wait_for(asyncio.shield(live.ended.wait()), timeout=self.settings.task_timeout)
+            except TimeoutError:
+                log.warning(
+                    "task %s still running after %ss; returning its current state", live.id, self.settings.task_timeout
+                )
+        history_length = configuration.history_length if configuration else None
+        return to_proto(_trim(live.task, history_length), pb.Task)
+
+    async def on_message_send_stream(
+        self, params: pb.SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[SdkEvent]:
+        request = from_proto(params, SendMessageRequest)
+        live = await self._start(request)
+        async for item in self._relay(live, live.listen()):
+            yield item
+
+    async def _relay(self, live: LiveTask, queue: asyncio.Queue[object]) -> AsyncGenerator[SdkEvent]:
+        try:
+            async for item in live.events(queue):
+                yield to_sdk_event(item)
+        except RemoteError as error:
+            raise sdk_error(error) from None
+
+    async def _start(self, request: SendMessageRequest) -> LiveTask:
+        """Pick the agent, then publish the request; the relay runs on its own from here."""
+        message = request.message
+        if not message.parts:
+            raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
+        if message.task_id:
+            agent, previous = await self._agent_holding(message.task_id)
+            if previous is not None and previous.status.state.is_terminal:
+                raise sdk_errors.UnsupportedOperationError(
+                    message=f"Task {message.task_id} is already {previous.status.state.name}"
+                )
+            context_id = message.context_id or (previous.context_id if previous else None) or new_context_id()
+            task_id = message.task_id
+        else:
+            agent = await self._choose_agent(request)
+            task_id, context_id = new_task_id(), message.context_id or new_context_id()
+        message = message.model_copy(update={"task_id": task_id, "context_id": context_id})
+        metadata = dict(request.metadata or {})
+        params = request.model_copy(
+            update={"message": message, "metadata": metadata or None, "configuration": None}
+        ).to_wire()
+        task = Task(
+            id=task_id,
+            context_id=context_id,
+            history=[message],
+            status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
+        )
+        live = LiveTask(task, agent, self._record_event)
+        self.hub.add(live)
+        # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
+        live.start(self.requester.request(agent.request_topic, "SendStreamingMessage", params, profile=self.profile))
+        log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
+        return live
+
+    async def _choose_agent(self, request: SendMessageRequest) -> AgentAddress:
+        """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
+        else one with the default skill."""
+        metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
+        if isinstance(metadata.get("agent"), str):
+            return self._parse_agent(metadata["agent"])
+        skill = metadata.get("skill", self.settings.default_skill)
+        if not isinstance(skill, str) or not skill:
+            raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
+        try:
+            choice = await self.registry.choose(skill)
+            if choice is None:
+                known = await self.registry.knows_skill(skill)
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+        if choice is not None:
+            return choice.address
+        if known:
+            raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
+        raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")
+
+    def _parse_agent(self, text: str) -> AgentAddress:
+        try:
+            return AgentAddress.parse(text) if "/" in text else self.settings.address(text)
+        except TopicError as error:
+            raise sdk_errors.InvalidParamsError(message=str(error)) from None
+
+    async def _agent_holding(self, task_id: str) -> tuple[AgentAddress, Task | None]:
+        """The agent that holds an existing task (for follow-ups and cancels), with the task as last known."""
+        live = self.hub.get(task_id)
+        if live is not None:
+            return live.agent, live.task
+        try:
+            task = await self.store.get_task(task_id)
+            agent = await self.store.agent_of(task_id) if task is not None else None
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+        if task is None or agent is None:
+            raise sdk_errors.TaskNotFoundError(message=f"Task {task_id} not found")
+        return agent, task
+
+    async def _record_event(self, item: StreamResponse) -> None:
+        """Record an outcome the coordinator decided (an agent that never answered or went silent)."""
+        properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
+        await self.requester.link.publish(self.identity.event_topic, item.to_json(), qos=1, properties=properties)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        history_length = params.history_length if params.HasField("history_length") else None
+        if history_length is not None and history_length < 0:
+            raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
+        live = self.hub.get(params.id)
+        if live is not None:
+            return to_proto(_trim(live.task, history_length), pb.Task)
+        try:
+            task = await self.store.get_task(params.id, history_length)
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+        if task is None:
+            raise sdk_errors.TaskNotFoundError(message=f"Task {params.id} not found")
+        return to_proto(task, pb.Task)
+
+    async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
+        request = from_proto(params, ListTasksRequest)
+        query: dict[str, Any] = {k: v for k, v in request.to_wire().items() if k != "tenant"}
+        try:
+            page = await self.store.list_tasks(query)
+        except ValueError as error:
+            raise sdk_errors.InvalidParamsError(message=str(error)) from None
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+        return to_proto(page, pb.ListTasksResponse)
+
+    async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        agent, task = await self._agent_holding(params.id)
+        if task is not None and task.status.state.is_terminal:
+            raise sdk_errors.TaskNotCancelableError(message=f"Task {params.id} is already {task.status.state.name}")
+        request: dict[str, Any] = {"id": params.id}
+        if params.HasField("metadata"):
+            request["metadata"] = MessageToDict(params.metadata)
+        try:
+            result = await self.requester.call(agent.request_topic, "CancelTask", request, profile=self.profile)
+        except RemoteError as error:
+            raise sdk_error(error) from None
+        canceled = Task.from_wire(result)
+        live = self.hub.get(params.id)
+        if live is not None:
+            await asyncio.wait_for(asyncio.shield(live.ended.wait()), timeout=10)
+        return to_proto(canceled, pb.Task)
+
+    async def on_subscribe_to_task(
+        self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[SdkEvent]:
+        live = self.hub.get(params.id)
+        if live is None or live.ended.is_set():
+            agent, task = await self._agent_holding(params.id)
+            if task is not None and task.status.state.is_terminal:
+                raise sdk_errors.UnsupportedOperationError(
+                    message=f"Task {params.id} is already {task.status.state.name}"
+                )
+            live = LiveTask(
+                task or Task(id=params.id, status=TaskStatus(state=TaskState.SUBMITTED)), agent, self._record_event
+            )
+            self.hub.add(live)
+            live.start(
+                self.requester.request(agent.request_topic, "SubscribeToTask", {"id": params.id}, profile=self.profile)
+            )
+            queue = live.listen()
+        else:
+            queue = live.listen()
+            yield to_proto(live.task, pb.Task)
+        async for item in self._relay(live, queue):
+            yield item
+
+    # -- not offered -----------------------------------------------------------------------------------------
+    async def on_create_task_push_notification_config(
+        self, params: pb.TaskPushNotificationConfig, context: ServerCallContext
+    ) -> pb.TaskPushNotificationConfig:
+        raise sdk_errors.PushNotificationNotSupportedError
+
+    async def on_get_task_push_notification_config(
+        self, params: pb.GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> pb.TaskPushNotificationConfig:
+        raise sdk_errors.PushNotificationNotSupportedError
+
+    async def on_list_task_push_notification_configs(
+        self, params: pb.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> pb.ListTaskPushNotificationConfigsResponse:
+        raise sdk_errors.PushNotificationNotSupportedError
+
+    async def on_delete_task_push_notification_config(
+        self, params: pb.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        raise sdk_errors.PushNotificationNotSupportedError
+
+    async def on_get_extended_agent_card(
+        self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext
+    ) -> pb.AgentCard:
+        raise sdk_errors.ExtendedAgentCardNotConfiguredError
+
+
+def _trim(task: Task, history_length: int | None) -> Task:
+    if history_length is None or task.history is None:
+        return task
+    return task.model_copy(update={"history": task.history[-history_length:] if history_length > 0 else []})

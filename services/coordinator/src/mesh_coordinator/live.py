@@ -1,0 +1,178 @@
+"""Tasks the coordinator is relaying right now: one pump per task reads the agent's stream, keeps the task's
+current state, and fans each event out to every HTTP client listening — independently of any one client, so a
+client that disconnects, returns immediately or subscribes later changes nothing for the task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from a2amesh.binding import RemoteError, ReplyStream, RequestTimeoutError
+from a2amesh.binding.tasks import TaskRecord, agent_message
+from a2amesh.models import (
+    JsonRpcRequest,
+    StreamResponse,
+    Task,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+    utc_now,
+)
+from a2amesh.topics import AgentAddress
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[StreamResponse], Awaitable[None]]
+_END = object()
+
+RECENT_TASKS_KEPT = 2_000
+"""Finished tasks kept in memory so GetTask right after a task ends does not depend on the store's lag."""
+
+
+class LiveTask:
+    """One task being relayed from an agent."""
+
+    def __init__(self, task: Task, agent: AgentAddress, record_event: Publish) -> None:
+        self._record = TaskRecord(task=task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
+        self.agent = agent
+        self._record_event = record_event
+        self._queues: set[asyncio.Queue[object]] = set()
+        self.first_item: asyncio.Future[StreamResponse] = asyncio.get_running_loop().create_future()
+        self.ended = asyncio.Event()
+        self.pump: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> Task:
+        """The task as it stands, from the events relayed so far."""
+        return self._record.task
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    def listen(self) -> asyncio.Queue[object]:
+        """A queue receiving every further event (then an end marker, or an exception)."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queues.add(queue)
+        return queue
+
+    def stop_listening(self, queue: asyncio.Queue[object]) -> None:
+        self._queues.discard(queue)
+
+    async def events(self, queue: asyncio.Queue[object]) -> AsyncIterator[StreamResponse]:
+        """Drain a queue from `listen()` until the stream ends; re-raises a failure that ended it."""
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, StreamResponse)
+                yield item
+        finally:
+            self.stop_listening(queue)
+
+    def start(self, stream: ReplyStream) -> None:
+        """Begin relaying `stream` in the background."""
+        self.pump = asyncio.create_task(self._pump(stream), name=f"relay-{self.id}")
+
+    async def _pump(self, stream: ReplyStream) -> None:
+        try:
+            async for result in stream.results():
+                try:
+                    item = StreamResponse.from_wire(result)
+                except ValidationError as error:
+                    log.warning("task %s: agent %s sent an invalid stream item: %s", self.id, self.agent, error)
+                    continue
+                self._broadcast(item)
+        except RemoteError as error:
+            if self.first_item.done():
+                await self._give_up(f"agent {self.agent} answered with an error: {error}", recorded_by_agent=True)
+            else:
+                self._fail_before_start(error)
+        except RequestTimeoutError as error:
+            if not self.first_item.done():
+                await self._give_up(f"agent {self.agent} did not answer: {error}", recorded_by_agent=False)
+            else:
+                await self._give_up(f"agent {self.agent} stopped responding: {error}", recorded_by_agent=True)
+        except Exception as error:  # the relay must never die silently with the task open
+            log.exception("task %s: relay failed", self.id)
+            await self._give_up(f"coordinator relay failed: {type(error).__name__}", recorded_by_agent=True)
+        finally:
+            self.ended.set()
+            for queue in list(self._queues):
+                queue.put_nowait(_END)
+
+    def _broadcast(self, item: StreamResponse) -> None:
+        self._record.apply(item)
+        if not self.first_item.done():
+            self.first_item.set_result(item)
+        for queue in list(self._queues):
+            queue.put_nowait(item)
+
+    def _fail_before_start(self, error: RemoteError) -> None:
+        if not self.first_item.done():
+            self.first_item.set_exception(error)
+            self.first_item.exception()  # mark retrieved: listeners get it through their queues too
+        for queue in list(self._queues):
+            queue.put_nowait(error)
+
+    async def _give_up(self, reason: str, *, recorded_by_agent: bool) -> None:
+        """End the task FAILED with the reason, and record that outcome so nothing is left WORKING."""
+        log.warning("task %s: %s", self.id, reason)
+        status = TaskStatus(
+            state=TaskState.FAILED, message=agent_message(reason, self.id, self._record.context_id), timestamp=utc_now()
+        )
+        if recorded_by_agent:
+            item = StreamResponse(
+                status_update=TaskStatusUpdateEvent(task_id=self.id, context_id=self._record.context_id, status=status)
+            )
+        else:
+            item = StreamResponse(task=self.task.model_copy(update={"status": status}))
+        self._broadcast(item)
+        try:
+            await self._record_event(item)
+        except Exception:
+            log.exception("task %s: could not record the failure", self.id)
+
+
+class TaskHub:
+    """Every task the coordinator relays, plus the recently finished ones."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, LiveTask] = {}
+
+    def get(self, task_id: str) -> LiveTask | None:
+        return self._tasks.get(task_id)
+
+    def add(self, live: LiveTask) -> None:
+        self._tasks[live.id] = live
+        if len(self._tasks) > RECENT_TASKS_KEPT:
+            for task_id, old in list(self._tasks.items()):
+                if len(self._tasks) <= RECENT_TASKS_KEPT:
+                    break
+                if old.ended.is_set():
+                    del self._tasks[task_id]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for live in self._tasks.values() if not live.ended.is_set())
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Give running relays a moment to finish, then stop them."""
+        pumps = [live.pump for live in self._tasks.values() if live.pump and not live.pump.done()]
+        if pumps:
+            await asyncio.wait(pumps, timeout=grace)
+        for pump in pumps:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+
+def new_context_id() -> str:
+    return str(uuid.uuid4())
