@@ -9,8 +9,8 @@ from typing import ClassVar
 
 from a2amesh.binding.responder import Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
-from a2amesh.binding.wire import MQTT_BINDING
-from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.binding.wire import MQTT_BINDING, TASK_EVENTS_EXTENSION
+from a2amesh.models import AgentCapabilities, AgentCard, AgentExtension, AgentInterface, AgentProvider, AgentSkill
 from a2amesh.runtime import run, setup_logging
 from a2amesh.settings import AgentSettings
 
@@ -47,7 +47,13 @@ class MeshAgent(ABC):
             ],
             provider=AgentProvider(organization=self.settings.org, url=f"urn:a2a-mesh:{self.settings.org}"),
             version=self.version,
-            capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+            capabilities=AgentCapabilities(
+                streaming=True,
+                push_notifications=False,
+                extensions=[
+                    AgentExtension(uri=TASK_EVENTS_EXTENSION, description="publishes every task event", required=False)
+                ],
+            ),
             default_input_modes=list(self.input_modes),
             default_output_modes=list(self.output_modes),
             skills=list(self.skills),

@@ -24,6 +24,8 @@ STATUS_SOURCE_PROPERTY = "a2a-status-source"
 RESPONDER_PROPERTY = "a2a-responder-agent-id"
 AUTHORIZATION_PROPERTY = "a2a-authorization"
 EVENT_ID_PROPERTY = "a2a-event-id"
+TASK_AGENT_PROPERTY = "a2a-task-agent"
+"""On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
 
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between reconnect attempts; the last value repeats."""

@@ -67,7 +67,11 @@ class ManagedProcess:
         log_file = self.log_path.open("ab")
         environment = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+            self.argv,
+            cwd=self.cwd,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log_file.close()

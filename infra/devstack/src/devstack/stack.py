@@ -106,21 +106,41 @@ class Stack:
             "log_dest stdout\n"
             f"include_dir {BROKER_POLICY_DIR}\n"
         )
-        return ManagedProcess("broker", [find_binary("mosquitto"), "-c", str(config)],
-                              self.run_dir / "logs" / "broker.log", tcp_ready(self.ports.mqtt))
+        return ManagedProcess(
+            "broker",
+            [find_binary("mosquitto"), "-c", str(config)],
+            self.run_dir / "logs" / "broker.log",
+            tcp_ready(self.ports.mqtt),
+        )
 
     def redis(self) -> ManagedProcess:
         """redis-server on loopback; the registry's index is rebuilt from retained cards, so no persistence."""
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [find_binary("redis-server"), "--port", str(self.ports.redis), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(data_dir)]
+        argv = [
+            find_binary("redis-server"),
+            "--port",
+            str(self.ports.redis),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ]
         return ManagedProcess("redis", argv, self.run_dir / "logs" / "redis.log", tcp_ready(self.ports.redis))
 
     def service(self, name: str, package: str, env: dict[str, str], ready: Callable[[], bool]) -> ManagedProcess:
         """A mesh service run as its container runs it: `python -m <package>`."""
-        return ManagedProcess(name, [sys.executable, "-m", package], self.run_dir / "logs" / f"{name}.log",
-                              ready, env={**self.base_env(), **env})
+        return ManagedProcess(
+            name,
+            [sys.executable, "-m", package],
+            self.run_dir / "logs" / f"{name}.log",
+            ready,
+            env={**self.base_env(), **env},
+        )
 
     def registry(self) -> ManagedProcess:
         env = {"MESH_REDIS_URL": self.redis_url, "MESH_HTTP_PORT": str(self.ports.registry)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+
 from a2amesh.binding import MeshRequester
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import CoordinatorSettings
-
 from mesh_coordinator.app import build_app
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
 from mesh_coordinator.handler import MeshRequestHandler

@@ -7,13 +7,13 @@ import time
 
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
-from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
-from a2amesh.sdk import to_proto
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.sdk import to_proto
 from mesh_coordinator.directory import DependencyError, RegistryClient
 from mesh_coordinator.handler import MeshRequestHandler
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from a2amesh.models import ListTasksResponse, Task
+
+from a2amesh.binding.wire import records_own_events
+from a2amesh.models import AgentCard, ListTasksResponse, Task
 from a2amesh.topics import AgentAddress
 
 
@@ -21,6 +23,7 @@ class AgentChoice:
     address: AgentAddress
     skills: tuple[str, ...]
     load: float | None
+    records_events: bool
 
 
 class RegistryClient:
@@ -42,10 +45,27 @@ class RegistryClient:
     async def choose(self, skill: str) -> AgentChoice | None:
         """The least-loaded online agent offering `skill`, or None."""
         for record in await self.agents(skill=skill, status="online"):
+            card = AgentCard.from_wire(record["card"])
             return AgentChoice(
-                AgentAddress.parse(record["address"]), tuple(record.get("skills", [])), record.get("load")
+                AgentAddress.parse(record["address"]),
+                tuple(record.get("skills", [])),
+                record.get("load"),
+                records_own_events(card),
             )
         return None
+
+    async def agent(self, address: AgentAddress) -> dict[str, Any] | None:
+        """One agent's record, or None."""
+        try:
+            response = await self.client.get(f"{self.base_url}/agents/{address}")
+        except httpx.HTTPError as error:
+            raise DependencyError(f"registry unavailable: {error}") from error
+        return response.json() if response.status_code == 200 else None
+
+    async def records_events(self, address: AgentAddress) -> bool:
+        """Whether the agent records its own task events (unknown agents are assumed not to)."""
+        record = await self.agent(address)
+        return bool(record) and records_own_events(AgentCard.from_wire(record["card"]))
 
     async def knows_skill(self, skill: str) -> bool:
         """Whether any agent, online or not, has ever offered `skill`."""

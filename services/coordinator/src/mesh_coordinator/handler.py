@@ -13,6 +13,8 @@ from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors as sdk_errors
+from google.protobuf.json_format import MessageToDict
+
 from a2amesh.binding import MeshRequester, RemoteError, RetryProfile
 from a2amesh.binding.wire import new_task_id
 from a2amesh.models import (
@@ -25,12 +27,10 @@ from a2amesh.models import (
     TaskStatus,
     utc_now,
 )
-from a2amesh.mqtt import EVENT_ID_PROPERTY, publish_properties
+from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, publish_properties
 from a2amesh.sdk import SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, TopicError
-from google.protobuf.json_format import MessageToDict
-
 from mesh_coordinator.directory import DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 
@@ -110,6 +110,7 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
         if message.task_id:
             agent, previous = await self._agent_holding(message.task_id)
+            mirror = await self._mirrors(agent)
             if previous is not None and previous.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
                     message=f"Task {message.task_id} is already {previous.status.state.name}"
@@ -117,7 +118,7 @@ class MeshRequestHandler(RequestHandler):
             context_id = message.context_id or (previous.context_id if previous else None) or new_context_id()
             task_id = message.task_id
         else:
-            agent = await self._choose_agent(request)
+            agent, mirror = await self._choose_agent(request)
             task_id, context_id = new_task_id(), message.context_id or new_context_id()
         message = message.model_copy(update={"task_id": task_id, "context_id": context_id})
         metadata = dict(request.metadata or {})
@@ -130,19 +131,29 @@ class MeshRequestHandler(RequestHandler):
             history=[message],
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
         )
-        live = LiveTask(task, agent, self._record_event)
+        live = LiveTask(task, agent, self._record_event, mirror=mirror)
         self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         live.start(self.requester.request(agent.request_topic, "SendStreamingMessage", params, profile=self.profile))
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
 
-    async def _choose_agent(self, request: SendMessageRequest) -> AgentAddress:
+    async def _mirrors(self, agent: AgentAddress) -> bool:
+        live = next((live for live in self.hub.for_agent(agent)), None)
+        if live is not None:
+            return live.mirror
+        try:
+            return not await self.registry.records_events(agent)
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+
+    async def _choose_agent(self, request: SendMessageRequest) -> tuple[AgentAddress, bool]:
         """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
         else one with the default skill."""
         metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
         if isinstance(metadata.get("agent"), str):
-            return self._parse_agent(metadata["agent"])
+            pinned = self._parse_agent(metadata["agent"])
+            return pinned, await self._mirrors(pinned)
         skill = metadata.get("skill", self.settings.default_skill)
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
@@ -153,7 +164,7 @@ class MeshRequestHandler(RequestHandler):
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if choice is not None:
-            return choice.address
+            return choice.address, not choice.records_events
         if known:
             raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
         raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")
@@ -178,9 +189,13 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.TaskNotFoundError(message=f"Task {task_id} not found")
         return agent, task
 
-    async def _record_event(self, item: StreamResponse) -> None:
-        """Record an outcome the coordinator decided (an agent that never answered or went silent)."""
-        properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
+    async def _record_event(self, live: LiveTask, item: StreamResponse) -> None:
+        """Record an event for the store: an outcome the coordinator decided (an agent that never answered or
+        went silent), or an event relayed from an agent that does not record its own. `a2a-task-agent` names
+        the agent that holds the task, so follow-ups and cancels still go there."""
+        properties = publish_properties(
+            user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex), (TASK_AGENT_PROPERTY, str(live.agent))]
+        )
         await self.requester.link.publish(self.identity.event_topic, item.to_json(), qos=1, properties=properties)
 
     # -- reading ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from pydantic import ValidationError
+
 from a2amesh.binding import RemoteError, ReplyStream, RequestTimeoutError
 from a2amesh.binding.tasks import TaskRecord, agent_message
 from a2amesh.models import (
@@ -22,11 +24,10 @@ from a2amesh.models import (
     utc_now,
 )
 from a2amesh.topics import AgentAddress
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[StreamResponse], Awaitable[None]]
+Publish = Callable[["LiveTask", StreamResponse], Awaitable[None]]
 _END = object()
 
 RECENT_TASKS_KEPT = 2_000
@@ -36,9 +37,11 @@ RECENT_TASKS_KEPT = 2_000
 class LiveTask:
     """One task being relayed from an agent."""
 
-    def __init__(self, task: Task, agent: AgentAddress, record_event: Publish) -> None:
+    def __init__(self, task: Task, agent: AgentAddress, record_event: Publish, *, mirror: bool) -> None:
         self._record = TaskRecord(task=task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
         self.agent = agent
+        self.mirror = mirror
+        """Whether the coordinator records this task's events (the agent does not publish them itself)."""
         self._record_event = record_event
         self._queues: set[asyncio.Queue[object]] = set()
         self.first_item: asyncio.Future[StreamResponse] = asyncio.get_running_loop().create_future()
@@ -89,7 +92,10 @@ class LiveTask:
                 except ValidationError as error:
                     log.warning("task %s: agent %s sent an invalid stream item: %s", self.id, self.agent, error)
                     continue
-                self._broadcast(item)
+                if not self.first_item.done() and item.task is None:
+                    # A stream is a Task followed by updates; agents that start with an update get the Task first.
+                    await self._relay(StreamResponse(task=self.task.model_copy(deep=True)))
+                await self._relay(item)
         except RemoteError as error:
             if self.first_item.done():
                 await self._give_up(f"agent {self.agent} answered with an error: {error}", recorded_by_agent=True)
@@ -107,6 +113,11 @@ class LiveTask:
             self.ended.set()
             for queue in list(self._queues):
                 queue.put_nowait(_END)
+
+    async def _relay(self, item: StreamResponse) -> None:
+        self._broadcast(item)
+        if self.mirror:
+            await self._record_event(self, item)
 
     def _broadcast(self, item: StreamResponse) -> None:
         self._record.apply(item)
@@ -136,7 +147,7 @@ class LiveTask:
             item = StreamResponse(task=self.task.model_copy(update={"status": status}))
         self._broadcast(item)
         try:
-            await self._record_event(item)
+            await self._record_event(self, item)
         except Exception:
             log.exception("task %s: could not record the failure", self.id)
 
@@ -158,6 +169,10 @@ class TaskHub:
                     break
                 if old.ended.is_set():
                     del self._tasks[task_id]
+
+    def for_agent(self, agent: AgentAddress) -> list[LiveTask]:
+        """Tasks relayed from one agent."""
+        return [live for live in self._tasks.values() if live.agent == agent]
 
     @property
     def in_flight(self) -> int:

@@ -7,13 +7,17 @@ import secrets
 import uuid
 from typing import Any
 
-from a2amesh.models import AgentInterface, JsonRpcResponse
+from a2amesh.models import AgentCard, AgentInterface, JsonRpcResponse
 
 MQTT_BINDING = "https://a2a-mqtt-mesh.dev/bindings/mqtt5-jsonrpc/v1"
 """The `protocolBinding` URI our cards declare for the MQTT interface (A2A asks custom bindings for a URI)."""
 
 SDK_BINDING_LABEL = "MQTTv5+JSONRPCv2"
 """What the a2a-over-mqtt SDK writes in `protocolBinding`; read as the same binding."""
+
+TASK_EVENTS_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/task-events/v1"
+"""Declared in a card's capabilities.extensions by agents that publish every task event on their event topic
+(the durable-record extension). For agents without it, the coordinator records the events it relays."""
 
 STREAMING_METHODS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
@@ -23,6 +27,11 @@ def is_mqtt_interface(interface: AgentInterface) -> bool:
     return interface.protocol_binding in (MQTT_BINDING, SDK_BINDING_LABEL) or interface.url.startswith(
         ("mqtt://", "mqtts://")
     )
+
+
+def records_own_events(card: AgentCard) -> bool:
+    """Whether the agent publishes its task events itself (see TASK_EVENTS_EXTENSION)."""
+    return any(extension.uri == TASK_EVENTS_EXTENSION for extension in card.capabilities.extensions or [])
 
 
 def new_correlation() -> bytes:

@@ -1,0 +1,74 @@
+"""`python -m devstack up`: run the whole mesh as local processes until Ctrl-C (what `make dev` does)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from devstack.processes import REPO_ROOT
+from devstack.stack import Ports, Stack
+
+FIRST_REQUEST = (
+    '{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"messageId":"m1","role":"ROLE_USER",'
+    '"parts":[{"text":"hello mesh"}]},"metadata":{"skill":"echo"}}}'
+)
+FIRST_COMMAND = (
+    "curl -s -X POST {url}/ -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' \\\n  -d '"
+    + FIRST_REQUEST.replace("{", "{{").replace("}", "}}")
+    + "'"
+)
+
+
+def up(run_dir: Path) -> int:
+    """Start everything, print how to use it, and stop everything cleanly on Ctrl-C or SIGTERM."""
+    stack = Stack(run_dir=run_dir, ports=Ports.fixed())
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    print(f"starting the mesh (logs in {run_dir / 'logs'}) ...", flush=True)
+    try:
+        stack.start()
+    except Exception as error:  # a readable reason, not a traceback, for the newcomer
+        print(f"\nthe mesh did not start: {error}", file=sys.stderr)
+        return 1
+    for name, process in stack.processes.items():
+        print(f"  {name:<12} ready (pid {process.pid})")
+    print(
+        f"""
+The mesh is up.
+  A2A endpoint  {stack.coordinator_url}/   agent card: {stack.coordinator_url}/.well-known/agent-card.json
+  Registry      {stack.registry_url}/agents
+  Task store    {stack.taskstore_url}/tasks
+  Broker        mqtt://127.0.0.1:{stack.ports.mqtt}
+
+Try a first task:
+
+{FIRST_COMMAND.format(url=stack.coordinator_url)}
+
+Press Ctrl-C to stop.""",
+        flush=True,
+    )
+    while not stopping.wait(1.0):
+        dead = [name for name, process in stack.processes.items() if not process.running]
+        if dead:
+            print(f"\n{', '.join(dead)} exited; stopping the mesh (see {run_dir / 'logs'})", file=sys.stderr)
+            break
+    print("\nstopping ...", flush=True)
+    codes = stack.stop()
+    print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
+    parser.add_argument("command", choices=["up"], help="up: run the mesh until Ctrl-C")
+    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run", help="logs, database, broker data")
+    args = parser.parse_args()
+    sys.exit(up(args.run_dir))
+
+
+if __name__ == "__main__":
+    main()
