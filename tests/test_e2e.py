@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -10,6 +11,9 @@ from a2a.client import Client
 from a2a.types import a2a_pb2 as pb
 from a2a.utils.errors import A2AError
 
+from a2amesh.binding import MeshRequester
+from a2amesh.settings import MqttSettings
+from a2amesh.topics import AgentAddress
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
 
@@ -123,6 +127,8 @@ async def test_cancel_ends_a_slow_task_canceled_at_the_agent_and_in_the_store(
 
     await eventually(stored_state, what="store records CANCELED")
     assert (await client.get_task(pb.GetTaskRequest(id=task_id))).status.state == CANCELED
+    at_agent = await ask_agent(mesh, "echo", "GetTask", {"id": task_id})
+    assert at_agent["status"]["state"] == "TASK_STATE_CANCELED"
     with pytest.raises(A2AError, match=r"cannot be canceled|already"):
         await client.cancel_task(pb.CancelTaskRequest(id=task_id))
 
@@ -148,6 +154,23 @@ async def test_follow_up_to_a_finished_task_is_refused(make_client) -> None:
     follow_up = user_message("again", task_id=event.task.id, context_id=event.task.context_id)
     with pytest.raises(A2AError, match="already"):
         await collect(client, send_request(follow_up))
+
+
+async def ask_agent(mesh: Stack, agent_id: str, method: str, params: dict) -> dict:
+    """Ask an agent directly over MQTT, as any requester on the mesh could."""
+    requester = MeshRequester(MqttSettings(port=mesh.ports.mqtt), mesh_address(mesh, f"probe-{uuid.uuid4().hex[:6]}"))
+    stop = asyncio.Event()
+    link = asyncio.create_task(requester.run(stop))
+    try:
+        await asyncio.wait_for(requester.link.connected.wait(), timeout=10)
+        return await requester.call(mesh_address(mesh, agent_id).request_topic, method, params)
+    finally:
+        stop.set()
+        await link
+
+
+def mesh_address(mesh: Stack, name: str) -> AgentAddress:
+    return AgentAddress(mesh.org, mesh.unit, name)
 
 
 def rpc(method: str, params: dict, request_id: int = 1) -> dict:

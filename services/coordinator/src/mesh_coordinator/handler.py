@@ -16,7 +16,7 @@ from a2a.utils import errors as sdk_errors
 from google.protobuf.json_format import MessageToDict
 
 from a2amesh.binding import MeshRequester, RemoteError, RetryProfile
-from a2amesh.binding.wire import new_task_id
+from a2amesh.binding.wire import AGENT_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
 from a2amesh.models import (
     ErrorCode,
     ListTasksRequest,
@@ -151,10 +151,10 @@ class MeshRequestHandler(RequestHandler):
         """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
         else one with the default skill."""
         metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
-        if isinstance(metadata.get("agent"), str):
-            pinned = self._parse_agent(metadata["agent"])
+        if isinstance(metadata.get(AGENT_METADATA_KEY), str):
+            pinned = self._parse_agent(metadata[AGENT_METADATA_KEY])
             return pinned, await self._mirrors(pinned)
-        skill = metadata.get("skill", self.settings.default_skill)
+        skill = metadata.get(SKILL_METADATA_KEY, self.settings.default_skill)
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
         try:

@@ -19,6 +19,12 @@ TASK_EVENTS_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/task-events/v1"
 """Declared in a card's capabilities.extensions by agents that publish every task event on their event topic
 (the durable-record extension). For agents without it, the coordinator records the events it relays."""
 
+SKILL_METADATA_KEY = "skill"
+"""Request metadata naming the skill wanted; the coordinator routes on it and agents with several skills read it."""
+
+AGENT_METADATA_KEY = "agent"
+"""Request metadata pinning a task to one agent (its id, or org/unit/agent)."""
+
 STREAMING_METHODS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
