@@ -23,6 +23,8 @@ STATUS_PROPERTY = "a2a-status"
 STATUS_SOURCE_PROPERTY = "a2a-status-source"
 RESPONDER_PROPERTY = "a2a-responder-agent-id"
 AUTHORIZATION_PROPERTY = "a2a-authorization"
+LOAD_PROPERTY = "a2a-load"
+"""On a presence publish: the agent's in-flight tasks per concurrent slot (0 idle, 1 saturated, above 1 queueing)."""
 EVENT_ID_PROPERTY = "a2a-event-id"
 TASK_AGENT_PROPERTY = "a2a-task-agent"
 """On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
@@ -182,11 +184,14 @@ class MqttLink:
                     self.connected.set()
                     log.info("connected as %s; subscribed to %s", self.client_id, ", ".join(self.subscriptions) or "-")
                     await self._pump(client, stop)
-            except aiomqtt.MqttError as error:
+            except Exception as error:  # MQTT errors, and anything an on_connect hook raised: retry, never die
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
                 self.reconnects += 1
-                log.warning("mqtt connection of %s lost (%s); reconnecting in %.1fs", self.client_id, error, delay)
+                if isinstance(error, aiomqtt.MqttError):
+                    log.warning("mqtt connection of %s lost (%s); reconnecting in %.1fs", self.client_id, error, delay)
+                else:
+                    log.exception("connection setup of %s failed; retrying in %.1fs", self.client_id, delay)
                 await _sleep_unless(stop, delay)
             finally:
                 self.connected.clear()

@@ -61,6 +61,9 @@ class RegistrySettings(ServiceSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     http_port: int = 8001
+    index_check_interval: float = Field(
+        default=2.0, description="seconds between checks that Redis still holds the index"
+    )
 
 
 class TaskStoreSettings(ServiceSettings):

@@ -1,1 +1,1 @@
-"""Package."""
+"""The mesh registry: a live, queryable index of every agent's retained Agent Card, kept in Redis."""

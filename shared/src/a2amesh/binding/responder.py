@@ -49,6 +49,7 @@ from a2amesh.models import (
 )
 from a2amesh.mqtt import (
     EVENT_ID_PROPERTY,
+    LOAD_PROPERTY,
     RESPONDER_PROPERTY,
     STATUS_PROPERTY,
     STATUS_SOURCE_PROPERTY,
@@ -110,7 +111,7 @@ class Responder:
 
     def _presence(self, status: str) -> Any:
         return publish_properties(
-            user=[(STATUS_PROPERTY, status), (STATUS_SOURCE_PROPERTY, "agent"), ("a2a-load", f"{self.load:.3f}")]
+            user=[(STATUS_PROPERTY, status), (STATUS_SOURCE_PROPERTY, "agent"), (LOAD_PROPERTY, f"{self.load:.3f}")]
         )
 
     async def _announce(self, client: aiomqtt.Client) -> None:

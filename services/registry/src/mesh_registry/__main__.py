@@ -1,0 +1,52 @@
+"""`python -m mesh_registry`: consume retained cards into Redis and serve the index over HTTP until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from a2amesh.runtime import http_server, run, serve_until, setup_logging
+from a2amesh.settings import RegistrySettings
+from mesh_registry.api import create_app
+from mesh_registry.consumer import CardConsumer
+from mesh_registry.index import AgentIndex
+
+log = logging.getLogger("mesh_registry")
+
+
+async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
+    """Run the consumer, the index check and the HTTP API until `stop`, then close Redis."""
+    # a short retry: outages are waited out by the consumer (and reported by /healthz), not inside each call
+    redis = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    )
+    index = AgentIndex(redis)
+    consumer = CardConsumer(
+        settings.mqtt, settings.address("registry").client_id, index, stop, settings.index_check_interval
+    )
+    server = http_server(create_app(index, consumer.connected), settings.http_host, settings.http_port)
+    log.info("registry on http://%s:%d, redis %s", settings.http_host, settings.http_port, settings.redis_url)
+    try:
+        await serve_until(stop, server, consumer.run(), consumer.watch_index())
+    finally:
+        await redis.aclose()
+    log.info("registry stopped")
+
+
+def main() -> None:
+    """Entry point of the container and of `mesh-registry`."""
+    settings = RegistrySettings()
+    setup_logging(settings.log_level, settings.log_json)
+    run(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()
