@@ -71,6 +71,10 @@ class TaskStoreSettings(ServiceSettings):
 
     database_url: str = "sqlite:///./run/taskstore.db"
     http_port: int = 8002
+    trusted_recorders: list[str] = Field(
+        default_factory=lambda: ["coordinator"],
+        description="components whose events may name the agent holding a task (User Property a2a-task-agent)",
+    )
 
 
 class CoordinatorSettings(ServiceSettings):

@@ -1,0 +1,180 @@
+"""The HTTP read API: tasks as A2A wire JSON (GetTask / ListTasks shapes), each task's event log, and health.
+
+Query parameters are validated here and turned into 400 {"error": ...}; the store only ever sees clean values.
+Database calls run in worker threads so a slow query never stalls the consumer sharing this event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from a2amesh.models import ListTasksResponse, TaskState
+from mesh_taskstore.apply import trim
+from mesh_taskstore.db import utc
+from mesh_taskstore.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, TaskQuery, TaskStore, status_history
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """A query parameter we cannot accept; its text is the error the client sees."""
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int_param(request: Request, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise BadRequest(f"{name} must be {bounds}")
+    return value
+
+
+def _bool_param(request: Request, name: str, default: bool) -> bool:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    lowered = text.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise BadRequest(f"{name} must be true or false")
+
+
+def _state_param(request: Request) -> TaskState | None:
+    text = request.query_params.get("status")
+    if not text or text == "TASK_STATE_UNSPECIFIED":
+        return None
+    try:
+        return TaskState(text)
+    except ValueError:
+        names = ", ".join(state.value for state in TaskState)
+        raise BadRequest(f"status must be one of {names}") from None
+
+
+def _timestamp_param(request: Request, name: str) -> datetime | None:
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    # An unencoded "+01:00" offset arrives as " 01:00" (a query string's "+" is a space); accept that too.
+    for candidate in (text, text.replace(" ", "+")):
+        try:
+            return utc(datetime.fromisoformat(candidate))
+        except ValueError:
+            continue
+    raise BadRequest(f"{name} must be an ISO-8601 timestamp")
+
+
+def _wire_time(value: datetime) -> str:
+    """A timestamp as A2A writes one: UTC, milliseconds, `Z`."""
+    return utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def list_query(request: Request) -> TaskQuery:
+    """The ListTasks parameters of a request; BadRequest for any invalid one."""
+    token = request.query_params.get("pageToken") or None
+    try:
+        cursor = Cursor.decode(token) if token else None
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    return TaskQuery(
+        context_id=request.query_params.get("contextId") or None,
+        state=_state_param(request),
+        status_after=_timestamp_param(request, "statusTimestampAfter"),
+        page_size=_int_param(request, "pageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE,
+        cursor=cursor,
+        history_length=_int_param(request, "historyLength", minimum=0),
+        include_artifacts=_bool_param(request, "includeArtifacts", default=False),
+    )
+
+
+def build_app(store: TaskStore, mqtt_connected: Callable[[], bool]) -> Starlette:
+    """The Starlette app over `store`; `mqtt_connected` tells the health check whether events are flowing in."""
+
+    async def healthz(_request: Request) -> JSONResponse:
+        try:
+            await asyncio.to_thread(store.ping)
+            database = True
+        except Exception as error:
+            log.warning("health check: database unavailable: %s", error)
+            database = False
+        connected = mqtt_connected()
+        if database and connected:
+            return JSONResponse({"status": "ok"})
+        body = {
+            "status": "unavailable",
+            "database": "ok" if database else "down",
+            "mqtt": "connected" if connected else "disconnected",
+        }
+        return JSONResponse(body, status_code=503)
+
+    async def get_task(request: Request) -> JSONResponse:
+        try:
+            history_length = _int_param(request, "historyLength", minimum=0)
+        except BadRequest as error:
+            return _error(400, str(error))
+        stored = await asyncio.to_thread(store.get, request.path_params["task_id"])
+        if stored is None:
+            return _error(404, "task not found")
+        return JSONResponse(trim(stored.task, history_length).to_wire())
+
+    async def task_events(request: Request) -> JSONResponse:
+        task_id = request.path_params["task_id"]
+        stored = await asyncio.to_thread(store.get, task_id)
+        if stored is None:
+            return _error(404, "task not found")
+        rows = await asyncio.to_thread(store.events, task_id)
+        events: list[dict[str, Any]] = [
+            {
+                "eventId": row.event_id,
+                "seq": row.seq,
+                "kind": row.kind,
+                "receivedAt": _wire_time(row.received_at),
+                "applied": row.applied,
+                "event": json.loads(row.payload),
+            }
+            for row in rows
+        ]
+        history = [status.to_wire() for status in status_history(rows)]
+        return JSONResponse({"taskId": task_id, "agent": stored.agent, "events": events, "statusHistory": history})
+
+    async def list_tasks(request: Request) -> JSONResponse:
+        try:
+            query = list_query(request)
+        except BadRequest as error:
+            return _error(400, str(error))
+        page = await asyncio.to_thread(store.list_tasks, query)
+        response = ListTasksResponse(
+            tasks=page.tasks,
+            next_page_token=page.next_page_token,
+            page_size=query.page_size,
+            total_size=page.total_size,
+        )
+        return JSONResponse(response.to_wire())
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/tasks", list_tasks, methods=["GET"]),
+            Route("/tasks/{task_id}/events", task_events, methods=["GET"]),
+            Route("/tasks/{task_id}", get_task, methods=["GET"]),
+        ]
+    )

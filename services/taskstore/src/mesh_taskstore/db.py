@@ -1,0 +1,94 @@
+"""Tables and engine. Column types stay portable (text JSON, timezone-aware timestamps, plain strings) so the
+same schema runs on SQLite in development and on PostgreSQL in production."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Field, SQLModel, create_engine
+
+log = logging.getLogger(__name__)
+
+
+def utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime. SQLite hands timestamps back naive; they were written as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""64-bit on real servers; INTEGER on SQLite, where only `INTEGER PRIMARY KEY` autoincrements (the rowid)."""
+
+
+class TaskRecord(SQLModel, table=True):
+    """The current state of one task: the merged snapshot plus the columns that lists filter and sort on."""
+
+    __tablename__ = "task_record"
+    __table_args__ = (sa.Index("ix_task_record_updated_order", "updated_at", "task_id"),)
+
+    task_id: str = Field(primary_key=True)
+    context_id: str | None = Field(default=None, index=True)
+    state: str = Field(index=True)
+    agent: str = Field(description="org/unit/agent of the agent whose event topic first reported the task")
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    status_timestamp: datetime = Field(
+        sa_type=sa.DateTime(timezone=True),
+        index=True,
+        description="the status's own timestamp, or when we received it if the agent sent none",
+    )
+    snapshot: str = Field(sa_type=sa.Text, description="the current Task as A2A wire JSON")
+
+
+class TaskEvent(SQLModel, table=True):
+    """One event as received, kept forever: the audit trail and the source of the status history.
+
+    `seq` is the order of arrival (a surrogate key every database can autoincrement); `event_id` is the
+    publisher's id and is unique, which is what makes redeliveries harmless."""
+
+    __tablename__ = "task_event"
+
+    seq: int | None = Field(default=None, primary_key=True, sa_type=SEQ_TYPE)
+    event_id: str = Field(unique=True, index=True)
+    task_id: str = Field(index=True)
+    agent: str
+    kind: str
+    applied: bool = Field(description="false when the event was kept but not applied (it would reopen a task)")
+    received_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    payload: str = Field(sa_type=sa.Text, description="the StreamResponse as A2A wire JSON")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
+    worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15}, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if database and database != ":memory:":
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the tables that do not exist yet (no migrations: the schema is additive so far)."""
+    SQLModel.metadata.create_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers a trivial query."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))

@@ -1,0 +1,295 @@
+"""Persistence: recording events idempotently and answering reads. Every method is synchronous and opens its own
+session, so callers run it in a worker thread (`asyncio.to_thread`) and the event loop never waits on the disk."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
+from mesh_taskstore import db
+from mesh_taskstore.apply import EventKind, apply_event, kind_of, trim
+from mesh_taskstore.db import TaskEvent, TaskRecord, utc
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One event as taken off the broker: its id, the agent whose topic it came on, the event, its arrival."""
+
+    event_id: str
+    agent: str
+    event: StreamResponse
+    received_at: datetime
+
+    @property
+    def task_id(self) -> str:
+        task_id = self.event.task_id
+        if not task_id:
+            raise ValueError("event names no task")
+        return task_id
+
+
+class Outcome(StrEnum):
+    """What recording an event did."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    NOT_APPLIED = "not-applied"
+    """Kept in the event log, but it would have reopened a terminal task, so the snapshot is unchanged."""
+    FAILED = "failed"
+    """Could not be recorded (a bug or a corrupt row, logged); dropped so that it cannot block the stream."""
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """A task snapshot and the agent that reported it."""
+
+    task: Task
+    agent: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ends, in the list's order (updated_at desc, task_id desc). Keyset rather than offset, so a
+    task arriving between two page reads does not shift later pages and repeat their first rows."""
+
+    updated_at: datetime
+    task_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps({"u": utc(self.updated_at).isoformat(), "i": self.task_id}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """Parse a token this class made; ValueError for anything else."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            data = json.loads(raw)
+            return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]))
+        except (binascii.Error, ValueError, TypeError, KeyError) as error:
+            raise ValueError("invalid pageToken") from error
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """ListTasks filters and page, already validated."""
+
+    context_id: str | None = None
+    state: TaskState | None = None
+    status_after: datetime | None = None
+    page_size: int = DEFAULT_PAGE_SIZE
+    cursor: Cursor | None = None
+    history_length: int | None = None
+    include_artifacts: bool = False
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of tasks, the token of the next one ("" when this is the last) and how many match in all."""
+
+    tasks: list[Task]
+    next_page_token: str
+    total_size: int
+
+
+class TaskStore:
+    """The task store's database operations."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        db.ping(self.engine)
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def record(self, incoming: Incoming) -> Outcome:
+        """Store one event and apply it to its task, in one transaction; an event id already stored changes
+        nothing."""
+        return self.record_many([incoming])[0]
+
+    def record_many(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        """Record events, in order, in one transaction: one commit (one fsync) and a handful of queries for the
+        lot, which is what lets a backlog drain quickly.
+
+        OperationalError (database unavailable) propagates with nothing committed, so the caller can retry.
+        Any other failure falls back to one event per transaction, where an event that still fails is logged
+        and reported FAILED rather than blocking every event behind it."""
+        if not batch:
+            return []
+        try:
+            return self._commit(batch)
+        except OperationalError:
+            raise
+        except Exception:
+            if len(batch) > 1:
+                log.warning("a batch of %d events failed; recording them one by one", len(batch), exc_info=True)
+            return [self._record_one(incoming) for incoming in batch]
+
+    def _record_one(self, incoming: Incoming) -> Outcome:
+        for attempt in (1, 2):
+            try:
+                return self._commit([incoming])[0]
+            except OperationalError:
+                raise
+            except IntegrityError:
+                if attempt == 1:
+                    continue  # another writer inserted this event or task first: re-read, then it is an update
+                log.exception("cannot record event %s; dropped", incoming.event_id)
+            except Exception:
+                log.exception("cannot record event %s; dropped", incoming.event_id)
+                break
+        return Outcome.FAILED
+
+    def _commit(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        with Session(self.engine, autoflush=False) as session:
+            outcomes = self._apply(session, batch)
+            session.commit()
+        return outcomes
+
+    def _apply(self, session: Session, batch: Sequence[Incoming]) -> list[Outcome]:
+        """Add the batch's event rows and update its tasks' rows in `session` (not committed). Known event ids and
+        task rows are read once for the whole batch (task rows locked where the database can), then every event
+        is applied in order in memory, so a batch may hold several events of one task, or one event twice."""
+        event_ids = list({incoming.event_id for incoming in batch})
+        seen = set(session.exec(select(TaskEvent.event_id).where(col(TaskEvent.event_id).in_(event_ids))).all())
+        task_ids = list({incoming.task_id for incoming in batch})
+        locked = select(TaskRecord).where(col(TaskRecord.task_id).in_(task_ids)).with_for_update()
+        records = {record.task_id: record for record in session.exec(locked).all()}
+        snapshots = {task_id: Task.from_json(record.snapshot) for task_id, record in records.items()}
+        outcomes: list[Outcome] = []
+        for incoming in batch:
+            if incoming.event_id in seen:
+                outcomes.append(Outcome.DUPLICATE)
+                continue
+            seen.add(incoming.event_id)
+            outcomes.append(self._apply_one(session, incoming, records, snapshots))
+        stored = zip(batch, outcomes, strict=True)
+        changed = {incoming.task_id for incoming, outcome in stored if outcome is Outcome.STORED}
+        for task_id in changed:
+            records[task_id].snapshot = snapshots[task_id].to_json()
+            session.add(records[task_id])
+        return outcomes
+
+    @staticmethod
+    def _apply_one(
+        session: Session, incoming: Incoming, records: dict[str, TaskRecord], snapshots: dict[str, Task]
+    ) -> Outcome:
+        task_id = incoming.task_id
+        now = utc(incoming.received_at)
+        result = apply_event(snapshots.get(task_id), incoming.event)
+        session.add(
+            TaskEvent(
+                event_id=incoming.event_id,
+                task_id=task_id,
+                agent=incoming.agent,
+                kind=kind_of(incoming.event).value,
+                applied=result.applied,
+                received_at=now,
+                payload=incoming.event.to_json(),
+            )
+        )
+        if not result.applied:
+            log.warning(
+                "%s (event %s kept, not applied)",
+                result.note,
+                incoming.event_id,
+                extra={"task_id": task_id, "agent": incoming.agent},
+            )
+            return Outcome.NOT_APPLIED
+        record = records.get(task_id)
+        if record is None:
+            record = records[task_id] = TaskRecord(
+                task_id=task_id,
+                agent=incoming.agent,
+                created_at=now,
+                updated_at=now,
+                status_timestamp=now,
+                state=result.task.status.state.value,
+                snapshot="",
+            )
+        if result.status is not None:
+            record.status_timestamp = utc(result.status.timestamp) if result.status.timestamp else now
+        record.state = result.task.status.state.value
+        record.context_id = result.task.context_id
+        record.updated_at = now
+        snapshots[task_id] = result.task
+        return Outcome.STORED
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def get(self, task_id: str) -> StoredTask | None:
+        """The task's current snapshot, or None if no event about it has arrived."""
+        with Session(self.engine) as session:
+            record = session.get(TaskRecord, task_id)
+            if record is None:
+                return None
+            return StoredTask(Task.from_json(record.snapshot), record.agent)
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        """Every event recorded for the task, in arrival order."""
+        with Session(self.engine) as session:
+            rows = session.exec(select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(col(TaskEvent.seq)))
+            return list(rows.all())
+
+    def list_tasks(self, query: TaskQuery) -> TaskPage:
+        """One page of tasks matching the filters, newest (last updated) first."""
+        filters: list[sa.ColumnElement[bool]] = []
+        if query.context_id:
+            filters.append(col(TaskRecord.context_id) == query.context_id)
+        if query.state is not None:
+            filters.append(col(TaskRecord.state) == query.state.value)
+        if query.status_after is not None:
+            filters.append(col(TaskRecord.status_timestamp) > utc(query.status_after))
+        page_filters = list(filters)
+        if query.cursor is not None:
+            updated, task_id = col(TaskRecord.updated_at), col(TaskRecord.task_id)
+            page_filters.append(
+                sa.or_(
+                    updated < query.cursor.updated_at,
+                    sa.and_(updated == query.cursor.updated_at, task_id < query.cursor.task_id),
+                )
+            )
+        with Session(self.engine) as session:
+            total = session.exec(select(sa.func.count()).select_from(TaskRecord).where(*filters)).one()
+            rows = session.exec(
+                select(TaskRecord)
+                .where(*page_filters)
+                .order_by(col(TaskRecord.updated_at).desc(), col(TaskRecord.task_id).desc())
+                .limit(query.page_size + 1)
+            ).all()
+        page, more = rows[: query.page_size], len(rows) > query.page_size
+        token = Cursor(utc(page[-1].updated_at), page[-1].task_id).encode() if more and page else ""
+        tasks = [trim(Task.from_json(row.snapshot), query.history_length, query.include_artifacts) for row in page]
+        return TaskPage(tasks, token, int(total))
+
+
+def status_history(events: list[TaskEvent]) -> list[TaskStatus]:
+    """Every status the task went through, in order: the statuses of the applied snapshot and status events,
+    with immediate repeats (a snapshot restating the status just set) collapsed."""
+    history: list[TaskStatus] = []
+    for row in events:
+        if not row.applied or row.kind not in (EventKind.TASK, EventKind.STATUS_UPDATE):
+            continue
+        event = StreamResponse.from_json(row.payload)
+        status = event.task.status if event.task is not None else event.status_update.status  # type: ignore[union-attr]
+        if history and history[-1] == status:
+            continue
+        history.append(status)
+    return history

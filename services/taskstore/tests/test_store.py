@@ -1,0 +1,144 @@
+"""The persistence layer on a real SQLite file: idempotency, the event log, status history and keyset pages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import SQLModel
+
+from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus, TaskStatusUpdateEvent
+from mesh_taskstore.db import TaskEvent, TaskRecord, create_tables, make_engine
+from mesh_taskstore.store import Cursor, Incoming, Outcome, TaskQuery, TaskStore, status_history
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TaskStore]:
+    """A store on a fresh SQLite file, or on the (emptied) database MESH_TEST_DATABASE_URL names, e.g. a local
+    PostgreSQL with `postgresql+psycopg://...` when its driver is installed."""
+    url = os.environ.get("MESH_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
+    engine = make_engine(url)
+    SQLModel.metadata.drop_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
+    create_tables(engine)
+    yield TaskStore(engine)
+    engine.dispose()
+
+
+def incoming(event_id: str, event: StreamResponse, seconds: float = 0) -> Incoming:
+    return Incoming(event_id, "acme/default/agent-x", event, T0 + timedelta(seconds=seconds))
+
+
+def task_event(task_id: str, state: TaskState = TaskState.SUBMITTED, context_id: str = "ctx") -> StreamResponse:
+    return StreamResponse(task=Task(id=task_id, context_id=context_id, status=TaskStatus(state=state)))
+
+
+def status_event(task_id: str, state: TaskState, timestamp: datetime | None = None) -> StreamResponse:
+    status = TaskStatus(state=state, timestamp=timestamp)
+    update = TaskStatusUpdateEvent(task_id=task_id, context_id="ctx", status=status)
+    return StreamResponse(status_update=update)
+
+
+def test_same_event_id_is_stored_once(store: TaskStore) -> None:
+    assert store.record(incoming("e1", task_event("t1"))) is Outcome.STORED
+    assert store.record(incoming("e1", status_event("t1", TaskState.WORKING), 1)) is Outcome.DUPLICATE
+    assert [row.event_id for row in store.events("t1")] == ["e1"]
+    stored = store.get("t1")
+    assert stored is not None and stored.task.status.state is TaskState.SUBMITTED
+    assert stored.agent == "acme/default/agent-x"
+
+
+def test_refused_reopening_is_logged_not_applied(store: TaskStore) -> None:
+    store.record(incoming("e1", task_event("t1")))
+    store.record(incoming("e2", status_event("t1", TaskState.CANCELED), 1))
+    assert store.record(incoming("e3", status_event("t1", TaskState.WORKING), 2)) is Outcome.NOT_APPLIED
+    rows = store.events("t1")
+    assert [(row.event_id, row.applied) for row in rows] == [("e1", True), ("e2", True), ("e3", False)]
+    assert [s.state for s in status_history(rows)] == [TaskState.SUBMITTED, TaskState.CANCELED]
+    stored = store.get("t1")
+    assert stored is not None and stored.task.status.state is TaskState.CANCELED
+
+
+def test_status_history_collapses_restatements(store: TaskStore) -> None:
+    store.record(incoming("e1", task_event("t1")))
+    store.record(incoming("e2", status_event("t1", TaskState.COMPLETED), 1))
+    store.record(incoming("e3", task_event("t1", TaskState.COMPLETED), 2))
+    assert [s.state for s in status_history(store.events("t1"))] == [TaskState.SUBMITTED, TaskState.COMPLETED]
+
+
+def test_pages_in_keyset_order(store: TaskStore) -> None:
+    for index in range(7):
+        store.record(incoming(f"e{index}", task_event(f"t{index}", context_id="a"), seconds=index))
+    store.record(incoming("same-time", task_event("t-same", context_id="a"), seconds=6))  # a tie on updated_at
+    store.record(incoming("other", task_event("t-other", context_id="b"), seconds=3))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_tasks(TaskQuery(context_id="a", page_size=3, cursor=cursor))
+        assert page.total_size == 8
+        seen += [task.id for task in page.tasks]
+        if not page.next_page_token:
+            break
+        cursor = Cursor.decode(page.next_page_token)
+    assert seen == ["t6", "t-same", "t5", "t4", "t3", "t2", "t1", "t0"]
+
+
+def test_list_filters(store: TaskStore) -> None:
+    store.record(incoming("e1", task_event("t1")))
+    store.record(incoming("e2", task_event("t2")))
+    store.record(incoming("e3", status_event("t2", TaskState.COMPLETED, T0 + timedelta(days=30)), 1))
+    completed = store.list_tasks(TaskQuery(state=TaskState.COMPLETED))
+    assert [task.id for task in completed.tasks] == ["t2"] and completed.total_size == 1
+    recent = store.list_tasks(TaskQuery(status_after=T0 + timedelta(days=1)))
+    assert [task.id for task in recent.tasks] == ["t2"]
+    assert store.list_tasks(TaskQuery(context_id="nope")).tasks == []
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    cursor = Cursor(datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "t/1")
+    assert Cursor.decode(cursor.encode()) == cursor
+    for token in ("???", "bm90IGpzb24", "e30"):
+        with pytest.raises(ValueError):
+            Cursor.decode(token)
+
+
+def test_batch_applies_in_order_with_duplicates(store: TaskStore) -> None:
+    batch = [
+        incoming("b1", task_event("t1")),
+        incoming("b2", status_event("t1", TaskState.WORKING), 1),
+        incoming("b1", task_event("t1"), 2),  # a redelivery inside the same batch
+        incoming("b3", task_event("t2"), 3),
+        incoming("b4", status_event("t1", TaskState.COMPLETED), 4),
+        incoming("b5", status_event("t1", TaskState.WORKING), 5),  # would reopen: kept, not applied
+    ]
+    outcomes = store.record_many(batch)
+    assert outcomes == [
+        Outcome.STORED,
+        Outcome.STORED,
+        Outcome.DUPLICATE,
+        Outcome.STORED,
+        Outcome.STORED,
+        Outcome.NOT_APPLIED,
+    ]
+    rows = store.events("t1")
+    assert [row.event_id for row in rows] == ["b1", "b2", "b4", "b5"]
+    assert [s.state for s in status_history(rows)] == [TaskState.SUBMITTED, TaskState.WORKING, TaskState.COMPLETED]
+    stored = store.get("t1")
+    assert stored is not None and stored.task.status.state is TaskState.COMPLETED
+    assert store.record_many(batch) == [Outcome.DUPLICATE] * len(batch)  # a whole batch redelivered
+
+
+def test_a_bad_row_fails_alone(store: TaskStore) -> None:
+    """A stored snapshot that no longer parses fails its own events, not the rest of the batch."""
+    store.record(incoming("e1", task_event("broken")))
+    with store.engine.begin() as connection:
+        connection.execute(TaskRecord.__table__.update().values(snapshot="{not json"))  # type: ignore[attr-defined]
+    outcomes = store.record_many(
+        [incoming("e2", status_event("broken", TaskState.WORKING), 1), incoming("e3", task_event("fine"), 2)]
+    )
+    assert outcomes == [Outcome.FAILED, Outcome.STORED]
+    assert store.get("fine") is not None

@@ -1,0 +1,85 @@
+"""Interoperability with the a2a-over-mqtt SDK from PyPI, in both directions, over the mesh's broker."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+from a2a.types import a2a_pb2 as pb
+from a2a_over_mqtt import A2ARequest, MqttConfig, Requester, TopicSpace
+
+from devstack.processes import ManagedProcess
+from devstack.stack import Stack
+from tests.conftest import collect, eventually, send_request, user_message
+
+
+async def test_sdk_requester_gets_a_completed_task_from_our_echo_agent(mesh: Stack) -> None:
+    requester = Requester(
+        MqttConfig(port=mesh.ports.mqtt),
+        TopicSpace(mesh.org, mesh.unit),
+        requester_id=f"sdk-{uuid.uuid4().hex[:6]}",
+        first_reply_timeout=10,
+    )
+    request = A2ARequest(text="hello from the sdk", request_id="r1")
+
+    replies = [(kind, content) async for kind, content in requester.stream("echo", request.to_json(), "corr-1")]
+
+    assert replies[-1] == ("terminal", "hello from the sdk"), replies
+
+
+async def test_sdk_requester_retry_with_same_task_id_is_deduplicated(mesh: Stack, http: httpx.AsyncClient) -> None:
+    requester = Requester(MqttConfig(port=mesh.ports.mqtt), TopicSpace(mesh.org, mesh.unit), first_reply_timeout=10)
+    request = A2ARequest(text="only once", request_id="r2")
+    payload = request.to_json()
+    first = [reply async for reply in requester.stream("echo", payload, "corr-a")]
+    second = [reply async for reply in requester.stream("echo", payload, "corr-b")]  # same Task.id
+
+    assert first[-1] == second[-1] == ("terminal", "only once")
+
+    async def recorded() -> dict | None:
+        response = await http.get(f"{mesh.taskstore_url}/tasks/{request.task_id}/events")
+        return response.json() if response.status_code == 200 else None
+
+    record = await eventually(recorded, what="task recorded")
+    assert [s["state"] for s in record["statusHistory"]].count("TASK_STATE_COMPLETED") == 1
+
+
+async def test_sdk_responder_agent_joins_the_registry_and_serves_a_task_through_the_coordinator(
+    mesh: Stack, make_client, http: httpx.AsyncClient
+) -> None:
+    agent_id = f"shouter-{uuid.uuid4().hex[:6]}"
+    script = Path(__file__).parent / "interop" / "sdk_agent.py"
+    process = ManagedProcess(
+        agent_id,
+        [sys.executable, str(script)],
+        mesh.run_dir / "logs" / f"{agent_id}.log",
+        mesh.agent_online(agent_id),
+        env={**mesh.base_env(), "MESH_AGENT_ID": agent_id},
+    )
+    mesh.launch(process)
+    try:
+        record = (await http.get(f"{mesh.registry_url}/agents/{mesh.org}/{mesh.unit}/{agent_id}")).json()
+        assert record["status"] == "online" and record["skills"] == ["shout"]
+
+        request = send_request(user_message("quiet words"), agent=agent_id)
+        [event] = await collect(make_client(), request)
+        task = event.task
+        assert task.status.state == pb.TASK_STATE_COMPLETED
+        assert task.artifacts[-1].parts[0].text == "QUIET WORDS"
+
+        streamed = await collect(make_client(streaming=True), send_request(user_message("louder"), skill="shout"))
+        assert streamed[0].HasField("task")
+        assert streamed[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+
+        async def recorded() -> dict | None:
+            response = await http.get(f"{mesh.taskstore_url}/tasks/{task.id}/events")
+            body = response.json() if response.status_code == 200 else None
+            done = body and body["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED"
+            return body if done else None
+
+        record = await eventually(recorded, what="the coordinator's record of a task run by an SDK agent")
+        assert record["agent"] == f"{mesh.org}/{mesh.unit}/{agent_id}"
+    finally:
+        process.stop()
