@@ -74,12 +74,23 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 
 async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None]) -> None:
-    """Serve HTTP and run background workers until `stop` is set, then shut the server down gracefully."""
+    """Serve HTTP and run background workers until `stop` is set, then shut the server down gracefully.
+    If the server ends on its own (a port already taken), the service stops too instead of running headless."""
     server_task = asyncio.create_task(server.serve())
     worker_tasks = [asyncio.ensure_future(worker) for worker in workers]
-    await stop.wait()
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if server_task.done() and not stop.is_set():
+        logging.getLogger(__name__).error(
+            "HTTP server on port %s stopped unexpectedly; shutting down", server.config.port
+        )
+        stop.set()
+    stop_task.cancel()
     server.should_exit = True
-    await server_task
+    with contextlib.suppress(Exception, SystemExit):
+        await server_task
     for task in worker_tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=5)
+    if not server.started:
+        raise SystemExit(1)
