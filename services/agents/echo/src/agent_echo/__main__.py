@@ -1,7 +1,6 @@
 """`python -m agent_echo`: run the echo agent."""
 
 from a2amesh.agent import serve
-
 from agent_echo.agent import EchoAgent
 
 
