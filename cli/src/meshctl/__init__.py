@@ -1,0 +1,1 @@
+"""meshctl: the mesh from a terminal."""
