@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto redis-server
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps dev test lint format clean
+.PHONY: help deps system-deps python-deps dev test lint format clean up down logs ps loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,29 @@ format: python-deps
 
 test: deps lint ## install what is missing, lint, run every test over real processes
 	@$(UV) run --locked pytest
+
+# -- containers (Docker Compose; see docs/operations.md) ---------------------------------------------------------
+COMPOSE ?= docker compose
+service ?=
+
+up: ## start the stack in containers (Docker Compose)
+	$(COMPOSE) up -d --build --wait $(service)
+
+down: ## stop the containers
+	$(COMPOSE) down $(service)
+
+logs: ## follow container logs (service=x for one)
+	$(COMPOSE) logs -f $(service)
+
+ps: ## list the containers and their health
+	$(COMPOSE) ps
+
+# -- load (see docs/benchmarks.md) ---------------------------------------------------------------------------------
+loadtest: deps ## headless Locust run against a local mesh; reports in reports/loadtest/
+	@$(UV) run --locked python -m loadtests loadtest
+
+bench: deps ## side-by-side benchmark (floor, binding, HTTP face, peers, pools); report in reports/bench/
+	@$(UV) run --locked python -m loadtests bench
 
 clean: ## remove local run data
 	rm -rf run reports .pytest_cache

@@ -17,8 +17,22 @@ from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready,
 
 BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
 
-AGENTS: dict[str, str] = {"echo": "agent_echo", "research": "agent_research"}
-"""Agent id -> the package that runs it. Every folder under services/agents/ is one of these."""
+AGENTS_DIR = REPO_ROOT / "services" / "agents"
+
+
+def discover_agents(agents_dir: Path = AGENTS_DIR) -> dict[str, str]:
+    """Agent id -> the package that runs it, by convention: every folder `services/agents/<name>/` with a
+    `src/agent_<name>/` package is an agent called <name> (dashes in the folder become underscores)."""
+    found: dict[str, str] = {}
+    for folder in sorted(agents_dir.iterdir()) if agents_dir.is_dir() else []:
+        package = "agent_" + folder.name.replace("-", "_")
+        if (folder / "src" / package / "__main__.py").is_file():
+            found[folder.name] = package
+    return found
+
+
+AGENTS: dict[str, str] = discover_agents()
+"""Every agent of the repository, as `make dev` runs them."""
 
 
 def find_binary(name: str) -> str:
