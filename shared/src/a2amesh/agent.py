@@ -7,11 +7,14 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from starlette.applications import Starlette
+
 from a2amesh.binding.responder import Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
 from a2amesh.binding.wire import MQTT_BINDING, TASK_EVENTS_EXTENSION
 from a2amesh.models import AgentCapabilities, AgentCard, AgentExtension, AgentInterface, AgentProvider, AgentSkill
-from a2amesh.runtime import run, setup_logging
+from a2amesh.observability import health_routes
+from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings
 
 __all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve"]
@@ -72,6 +75,15 @@ def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -
     agent = agent_class(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        await Responder(agent.card(), agent.handle, settings).run(stop)
+        responder = Responder(agent.card(), agent.handle, settings)
+        if not settings.http_port:
+            await responder.run(stop)
+            return
+
+        async def ready() -> dict[str, bool]:
+            return {"broker": responder.link.connected.is_set(), "accepting": responder.accepting}
+
+        app = Starlette(routes=health_routes(responder.metrics, ready))
+        await serve_until(stop, http_server(app, settings.http_host, settings.http_port), responder.run(stop))
 
     run(main)

@@ -73,7 +73,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(runner())
 
 
-async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None]) -> None:
+async def serve_until(
+    stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None], worker_grace: float = 20.0
+) -> None:
     """Serve HTTP and run background workers until `stop` is set, then shut the server down gracefully.
     If the server ends on its own (a port already taken), the service stops too instead of running headless."""
     server_task = asyncio.create_task(server.serve())
@@ -89,8 +91,11 @@ async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaita
     server.should_exit = True
     with contextlib.suppress(Exception, SystemExit):
         await server_task
+    if worker_tasks:
+        await asyncio.wait(worker_tasks, timeout=worker_grace)  # workers finish their own drain after `stop`
     for task in worker_tasks:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, timeout=5)
+            await task
     if not server.started:
         raise SystemExit(1)

@@ -51,6 +51,7 @@ class AgentSettings(ServiceSettings):
     """An agent process: its id, optional pool, and how much work it takes at once."""
 
     agent_id: str = "agent"
+    http_port: int = Field(default=8080, description="health and metrics; 0 turns the HTTP endpoint off")
     pool: str | None = None
     max_concurrent: int = 8
     max_queued: int = 64

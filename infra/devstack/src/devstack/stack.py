@@ -4,6 +4,7 @@ every service started the way its container starts it (`python -m <package>`), o
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import sys
 import time
@@ -31,8 +32,18 @@ def discover_agents(agents_dir: Path = AGENTS_DIR) -> dict[str, str]:
     return found
 
 
+def selected_agents() -> dict[str, str]:
+    """The agents to run: all discovered, or those named in MESH_DEV_AGENTS (comma-separated)."""
+    agents = discover_agents()
+    wanted = [name.strip() for name in os.environ.get("MESH_DEV_AGENTS", "").split(",") if name.strip()]
+    unknown = set(wanted) - set(agents)
+    if unknown:
+        raise ValueError(f"MESH_DEV_AGENTS names unknown agents: {sorted(unknown)}; known: {sorted(agents)}")
+    return {name: agents[name] for name in wanted} if wanted else agents
+
+
 AGENTS: dict[str, str] = discover_agents()
-"""Every agent of the repository, as `make dev` runs them."""
+"""Every agent of the repository."""
 
 
 def find_binary(name: str) -> str:
@@ -72,7 +83,7 @@ class Stack:
     ports: Ports = field(default_factory=Ports.fixed)
     org: str = "acme"
     unit: str = "default"
-    agents: dict[str, str] = field(default_factory=lambda: dict(AGENTS))
+    agents: dict[str, str] = field(default_factory=selected_agents)
     database_url: str | None = None
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -176,7 +187,8 @@ class Stack:
 
     def agent(self, agent_id: str, package: str, **env: str) -> ManagedProcess:
         """An agent process; ready once the registry lists it online."""
-        return self.service(agent_id, package, {"MESH_AGENT_ID": agent_id, **env}, self.agent_online(agent_id))
+        settings = {"MESH_AGENT_ID": agent_id, "MESH_HTTP_PORT": str(free_port()), **env}
+        return self.service(agent_id, package, settings, self.agent_online(agent_id))
 
     def agent_online(self, agent_id: str) -> Callable[[], bool]:
         """A check that passes while the registry lists the agent online."""

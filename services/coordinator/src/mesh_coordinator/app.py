@@ -8,11 +8,9 @@ import time
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from mesh_coordinator.directory import DependencyError, RegistryClient
 from mesh_coordinator.handler import MeshRequestHandler
@@ -76,17 +74,11 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
     async def card_with_live_skills(card: pb.AgentCard) -> pb.AgentCard:
         return to_proto(coordinator_card(public_url, settings.org, await skills.current()), pb.AgentCard)
 
-    async def healthz(request: Request) -> JSONResponse:
-        connected = handler.requester.link.connected.is_set()
-        body = {
-            "status": "ok" if connected else "unavailable",
-            "broker": connected,
-            "tasksInFlight": handler.hub.in_flight,
-        }
-        return JSONResponse(body, status_code=200 if connected else 503)
+    async def ready() -> dict[str, bool]:
+        return {"broker": handler.requester.link.connected.is_set()}
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
+        *health_routes(handler.metrics, ready),
         *create_agent_card_routes(
             to_proto(base_card, pb.AgentCard), card_modifier=card_with_live_skills, cache_control="public, max-age=5"
         ),

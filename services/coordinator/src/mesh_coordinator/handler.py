@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -28,6 +29,7 @@ from a2amesh.models import (
     utc_now,
 )
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, publish_properties
+from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, TopicError
@@ -68,6 +70,9 @@ class MeshRequestHandler(RequestHandler):
         self.hub = TaskHub()
         self.identity = settings.address("coordinator")
         self.profile = RetryProfile()
+        self.metrics = ServiceMetrics("coordinator")
+        self.metrics.track_in_flight(lambda: self.hub.in_flight)
+        self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
 
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
@@ -135,8 +140,13 @@ class MeshRequestHandler(RequestHandler):
         self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         live.start(self.requester.request(agent.request_topic, "SendStreamingMessage", params, profile=self.profile))
+        live.ended_callback(self._count)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
+
+    def _count(self, live: LiveTask) -> None:
+        """Metrics for a relay that ended (a final state, or an interruption waiting for the user)."""
+        self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started)
 
     async def _mirrors(self, agent: AgentAddress) -> bool:
         live = next((live for live in self.hub.for_agent(agent)), None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -47,6 +48,7 @@ class LiveTask:
         self.first_item: asyncio.Future[StreamResponse] = asyncio.get_running_loop().create_future()
         self.ended = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
 
     @property
     def task(self) -> Task:
@@ -79,6 +81,11 @@ class LiveTask:
                 yield item
         finally:
             self.stop_listening(queue)
+
+    def ended_callback(self, callback: Callable[[LiveTask], None]) -> None:
+        """Call `callback(self)` once the relay has ended."""
+        assert self.pump is not None, "start the relay first"
+        self.pump.add_done_callback(lambda _pump: callback(self))
 
     def start(self, stream: ReplyStream) -> None:
         """Begin relaying `stream` in the background."""

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from a2amesh.observability import ServiceMetrics, health_routes
 from a2amesh.topics import AgentAddress, TopicError
 from mesh_registry.index import AgentIndex, Status
 
@@ -32,7 +33,7 @@ def _single(request: Request, name: str) -> str | None:
     return values[0]
 
 
-def create_app(index: AgentIndex, mqtt_connected: asyncio.Event) -> Starlette:
+def create_app(index: AgentIndex, mqtt_connected: asyncio.Event, metrics: ServiceMetrics | None = None) -> Starlette:
     """The Starlette app over `index`; `mqtt_connected` is the consumer's connection flag, for /healthz."""
 
     async def healthz(request: Request) -> JSONResponse:
@@ -75,5 +76,6 @@ def create_app(index: AgentIndex, mqtt_connected: asyncio.Event) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/agents", list_agents, methods=["GET"]),
         Route("/agents/{org}/{unit}/{agent}", get_agent, methods=["GET"]),
+        *health_routes(metrics or ServiceMetrics("registry")),
     ]
     return Starlette(routes=routes, exception_handlers={RedisError: redis_down, ConnectionError: redis_down})

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from a2amesh.models import ListTasksResponse, TaskState
+from a2amesh.observability import ServiceMetrics, health_routes
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import utc
 from mesh_taskstore.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, TaskQuery, TaskStore, status_history
@@ -106,7 +107,7 @@ def list_query(request: Request) -> TaskQuery:
     )
 
 
-def build_app(store: TaskStore, mqtt_connected: Callable[[], bool]) -> Starlette:
+def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None) -> Starlette:
     """The Starlette app over `store`; `mqtt_connected` tells the health check whether events are flowing in."""
 
     async def healthz(_request: Request) -> JSONResponse:
@@ -176,5 +177,6 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool]) -> Starlette
             Route("/tasks", list_tasks, methods=["GET"]),
             Route("/tasks/{task_id}/events", task_events, methods=["GET"]),
             Route("/tasks/{task_id}", get_task, methods=["GET"]),
+            *health_routes(metrics or ServiceMetrics("taskstore")),
         ]
     )

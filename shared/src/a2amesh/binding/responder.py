@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,7 @@ from a2amesh.mqtt import (
     NotConnectedError,
     publish_properties,
 )
+from a2amesh.observability import ServiceMetrics
 from a2amesh.settings import AgentSettings
 from a2amesh.topics import AgentAddress, PoolAddress
 
@@ -75,7 +77,9 @@ SHUTDOWN_GRACE = 10.0
 class Responder:
     """Serves one agent: its card and presence, its requests, its task events."""
 
-    def __init__(self, card: AgentCard, handler: Handler, settings: AgentSettings) -> None:
+    def __init__(
+        self, card: AgentCard, handler: Handler, settings: AgentSettings, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.card = card
         self.handler = handler
         self.settings = settings
@@ -96,6 +100,9 @@ class Responder:
             persistent=True,
             on_connect=self._announce,
         )
+        self.metrics = metrics or ServiceMetrics(settings.agent_id)
+        self.metrics.track_in_flight(lambda: self.in_flight)
+        self.metrics.track_reconnects(lambda: self.link.reconnects)
 
     # -- presence ----------------------------------------------------------------------------------------
     def _card_payload(self) -> bytes:
@@ -364,6 +371,8 @@ class Responder:
     async def _emit(self, record: TaskRecord, item: StreamResponse) -> None:
         """Apply an event, record it on the event topic, and deliver it to everyone listening."""
         record.apply(item)
+        if item.state is not None and item.state.ends_stream:
+            self.metrics.task_ended(item.state.name, time.monotonic() - record.started)
         properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
         await self.link.publish(self.address.event_topic, item.to_json(), qos=1, properties=properties)
         ends = item.ends_stream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TaskRecord:
     runner: asyncio.Task[None] | None = None
     state: dict[str, Any] = field(default_factory=dict)
     """Agent-owned scratch space that survives across turns of a multi-turn task."""
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def id(self) -> str:

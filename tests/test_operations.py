@@ -1,0 +1,54 @@
+"""Every service answers /livez, /healthz and /metrics, and the metrics count real work."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from devstack.stack import Stack
+from tests.conftest import collect, send_request, user_message
+
+
+def http_base(mesh: Stack, name: str) -> str:
+    return f"http://127.0.0.1:{mesh[name].env['MESH_HTTP_PORT']}"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_every_service_is_live_ready_and_exports_metrics(mesh: Stack, http: httpx.AsyncClient) -> None:
+    services = ["coordinator", "registry", "taskstore", *mesh.agents]
+    for name in services:
+        base = http_base(mesh, name)
+        assert (await http.get(f"{base}/livez")).status_code == 200, name
+        ready = await http.get(f"{base}/healthz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ok", (name, ready.text)
+        exported = (await http.get(f"{base}/metrics")).text
+        assert metric(exported, "process_resident_memory_bytes") > 0, name
+
+
+async def test_task_metrics_count_completed_tasks_at_the_coordinator_and_the_agent(
+    mesh: Stack, http: httpx.AsyncClient, make_client
+) -> None:
+    async def completed(name: str) -> float:
+        exported = (await http.get(f"{http_base(mesh, name)}/metrics")).text
+        return metric(exported, "mesh_tasks_total", state="COMPLETED")
+
+    before = {name: await completed(name) for name in ("coordinator", "echo")}
+    for text in ("one", "two", "three"):
+        [event] = await collect(make_client(), send_request(user_message(text), skill="echo"))
+        assert event.task.status.state == 3
+
+    assert await completed("coordinator") == before["coordinator"] + 3
+    assert await completed("echo") == before["echo"] + 3
+    exported = (await http.get(f"{http_base(mesh, 'echo')}/metrics")).text
+    assert metric(exported, "mesh_task_duration_seconds_count", service="echo") >= 3
