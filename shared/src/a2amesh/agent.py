@@ -11,11 +11,12 @@ from starlette.applications import Starlette
 
 from a2amesh.binding.responder import Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
-from a2amesh.binding.wire import MQTT_BINDING, TASK_EVENTS_EXTENSION
+from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, TASK_EVENTS_EXTENSION
 from a2amesh.models import AgentCapabilities, AgentCard, AgentExtension, AgentInterface, AgentProvider, AgentSkill
 from a2amesh.observability import health_routes
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings
+from a2amesh.topics import PoolAddress
 
 __all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve"]
 
@@ -53,14 +54,25 @@ class MeshAgent(ABC):
             capabilities=AgentCapabilities(
                 streaming=True,
                 push_notifications=False,
-                extensions=[
-                    AgentExtension(uri=TASK_EVENTS_EXTENSION, description="publishes every task event", required=False)
-                ],
+                extensions=self._extensions(),
             ),
             default_input_modes=list(self.input_modes),
             default_output_modes=list(self.output_modes),
             skills=list(self.skills),
         )
+
+    def _extensions(self) -> list[AgentExtension]:
+        extensions = [AgentExtension(uri=TASK_EVENTS_EXTENSION, description="publishes every task event")]
+        if self.settings.pool:
+            pool = PoolAddress(self.settings.org, self.settings.unit, self.settings.pool)
+            extensions.append(
+                AgentExtension(
+                    uri=POOL_EXTENSION,
+                    description="serves a pool of replicas",
+                    params={"pool": pool.pool, "topic": pool.topic},
+                )
+            )
+        return extensions
 
     @abstractmethod
     async def handle(self, task: TaskContext) -> None:

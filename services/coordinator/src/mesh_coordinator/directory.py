@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from a2amesh.binding.wire import records_own_events
+from a2amesh.binding.wire import pool_of, records_own_events
 from a2amesh.models import AgentCard, ListTasksResponse, Task
-from a2amesh.topics import AgentAddress
+from a2amesh.topics import AgentAddress, PoolAddress
 
 
 class DependencyError(RuntimeError):
@@ -24,6 +24,14 @@ class AgentChoice:
     skills: tuple[str, ...]
     load: float | None
     records_events: bool
+    pool: str | None = None
+
+    @property
+    def request_topic(self) -> str:
+        """Where to publish a new task: the pool's topic when the agent serves one, else its own."""
+        if self.pool:
+            return PoolAddress(self.address.org, self.address.unit, self.pool).topic
+        return self.address.request_topic
 
 
 class RegistryClient:
@@ -51,6 +59,7 @@ class RegistryClient:
                 tuple(record.get("skills", [])),
                 record.get("load"),
                 records_own_events(card),
+                pool_of(card),
             )
         return None
 

@@ -115,7 +115,7 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
         if message.task_id:
             agent, previous = await self._agent_holding(message.task_id)
-            mirror = await self._mirrors(agent)
+            mirror, topic = await self._mirrors(agent), agent.request_topic
             if previous is not None and previous.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
                     message=f"Task {message.task_id} is already {previous.status.state.name}"
@@ -123,7 +123,7 @@ class MeshRequestHandler(RequestHandler):
             context_id = message.context_id or (previous.context_id if previous else None) or new_context_id()
             task_id = message.task_id
         else:
-            agent, mirror = await self._choose_agent(request)
+            agent, mirror, topic = await self._choose_agent(request)
             task_id, context_id = new_task_id(), message.context_id or new_context_id()
         message = message.model_copy(update={"task_id": task_id, "context_id": context_id})
         metadata = dict(request.metadata or {})
@@ -139,7 +139,7 @@ class MeshRequestHandler(RequestHandler):
         live = LiveTask(task, agent, self._record_event, mirror=mirror)
         self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
-        live.start(self.requester.request(agent.request_topic, "SendStreamingMessage", params, profile=self.profile))
+        live.start(self.requester.request(topic, "SendStreamingMessage", params, profile=self.profile))
         live.ended_callback(self._count)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
@@ -157,13 +157,13 @@ class MeshRequestHandler(RequestHandler):
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
 
-    async def _choose_agent(self, request: SendMessageRequest) -> tuple[AgentAddress, bool]:
+    async def _choose_agent(self, request: SendMessageRequest) -> tuple[AgentAddress, bool, str]:
         """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
-        else one with the default skill."""
+        else one with the default skill; with whether to mirror its events and where to publish."""
         metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
         if isinstance(metadata.get(AGENT_METADATA_KEY), str):
             pinned = self._parse_agent(metadata[AGENT_METADATA_KEY])
-            return pinned, await self._mirrors(pinned)
+            return pinned, await self._mirrors(pinned), pinned.request_topic
         skill = metadata.get(SKILL_METADATA_KEY, self.settings.default_skill)
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
@@ -174,7 +174,7 @@ class MeshRequestHandler(RequestHandler):
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if choice is not None:
-            return choice.address, not choice.records_events
+            return choice.address, not choice.records_events, choice.request_topic
         if known:
             raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
         raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")

@@ -99,6 +99,9 @@ class LiveTask:
                 except ValidationError as error:
                     log.warning("task %s: agent %s sent an invalid stream item: %s", self.id, self.agent, error)
                     continue
+                if stream.responder and stream.responder != self.agent.agent:
+                    # a pool member answered: follow-ups and cancels go to that member's own topic
+                    self.agent = AgentAddress(self.agent.org, self.agent.unit, stream.responder)
                 if not self.first_item.done() and item.task is None:
                     # A stream is a Task followed by updates; agents that start with an update get the Task first.
                     await self._relay(StreamResponse(task=self.task.model_copy(deep=True)))

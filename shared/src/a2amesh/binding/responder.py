@@ -70,6 +70,9 @@ Handler = Callable[[TaskContext], Awaitable[None]]
 FINISHED_TASKS_KEPT = 10_000
 """Finished tasks remembered for de-duplication and GetTask (oldest forgotten first)."""
 
+LOAD_REPORT_INTERVAL = 1.0
+"""Seconds between checks of whether the agent's load changed enough to republish its presence."""
+
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
 
@@ -126,6 +129,28 @@ class Responder:
             self.address.discovery_topic, self._card_payload(), qos=1, retain=True, properties=self._presence("online")
         )
 
+    async def _report_load(self, stop: asyncio.Event) -> None:
+        """Republish the card when the load figure changes (at most once per LOAD_REPORT_INTERVAL), so the
+        registry can route to the least-loaded replica."""
+        reported: str | None = None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=LOAD_REPORT_INTERVAL)
+            current = f"{self.load:.2f}"
+            if stop.is_set() or current == reported or not self.link.connected.is_set():
+                continue
+            try:
+                await self.link.publish(
+                    self.address.discovery_topic,
+                    self._card_payload(),
+                    retain=True,
+                    properties=self._presence("online"),
+                    wait=1.0,
+                )
+                reported = current
+            except NotConnectedError:
+                continue
+
     @property
     def in_flight(self) -> int:
         return sum(1 for record in self.tasks.values() if record.active)
@@ -140,8 +165,10 @@ class Responder:
         """Serve until `stop`; then drain, end what is left, and go offline gracefully."""
         link_stop = asyncio.Event()
         link_task = asyncio.create_task(self.link.run(link_stop))
+        load_task = asyncio.create_task(self._report_load(stop))
         await stop.wait()
         self.accepting = False
+        await load_task
         await self._drain()
         client = self.link.client
         if client is not None:

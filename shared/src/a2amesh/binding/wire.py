@@ -19,6 +19,11 @@ TASK_EVENTS_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/task-events/v1"
 """Declared in a card's capabilities.extensions by agents that publish every task event on their event topic
 (the durable-record extension). For agents without it, the coordinator records the events it relays."""
 
+POOL_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/pool/v1"
+"""Declared by an agent that also serves a pool; params {"pool": name, "topic": the pool's request topic}.
+Requesters may publish to the pool topic (the broker balances across members) and send follow-ups to the
+answering member's direct topic (User Property a2a-responder-agent-id)."""
+
 SKILL_METADATA_KEY = "skill"
 """Request metadata naming the skill wanted; the coordinator routes on it and agents with several skills read it."""
 
@@ -38,6 +43,14 @@ def is_mqtt_interface(interface: AgentInterface) -> bool:
 def records_own_events(card: AgentCard) -> bool:
     """Whether the agent publishes its task events itself (see TASK_EVENTS_EXTENSION)."""
     return any(extension.uri == TASK_EVENTS_EXTENSION for extension in card.capabilities.extensions or [])
+
+
+def pool_of(card: AgentCard) -> str | None:
+    """The pool an agent's card says it serves, if any."""
+    for extension in card.capabilities.extensions or []:
+        if extension.uri == POOL_EXTENSION and extension.params and isinstance(extension.params.get("pool"), str):
+            return extension.params["pool"]
+    return None
 
 
 def new_correlation() -> bytes:

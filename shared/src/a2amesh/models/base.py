@@ -7,7 +7,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 
@@ -15,14 +15,17 @@ def _timestamp_to_wire(value: datetime) -> str:
     """ISO-8601 UTC with `Z` and millisecond precision, as the A2A spec writes timestamps."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat, unlike strftime("%Y"), zero-pads years before 1000 (protobuf's Timestamp starts at 0001-01-01).
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_timestamp_to_wire, return_type=str, when_used="json-unless-none")]
 """A datetime that serialises the way protobuf's JSON mapping (and A2A) expects."""
 
 JsonObject = dict[str, Any]
+
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+"""A proto `int32`: values outside its range cannot be written to an SDK peer (ParseDict rejects them)."""
 
 
 def _bytes_from_wire(value: Any) -> Any:

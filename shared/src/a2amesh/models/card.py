@@ -24,9 +24,9 @@ class AgentProvider(A2AModel):
 
 
 class AgentExtension(A2AModel):
-    """A protocol extension the agent supports."""
+    """A protocol extension the agent supports. `uri` identifies it, but the spec does not mark it REQUIRED."""
 
-    uri: str
+    uri: str = ""
     description: str | None = None
     required: bool | None = None
     params: JsonObject | None = None
@@ -81,13 +81,20 @@ class OAuthFlow(A2AModel):
 
 
 class OAuthFlows(A2AModel):
-    """Exactly one OAuth 2.0 flow."""
+    """One OAuth 2.0 flow (a proto `oneof`: two flows cannot be written, none is allowed)."""
 
     authorization_code: OAuthFlow | None = None
     client_credentials: OAuthFlow | None = None
     implicit: OAuthFlow | None = None
     password: OAuthFlow | None = None
     device_code: OAuthFlow | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one_flow(self) -> OAuthFlows:
+        present = [name for name, value in self if value is not None]
+        if len(present) > 1:
+            raise ValueError(f"OAuthFlows carries one flow (got {present})")
+        return self
 
 
 class OAuth2SecurityScheme(A2AModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from a2amesh.models.base import A2AModel, Base64Bytes, JsonObject, Timestamp, utc_now
+from a2amesh.models.base import A2AModel, Base64Bytes, Int32, JsonObject, Timestamp, utc_now
 
 
 class TaskState(StrEnum):
@@ -220,7 +220,7 @@ class SendMessageConfiguration(A2AModel):
 
     accepted_output_modes: list[str] | None = None
     task_push_notification_config: TaskPushNotificationConfig | None = None
-    history_length: int | None = None
+    history_length: Int32 | None = None
     return_immediately: bool | None = None
 
 
@@ -251,7 +251,7 @@ class GetTaskRequest(A2AModel):
 
     tenant: str | None = None
     id: str
-    history_length: int | None = None
+    history_length: Int32 | None = None
 
 
 class ListTasksRequest(A2AModel):
@@ -260,9 +260,9 @@ class ListTasksRequest(A2AModel):
     tenant: str | None = None
     context_id: str | None = None
     status: TaskState | None = None
-    page_size: int | None = None
+    page_size: Int32 | None = None
     page_token: str | None = None
-    history_length: int | None = None
+    history_length: Int32 | None = None
     status_timestamp_after: Timestamp | None = None
     include_artifacts: bool | None = None
 
@@ -279,8 +279,8 @@ class ListTasksResponse(A2AModel):
 
     tasks: list[Task] = Field(default_factory=list)
     next_page_token: str = ""
-    page_size: int = 0
-    total_size: int = 0
+    page_size: Int32 = 0
+    total_size: Int32 = 0
 
     def to_wire(self) -> JsonObject:
         # Every field here is REQUIRED on the wire, even when empty or zero.
