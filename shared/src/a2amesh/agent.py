@@ -74,6 +74,11 @@ class MeshAgent(ABC):
             )
         return extensions
 
+    async def on_cancel(self, task: TaskContext) -> None:
+        """Called when a task waiting for input (so not running) is canceled: release what it holds.
+        A running task is canceled through its handler instead (asyncio.CancelledError)."""
+        return  # nothing held by default
+
     @abstractmethod
     async def handle(self, task: TaskContext) -> None:
         """Do the task's work, reporting through `task`. Raise TaskRejectedError for bad input; returning
@@ -87,7 +92,7 @@ def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -
     agent = agent_class(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        responder = Responder(agent.card(), agent.handle, settings)
+        responder = Responder(agent.card(), agent.handle, settings, on_cancel=agent.on_cancel)
         if not settings.http_port:
             await responder.run(stop)
             return

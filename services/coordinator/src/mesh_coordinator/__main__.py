@@ -7,11 +7,30 @@ import asyncio
 import httpx
 
 from a2amesh.binding import MeshRequester
+from a2amesh.binding.responder import Responder
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
-from a2amesh.settings import CoordinatorSettings
+from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import build_app
+from mesh_coordinator.delegate import Delegate
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
 from mesh_coordinator.handler import MeshRequestHandler
+from mesh_coordinator.workflows import WorkflowAgent
+
+
+def workflow_responder(settings: CoordinatorSettings, delegate: Delegate) -> Responder:
+    """The workflows agent the coordinator hosts: its own identity on the mesh, the coordinator's requester."""
+    agent_settings = AgentSettings(
+        org=settings.org,
+        unit=settings.unit,
+        mqtt=settings.mqtt,
+        agent_id="workflows",
+        http_port=0,
+        max_concurrent=64,
+        max_queued=256,
+        log_level=settings.log_level,
+    )
+    agent = WorkflowAgent(agent_settings, delegate)
+    return Responder(agent.card(), agent.handle, agent_settings, on_cancel=agent.on_cancel)
 
 
 def main() -> None:
@@ -28,7 +47,9 @@ def main() -> None:
             app = build_app(handler, registry, public_url)
             link_stop = asyncio.Event()
             link = asyncio.create_task(requester.run(link_stop))
-            await serve_until(stop, http_server(app, settings.http_host, settings.http_port, settings.log_level))
+            workflows = workflow_responder(settings, Delegate(requester, registry))
+            server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
+            await serve_until(stop, server, workflows.run(stop))
             await handler.hub.close()
             link_stop.set()
             await link

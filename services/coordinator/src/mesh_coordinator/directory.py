@@ -50,17 +50,22 @@ class RegistryClient:
         except (httpx.HTTPError, KeyError, ValueError) as error:
             raise DependencyError(f"registry unavailable: {error}") from error
 
+    @staticmethod
+    def choice_of(record: dict[str, Any]) -> AgentChoice:
+        """A registry record as a routing choice."""
+        card = AgentCard.from_wire(record["card"])
+        return AgentChoice(
+            AgentAddress.parse(record["address"]),
+            tuple(record.get("skills", [])),
+            record.get("load"),
+            records_own_events(card),
+            pool_of(card),
+        )
+
     async def choose(self, skill: str) -> AgentChoice | None:
         """The least-loaded online agent offering `skill`, or None."""
         for record in await self.agents(skill=skill, status="online"):
-            card = AgentCard.from_wire(record["card"])
-            return AgentChoice(
-                AgentAddress.parse(record["address"]),
-                tuple(record.get("skills", [])),
-                record.get("load"),
-                records_own_events(card),
-                pool_of(card),
-            )
+            return self.choice_of(record)
         return None
 
     async def agent(self, address: AgentAddress) -> dict[str, Any] | None:

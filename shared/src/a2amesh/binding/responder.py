@@ -66,6 +66,7 @@ from a2amesh.topics import AgentAddress, PoolAddress
 log = logging.getLogger(__name__)
 
 Handler = Callable[[TaskContext], Awaitable[None]]
+CancelHook = Callable[[TaskContext], Awaitable[None]]
 
 FINISHED_TASKS_KEPT = 10_000
 """Finished tasks remembered for de-duplication and GetTask (oldest forgotten first)."""
@@ -81,10 +82,16 @@ class Responder:
     """Serves one agent: its card and presence, its requests, its task events."""
 
     def __init__(
-        self, card: AgentCard, handler: Handler, settings: AgentSettings, metrics: ServiceMetrics | None = None
+        self,
+        card: AgentCard,
+        handler: Handler,
+        settings: AgentSettings,
+        metrics: ServiceMetrics | None = None,
+        on_cancel: CancelHook | None = None,
     ) -> None:
         self.card = card
         self.handler = handler
+        self.on_cancel = on_cancel
         self.settings = settings
         self.address: AgentAddress = settings.address(settings.agent_id)
         self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
@@ -287,6 +294,8 @@ class Responder:
         """A follow-up to an INPUT_REQUIRED/AUTH_REQUIRED task: same task, the user's answer, a new turn."""
         message = params.message.model_copy(update={"context_id": record.context_id})
         record.task.history = [*(record.task.history or []), message]
+        # Resumed: no longer interrupted. A snapshot still saying INPUT_REQUIRED would end every listener's stream.
+        record.task.status = TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now())
         record.subscribers.append(subscriber)
         await self._emit(record, StreamResponse(task=record.task.model_copy(deep=True)))
         record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
@@ -328,6 +337,11 @@ class Responder:
             record.runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(record.runner), timeout=10)
+        elif self.on_cancel is not None:  # waiting for input: the handler is not running to clean up itself
+            try:
+                await asyncio.wait_for(self.on_cancel(TaskContext(record, self._emit)), timeout=10)
+            except Exception:
+                log.exception("task %s: cancel hook failed", record.id)
         if not record.current_state.is_terminal:  # interrupted, or the handler swallowed the cancel
             await self._end(record, TaskState.CANCELED, "canceled by request")
         await reply.send(result_response(request.id, record.task.to_wire()))

@@ -1,0 +1,178 @@
+"""Child tasks of a workflow: each step is delegated to a live agent by skill, linked to its parent
+(same contextId, `referenceTaskIds`, metadata.parentTaskId), retried on another instance with the same task id
+when an agent is unavailable or dies, and canceled when the parent is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from a2amesh.agent import TaskContext, TaskFailedError
+from a2amesh.binding import MeshRequester, RemoteError, RequestTimeoutError, RetryProfile
+from a2amesh.binding.tasks import TaskRecord
+from a2amesh.binding.wire import SKILL_METADATA_KEY
+from a2amesh.models import JsonRpcRequest, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus
+from a2amesh.topics import AgentAddress
+from mesh_coordinator.directory import DependencyError, RegistryClient
+
+log = logging.getLogger(__name__)
+
+CHILD_ATTEMPTS = 3
+"""Instances a step is tried on before the parent fails."""
+
+CANCEL_PROFILE = RetryProfile(first_reply_timeout=5.0, attempts=1)
+
+
+@dataclass
+class Child:
+    """One step's task as the parent sees it."""
+
+    step: str
+    skill: str
+    task: Task
+    agent: AgentAddress | None = None
+    tried: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def state(self) -> TaskState:
+        return self.task.status.state
+
+    def data_parts(self) -> list[Any]:
+        """The JSON values of every data part of every artifact, in order."""
+        return [part.data for artifact in self.task.artifacts or [] for part in artifact.parts if part.kind == "data"]
+
+    def text(self, artifact_name: str | None = None) -> str:
+        """The text of the artifact named `artifact_name` (or of all artifacts)."""
+        return "\n".join(
+            part.text
+            for artifact in self.task.artifacts or []
+            if artifact_name is None or artifact.name == artifact_name
+            for part in artifact.parts
+            if part.text is not None
+        )
+
+    def status_text(self) -> str:
+        message = self.task.status.message
+        return message.text() if message else ""
+
+
+class Delegate:
+    """Runs the child tasks of a parent task on the mesh."""
+
+    def __init__(self, requester: MeshRequester, registry: RegistryClient, profile: RetryProfile | None = None) -> None:
+        self.requester = requester
+        self.registry = registry
+        self.profile = profile or RetryProfile()
+
+    async def start(
+        self, parent: TaskContext, step: str, skill: str, parts: list[Part], metadata: dict[str, Any] | None = None
+    ) -> Child:
+        """Run a new child for `step` to its end (terminal or interrupted); returns it whatever the outcome."""
+        child_id = str(uuid.uuid4())
+        message = Message(
+            message_id=uuid.uuid4().hex,
+            role=Role.USER,
+            parts=parts,
+            task_id=child_id,
+            context_id=parent.context_id,
+            reference_task_ids=[parent.id],
+            metadata={"parentTaskId": parent.id, "step": step},
+        )
+        child = Child(
+            step,
+            skill,
+            Task(
+                id=child_id,
+                context_id=parent.context_id,
+                history=[message],
+                status=TaskStatus(state=TaskState.SUBMITTED),
+            ),
+        )
+        params = {"message": message.to_wire(), "metadata": {SKILL_METADATA_KEY: skill, **(metadata or {})}}
+        return await self._run(parent, child, params, fresh=True)
+
+    async def answer(self, parent: TaskContext, child: Child, parts: list[Part]) -> Child:
+        """Continue an interrupted child (same task id and context) on the agent that holds it."""
+        message = Message(
+            message_id=uuid.uuid4().hex,
+            role=Role.USER,
+            parts=parts,
+            task_id=child.id,
+            context_id=child.task.context_id,
+            reference_task_ids=[parent.id],
+        )
+        params = {"message": message.to_wire(), "metadata": {SKILL_METADATA_KEY: child.skill}}
+        return await self._run(parent, child, params, fresh=False)
+
+    async def _run(self, parent: TaskContext, child: Child, params: dict[str, Any], *, fresh: bool) -> Child:
+        children: dict[str, Child] = parent.state.setdefault("children", {})
+        children[child.id] = child
+        last_error = "no attempt made"
+        for _attempt in range(CHILD_ATTEMPTS):
+            topic = await self._target(child, fresh)
+            if topic is None:
+                break
+            try:
+                await self._follow(child, topic, params)
+                return child
+            except RequestTimeoutError as error:
+                last_error = f"{child.agent} did not finish: {error}"
+            except RemoteError as error:
+                if error.binding_error is None or not error.binding_error.retryable:
+                    raise TaskFailedError(f"step {child.step} ({child.skill}) refused: {error.error.message}") from None
+                last_error = f"{child.agent} unavailable: {error.error.message}"
+            if not fresh:
+                break  # only the agent holding an interrupted task can continue it
+            log.warning("step %s of %s: %s; trying another instance", child.step, parent.id, last_error)
+        raise TaskFailedError(f"step {child.step} ({child.skill}) failed: {last_error}")
+
+    async def _target(self, child: Child, fresh: bool) -> str | None:
+        """Where the next attempt goes: a live agent with the skill not tried yet (least loaded first)."""
+        if not fresh:
+            assert child.agent is not None
+            return child.agent.request_topic
+        try:
+            records = await self.registry.agents(skill=child.skill, status="online")
+        except DependencyError as error:
+            raise TaskFailedError(f"step {child.step}: {error}") from None
+        for record in records:
+            if record["address"] not in child.tried:
+                choice = RegistryClient.choice_of(record)
+                child.tried.append(record["address"])
+                child.agent = choice.address
+                return choice.request_topic
+        if not child.tried:
+            raise TaskFailedError(f"step {child.step}: no agent offering skill '{child.skill}' is online")
+        return None
+
+    async def _follow(self, child: Child, topic: str, params: dict[str, Any]) -> None:
+        stream = self.requester.request(topic, "SendStreamingMessage", params, profile=self.profile)
+        record = TaskRecord(task=child.task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
+        async for result in stream.results():
+            record.apply(StreamResponse.from_wire(result))
+            if stream.responder and child.agent and stream.responder != child.agent.agent:
+                child.agent = AgentAddress(child.agent.org, child.agent.unit, stream.responder)
+        child.task = record.task
+
+    async def cancel_all(self, parent: TaskContext) -> None:
+        """Cancel every child of `parent` that has not ended (best effort, bounded in time)."""
+        children: dict[str, Child] = parent.state.get("children", {})
+        running = [c for c in children.values() if c.agent is not None and not c.state.is_terminal]
+
+        async def cancel(child: Child) -> None:
+            assert child.agent is not None
+            with contextlib.suppress(RemoteError, RequestTimeoutError):
+                result = await self.requester.call(
+                    child.agent.request_topic, "CancelTask", {"id": child.id}, profile=CANCEL_PROFILE
+                )
+                child.task = Task.from_wire(result)
+
+        await asyncio.gather(*(cancel(child) for child in running))
