@@ -87,3 +87,6 @@ class CoordinatorSettings(ServiceSettings):
     taskstore_url: str = "http://127.0.0.1:8002"
     default_skill: str = "echo"
     task_timeout: float = 300.0
+    first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
+    stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
+    request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")

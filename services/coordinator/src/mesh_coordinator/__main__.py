@@ -13,7 +13,7 @@ from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import build_app
 from mesh_coordinator.delegate import Delegate
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
-from mesh_coordinator.handler import MeshRequestHandler
+from mesh_coordinator.handler import MeshRequestHandler, retry_profile
 from mesh_coordinator.workflows import WorkflowAgent
 
 
@@ -47,7 +47,7 @@ def main() -> None:
             app = build_app(handler, registry, public_url)
             link_stop = asyncio.Event()
             link = asyncio.create_task(requester.run(link_stop))
-            workflows = workflow_responder(settings, Delegate(requester, registry))
+            workflows = workflow_responder(settings, Delegate(requester, registry, retry_profile(settings)))
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
             await serve_until(stop, server, workflows.run(stop))
             await handler.hub.close()

@@ -48,6 +48,11 @@ _REMOTE_ERRORS: dict[int, type[sdk_errors.A2AError]] = {
 }
 
 
+def retry_profile(settings: CoordinatorSettings) -> RetryProfile:
+    """The binding's retry profile with the coordinator's configured timeouts."""
+    return RetryProfile(settings.first_reply_timeout, settings.stream_idle_timeout, settings.request_attempts)
+
+
 def sdk_error(error: RemoteError) -> sdk_errors.A2AError:
     """An agent's JSON-RPC error as the a2a-sdk error the HTTP face answers with."""
     if error.binding_error is not None:
@@ -69,7 +74,7 @@ class MeshRequestHandler(RequestHandler):
         self.store = store
         self.hub = TaskHub()
         self.identity = settings.address("coordinator")
-        self.profile = RetryProfile()
+        self.profile = retry_profile(settings)
         self.metrics = ServiceMetrics("coordinator")
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
