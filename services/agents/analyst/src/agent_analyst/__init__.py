@@ -1,0 +1,1 @@
+"""The data analyst agent: descriptive statistics of a table sent as a data part or as CSV text."""

@@ -1,0 +1,1 @@
+"""The writer agent: turns research passages into a structured Markdown report with numbered citations."""
