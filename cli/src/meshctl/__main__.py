@@ -1,11 +1,10 @@
-"""`meshctl`: placeholder entry point until the CLI lands (issue #3)."""
+"""`meshctl` (and `python -m meshctl`): the mesh's command-line client."""
 
-import sys
+from meshctl.app import app
 
 
 def main() -> None:
-    print("meshctl is not built yet", file=sys.stderr)
-    sys.exit(2)
+    app(prog_name="meshctl")
 
 
 if __name__ == "__main__":

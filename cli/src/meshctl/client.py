@@ -1,0 +1,83 @@
+"""Talking to the mesh over HTTP: the coordinator through the official a2a-sdk client, the registry and the task
+store through their plain JSON APIs. Every failure leaves here as a `CliError` with a message for people."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
+from a2a.client.errors import AgentCardResolutionError
+from a2a.utils.errors import A2AError
+
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0
+
+
+class CliError(Exception):
+    """A failure to report in one line (no traceback) and the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _unreachable(what: str, url: str, error: BaseException) -> CliError:
+    reason = str(error) or type(error).__name__
+    return CliError(f"cannot reach the {what} at {url} ({reason}); is the mesh running (make dev)?")
+
+
+@asynccontextmanager
+async def coordinator(url: str, *, streaming: bool = False, wait_long: bool = False) -> AsyncIterator[Client]:
+    """An a2a-sdk client on the coordinator's card. `wait_long` lifts the read timeout (blocking sends and
+    streams last as long as the task does; the coordinator bounds them)."""
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT, read=None if wait_long else READ_TIMEOUT)
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        try:
+            card = await A2ACardResolver(http, url).get_agent_card()
+        except AgentCardResolutionError as error:
+            if isinstance(error.__cause__, httpx.RequestError):
+                raise _unreachable("coordinator", url, error.__cause__) from None
+            raise CliError(f"no usable A2A agent card at {url}: {error.message}") from None
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
+        try:
+            yield client
+        except A2AError as error:
+            if isinstance(error.__cause__, httpx.RequestError):
+                raise _unreachable("coordinator", url, error.__cause__) from None
+            raise CliError(error.message or str(error)) from None
+
+
+def _get_json(what: str, base_url: str, path: str, params: dict[str, str] | None = None) -> Any:
+    url = base_url.rstrip("/") + path
+    try:
+        response = httpx.get(url, params=params, timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT))
+    except httpx.RequestError as error:
+        raise _unreachable(what, base_url, error) from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200:
+        detail = body.get("error") if isinstance(body, dict) else None
+        raise CliError(f"{what}: {detail or f'HTTP {response.status_code}'}")
+    return body
+
+
+def list_agents(registry_url: str, *, skill: str | None, tag: str | None, status: str | None) -> list[dict[str, Any]]:
+    """The registry's records, filtered as asked (online first, least loaded first)."""
+    query = {key: value for key, value in (("skill", skill), ("tag", tag), ("status", status)) if value}
+    return list(_get_json("registry", registry_url, "/agents", query)["agents"])
+
+
+def task_record(store_url: str, task_id: str) -> dict[str, Any]:
+    """The task store's record of a task: the agent that held it, every event and the status history."""
+    try:
+        return dict(_get_json("task store", store_url, f"/tasks/{task_id}/events"))
+    except CliError as error:
+        if error.message.endswith("task not found"):
+            raise CliError(f"Task {task_id} is not recorded in the task store") from None
+        raise

@@ -1,0 +1,37 @@
+"""meshctl run in-process (typer's CliRunner) against the session's real mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from click.testing import Result
+from meshctl.app import app
+from typer.testing import CliRunner
+
+from devstack.stack import Stack
+
+Meshctl = Callable[..., Result]
+
+
+@pytest.fixture
+def meshctl(mesh: Stack) -> Meshctl:
+    """Run `meshctl ARGS...` with the environment pointing at the mesh; fails on any unexpected exception."""
+    env = {
+        "MESH_COORDINATOR_URL": mesh.coordinator_url,
+        "MESH_REGISTRY_URL": mesh.registry_url,
+        "MESH_TASKSTORE_URL": mesh.taskstore_url,
+        "MESH_MQTT__HOST": "127.0.0.1",
+        "MESH_MQTT__PORT": str(mesh.ports.mqtt),
+        "MESH_ORG": mesh.org,
+        "MESH_UNIT": mesh.unit,
+        "COLUMNS": "200",
+    }
+
+    def run(*args: str) -> Result:
+        result = CliRunner().invoke(app, list(args), env=env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"meshctl {' '.join(args)} raised:\n{result.output}") from result.exception
+        return result
+
+    return run
