@@ -1,0 +1,779 @@
+"""The deployment artifacts, checked two ways.
+
+1. By their real validators, on the real files: hadolint on every Dockerfile; the compose-spec schema
+   (check-jsonschema's vendored copy) and dclint on the Compose files; `kubectl kustomize` on every overlay, its
+   output checked by `kubernetes-validate --strict` offline; each image's locked environment, built the way its
+   Dockerfile builds it, imports its entry point. A negative control shows each validator rejects a broken file.
+2. Against each other, so the three ways of running the mesh cannot drift apart: Compose, every Kubernetes overlay
+   and the local dev runner (devstack's Stack, which `make dev` and the tests use) must agree on the set of services,
+   their ports and the names of their settings; the values live in .env alone (k8s/base/mesh.env is its checked
+   copy). Each rule is a test below, and every failure says which file to change.
+
+The validators are installed by `make test` (python-deps and validate-deps); a missing one fails, never skips.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from a2amesh.settings import AgentSettings, CoordinatorSettings, RegistrySettings, ServiceSettings, TaskStoreSettings
+from devstack.processes import ManagedProcess
+from devstack.stack import AGENTS, Ports, Stack
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_FILE = REPO / ".env"
+K8S_ENV_FILE = REPO / "k8s" / "base" / "mesh.env"
+COMPOSE_FILE = REPO / "compose.yaml"
+COMPOSE_EXTEND_FILE = REPO / "compose.extend.yaml"
+OVERLAYS = sorted(path.parent.name for path in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
+BROKER_DIR = REPO / "services" / "broker"
+DCLINT = REPO / "infra" / "validate" / "node_modules" / ".bin" / "dclint"
+DCLINT_CONFIG = REPO / "infra" / "validate" / "dclintrc.yaml"
+
+# kubectl on these machines is 1.32; kubernetes-validate ships its schemas (1.25 to 1.37) inside the package
+KUBERNETES_VERSION = "1.32.0"
+
+# .env keys that only Compose reads; every other key is a service setting that Kubernetes gets too
+COMPOSE_ONLY_PREFIXES = ("COMPOSE_", "IMAGE_")
+
+# service -> its field of devstack's Ports (which names the broker's port after the protocol)
+DEVSTACK_PORT_OF = {
+    "broker": "mqtt",
+    "redis": "redis",
+    "registry": "registry",
+    "taskstore": "taskstore",
+    "coordinator": "coordinator",
+}
+
+# the settings class each mesh service builds (a2amesh.settings); every agent builds AgentSettings
+SETTINGS_OF: dict[str, type[ServiceSettings]] = {
+    "registry": RegistrySettings,
+    "taskstore": TaskStoreSettings,
+    "coordinator": CoordinatorSettings,
+}
+
+# settings that Compose and Kubernetes give a service but the dev runner does not, and why
+DEPLOYMENT_ONLY_SETTINGS = {
+    "MESH_LOG_JSON": "containers log one JSON object per line for a log collector; make dev keeps readable text",
+    "MESH_POOL": "an agent's replicas share its pool; make dev runs one process per agent",
+}
+
+# workloads an overlay may add to the dev runner's services, and why
+OVERLAY_ONLY_WORKLOADS = {
+    "prod": {"postgres": "the task store runs on PostgreSQL in production (make dev and Compose use SQLite)"},
+}
+
+# images not built from this repository: Compose and Kubernetes must run the same tag
+THIRD_PARTY = {"redis"}
+
+
+# -- running the validators -------------------------------------------------------------------------------------
+def tool(name: str) -> str:
+    """A validator installed in the workspace environment (the dev group of uv.lock)."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is missing from {path.parent}: run `make python-deps` (uv sync --locked)"
+    return str(path)
+
+
+def run(argv: list[str], cwd: Path = REPO, timeout: float = 110) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"$ {shlex.join(result.args)}\n(exit {result.returncode})\n{result.stdout}\n{result.stderr}"
+
+
+@cache
+def kustomize(target: str) -> str:
+    """`kubectl kustomize` of a folder relative to the repository (an overlay, or k8s/base)."""
+    result = run(["kubectl", "kustomize", target])
+    assert result.returncode == 0, explain(result)
+    return result.stdout
+
+
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(kustomize(f"k8s/overlays/{overlay}")) if doc]
+
+
+# -- reading the files ------------------------------------------------------------------------------------------
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, read strictly: Compose and kustomize parse quotes and `#` differently, so neither is allowed."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.partition("=")
+        where = f"{path.relative_to(REPO)}:{number}"
+        assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", key), f"{where}: not a KEY=value line: {line!r}"
+        assert not value.startswith(("'", '"')) and "#" not in value, f"{where}: no quotes or comments in a value"
+        assert key not in values, f"{where}: {key} is set twice"
+        values[key] = value
+    return values
+
+
+@cache
+def dotenv() -> dict[str, str]:
+    return read_env_file(ENV_FILE)
+
+
+VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+
+
+def interpolate(value: Any, where: str) -> Any:
+    """Compose's interpolation of .env values into compose.yaml (only the `${NAME}` form is used here)."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, where) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        assert name in dotenv(), f"{where}: ${{{name}}} is not set in .env"
+        return dotenv()[name]
+
+    result = VARIABLE.sub(substitute, value)
+    assert "${" not in VARIABLE.sub("", value), f"{where}: use the plain ${{NAME}} form (values live in .env): {value}"
+    return result
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())  # PyYAML resolves the `<<` merge keys of the x- anchors
+
+
+@dataclass
+class ComposeService:
+    name: str
+    raw: dict[str, Any]
+    resolved: dict[str, Any]
+
+    @property
+    def env(self) -> dict[str, str]:
+        environment = self.resolved.get("environment") or {}
+        assert isinstance(environment, dict), f"compose {self.name}: write environment as a mapping"
+        return {key: str(value) for key, value in environment.items()}
+
+    @property
+    def container_ports(self) -> set[int]:
+        ports = {int(str(entry).split("/")[0].rsplit(":", 1)[-1]) for entry in self.resolved.get("ports", [])}
+        return ports | {int(entry) for entry in self.resolved.get("expose", [])}
+
+
+@cache
+def compose_services() -> dict[str, ComposeService]:
+    services = load_yaml(COMPOSE_FILE)["services"]
+    return {
+        name: ComposeService(name, spec, interpolate(spec, f"compose.yaml services.{name}"))
+        for name, spec in services.items()
+    }
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")}
+
+
+def objects(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    data = {key: base64.b64decode(value).decode() for key, value in (secret.get("data") or {}).items()}
+    return {**data, **(secret.get("stringData") or {})}
+
+
+FROM_POD = object()
+"""The value of an env var the pod supplies itself (fieldRef), different in every replica."""
+
+
+def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment with every ConfigMap and Secret reference resolved against the rendered objects."""
+    config_maps, secrets = objects(docs, "ConfigMap"), objects(docs, "Secret")
+    env: dict[str, Any] = {}
+    for entry in container.get("env", []):
+        name, source = entry["name"], entry.get("valueFrom")
+        if source is None:
+            env[name] = entry.get("value", "")
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            assert ref["name"] in config_maps, f"{name}: no ConfigMap {ref['name']} in the render"
+            assert ref["key"] in config_maps[ref["name"]]["data"], (
+                f"{name}: ConfigMap {ref['name']} has no {ref['key']}"
+            )
+            env[name] = config_maps[ref["name"]]["data"][ref["key"]]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            assert ref["name"] in secrets, f"{name}: no Secret {ref['name']} in the render"
+            assert ref["key"] in secret_data(secrets[ref["name"]]), f"{name}: Secret {ref['name']} has no {ref['key']}"
+            env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
+        elif "fieldRef" in source:
+            env[name] = FROM_POD
+        else:
+            raise AssertionError(f"{name}: unexpected env source {source}")
+    return env
+
+
+def main_container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec(workload)["containers"]
+    named = [c for c in containers if c["name"] == workload["metadata"]["name"]]
+    assert len(named) == 1, f"{workload['metadata']['name']}: one container named after the workload"
+    return named[0]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's or Service's port (number or name) as the container's port number."""
+    if isinstance(port, int):
+        return port
+    for declared in container.get("ports", []):
+        if declared.get("name") == port:
+            return declared["containerPort"]
+    raise AssertionError(f"container {container['name']} has no port named {port}")
+
+
+def dockerfile(path: Path) -> dict[str, Any]:
+    """The instructions the drift rules read: ENTRYPOINT/CMD, EXPOSE, the uv sync line and the HEALTHCHECK."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+    def instruction(name: str) -> list[str]:
+        return [line[len(name) + 1 :] for line in lines if line.upper().startswith(name + " ")]
+
+    entry = instruction("ENTRYPOINT") or instruction("CMD")
+    sync = next((line for line in instruction("RUN") if "uv sync" in line), "")
+    package = re.search(r"--package\s+(\S+)", sync)
+    return {
+        "entrypoint": json.loads(entry[-1]) if entry else None,
+        "expose": {int(port.split("/")[0]) for line in instruction("EXPOSE") for port in line.split()},
+        "package": package[1] if package else None,
+        "extras": re.findall(r"--extra\s+(\S+)", sync),
+        "healthcheck": " ".join(instruction("HEALTHCHECK")),
+    }
+
+
+# -- the dev runner's view --------------------------------------------------------------------------------------
+@dataclass
+class DevStack:
+    stack: Stack
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def port(self, service: str) -> int:
+        if service in AGENTS:
+            return int(dotenv()["AGENT_PORT"])  # make dev gives each agent a free port; containers use AGENT_PORT
+        return getattr(self.stack.ports, DEVSTACK_PORT_OF[service])
+
+    def package(self, service: str) -> str | None:
+        argv = self.processes[service].argv
+        return argv[argv.index("-m") + 1] if "-m" in argv else None
+
+
+@pytest.fixture(scope="module")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
+    """Every process `make dev` starts, as Stack.start defines them, recorded instead of started."""
+    stack = Stack(run_dir=tmp_path_factory.mktemp("devstack"), ports=Ports.fixed(), agents=dict(AGENTS))
+    view = DevStack(stack)
+
+    def record(process: ManagedProcess, timeout: float = 30.0) -> ManagedProcess:
+        view.processes[process.name] = process
+        return process
+
+    stack.launch = record  # type: ignore[method-assign]
+    stack.start()
+    return view
+
+
+def mesh_services(devstack: DevStack) -> list[str]:
+    """The services that run our Python code (they read MESH_* settings and serve /livez, /healthz, /metrics)."""
+    return [name for name in devstack.processes if devstack.package(name)]
+
+
+def service_folder(service: str) -> Path:
+    return REPO / "services" / ("agents/" + service if service in AGENTS else service)
+
+
+def settings_names(settings: type[BaseModel], prefix: str = "MESH_") -> set[str]:
+    """Every environment variable a settings class reads (nested groups use `__`, as pydantic-settings does)."""
+    names: set[str] = set()
+    for name, info in settings.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= settings_names(annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def settings_of(service: str) -> type[ServiceSettings]:
+    if service in AGENTS:
+        return AgentSettings
+    assert service in SETTINGS_OF, f"add {service}'s settings class to SETTINGS_OF in {Path(__file__).name}"
+    return SETTINGS_OF[service]
+
+
+# == 1. the validators ==========================================================================================
+DOCKERFILES = sorted(REPO.glob("services/**/Dockerfile"))
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_hadolint_accepts_the_dockerfile(path: Path) -> None:
+    result = run([tool("hadolint"), "--failure-threshold", "style", str(path)])
+    assert result.returncode == 0, explain(result)
+
+
+def test_compose_files_match_the_compose_spec(tmp_path: Path) -> None:
+    # the files as written, and compose.yaml with .env's values in, as Compose will read it
+    resolved = tmp_path / "compose.resolved.yaml"
+    resolved.write_text(yaml.safe_dump(interpolate(load_yaml(COMPOSE_FILE), "compose.yaml")))
+    files = [str(COMPOSE_FILE), str(COMPOSE_EXTEND_FILE), str(resolved)]
+    result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *files])
+    assert result.returncode == 0, explain(result)
+
+
+def test_dclint_accepts_the_compose_files() -> None:
+    assert DCLINT.exists(), "dclint is not installed: run `make validate-deps` (npm ci in infra/validate)"
+    files = [str(COMPOSE_FILE), str(COMPOSE_EXTEND_FILE)]
+    argv = [str(DCLINT), "--config", str(DCLINT_CONFIG), "--max-warnings", "0", "--formatter", "json", *files]
+    result = run(argv, cwd=DCLINT.parents[2])
+    assert result.returncode == 0, explain(result)
+    report = json.loads(result.stdout)
+    assert sorted(entry["filePath"] for entry in report) == sorted(files), explain(result)
+    assert all(not entry["messages"] for entry in report), explain(result)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_kubernetes_validate_accepts_it(overlay: str, tmp_path: Path) -> None:
+    output = tmp_path / f"{overlay}.yaml"
+    output.write_text(kustomize(f"k8s/overlays/{overlay}"))
+    argv = [tool("kubernetes-validate"), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(output)]
+    result = run(argv)
+    assert result.returncode == 0, explain(result)
+    passed = re.findall(r"^INFO .* passed for resource (\S+) against version", result.stdout, re.M)
+    assert len(passed) == len(rendered(overlay)), explain(result)
+
+
+def test_there_are_dev_and_prod_overlays() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["dockerfile", "compose-spec", "dclint", "kubernetes"],
+)
+def test_each_validator_rejects_a_broken_file(kind: str, tmp_path: Path) -> None:
+    """Negative controls: the commands above are able to fail."""
+    if kind == "dockerfile":
+        bad = tmp_path / "Dockerfile"
+        bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\nCMD python -m x\n")
+        result = run([tool("hadolint"), "--failure-threshold", "style", str(bad)])
+    elif kind == "compose-spec":
+        bad = tmp_path / "compose.yaml"
+        bad.write_text("services:\n  a:\n    image: x:1\n    depends_on:\n      b:\n        condition: sometimes\n")
+        result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad)])
+    elif kind == "dclint":
+        assert DCLINT.exists(), "dclint is not installed: run `make validate-deps`"
+        bad = tmp_path / "compose.yaml"
+        bad.write_text("name: x\nservices:\n  a:\n    image: x\n    ports:\n      - 80:80\n")
+        result = run([str(DCLINT), "--config", str(DCLINT_CONFIG), "--max-warnings", "0", str(bad)])
+    else:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n"
+            "  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: [{name: c, image: i, colour: red}]}\n"
+        )
+        argv = [tool("kubernetes-validate"), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(bad)]
+        result = run(argv)
+    assert result.returncode != 0, explain(result)
+
+
+def mesh_service_names() -> list[str]:
+    """The services of our Python code (a pyproject.toml), for parametrising before any fixture exists."""
+    return sorted({path.parent.name for path in REPO.glob("services/*/pyproject.toml")} | set(AGENTS))
+
+
+def uv() -> str:
+    """uv itself: `uv run` tells its children where it is (UV), else the PATH."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    assert found, "uv is not installed: run `make python-deps`"
+    return found
+
+
+@pytest.mark.parametrize("service", mesh_service_names())
+def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path) -> None:
+    """Build the service's virtual environment exactly as its Dockerfile does (uv sync --locked --no-dev
+    --no-editable --package ...), then import the module its ENTRYPOINT runs: a dependency that only the
+    workspace's dev environment happens to provide shows up here, not in a crash-looping container."""
+    instructions = dockerfile(service_folder(service) / "Dockerfile")
+    assert instructions["package"], f"{service}: its Dockerfile runs no `uv sync --package`"
+    sync = [uv(), "sync", "--locked", "--no-dev", "--no-editable", "--package", instructions["package"]]
+    sync += [arg for extra in instructions["extras"] for arg in ("--extra", extra)]
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        [*sync, "--quiet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        # the workspace's own environment must not leak into the one being built
+        env={
+            **{key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"},
+            "UV_PROJECT_ENVIRONMENT": str(venv),
+            "UV_PYTHON_DOWNLOADS": "never",
+        },
+    )
+    assert result.returncode == 0, explain(result)
+    module = instructions["entrypoint"][-1]
+    result = run([str(venv / "bin" / "python"), "-c", f"import {module}.__main__"], cwd=tmp_path)
+    assert result.returncode == 0, f"the {service} image could not start: {explain(result)}"
+
+
+# == 2. the artifacts meet the hardening rules ==================================================================
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_hardened_limited_and_probed(overlay: str, devstack: DevStack) -> None:
+    docs = rendered(overlay)
+    mesh = set(mesh_services(devstack))
+    for name, workload in workloads(docs).items():
+        spec = pod_spec(workload)
+        where = f"{overlay}: {workload['kind']} {name}"
+        assert spec.get("automountServiceAccountToken") is False, f"{where}: no API token"
+        assert spec.get("serviceAccountName") == name, f"{where}: its own ServiceAccount"
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: seccomp RuntimeDefault"
+        for container in spec["containers"]:
+            security = container.get("securityContext", {})
+            assert security.get("allowPrivilegeEscalation") is False, f"{where}: no privilege escalation"
+            assert security.get("readOnlyRootFilesystem") is True, f"{where}: read-only root filesystem"
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: drop ALL capabilities"
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container.get("resources", {}).get(bound, {})), f"{where}: {bound}"
+            assert "livenessProbe" in container and "readinessProbe" in container, f"{where}: probes"
+            if name in mesh:
+                assert container["readinessProbe"]["httpGet"]["path"] == "/healthz", f"{where}: ready on /healthz"
+                assert container["livenessProbe"]["httpGet"]["path"] == "/livez", f"{where}: alive on /livez"
+    namespace = objects(docs, "Namespace")
+    assert len(namespace) == 1, f"{overlay}: one Namespace"
+    labels = next(iter(namespace.values()))["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", f"{overlay}: restricted pod security"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_agents_have_an_autoscaler_and_a_disruption_budget(overlay: str) -> None:
+    docs = rendered(overlay)
+    autoscalers, budgets = objects(docs, "HorizontalPodAutoscaler"), objects(docs, "PodDisruptionBudget")
+    for agent in AGENTS:
+        deployment = workloads(docs)[agent]
+        assert "replicas" not in deployment["spec"], f"{overlay}: the HPA owns {agent}'s replica count"
+        target = autoscalers[agent]["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", agent), f"{overlay}: {agent}'s HPA target"
+        selector = budgets[agent]["spec"]["selector"]["matchLabels"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= pod_labels.items(), f"{overlay}: {agent}'s PDB selects its pods"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_reference_in_the_render_resolves(overlay: str) -> None:
+    """ConfigMaps, Secrets, claims and ServiceAccounts named by pods exist in the render (generated names carry a
+    hash; a reference kustomize did not rewrite would dangle)."""
+    docs = rendered(overlay)
+    present = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    for name, workload in workloads(docs).items():
+        spec = pod_spec(workload)
+        templates = {claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])}
+        wanted = [("ServiceAccount", spec["serviceAccountName"], False)]
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                wanted.append(("ConfigMap", volume["configMap"]["name"], volume["configMap"].get("optional", False)))
+            if "secret" in volume:
+                wanted.append(("Secret", volume["secret"]["secretName"], volume["secret"].get("optional", False)))
+            if "persistentVolumeClaim" in volume:
+                wanted.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], False))
+        for container in spec["containers"]:
+            k8s_env(docs, container)  # asserts every ConfigMap/Secret key reference
+            mounts = {mount["name"] for mount in container.get("volumeMounts", [])}
+            declared = {volume["name"] for volume in spec.get("volumes", [])} | templates
+            assert mounts <= declared, f"{overlay}: {name} mounts undeclared volumes {mounts - declared}"
+        for kind, ref, optional in wanted:
+            assert optional or (kind, ref) in present, f"{overlay}: {name} refers to a missing {kind} {ref}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_deny_by_default(overlay: str) -> None:
+    policies = objects(rendered(overlay), "NetworkPolicy")
+    deny = [p for p in policies.values() if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert any(set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and "egress" not in p["spec"] for p in deny)
+
+
+# == 3. Compose, Kubernetes and the dev runner agree ============================================================
+def test_the_same_services_everywhere(devstack: DevStack) -> None:
+    """make dev's processes = Compose's services = every overlay's workloads (plus what an overlay documents)."""
+    expected = set(devstack.processes)
+    assert set(AGENTS) <= expected, "make dev runs every agent folder of services/agents/"
+    compose = set(compose_services())
+    assert compose == expected, (
+        f"compose.yaml and make dev differ: only in compose {sorted(compose - expected)}, "
+        f"only in make dev {sorted(expected - compose)}"
+    )
+    for overlay in OVERLAYS:
+        k8s = set(workloads(rendered(overlay)))
+        extra = set(OVERLAY_ONLY_WORKLOADS.get(overlay, {}))
+        assert k8s == expected | extra, (
+            f"k8s/overlays/{overlay} and make dev differ: only in k8s {sorted(k8s - expected - extra)}, "
+            f"missing from k8s {sorted(expected | extra - k8s)}"
+        )
+
+
+def test_every_service_of_ours_has_a_dockerfile_running_what_make_dev_runs(devstack: DevStack) -> None:
+    built = {path.parent.name for path in DOCKERFILES}
+    assert built == set(devstack.processes) - THIRD_PARTY, "one Dockerfile per service folder"
+    for service in mesh_services(devstack):
+        folder = service_folder(service)
+        instructions = dockerfile(folder / "Dockerfile")
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"]
+        assert instructions["package"] == project, f"{folder}/Dockerfile: uv sync --package {project}"
+        assert instructions["entrypoint"] == ["python", "-m", devstack.package(service)], (
+            f"{folder}/Dockerfile: ENTRYPOINT must run what make dev runs: python -m {devstack.package(service)}"
+        )
+        assert "/healthz" in instructions["healthcheck"], f"{folder}/Dockerfile: HEALTHCHECK on /healthz"
+
+
+def test_the_same_images_everywhere() -> None:
+    tag, prefix = dotenv()["IMAGE_TAG"], dotenv()["IMAGE_PREFIX"]
+    compose = compose_services()
+    for name, service in compose.items():
+        image = service.resolved["image"]
+        if name in THIRD_PARTY:
+            assert "build" not in service.raw, f"compose {name}: a third-party image"
+            continue
+        assert image == f"{prefix}/{name}:{tag}", f"compose {name}: image ${{IMAGE_PREFIX}}/{name}:${{IMAGE_TAG}}"
+        build = service.resolved["build"]
+        assert build["context"] == ".", f"compose {name}: the repository root is every image's build context"
+        assert (REPO / build["dockerfile"]).resolve() == service_folder(name) / "Dockerfile", f"compose {name}"
+    for overlay in OVERLAYS:
+        for name, workload in workloads(rendered(overlay)).items():
+            image = main_container(workload)["image"]
+            if name in compose and name in THIRD_PARTY:
+                assert image == compose[name].resolved["image"], f"{overlay}: {name} runs Compose's {image}"
+            elif name in compose:
+                assert image.endswith(f"{prefix}/{name}:{tag}"), f"{overlay}: {name} image at .env's IMAGE_TAG"
+
+
+def test_the_same_ports_everywhere(devstack: DevStack) -> None:
+    """Each service's port: make dev's fixed port (AGENT_PORT for agents) = .env's = Compose's container port and
+    MESH_HTTP_PORT = the Dockerfile's EXPOSE = the Kubernetes container port, Service port and probe port."""
+    env = dotenv()
+    mesh = set(mesh_services(devstack))
+    for service in devstack.processes:
+        port = devstack.port(service)
+        where = f"{service} (port {port})"
+        if service in mesh:
+            if service not in AGENTS:
+                assert devstack.processes[service].env["MESH_HTTP_PORT"] == str(port), f"make dev {where}"
+                assert env[f"{service.upper()}_PORT"] == str(port), f".env {service.upper()}_PORT, {where}"
+            assert compose_services()[service].env["MESH_HTTP_PORT"] == str(port), f"compose MESH_HTTP_PORT, {where}"
+        if service not in THIRD_PARTY:
+            assert port in dockerfile(service_folder(service) / "Dockerfile")["expose"], f"Dockerfile EXPOSE, {where}"
+        assert port in compose_services()[service].container_ports, f"compose ports/expose, {where}"
+        for overlay in OVERLAYS:
+            docs = rendered(overlay)
+            container = main_container(workloads(docs)[service])
+            declared = {p["containerPort"] for p in container.get("ports", [])}
+            assert port in declared, f"{overlay}: containerPort, {where}"
+            for probe in ("readinessProbe", "livenessProbe"):
+                action = container[probe].get("httpGet") or container[probe].get("tcpSocket")
+                if action:
+                    assert container_port(container, action["port"]) == port, f"{overlay}: {probe}, {where}"
+            services = objects(docs, "Service")
+            assert service in services, f"{overlay}: a Service named {service}"
+            targets = {
+                p["port"]: container_port(container, p.get("targetPort", p["port"]))
+                for p in services[service]["spec"]["ports"]
+            }
+            assert targets.get(port) == port, f"{overlay}: Service {service} port {port} -> container {port}"
+            if service in mesh:
+                assert k8s_env(docs, container)["MESH_HTTP_PORT"] == str(port), f"{overlay}: MESH_HTTP_PORT, {where}"
+    broker_port = devstack.port("broker")
+    assert env["MESH_MQTT__PORT"] == str(broker_port), ".env MESH_MQTT__PORT is the broker's port"
+    listener = re.search(r"^listener\s+(\d+)", (BROKER_DIR / "mosquitto.conf").read_text(), re.M)
+    assert listener and int(listener[1]) == broker_port, "services/broker/mosquitto.conf listens on the broker's port"
+    assert env["REDIS_PORT"] == str(devstack.port("redis")), ".env REDIS_PORT is make dev's Redis port"
+
+
+def test_services_find_each_other_by_the_same_names(devstack: DevStack) -> None:
+    """The addresses in .env name services that exist, at their ports, in Compose and in Kubernetes alike."""
+    env = dotenv()
+    addresses = {
+        "MESH_MQTT__HOST": ("broker", env["MESH_MQTT__HOST"], int(env["MESH_MQTT__PORT"])),
+        "MESH_REDIS_URL": ("redis", urlsplit(env["MESH_REDIS_URL"]).hostname, urlsplit(env["MESH_REDIS_URL"]).port),
+    }
+    for key, service in (("MESH_REGISTRY_URL", "registry"), ("MESH_TASKSTORE_URL", "taskstore")):
+        url = urlsplit(env[key])
+        addresses[key] = (service, url.hostname, url.port)
+    for key, (service, host, port) in addresses.items():
+        assert host == service, f".env {key}: the host is the service's name, {service}"
+        assert port == devstack.port(service), f".env {key}: {service}'s port is {devstack.port(service)}"
+        assert service in compose_services(), f".env {key}: no Compose service {service}"
+        for overlay in OVERLAYS:
+            ports = {p["port"] for p in objects(rendered(overlay), "Service")[service]["spec"]["ports"]}
+            assert port in ports, f"{overlay}: Service {service} serves {port} ({key})"
+
+
+def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
+    """For each service: Compose and every overlay set the same MESH_* names; those include every name make dev
+    sets, plus only the documented deployment-only ones; each is a field of the service's settings class."""
+    for service in mesh_services(devstack):
+        known = settings_names(settings_of(service))
+        local = {name for name in devstack.processes[service].env if name.startswith("MESH_")}
+        compose = {name for name in compose_services()[service].env if name.startswith("MESH_")}
+        unknown = compose - known
+        assert not unknown, f"compose {service}: {sorted(unknown)} are not {settings_of(service).__name__} fields"
+        assert local <= compose, f"compose {service} lacks what make dev sets: {sorted(local - compose)}"
+        extra = compose - local
+        assert extra <= set(DEPLOYMENT_ONLY_SETTINGS), (
+            f"compose {service} sets {sorted(extra - set(DEPLOYMENT_ONLY_SETTINGS))}, which make dev does not "
+            f"(set them in infra/devstack too, or document them in DEPLOYMENT_ONLY_SETTINGS)"
+        )
+        for overlay in OVERLAYS:
+            docs = rendered(overlay)
+            k8s = {n for n in k8s_env(docs, main_container(workloads(docs)[service])) if n.startswith("MESH_")}
+            assert k8s == compose, (
+                f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
+                f"only in compose {sorted(compose - k8s)}"
+            )
+
+
+def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> None:
+    """With .env as the one source, the dev overlay and Compose hand every service the same values (except what a
+    pod supplies itself, such as an agent replica's id)."""
+    docs = rendered("dev")
+    for service in mesh_services(devstack):
+        compose = compose_services()[service].env
+        k8s = k8s_env(docs, main_container(workloads(docs)[service]))
+        for name, value in k8s.items():
+            if name.startswith("MESH_") and value is not FROM_POD:
+                assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
+
+
+def test_kubernetes_settings_are_the_values_of_dotenv() -> None:
+    """k8s/base/mesh.env (kustomize cannot read ../../.env) holds exactly .env's service settings."""
+    expected = {key: value for key, value in dotenv().items() if not key.startswith(COMPOSE_ONLY_PREFIXES)}
+    actual = read_env_file(K8S_ENV_FILE)
+    wrong = sorted(f"{key}={value}" for key, value in expected.items() if actual.get(key) != value)
+    stray = sorted(set(actual) - set(expected))
+    assert not wrong and not stray, (
+        f"k8s/base/mesh.env must hold these lines of .env: {wrong}; and not these keys: {stray}"
+    )
+    config = objects(rendered("dev"), "ConfigMap")
+    [mesh_config] = [doc for name, doc in config.items() if name.startswith("mesh-config-")]
+    assert mesh_config["data"] == expected, "the dev overlay's mesh-config is .env's service settings, unchanged"
+
+
+def test_compose_uses_only_dotenv_values() -> None:
+    """Every ${NAME} in the Compose files is set in .env (interpolate() asserts it), and every service setting of
+    .env is used by some service in Compose."""
+    used = set(VARIABLE.findall(COMPOSE_FILE.read_text() + COMPOSE_EXTEND_FILE.read_text()))
+    compose_services()
+    settings = {key for key in dotenv() if not key.startswith(COMPOSE_ONLY_PREFIXES)}
+    assert settings <= used, f".env keys no Compose service reads: {sorted(settings - used)}"
+
+
+def test_the_broker_runs_the_same_policy_and_mounts_everywhere() -> None:
+    """Every file of services/broker/conf.d is in the broker-policy ConfigMap, unchanged; Compose mounts that folder
+    and Kubernetes the ConfigMap at the same path; the TLS material is mounted at the same path in both."""
+    policy_files = {path.name: path.read_text() for path in sorted((BROKER_DIR / "conf.d").iterdir()) if path.is_file()}
+    compose_mounts = {}
+    for volume in compose_services()["broker"].resolved["volumes"]:
+        source, target, *_ = volume.split(":")
+        compose_mounts[target] = source
+    assert compose_mounts.get("/mosquitto/config/conf.d") == "./services/broker/conf.d"
+    assert compose_mounts.get("/mosquitto/certs") == "./infra/broker-certs"
+    assert (REPO / "infra" / "broker-certs").is_dir()
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        broker = workloads(docs)["broker"]
+        assert broker["kind"] == "StatefulSet" and broker["spec"]["volumeClaimTemplates"], f"{overlay}: broker PVC"
+        volumes = {volume["name"]: volume for volume in pod_spec(broker)["volumes"]}
+        mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in main_container(broker)["volumeMounts"]}
+        config_name = mounts["/mosquitto/config/conf.d"]["configMap"]["name"]
+        assert objects(docs, "ConfigMap")[config_name]["data"] == policy_files, (
+            f"{overlay}: list every file of services/broker/conf.d in services/broker/kustomization.yaml"
+        )
+        assert mounts["/mosquitto/certs"]["secret"]["secretName"] == "broker-certs", f"{overlay}: TLS mount"
+
+
+def test_postgres_credentials_agree_with_the_database_url() -> None:
+    docs = rendered("prod")
+    [secret] = [doc for name, doc in objects(docs, "Secret").items() if name.startswith("postgres-credentials")]
+    data = secret_data(secret)
+    url = urlsplit(data["MESH_DATABASE_URL"])
+    postgres = objects(docs, "Service")["postgres"]["spec"]["ports"][0]["port"]
+    assert url.scheme == "postgresql+psycopg", "the task store speaks psycopg 3 (its image installs the extra)"
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        data["POSTGRES_USER"],
+        data["POSTGRES_PASSWORD"],
+        data["POSTGRES_DB"],
+    ), "k8s/components/postgres/postgres.env: MESH_DATABASE_URL repeats the user, password and database"
+    assert (url.hostname, url.port) == ("postgres", postgres)
+    taskstore = k8s_env(docs, main_container(workloads(docs)["taskstore"]))
+    assert taskstore["MESH_DATABASE_URL"] == data["MESH_DATABASE_URL"], "prod: the task store uses PostgreSQL"
+    assert "postgres" in dockerfile(service_folder("taskstore") / "Dockerfile")["extras"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_ports_are_the_services_ports(overlay: str, devstack: DevStack) -> None:
+    """A NetworkPolicy rule about app=X names only ports X listens on, so a port change cannot leave it stale."""
+    docs = rendered(overlay)
+    ports = {
+        name: {p["containerPort"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])}
+        for name, w in workloads(docs).items()
+    }
+    mqtt_clients = {name for name, w in workloads(docs).items() if "a2a-mesh.dev/mqtt" in labels_of(w)}
+    assert mqtt_clients == set(mesh_services(devstack)), f"{overlay}: every mesh service, and only they, speak MQTT"
+    for name, policy in objects(docs, "NetworkPolicy").items():
+        selected = policy["spec"]["podSelector"].get("matchLabels", {})
+        targets = selected_workloads(docs, selected)
+        for rule in policy["spec"].get("ingress", []):
+            allowed = set().union(*(ports[t] for t in targets)) if targets else set()
+            for port in rule.get("ports", []):
+                assert port["port"] in allowed, f"{overlay}: NetworkPolicy {name} admits {port['port']}, not served"
+        for rule in policy["spec"].get("egress", []):
+            peers = rule.get("to", [])
+            if not peers or any("namespaceSelector" in peer or "ipBlock" in peer for peer in peers):
+                continue  # outside the namespace (cluster DNS)
+            peers = [peer["podSelector"].get("matchLabels", {}) for peer in peers]
+            reachable = set().union(*(ports[t] for peer in peers for t in selected_workloads(docs, peer)))
+            for port in rule.get("ports", []):
+                assert port["port"] in reachable, (
+                    f"{overlay}: NetworkPolicy {name} lets out to {port['port']}, unserved"
+                )
+
+
+def labels_of(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def selected_workloads(docs: list[dict[str, Any]], match: dict[str, str]) -> list[str]:
+    return [name for name, w in workloads(docs).items() if match.items() <= labels_of(w).items()]
