@@ -17,9 +17,15 @@ from devstack.stack import Stack
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30.0) as client:
+async def http(mesh: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that presents the mesh's API key, as a configured A2A client would."""
+    async with httpx.AsyncClient(timeout=30.0, headers=auth_headers(mesh)) as client:
         yield client
+
+
+def auth_headers(stack: Stack) -> dict[str, str]:
+    """The coordinator's credentials for `stack`."""
+    return {"Authorization": f"Bearer {stack.api_key}"}
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from a2a.types import a2a_pb2 as pb
 from a2a.utils.errors import A2AError
 
 from a2amesh.binding import MeshRequester
-from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
@@ -158,7 +157,7 @@ async def test_follow_up_to_a_finished_task_is_refused(make_client) -> None:
 
 async def ask_agent(mesh: Stack, agent_id: str, method: str, params: dict) -> dict:
     """Ask an agent directly over MQTT, as any requester on the mesh could."""
-    requester = MeshRequester(MqttSettings(port=mesh.ports.mqtt), mesh_address(mesh, f"probe-{uuid.uuid4().hex[:6]}"))
+    requester = MeshRequester(mesh.tester_settings(), mesh_address(mesh, f"probe-{uuid.uuid4().hex[:6]}"))
     stop = asyncio.Event()
     link = asyncio.create_task(requester.run(stop))
     try:

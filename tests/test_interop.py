@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import sys
 import uuid
-from pathlib import Path
 
 import httpx
 from a2a.types import a2a_pb2 as pb
-from a2a_over_mqtt import A2ARequest, MqttConfig, Requester, TopicSpace
+from a2a_over_mqtt import A2ARequest, Requester, TopicSpace
 
-from devstack.processes import ManagedProcess
+from devstack.pki import Identity, Role
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
+from tests.interop.sdk_config import sdk_config
 
 
 async def test_sdk_requester_gets_a_completed_task_from_our_echo_agent(mesh: Stack) -> None:
     requester = Requester(
-        MqttConfig(port=mesh.ports.mqtt),
+        sdk_config(mesh.tester_settings()),
         TopicSpace(mesh.org, mesh.unit),
         requester_id=f"sdk-{uuid.uuid4().hex[:6]}",
         first_reply_timeout=10,
@@ -30,7 +30,7 @@ async def test_sdk_requester_gets_a_completed_task_from_our_echo_agent(mesh: Sta
 
 
 async def test_sdk_requester_retry_with_same_task_id_is_deduplicated(mesh: Stack, http: httpx.AsyncClient) -> None:
-    requester = Requester(MqttConfig(port=mesh.ports.mqtt), TopicSpace(mesh.org, mesh.unit), first_reply_timeout=10)
+    requester = Requester(sdk_config(mesh.tester_settings()), TopicSpace(mesh.org, mesh.unit), first_reply_timeout=10)
     request = A2ARequest(text="only once", request_id="r2")
     payload = request.to_json()
     first = [reply async for reply in requester.stream("echo", payload, "corr-a")]
@@ -50,13 +50,12 @@ async def test_sdk_responder_agent_joins_the_registry_and_serves_a_task_through_
     mesh: Stack, make_client, http: httpx.AsyncClient
 ) -> None:
     agent_id = f"shouter-{uuid.uuid4().hex[:6]}"
-    script = Path(__file__).parent / "interop" / "sdk_agent.py"
-    process = ManagedProcess(
+    process = mesh.command(
         agent_id,
-        [sys.executable, str(script)],
-        mesh.run_dir / "logs" / f"{agent_id}.log",
+        [sys.executable, "-m", "tests.interop.sdk_agent"],
+        {"MESH_AGENT_ID": agent_id},
         mesh.agent_online(agent_id),
-        env={**mesh.base_env(), "MESH_AGENT_ID": agent_id},
+        Identity(agent_id, Role.AGENT),
     )
     mesh.launch(process)
     try:

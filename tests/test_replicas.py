@@ -12,7 +12,7 @@ from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
 from devstack.stack import Ports, Stack
-from tests.conftest import collect, eventually, send_request, user_message
+from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
 REPLICAS = ("echo-r1", "echo-r2", "echo-r3")
 POOL = "echo-pool"
@@ -31,7 +31,7 @@ def pooled_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 async def test_three_replicas_all_do_work_and_each_task_is_recorded_once(pooled_mesh: Stack) -> None:
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=auth_headers(pooled_mesh)) as http:
         card = await A2ACardResolver(http, pooled_mesh.coordinator_url).get_agent_card()
         client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
 
@@ -62,7 +62,7 @@ async def test_three_replicas_all_do_work_and_each_task_is_recorded_once(pooled_
 
 
 async def test_cancel_reaches_the_pool_member_holding_the_task(pooled_mesh: Stack) -> None:
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=auth_headers(pooled_mesh)) as http:
         card = await A2ACardResolver(http, pooled_mesh.coordinator_url).get_agent_card()
         client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
         request = send_request(user_message("long"), skill="echo", return_immediately=True, delayMs=20_000)

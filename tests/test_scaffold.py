@@ -16,7 +16,8 @@ import pytest
 import yaml
 from a2a.types import a2a_pb2 as pb
 
-from devstack.processes import REPO_ROOT, ManagedProcess, free_port
+from devstack.pki import Identity, Role
+from devstack.processes import REPO_ROOT, free_port
 from devstack.scaffold import ScaffoldError, new_agent
 from devstack.stack import Stack
 from tests.conftest import collect, send_request, user_message
@@ -77,9 +78,9 @@ async def test_the_agent_joins_the_mesh_and_serves_a_task_through_the_coordinato
     scaffolded: Path, mesh: Stack, make_client, http: httpx.AsyncClient
 ) -> None:
     source = scaffolded / "services" / "agents" / NAME / "src"
-    env = {**mesh.base_env(), "MESH_AGENT_ID": NAME, "MESH_HTTP_PORT": str(free_port()), "PYTHONPATH": str(source)}
-    process = ManagedProcess(
-        NAME, [sys.executable, "-m", PACKAGE], mesh.run_dir / "logs" / f"{NAME}.log", mesh.agent_online(NAME), env=env
+    env = {"MESH_AGENT_ID": NAME, "MESH_HTTP_PORT": str(free_port()), "PYTHONPATH": str(source)}
+    process = mesh.command(
+        NAME, [sys.executable, "-m", PACKAGE], env, mesh.agent_online(NAME), Identity(NAME, Role.AGENT)
     )
     mesh.launch(process)
     try:

@@ -11,7 +11,7 @@ from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
 from devstack.stack import Ports, Stack
-from tests.conftest import collect, eventually, send_request, user_message
+from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ async def test_a_frozen_agents_step_completes_on_the_other_instance_under_the_sa
     frozen = two_echoes["echo-a"]  # registered online and first in order, but it will never answer
     frozen.signal(signal.SIGSTOP)
     try:
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=auth_headers(two_echoes)) as http:
             card = await A2ACardResolver(http, two_echoes.coordinator_url).get_agent_card()
             client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
             request = send_request(user_message("only step"), skill="workflow.fanout", stepSkill="echo")

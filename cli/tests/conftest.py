@@ -9,6 +9,7 @@ from click.testing import Result
 from meshctl.app import app
 from typer.testing import CliRunner
 
+from devstack.pki import Identity, Role
 from devstack.stack import Stack
 
 Meshctl = Callable[..., Result]
@@ -19,10 +20,10 @@ def meshctl(mesh: Stack) -> Meshctl:
     """Run `meshctl ARGS...` with the environment pointing at the mesh; fails on any unexpected exception."""
     env = {
         "MESH_COORDINATOR_URL": mesh.coordinator_url,
+        "MESH_API_KEY": mesh.api_key,
         "MESH_REGISTRY_URL": mesh.registry_url,
         "MESH_TASKSTORE_URL": mesh.taskstore_url,
-        "MESH_MQTT__HOST": "127.0.0.1",
-        "MESH_MQTT__PORT": str(mesh.ports.mqtt),
+        **mesh.identity_env(Identity("meshctl", Role.OBSERVER)),  # broker, TLS files and meshctl's credentials
         "MESH_ORG": mesh.org,
         "MESH_UNIT": mesh.unit,
         "COLUMNS": "200",

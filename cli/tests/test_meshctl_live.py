@@ -16,7 +16,8 @@ from a2amesh.agent import MeshAgent, TaskContext
 from a2amesh.binding.responder import Responder
 from a2amesh.models import AgentSkill
 from a2amesh.mqtt import make_client
-from a2amesh.settings import AgentSettings, MqttSettings
+from a2amesh.settings import AgentSettings
+from devstack.pki import Identity, Role
 from devstack.stack import Stack
 
 ASK_SKILL = "meshctl-ask"
@@ -28,6 +29,7 @@ class TaskSender:
 
     def __init__(self, mesh: Stack, skill: str = "echo") -> None:
         self.url, self.skill = mesh.coordinator_url, skill
+        self.auth = {"Authorization": f"Bearer {mesh.api_key}"}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.sent = 0
@@ -38,8 +40,9 @@ class TaskSender:
                 message = {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [{"text": "tick"}]}
                 params = {"message": message, "metadata": {"skill": self.skill}}
                 body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": params}
-                http.post(self.url + "/", json=body, headers={"A2A-Version": "1.0"})
-                self.sent += 1
+                response = http.post(self.url + "/", json=body, headers={"A2A-Version": "1.0", **self.auth})
+                if response.status_code == 200 and "result" in response.json():
+                    self.sent += 1  # only tasks the mesh accepted
                 self.done.wait(0.3)
 
     def __enter__(self) -> TaskSender:
@@ -62,7 +65,8 @@ def test_events_prints_one_line_per_event_while_tasks_run(meshctl, mesh: Stack) 
     kinds = {line.split()[3] for line in lines}
     assert kinds <= {"task", "status", "artifact"} and len(kinds) >= 2
     assert any("COMPLETED" in line or "WORKING" in line for line in lines)
-    assert "following $a2a/v1/event/#" in result.stderr and f"{mesh.org}/{mesh.unit}/meshctl-" in result.stderr
+    # it follows as its own identity: the broker pins meshctl's credentials to this client id
+    assert "following $a2a/v1/event/#" in result.stderr and f"as {mesh.org}/{mesh.unit}/meshctl " in result.stderr
 
 
 def test_events_of_one_agent_as_json_lines(meshctl, mesh: Stack) -> None:
@@ -100,7 +104,9 @@ class AskerAgent(MeshAgent):
 def asker(mesh: Stack) -> Iterator[str]:
     """The asker agent, served from a thread of the test process for this module, then unregistered."""
     agent_id = f"meshctl-asker-{uuid.uuid4().hex[:6]}"
-    settings = AgentSettings(org=mesh.org, unit=mesh.unit, agent_id=agent_id, mqtt=MqttSettings(port=mesh.ports.mqtt))
+    mesh.provision(Identity(agent_id, Role.AGENT))
+    credentials = mesh.mqtt_settings(mesh.pki.client(Identity(agent_id, Role.AGENT)))
+    settings = AgentSettings(org=mesh.org, unit=mesh.unit, agent_id=agent_id, mqtt=credentials, http_port=0)
     agent = AskerAgent(settings)
     done = threading.Event()
 
@@ -126,7 +132,7 @@ def asker(mesh: Stack) -> Iterator[str]:
 
 async def _unregister(settings: AgentSettings) -> None:
     address = settings.address(settings.agent_id)
-    async with make_client(settings.mqtt, settings.address(f"cleanup-{uuid.uuid4().hex[:6]}").client_id) as client:
+    async with make_client(settings.mqtt, address.client_id) as client:  # its own (pinned) id: the agent has stopped
         await client.publish(address.discovery_topic, b"", qos=1, retain=True)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from devstack.pki import Identity, Role
 from devstack.stack import Stack
 
 
@@ -15,7 +16,8 @@ def start(mesh: Stack, *args: str) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "MESH_COORDINATOR_URL": mesh.coordinator_url,
-        "MESH_MQTT__PORT": str(mesh.ports.mqtt),
+        "MESH_API_KEY": mesh.api_key,
+        **mesh.identity_env(Identity("meshctl", Role.OBSERVER)),
         "MESH_ORG": mesh.org,
         "MESH_UNIT": mesh.unit,
     }

@@ -7,7 +7,10 @@ import asyncio
 import os
 import signal
 
-from a2a_over_mqtt import A2ARequest, MqttConfig, Responder, TopicSpace, build_card
+from a2a_over_mqtt import A2ARequest, Responder, TopicSpace, build_card
+
+from a2amesh.settings import ServiceSettings
+from tests.interop.sdk_config import sdk_config
 
 
 class Shouter(Responder):
@@ -19,15 +22,15 @@ class Shouter(Responder):
 
 
 async def main() -> None:
-    port = int(os.environ["MESH_MQTT__PORT"])
+    mqtt = ServiceSettings().mqtt  # MESH_MQTT__*: the mesh's broker, TLS files and this agent's credentials
     agent_id = os.environ.get("MESH_AGENT_ID", "shouter")
     card = build_card(
         name="Shouter",
         description="Upper-cases text (an a2a-over-mqtt SDK agent)",
-        url=f"mqtt://127.0.0.1:{port}",
+        url=f"mqtts://{mqtt.host}:{mqtt.port}",
         skills=[{"id": "shout", "name": "Shout", "description": "Upper-cases the text it receives"}],
     )
-    agent = Shouter(agent_id=agent_id, mqtt=MqttConfig(port=port), topics=TopicSpace("acme", "default"), card=card)
+    agent = Shouter(agent_id=agent_id, mqtt=sdk_config(mqtt), topics=TopicSpace("acme", "default"), card=card)
     runner = asyncio.create_task(agent.run())
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +16,7 @@ from a2a.types import a2a_pb2 as pb
 from pydantic import ValidationError
 from rich.text import Text
 
-from a2amesh.settings import ServiceSettings
+from a2amesh.settings import MqttSettings, ServiceSettings
 from meshctl import client, render
 from meshctl.events import MeshEvent, follow
 from meshctl.send import EXIT_FAILED, Outcome, SendOptions, exit_code, parse_data, parse_meta, run_send
@@ -48,7 +49,43 @@ class Options:
         except ValidationError as error:
             raise client.CliError(f"bad MESH_* setting: {error}", code=2) from None
         settings.mqtt = settings.mqtt.model_copy(update={"host": self.mqtt_host, "port": self.mqtt_port})
+        if settings.mqtt.username is None:
+            settings.mqtt = with_dev_credentials(settings.mqtt, settings.org, settings.unit)
         return settings
+
+
+DEV_CREDENTIALS = Path("infra") / "broker-certs"
+
+
+def dev_api_key() -> str | None:
+    """The dev coordinator key that `make dev` / `make certs` wrote, when run inside the repository."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        keys = folder / DEV_CREDENTIALS / "coordinator-api-keys"
+        if keys.is_file():
+            return keys.read_text().split()[0]
+    return None
+
+
+"""Where `make dev` / `make certs` keep the dev PKI, relative to the repository."""
+
+
+def with_dev_credentials(mqtt: MqttSettings, org: str, unit: str) -> MqttSettings:
+    """The `meshctl` identity of the dev PKI, when run inside the repository and none is configured."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        pki = folder / DEV_CREDENTIALS
+        cert = pki / "clients" / org / unit / "meshctl.crt"
+        if cert.is_file():
+            return mqtt.model_copy(
+                update={
+                    "tls": True,
+                    "ca_file": pki / "ca.crt",
+                    "cert_file": cert,
+                    "key_file": cert.with_suffix(".key"),
+                    "username": f"{org}/{unit}/meshctl",
+                    "password_file": cert.with_suffix(".password"),
+                }
+            )
+    return mqtt
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: JSON on stdout.")]
@@ -57,16 +94,21 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: JSON on 
 @app.callback()
 def main_options(
     ctx: typer.Context,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MESH_API_KEY", help="The coordinator's API key (default: the dev key, in the repo)."),
+    ] = None,
     coordinator: Annotated[
         str, typer.Option(envvar="MESH_COORDINATOR_URL", help="The coordinator (A2A over HTTP).")
     ] = "http://127.0.0.1:8000",
     registry: Annotated[str, typer.Option(envvar="MESH_REGISTRY_URL", help="The registry.")] = "http://127.0.0.1:8001",
     store: Annotated[str, typer.Option(envvar="MESH_TASKSTORE_URL", help="The task store.")] = "http://127.0.0.1:8002",
     mqtt_host: Annotated[str, typer.Option(envvar="MESH_MQTT__HOST", help="The broker, for `events`.")] = "127.0.0.1",
-    mqtt_port: Annotated[int, typer.Option(envvar="MESH_MQTT__PORT", help="The broker's port.")] = 1883,
+    mqtt_port: Annotated[int, typer.Option(envvar="MESH_MQTT__PORT", help="The broker's port.")] = 8883,
     json_out: JsonFlag = False,
 ) -> None:
     ctx.obj = Options(coordinator, registry, store, mqtt_host, mqtt_port, json_out)
+    client.use_api_key(api_key or dev_api_key())
 
 
 def options(ctx: typer.Context, json_out: bool) -> Options:

@@ -30,12 +30,22 @@ def _unreachable(what: str, url: str, error: BaseException) -> CliError:
     return CliError(f"cannot reach the {what} at {url} ({reason}); is the mesh running (make dev)?")
 
 
+_api_key: str | None = None
+
+
+def use_api_key(key: str | None) -> None:
+    """The key every coordinator call presents (Authorization: Bearer); set once from the global options."""
+    global _api_key
+    _api_key = key
+
+
 @asynccontextmanager
 async def coordinator(url: str, *, streaming: bool = False, wait_long: bool = False) -> AsyncIterator[Client]:
     """An a2a-sdk client on the coordinator's card. `wait_long` lifts the read timeout (blocking sends and
     streams last as long as the task does; the coordinator bounds them)."""
     timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT, read=None if wait_long else READ_TIMEOUT)
-    async with httpx.AsyncClient(timeout=timeout) as http:
+    headers = {"Authorization": f"Bearer {_api_key}"} if _api_key else {}
+    async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
         try:
             card = await A2ACardResolver(http, url).get_agent_card()
         except AgentCardResolutionError as error:

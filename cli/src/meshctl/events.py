@@ -97,7 +97,8 @@ async def follow(
     only = agent_address(settings, agent) if agent else None
     # Events the coordinator records for agents that do not record their own arrive on its topic.
     topics = [only.event_topic, settings.address("coordinator").event_topic] if only else [EVENTS_ALL]
-    client_id = settings.address(f"meshctl-{secrets.token_hex(4)}").client_id
+    # the broker pins an identity to its own client id; without credentials (a broker that allows it) any fresh id
+    client_id = settings.mqtt.username or settings.address(f"meshctl-{secrets.token_hex(4)}").client_id
     count = 0
     mqtt = settings.mqtt
     try:

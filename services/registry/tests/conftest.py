@@ -23,7 +23,12 @@ def registry(
     redis_port = int(redis_server.url.rsplit(":", 1)[1].split("/", 1)[0])
     ports = Ports(mqtt=broker.port, redis=redis_port, registry=free_port(), taskstore=0, coordinator=0)
     # a unit of its own gives it a client id no other suite's registry uses on the shared broker
-    stack = Stack(run_dir=tmp_path_factory.mktemp("registry"), ports=ports, unit=f"regtest{uuid.uuid4().hex[:8]}")
+    stack = Stack(
+        run_dir=tmp_path_factory.mktemp("registry"),
+        ports=ports,
+        unit=f"regtest{uuid.uuid4().hex[:8]}",
+        broker_of=broker.stack,
+    )
     redis_url = f"redis://127.0.0.1:{redis_port}/{REGISTRY_DB}"
     process, url = start_registry(stack, redis_url)
     yield Registry(stack, process, url, redis_url)

@@ -11,7 +11,6 @@ import pytest
 from redis.asyncio import Redis
 
 from a2amesh.models import AgentCard
-from a2amesh.settings import MqttSettings
 from devstack.processes import free_port
 from devstack.stack import Ports, Stack
 from mesh_registry.index import AgentIndex, AgentRecord
@@ -23,7 +22,7 @@ from .helpers import Registry, card, eventually, new_address, open_publisher, sk
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """A private broker and Redis; the test starts the registry itself."""
     ports = Ports(mqtt=free_port(), redis=free_port(), registry=free_port(), taskstore=0, coordinator=0)
-    private = Stack(run_dir=tmp_path, ports=ports)
+    private = Stack(run_dir=tmp_path, ports=ports, tester=True)
     try:
         private.launch(private.broker())
         private.launch(private.redis())
@@ -52,7 +51,7 @@ async def wait_health(registry: Registry, code: int, body: dict, within: float =
 async def test_redis_restart_rebuilds_the_index(stack: Stack) -> None:
     registry = await launch_registry(stack)
     stays, leaves, arrives = new_address("stays"), new_address("leaves"), new_address("arrives")
-    mqtt = MqttSettings(port=stack.ports.mqtt)
+    mqtt = stack.tester_settings()
     async with open_publisher(mqtt) as publisher:
         await publisher.publish(stays, card("Stays", [skill("keep", "k")]), load=0.3)
         await publisher.publish(leaves, card("Leaves", [skill("go")]))
@@ -91,7 +90,7 @@ async def test_redis_restart_rebuilds_the_index(stack: Stack) -> None:
 async def test_broker_restart(stack: Stack) -> None:
     registry = await launch_registry(stack)
     address = new_address("steady")
-    mqtt = MqttSettings(port=stack.ports.mqtt)
+    mqtt = stack.tester_settings()
     async with open_publisher(mqtt) as publisher:
         await publisher.publish(address, card("Steady", [skill("s")]))
         await registry.wait_record(address)
@@ -112,7 +111,7 @@ async def test_broker_restart(stack: Stack) -> None:
 async def test_registry_restart_drops_cards_cleared_while_away(stack: Stack) -> None:
     registry = await launch_registry(stack)
     kept, cleared = new_address("kept"), new_address("cleared")
-    mqtt = MqttSettings(port=stack.ports.mqtt)
+    mqtt = stack.tester_settings()
     async with open_publisher(mqtt) as publisher:
         await publisher.publish(kept, card("Kept", [skill("s")]))
         await publisher.publish(cleared, card("Cleared", [skill("s")]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -14,6 +15,7 @@ import httpx
 from a2a_over_mqtt import build_card
 
 from a2amesh.models import AgentCard
+from devstack.pki import TESTER, Identity, Role
 
 from .helpers import Publisher, Registry, card, eventually, new_address, skill
 
@@ -183,6 +185,7 @@ async def test_will_marks_agent_offline(registry: Registry, publisher: Publisher
         payload,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **registry.stack.identity_env(Identity(TESTER, Role.TESTER))},  # TLS and credentials
     )
     try:
         assert agent.stdout is not None

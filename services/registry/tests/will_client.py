@@ -13,7 +13,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from a2amesh.mqtt import STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, make_client, publish_properties
-from a2amesh.settings import MqttSettings
+from a2amesh.settings import ServiceSettings
 from a2amesh.topics import AgentAddress
 
 
@@ -23,7 +23,8 @@ async def main(host: str, port: str, address_text: str, card_json: str) -> None:
         packet=PacketTypes.WILLMESSAGE, user=[(STATUS_PROPERTY, "offline"), (STATUS_SOURCE_PROPERTY, "lwt")]
     )
     will = aiomqtt.Will(address.discovery_topic, card_json, qos=1, retain=True, properties=will_properties)
-    settings = MqttSettings(host=host, port=int(port), keepalive=5)
+    # host and port from the command line; TLS files and credentials from MESH_MQTT__* (the test passes them)
+    settings = ServiceSettings().mqtt.model_copy(update={"host": host, "port": int(port), "keepalive": 5})
     async with make_client(settings, address.client_id, will=will) as client:
         online = publish_properties(user=[(STATUS_PROPERTY, "online"), (STATUS_SOURCE_PROPERTY, "agent")])
         await client.publish(address.discovery_topic, card_json, qos=1, retain=True, properties=online)

@@ -29,7 +29,7 @@ from a2amesh.models import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
-from a2amesh.mqtt import EVENT_ID_PROPERTY, publish_properties
+from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
 from a2amesh.topics import AgentAddress
 from devstack.fixtures import BrokerHandle
 from devstack.processes import free_port
@@ -49,7 +49,13 @@ def taskstore_stack(broker: BrokerHandle, run_dir: Path) -> Stack:
     id (`{org}/default/taskstore`), so two of them never take each other's session over."""
     ports = Ports(mqtt=broker.port, redis=0, registry=0, taskstore=free_port(), coordinator=0)
     database_url = os.environ.get("MESH_TEST_DATABASE_URL")  # opt-in: run against e.g. a local PostgreSQL
-    return Stack(run_dir=run_dir, ports=ports, org=f"ts-{uuid.uuid4().hex[:12]}", database_url=database_url)
+    return Stack(
+        run_dir=run_dir,
+        ports=ports,
+        org=f"ts-{uuid.uuid4().hex[:12]}",
+        database_url=database_url,
+        broker_of=broker.stack,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +90,7 @@ class Agent:
 
 @pytest.fixture(scope="module")
 async def mqtt_client(broker: BrokerHandle) -> AsyncIterator[aiomqtt.Client]:
-    client = aiomqtt.Client(
-        broker.settings.host, broker.port, identifier=new_id("test-agent-"), protocol=aiomqtt.ProtocolVersion.V5
-    )
+    client = make_client(broker.settings, new_id("test-agent-"))
     async with client:
         yield client
 

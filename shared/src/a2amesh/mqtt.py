@@ -60,7 +60,7 @@ def make_client(
         settings.port,
         identifier=client_id,
         username=settings.username,
-        password=settings.password,
+        password=settings.secret(),
         protocol=aiomqtt.ProtocolVersion.V5,
         will=will,
         clean_start=not persistent,

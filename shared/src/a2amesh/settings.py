@@ -21,12 +21,19 @@ class MqttSettings(BaseModel):
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = Field(default=None, description="read the password from this file (a mounted secret)")
     tls: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive: int = 30
     session_expiry: int = Field(default=3600, description="seconds the broker keeps a persistent session")
+
+    def secret(self) -> str | None:
+        """The password: given directly, or read from `password_file`."""
+        if self.password is None and self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
 
 
 class ServiceSettings(BaseSettings):
@@ -79,7 +86,16 @@ class TaskStoreSettings(ServiceSettings):
 
 
 class CoordinatorSettings(ServiceSettings):
-    """The coordinator: where the registry and task store answer, and the URL clients reach it at."""
+    """The coordinator: where the registry and task store answer, the URL clients reach it at, and who may call."""
+
+    def all_api_keys(self) -> frozenset[str]:
+        """The keys from MESH_API_KEYS and from MESH_API_KEYS_FILE (blank lines and # comments skipped)."""
+        keys = set(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    keys.add(line.strip())
+        return frozenset(keys)
 
     http_port: int = 8000
     public_url: str | None = None
@@ -87,6 +103,14 @@ class CoordinatorSettings(ServiceSettings):
     taskstore_url: str = "http://127.0.0.1:8002"
     default_skill: str = "echo"
     task_timeout: float = 300.0
+    api_keys: list[str] = Field(default_factory=list, description="keys clients present (Bearer or X-API-Key)")
+    api_keys_file: Path | None = Field(default=None, description="more keys, one per line (a mounted secret)")
+    max_body_bytes: int = Field(default=1_048_576, description="largest request body accepted (413 above)")
+    rate_limit: float = Field(default=50.0, description="requests per second per client, on average (429 above)")
+    rate_burst: int = Field(default=100, description="requests a client may send at once")
+    workflows_mqtt: MqttSettings | None = Field(
+        default=None, description="the hosted workflows agent's own broker identity (default: the coordinator's)"
+    )
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")

@@ -13,12 +13,16 @@ from devstack.processes import REPO_ROOT
 from devstack.scaffold import ScaffoldError, new_agent
 from devstack.stack import Ports, Stack
 
+DEV_PKI = REPO_ROOT / "infra" / "broker-certs"
+"""The dev PKI: `make certs` writes it, `make dev`, Compose and Kubernetes use it (never committed)."""
+
 FIRST_REQUEST = (
     '{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"messageId":"m1","role":"ROLE_USER",'
     '"parts":[{"text":"hello mesh"}]},"metadata":{"skill":"echo"}}}'
 )
 FIRST_COMMAND = (
-    "curl -s -X POST {url}/ -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' \\\n  -d '"
+    "curl -s -X POST {url}/ -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' \\\n"
+    "  -H 'Authorization: Bearer {key}' \\\n  -d '"
     + FIRST_REQUEST.replace("{", "{{").replace("}", "}}")
     + "'"
 )
@@ -26,7 +30,7 @@ FIRST_COMMAND = (
 
 def up(run_dir: Path) -> int:
     """Start everything, print how to use it, and stop everything cleanly on Ctrl-C or SIGTERM."""
-    stack = Stack(run_dir=run_dir, ports=Ports.fixed())
+    stack = Stack(run_dir=run_dir, ports=Ports.fixed(), pki_dir=DEV_PKI)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -44,11 +48,11 @@ The mesh is up.
   A2A endpoint  {stack.coordinator_url}/   agent card: {stack.coordinator_url}/.well-known/agent-card.json
   Registry      {stack.registry_url}/agents
   Task store    {stack.taskstore_url}/tasks
-  Broker        mqtt://127.0.0.1:{stack.ports.mqtt}
+  Broker        mqtts://127.0.0.1:{stack.ports.mqtt}  (TLS; identities and certificates in {DEV_PKI})
 
 Try a first task:
 
-{FIRST_COMMAND.format(url=stack.coordinator_url)}
+{FIRST_COMMAND.format(url=stack.coordinator_url, key=stack.api_key)}
 
 Press Ctrl-C to stop.""",
         flush=True,
@@ -61,6 +65,16 @@ Press Ctrl-C to stop.""",
     print("\nstopping ...", flush=True)
     codes = stack.stop()
     print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+    return 0
+
+
+def certs_command(pki_dir: Path) -> int:
+    """Create the dev PKI and every identity's credentials (idempotent)."""
+    stack = Stack(run_dir=REPO_ROOT / "run", pki_dir=pki_dir)
+    stack.pki.ensure(stack.identities())
+    print(f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json and, per identity, clients/<org>/<unit>/")
+    for identity in stack.identities():
+        print(f"  {identity.username(stack.org, stack.unit):<32} {identity.role}")
     return 0
 
 
@@ -86,12 +100,16 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("up", help="run the mesh until Ctrl-C")
     run_parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run", help="logs, database, broker data")
+    certs_parser = commands.add_parser("certs", help="create the dev CA, broker certificate and identities")
+    certs_parser.add_argument("--dir", type=Path, default=DEV_PKI, help="where (default infra/broker-certs)")
     scaffold_parser = commands.add_parser("new-agent", help="scaffold services/agents/NAME and wire it in")
     scaffold_parser.add_argument("name")
     scaffold_parser.add_argument("--no-lock", action="store_true", help="skip `uv lock` (the tests use it)")
     args = parser.parse_args()
     if args.command == "up":
         sys.exit(up(args.run_dir))
+    if args.command == "certs":
+        sys.exit(certs_command(args.dir))
     sys.exit(new_agent_command(args.name, lock=not args.no_lock))
 
 

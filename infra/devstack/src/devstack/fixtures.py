@@ -20,10 +20,12 @@ class BrokerHandle:
 
     process: ManagedProcess
     port: int
+    stack: Stack
 
     @property
     def settings(self) -> MqttSettings:
-        return MqttSettings(host="127.0.0.1", port=self.port)
+        """Test credentials that may use any topic and client id (the `mesh-tester` identity)."""
+        return self.stack.tester_settings()
 
 
 @dataclass
@@ -37,7 +39,7 @@ class RedisHandle:
 @pytest.fixture(scope="session")
 def infra_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A Stack object holding only the broker and Redis of the session (services are added by other fixtures)."""
-    stack = Stack(run_dir=tmp_path_factory.mktemp("infra"), ports=Ports.random())
+    stack = Stack(run_dir=tmp_path_factory.mktemp("infra"), ports=Ports.random(), tester=True)
     yield stack
     stack.stop()
 
@@ -46,7 +48,7 @@ def infra_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def broker(infra_stack: Stack) -> BrokerHandle:
     """A real Mosquitto with the project's broker policy, on a free loopback port, for the whole session."""
     process = infra_stack.processes.get("broker") or infra_stack.launch(infra_stack.broker())
-    return BrokerHandle(process, infra_stack.ports.mqtt)
+    return BrokerHandle(process, infra_stack.ports.mqtt, infra_stack)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +61,7 @@ def redis_server(infra_stack: Stack) -> RedisHandle:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole mesh (broker, Redis, registry, task store, agents, coordinator) as local processes."""
-    stack = Stack(run_dir=tmp_path_factory.mktemp("mesh"), ports=Ports.random())
+    stack = Stack(run_dir=tmp_path_factory.mktemp("mesh"), ports=Ports.random(), tester=True)
     stack.start()
     yield stack
     stack.stop()

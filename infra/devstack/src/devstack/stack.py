@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from a2amesh.settings import MqttSettings
+from devstack.dynsec import add_identity
+from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
 
 BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
@@ -46,6 +49,24 @@ AGENTS: dict[str, str] = discover_agents()
 """Every agent of the repository."""
 
 
+_SERVICE_IDENTITIES = {
+    "mesh_registry": Identity("registry", Role.REGISTRY),
+    "mesh_taskstore": Identity("taskstore", Role.TASKSTORE),
+    "mesh_coordinator": Identity("coordinator", Role.COORDINATOR),
+}
+
+DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
+
+
+def find_dynsec_plugin() -> str:
+    """Mosquitto's dynamic-security plugin, wherever the distribution put it."""
+    for folder in DYNSEC_PLUGIN_PATHS:
+        candidate = Path(folder) / "mosquitto_dynamic_security.so"
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError("mosquitto_dynamic_security.so not found: install Debian's mosquitto package")
+
+
 def find_binary(name: str) -> str:
     """The path of a system binary, looking in sbin too (Debian installs mosquitto there)."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
@@ -67,7 +88,7 @@ class Ports:
     @classmethod
     def fixed(cls) -> Ports:
         """The documented ports of `make dev`."""
-        return cls(mqtt=1883, redis=6379, registry=8001, taskstore=8002, coordinator=8000)
+        return cls(mqtt=8883, redis=6379, registry=8001, taskstore=8002, coordinator=8000)
 
     @classmethod
     def random(cls) -> Ports:
@@ -88,6 +109,81 @@ class Stack:
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    pki_dir: Path | None = None
+    """Certificates and credentials (default: <run_dir>/pki; `make dev` uses infra/broker-certs, as Compose does)."""
+    tester: bool = False
+    """Also issue the `mesh-tester` identity (any topic, any client id): for test harnesses only."""
+    provisioned: dict[str, Identity] = field(default_factory=dict)
+    broker_of: Stack | None = None
+    """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
+
+    # -- identities ------------------------------------------------------------------------------------------
+    @property
+    def pki(self) -> Pki:
+        if self.broker_of is not None:
+            return Pki(self.broker_of.pki.root, self.org, self.unit)
+        return Pki(self.pki_dir or self.run_dir / "pki", self.org, self.unit)
+
+    def identities(self) -> list[Identity]:
+        """Everyone the broker admits from the start: services, agents, meshctl, the health probe (and tester)."""
+        fixed = [
+            Identity("registry", Role.REGISTRY),
+            Identity("taskstore", Role.TASKSTORE),
+            Identity("coordinator", Role.COORDINATOR),
+            Identity("workflows", Role.AGENT),
+            Identity("meshctl", Role.OBSERVER),
+            Identity("health", Role.HEALTH),
+        ]
+        fixed += [Identity(agent_id, Role.AGENT) for agent_id in self.agents]
+        if self.tester:
+            fixed.append(Identity(TESTER, Role.TESTER))
+        return [*fixed, *self.provisioned.values()]
+
+    def provision(self, identity: Identity) -> None:
+        """Admit an identity: in the initial broker configuration, or at once on a running broker."""
+        # a stack on its own broker wrote its fixed identities into the broker's initial configuration;
+        # a stack on another's broker has admitted only what it provisioned
+        admitted = self.provisioned.values() if self.broker_of else self.identities()
+        if identity in admitted:
+            return
+        self.provisioned[identity.name] = identity
+        owner = self.broker_of or self
+        broker = owner.processes.get("broker")
+        if broker is not None and broker.running:
+            admin = self.pki.client(Identity(ADMIN, Role.TESTER))
+            add_identity(self.mqtt_settings(admin), self.pki, identity)
+
+    def mqtt_settings(self, files: ClientFiles) -> MqttSettings:
+        """How a client with these credentials reaches the broker."""
+        return MqttSettings(
+            host="127.0.0.1",
+            port=self.ports.mqtt,
+            tls=True,
+            ca_file=self.pki.ca_cert,
+            cert_file=files.cert,
+            key_file=files.key,
+            username=files.username,
+            password_file=files.password_file,
+        )
+
+    def tester_settings(self) -> MqttSettings:
+        """Credentials that may do anything on the broker (test stacks only)."""
+        assert self.tester or (self.broker_of and self.broker_of.tester), "this stack issues no tester identity"
+        return self.mqtt_settings(self.pki.client(Identity(TESTER, Role.TESTER)))
+
+    def identity_env(self, identity: Identity, prefix: str = "MESH_MQTT__") -> dict[str, str]:
+        """The environment a process needs to connect as `identity`."""
+        files = self.pki.client(identity)
+        return {
+            f"{prefix}HOST": "127.0.0.1",
+            f"{prefix}PORT": str(self.ports.mqtt),
+            f"{prefix}TLS": "true",
+            f"{prefix}CA_FILE": str(self.pki.ca_cert),
+            f"{prefix}CERT_FILE": str(files.cert),
+            f"{prefix}KEY_FILE": str(files.key),
+            f"{prefix}USERNAME": files.username,
+            f"{prefix}PASSWORD_FILE": str(files.password_file),
+        }
 
     # -- addresses -------------------------------------------------------------------------------------------
     @property
@@ -103,6 +199,11 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.taskstore}"
 
     @property
+    def api_key(self) -> str:
+        """The key clients present to the coordinator (Authorization: Bearer <key>)."""
+        return self.pki.api_key()
+
+    @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.ports.redis}/0"
 
@@ -111,8 +212,6 @@ class Stack:
         return {
             "MESH_ORG": self.org,
             "MESH_UNIT": self.unit,
-            "MESH_MQTT__HOST": "127.0.0.1",
-            "MESH_MQTT__PORT": str(self.ports.mqtt),
             "MESH_LOG_LEVEL": self.log_level,
             **self.extra_env,
         }
@@ -122,13 +221,23 @@ class Stack:
         """Mosquitto with the project's policy; only the listener and the data directory are local."""
         data_dir = self.run_dir / "broker"
         data_dir.mkdir(parents=True, exist_ok=True)
+        pki = self.pki
+        pki.ensure(self.identities())
+        dynsec = data_dir / "dynamic-security.json"  # the broker's own copy: it writes runtime changes back
+        if not dynsec.exists():
+            shutil.copyfile(pki.dynsec_file, dynsec)
         config = self.run_dir / "mosquitto.conf"
         config.write_text(
-            "# written by devstack: local listener and data directory, then the project's broker policy\n"
+            "# written by devstack: local listener, TLS files and data directory, then the project's broker policy\n"
             f"user {getpass.getuser()}\n"
-            f"listener {self.ports.mqtt} 127.0.0.1\n"
+            f"plugin {find_dynsec_plugin()}\n"
+            f"plugin_opt_config_file {dynsec}\n"
             f"persistence_location {data_dir}/\n"
             "log_dest stdout\n"
+            f"listener {self.ports.mqtt} 127.0.0.1\n"
+            f"cafile {pki.ca_cert}\n"
+            f"certfile {pki.broker_cert}\n"
+            f"keyfile {pki.broker_key}\n"
             f"include_dir {BROKER_POLICY_DIR}\n"
         )
         return ManagedProcess(
@@ -157,14 +266,32 @@ class Stack:
         ]
         return ManagedProcess("redis", argv, self.run_dir / "logs" / "redis.log", tcp_ready(self.ports.redis))
 
-    def service(self, name: str, package: str, env: dict[str, str], ready: Callable[[], bool]) -> ManagedProcess:
-        """A mesh service run as its container runs it: `python -m <package>`."""
+    def service(
+        self, name: str, package: str, env: dict[str, str], ready: Callable[[], bool], identity: Identity | None = None
+    ) -> ManagedProcess:
+        """A mesh service run as its container runs it: `python -m <package>`, connecting as its own identity
+        (inferred from the package: a service's role, else an agent named by MESH_AGENT_ID)."""
+        identity = (
+            identity
+            or _SERVICE_IDENTITIES.get(package)
+            or Identity(env.get("MESH_AGENT_ID", name), Role.AGENT, env.get("MESH_POOL"))
+        )
+        if package == "mesh_coordinator":
+            env = {**self.identity_env(Identity("workflows", Role.AGENT), prefix="MESH_WORKFLOWS_MQTT__"), **env}
+        return self.command(name, [sys.executable, "-m", package], env, ready, identity)
+
+    def command(
+        self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool] | None, identity: Identity
+    ) -> ManagedProcess:
+        """Any program as a member of this mesh: admitted to the broker as `identity`, with its credentials and
+        the mesh's settings in its environment (MESH_MQTT__*)."""
+        self.provision(identity)
         return ManagedProcess(
             name,
-            [sys.executable, "-m", package],
+            argv,
             self.run_dir / "logs" / f"{name}.log",
             ready,
-            env={**self.base_env(), **env},
+            env={**self.base_env(), **self.identity_env(identity), **env},
         )
 
     def registry(self) -> ManagedProcess:
@@ -182,7 +309,9 @@ class Stack:
             "MESH_PUBLIC_URL": self.coordinator_url,
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
+            "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
         }
+        self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
 
     def agent(self, agent_id: str, package: str, **env: str) -> ManagedProcess:

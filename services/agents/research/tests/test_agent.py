@@ -64,7 +64,11 @@ async def test_research_agent_streams_passages_over_mqtt(broker: BrokerHandle, t
 
     watcher = MqttLink(broker.settings, f"{ORG}/{UNIT}/watch-{short_id()}", [agent.discovery_topic], on_card)
     requester = MeshRequester(broker.settings, AgentAddress(ORG, UNIT, f"tester-{short_id()}"))
-    stack = Stack(run_dir=tmp_path, ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0))
+    stack = Stack(
+        run_dir=tmp_path,
+        ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0),
+        broker_of=broker.stack,
+    )
     process = stack.service("research-x", "agent_research", {"MESH_AGENT_ID": agent_id}, ready=lambda: True)
     async with running(watcher):
         try:

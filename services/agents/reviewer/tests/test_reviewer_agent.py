@@ -66,7 +66,11 @@ async def test_reviewer_asks_for_the_audience_then_completes_over_mqtt(broker: B
 
     watcher = MqttLink(broker.settings, f"{ORG}/{UNIT}/watch-{short_id()}", [agent.discovery_topic], on_card)
     requester = MeshRequester(broker.settings, AgentAddress(ORG, UNIT, f"tester-{short_id()}"))
-    stack = Stack(run_dir=tmp_path, ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0))
+    stack = Stack(
+        run_dir=tmp_path,
+        ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0),
+        broker_of=broker.stack,
+    )
     process = stack.service("reviewer-x", "agent_reviewer", {"MESH_AGENT_ID": agent_id}, ready=lambda: True)
     task_id = str(uuid.uuid4())
     async with running(watcher):

@@ -64,7 +64,11 @@ async def test_writer_agent_writes_a_cited_report_over_mqtt(broker: BrokerHandle
 
     watcher = MqttLink(broker.settings, f"{ORG}/{UNIT}/watch-{short_id()}", [agent.discovery_topic], on_card)
     requester = MeshRequester(broker.settings, AgentAddress(ORG, UNIT, f"tester-{short_id()}"))
-    stack = Stack(run_dir=tmp_path, ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0))
+    stack = Stack(
+        run_dir=tmp_path,
+        ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0),
+        broker_of=broker.stack,
+    )
     process = stack.service("writer-x", "agent_writer", {"MESH_AGENT_ID": agent_id}, ready=lambda: True)
     async with running(watcher):
         try:

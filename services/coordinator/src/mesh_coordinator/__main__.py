@@ -22,7 +22,7 @@ def workflow_responder(settings: CoordinatorSettings, delegate: Delegate) -> Res
     agent_settings = AgentSettings(
         org=settings.org,
         unit=settings.unit,
-        mqtt=settings.mqtt,
+        mqtt=settings.workflows_mqtt or settings.mqtt,
         agent_id="workflows",
         http_port=0,
         max_concurrent=64,

@@ -9,10 +9,22 @@ from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, c
 from a2a.types import a2a_pb2 as pb
 from starlette.applications import Starlette
 
-from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.models import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentProvider,
+    AgentSkill,
+    APIKeySecurityScheme,
+    HTTPAuthSecurityScheme,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
+)
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from mesh_coordinator.directory import DependencyError, RegistryClient
+from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,23 @@ def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> Age
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["text/plain", "application/json"],
         skills=skills,
+        security_schemes={
+            "bearer": SecurityScheme(
+                http_auth_security_scheme=HTTPAuthSecurityScheme(
+                    scheme="Bearer", description="an API key of the mesh, as a Bearer token"
+                )
+            ),
+            "apiKey": SecurityScheme(
+                api_key_security_scheme=APIKeySecurityScheme(
+                    location="header", name="X-API-Key", description="the same API key, in a header"
+                )
+            ),
+        },
+        # either scheme will do (each requirement is an alternative)
+        security_requirements=[
+            SecurityRequirement(schemes={"bearer": StringList()}),
+            SecurityRequirement(schemes={"apiKey": StringList()}),
+        ],
     )
 
 
@@ -65,7 +94,7 @@ class MeshSkills:
         return self._skills
 
 
-def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> Starlette:
+def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> RequestGuard:
     """The Starlette app serving A2A v1.0 for the whole mesh."""
     settings = handler.settings
     base_card = coordinator_card(public_url, settings.org, [])
@@ -85,4 +114,5 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         *create_jsonrpc_routes(handler, rpc_url="/", shutdown_grace_period=2),
         *create_rest_routes(handler, shutdown_grace_period=2),
     ]
-    return Starlette(routes=routes)
+    policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
+    return RequestGuard(Starlette(routes=routes), policy)

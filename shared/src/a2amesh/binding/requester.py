@@ -150,10 +150,12 @@ def _decode(envelope: Envelope) -> JsonRpcResponse | None:
 
 
 def _ends_stream(result: Any) -> bool:
+    """Whether a streaming reply closes its stream. One that is not a stream item does not: the consumer skips it
+    and the stream goes on to its real end or the idle timeout, rather than ending with no final state."""
     try:
         return StreamResponse.from_wire(result).ends_stream
     except (ValidationError, ValueError, TypeError):
-        return True  # not a stream item: a one-shot result
+        return False
 
 
 class MeshRequester:
@@ -168,7 +170,10 @@ class MeshRequester:
         self._inboxes: dict[bytes, asyncio.Queue[Envelope]] = {}
         self._request_seq = 0
         self.link = MqttLink(
-            settings, f"{identity.client_id}-{self.reply_topic.rsplit('/', 1)[1][:8]}", [self.reply_topic], self._route
+            settings,
+            identity.client_id,
+            [self.reply_topic],
+            self._route,  # the broker pins identities to their id
         )
 
     async def run(self, stop: asyncio.Event) -> None:

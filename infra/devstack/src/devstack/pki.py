@@ -1,0 +1,298 @@
+"""The mesh's dev PKI and broker identities: a CA, the broker's server certificate, and for every identity a client
+certificate (CN = its MQTT client id), a password, and a dynamic-security client bound to that client id with a
+role of least privilege. `make certs` writes them; the dev stack and the tests use the same code.
+
+Production brings its own CA (docs/security.md): only `ca.crt`, the broker's pair and the clients' pairs change."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DYNSEC_ITERATIONS = 101
+ADMIN = "mesh-admin"
+TESTER = "mesh-tester"
+
+
+class Role(StrEnum):
+    """What an identity may do on the broker."""
+
+    AGENT = "agent"  # serve its own requests (and its pool), publish its card, events and replies
+    REQUESTER = "requester"  # send requests to agents and pools, read its own reply inbox
+    COORDINATOR = "coordinator"  # a requester that also records events for agents that do not
+    REGISTRY = "registry"  # read the cards
+    TASKSTORE = "taskstore"  # read the events
+    OBSERVER = "observer"  # read cards and events (meshctl events)
+    HEALTH = "health"  # read the broker's uptime, nothing else
+    TESTER = "tester"  # tests only: everything, any client id (never issued by `make certs`)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One principal on the broker."""
+
+    name: str
+    role: Role
+    pool: str | None = None
+
+    def username(self, org: str, unit: str) -> str:
+        """The MQTT username, which the broker also pins as its client id."""
+        return self.name if self.role in (Role.TESTER, Role.HEALTH) else f"{org}/{unit}/{self.name}"
+
+    def acls(self, org: str, unit: str) -> list[dict[str, object]]:
+        """The dynamic-security ACLs of this identity (explicit topics: 2.0's dynsec substitutes no %c)."""
+        me = self.username(org, unit)
+        send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
+        return [{"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": True} for t in send] + [
+            {"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": True} for t in subscribe
+        ]
+
+
+def _agent(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
+    subscribe = [f"$a2a/v1/request/{me}"]
+    if pool:
+        subscribe.append(f"$share/+/a2a/v1/pool/{org}/{unit}/{pool}")
+    return [f"$a2a/v1/discovery/{me}", f"$a2a/v1/event/{me}", "$a2a/v1/reply/#"], subscribe
+
+
+def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
+    return ["$a2a/v1/request/#", "a2a/v1/pool/#"], [f"$a2a/v1/reply/{me}/+"]
+
+
+def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
+    send, subscribe = _requester(me, org, unit, pool)
+    return [*send, f"$a2a/v1/event/{me}"], subscribe
+
+
+_ROLE_RIGHTS = {
+    Role.AGENT: _agent,
+    Role.REQUESTER: _requester,
+    Role.COORDINATOR: _coordinator,
+    Role.REGISTRY: lambda me, org, unit, pool: ([], ["$a2a/v1/discovery/#"]),
+    Role.TASKSTORE: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#"]),
+    Role.OBSERVER: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#", "$a2a/v1/discovery/#"]),
+    Role.HEALTH: lambda me, org, unit, pool: ([], ["$SYS/broker/uptime"]),
+    Role.TESTER: lambda me, org, unit, pool: (["#", "$a2a/#"], ["#", "$a2a/#", "$share/#", "$SYS/#"]),
+}
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """What a process needs to connect as an identity."""
+
+    username: str
+    cert: Path
+    key: Path
+    password_file: Path
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+
+class Pki:
+    """A directory holding the CA, the broker's certificate, and each identity's certificate and password."""
+
+    def __init__(self, root: Path, org: str = "acme", unit: str = "default") -> None:
+        self.root = root
+        self.org = org
+        self.unit = unit
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def broker_cert(self) -> Path:
+        return self.root / "broker.crt"
+
+    @property
+    def broker_key(self) -> Path:
+        return self.root / "broker.key"
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.root / "dynamic-security.json"
+
+    @property
+    def api_keys_file(self) -> Path:
+        """The coordinator's API keys, one per line (the first one is the dev key)."""
+        return self.root / "coordinator-api-keys"
+
+    def api_key(self) -> str:
+        """The dev API key clients present to the coordinator (created when missing)."""
+        self._ensure_ca()
+        if not self.api_keys_file.exists():
+            self.api_keys_file.write_text(f"mesh-{secrets.token_urlsafe(24)}\n")
+            os.chmod(self.api_keys_file, 0o600)
+        return self.api_keys_file.read_text().split()[0]
+
+    def ensure(self, identities: list[Identity], broker_hosts: tuple[str, ...] = ("localhost", "broker")) -> None:
+        """Create whatever is missing (idempotent: existing keys, certificates and passwords are kept)."""
+        self._ensure_ca()
+        if not self.broker_cert.exists():
+            self.issue("broker", server_names=broker_hosts)
+        for identity in [Identity(ADMIN, Role.TESTER), *identities]:
+            self.client(identity)
+        self.write_dynsec(identities)
+        self.api_key()
+
+    def _ensure_ca(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        if not self.ca_cert.exists():
+            key = _new_key()
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"a2a mesh dev CA ({self.org})")])
+            builder = _builder(name, name, key.public_key(), days=3650).add_extension(
+                x509.BasicConstraints(ca=True, path_length=0), critical=True
+            )
+            _write_pair(self.root / "ca", builder.sign(key, hashes.SHA256()), key)
+
+    def issue(
+        self,
+        stem: str,
+        *,
+        common_name: str | None = None,
+        server_names: tuple[str, ...] = (),
+        days: int = 397,
+        not_before: dt.datetime | None = None,
+        ca: tuple[Path, Path] | None = None,
+    ) -> Path:
+        """A certificate signed by the CA (or another CA), written as <stem>.crt/.key under the root."""
+        ca_cert_path, ca_key_path = ca or (self.ca_cert, self.root / "ca.key")
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        key = _new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or stem)])
+        builder = _builder(subject, ca_cert.subject, key.public_key(), days=days, not_before=not_before)
+        if server_names:
+            alt = [x509.DNSName(host) for host in server_names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        else:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        path = self.root / stem
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_pair(path, builder.sign(ca_key, hashes.SHA256()), key)  # type: ignore[arg-type]
+        return _with(path, ".crt")
+
+    def client(self, identity: Identity) -> ClientFiles:
+        """The certificate, key and password of an identity, created when missing."""
+        self._ensure_ca()
+        username = identity.username(self.org, self.unit)
+        stem = self.root / "clients" / username  # org/unit/name: stacks of several orgs may share one PKI
+        if not _with(stem, ".crt").exists():
+            self.issue(f"clients/{username}", common_name=username)
+        password_file = _with(stem, ".password")
+        if not password_file.exists():
+            password_file.write_text(secrets.token_urlsafe(24) + "\n")
+            os.chmod(password_file, 0o600)
+        return ClientFiles(username, _with(stem, ".crt"), _with(stem, ".key"), password_file)
+
+    def dynsec_entries(self, identity: Identity) -> tuple[dict[str, object], dict[str, object]]:
+        """The dynamic-security client and role of an identity."""
+        files = self.client(identity)
+        rolename = f"id:{files.username}"
+        client: dict[str, object] = {
+            "username": files.username,
+            "roles": [{"rolename": rolename}],
+            **dynsec_password(files.password),
+        }
+        if identity.role is not Role.TESTER:
+            client["clientid"] = files.username  # the broker refuses this identity under any other client id
+        return client, {"rolename": rolename, "acls": identity.acls(self.org, self.unit)}
+
+    def write_dynsec(self, identities: list[Identity]) -> None:
+        """The broker's dynamic-security configuration: deny by default, one role per identity."""
+        admin = self.client(Identity(ADMIN, Role.TESTER))
+        clients: list[dict[str, object]] = [
+            {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)}
+        ]
+        roles: list[dict[str, object]] = [{"rolename": "admin", "acls": _ADMIN_ACLS}]
+        for identity in identities:
+            client, role = self.dynsec_entries(identity)
+            clients.append(client)
+            roles.append(role)
+        config = {
+            "defaultACLAccess": {
+                "publishClientSend": False,
+                "publishClientReceive": True,
+                "subscribe": False,
+                "unsubscribe": True,
+            },
+            "clients": clients,
+            "groups": [],
+            "roles": roles,
+        }
+        self.dynsec_file.write_text(json.dumps(config, indent=1))
+        os.chmod(self.dynsec_file, 0o600)
+
+
+_ADMIN_ACLS = [
+    {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
+    {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
+    {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
+]
+
+
+def dynsec_password(password: str) -> dict[str, object]:
+    """A password as Mosquitto's dynamic-security plugin stores it (PBKDF2-SHA512, base64)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, DYNSEC_ITERATIONS, 64)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": DYNSEC_ITERATIONS,
+    }
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    days: int,
+    not_before: dt.datetime | None = None,
+) -> x509.CertificateBuilder:
+    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+    )
+
+
+def _with(stem: Path, extension: str) -> Path:
+    """stem + extension (not Path.with_suffix: identity names may contain dots)."""
+    return stem.parent / (stem.name + extension)
+
+
+def _write_pair(stem: Path, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    _with(stem, ".crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path = _with(stem, ".key")
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    os.chmod(key_path, 0o600)

@@ -1,0 +1,137 @@
+"""The coordinator's HTTP guard, in front of every A2A route: credentials (an API key, sent as a Bearer token or in
+X-API-Key), a request-body size limit, and a rate limit per client. Pure ASGI, so SSE streams pass untouched.
+The agent card and the health/metrics endpoints stay public (clients discover the security schemes from the card)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PUBLIC_PATHS = frozenset({"/.well-known/agent-card.json", "/livez", "/healthz", "/metrics"})
+API_KEY_HEADER = "x-api-key"
+MAX_TRACKED_CLIENTS = 10_000
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guard enforces."""
+
+    api_keys: frozenset[str]
+    max_body_bytes: int = 1_048_576
+    rate_per_second: float = 50.0
+    burst: int = 100
+
+
+class TokenBuckets:
+    """One token bucket per client: `rate` requests a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float:
+        """0 if the request may go ahead, else the seconds until it could."""
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1 if tokens >= 1 else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_CLIENTS:
+            self._buckets.popitem(last=False)  # the least recently seen client
+        return wait
+
+
+class RequestGuard:
+    """ASGI middleware enforcing a GuardPolicy."""
+
+    def __init__(self, app: ASGIApp, policy: GuardPolicy) -> None:
+        if not policy.api_keys:
+            raise ValueError("the coordinator needs at least one API key (MESH_API_KEYS or MESH_API_KEYS_FILE)")
+        self.app = app
+        self.policy = policy
+        self.buckets = TokenBuckets(policy.rate_per_second, policy.burst)
+        self._key_digests = [hashlib.sha256(key.encode()).digest() for key in policy.api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        key = self._presented_key(headers)
+        if key is None or not self._known(key):
+            await _reply(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", b'Bearer realm="a2a-mesh"')])
+            return
+        wait = self.buckets.take(hashlib.sha256(key.encode()).hexdigest())
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait))).encode()
+            await _reply(send, 429, {"error": "rate limit exceeded"}, [(b"retry-after", retry)])
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.policy.max_body_bytes):
+            await _reply(send, 413, {"error": f"request body over {self.policy.max_body_bytes} bytes"})
+            return
+        await self.app(scope, self._limited(receive, send), send)
+
+    @staticmethod
+    def _presented_key(headers: dict[str, str]) -> str | None:
+        authorization = headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+            return authorization[7:].strip()
+        return headers.get(API_KEY_HEADER) or None
+
+    def _known(self, key: str) -> bool:
+        digest = hashlib.sha256(key.encode()).digest()
+        return any(hmac.compare_digest(digest, known) for known in self._key_digests)  # constant time per key
+
+    def _limited(self, receive: Receive, send: Send) -> Receive:
+        """A body without Content-Length (chunked) is counted as it arrives and cut off past the limit."""
+        received = 0
+        limit = self.policy.max_body_bytes
+
+        async def counting() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)
+            return message
+
+        return counting
+
+
+class BodyTooLargeError(Exception):
+    """A streamed body went past the limit (the app sees it as a failed read)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+
+
+async def _reply(send: Send, status: int, body: dict[str, str], headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
