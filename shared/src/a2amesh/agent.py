@@ -12,10 +12,21 @@ from starlette.applications import Starlette
 from a2amesh.binding.responder import Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
 from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, TASK_EVENTS_EXTENSION
-from a2amesh.models import AgentCapabilities, AgentCard, AgentExtension, AgentInterface, AgentProvider, AgentSkill
+from a2amesh.models import (
+    AgentCapabilities,
+    AgentCard,
+    AgentExtension,
+    AgentInterface,
+    AgentProvider,
+    AgentSkill,
+    HTTPAuthSecurityScheme,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
+)
 from a2amesh.observability import health_routes
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
-from a2amesh.settings import AgentSettings
+from a2amesh.settings import AgentSettings, read_keys
 from a2amesh.topics import PoolAddress
 
 __all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve"]
@@ -59,7 +70,21 @@ class MeshAgent(ABC):
             default_input_modes=list(self.input_modes),
             default_output_modes=list(self.output_modes),
             skills=list(self.skills),
+            **self._security(),
         )
+
+    def _security(self) -> dict[str, object]:
+        """An agent given tokens declares per-request Bearer authorization (the profile's a2a-authorization)."""
+        if not read_keys(self.settings.auth_tokens, self.settings.auth_tokens_file):
+            return {}
+        scheme = HTTPAuthSecurityScheme(
+            scheme="Bearer",
+            description="sent per request in User Property a2a-authorization over MQTT (TLS only; never echoed)",
+        )
+        return {
+            "security_schemes": {"bearer": SecurityScheme(http_auth_security_scheme=scheme)},
+            "security_requirements": [SecurityRequirement(schemes={"bearer": StringList()})],
+        }
 
     def _extensions(self) -> list[AgentExtension]:
         extensions = [AgentExtension(uri=TASK_EVENTS_EXTENSION, description="publishes every task event")]

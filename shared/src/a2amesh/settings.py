@@ -36,6 +36,14 @@ class MqttSettings(BaseModel):
         return self.password
 
 
+def read_keys(given: list[str], file: Path | None) -> frozenset[str]:
+    """Secrets given inline plus those in a file, one per line (blank lines and # comments skipped)."""
+    keys = {key.strip() for key in given if key.strip()}
+    if file is not None:
+        keys |= {line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return frozenset(keys)
+
+
 class ServiceSettings(BaseSettings):
     """What every mesh process shares: its identity on the broker, the broker, logging."""
 
@@ -60,6 +68,10 @@ class AgentSettings(ServiceSettings):
     agent_id: str = "agent"
     http_port: int = Field(default=8080, description="health and metrics; 0 turns the HTTP endpoint off")
     pool: str | None = None
+    auth_tokens: list[str] = Field(
+        default_factory=list, description="if set, requests must carry `a2a-authorization: Bearer <one of these>`"
+    )
+    auth_tokens_file: Path | None = Field(default=None, description="more tokens, one per line (a mounted secret)")
     max_concurrent: int = 8
     max_queued: int = 64
 
@@ -89,13 +101,8 @@ class CoordinatorSettings(ServiceSettings):
     """The coordinator: where the registry and task store answer, the URL clients reach it at, and who may call."""
 
     def all_api_keys(self) -> frozenset[str]:
-        """The keys from MESH_API_KEYS and from MESH_API_KEYS_FILE (blank lines and # comments skipped)."""
-        keys = set(self.api_keys)
-        if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text().splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    keys.add(line.strip())
-        return frozenset(keys)
+        """The keys from MESH_API_KEYS and from MESH_API_KEYS_FILE."""
+        return read_keys(self.api_keys, self.api_keys_file)
 
     http_port: int = 8000
     public_url: str | None = None

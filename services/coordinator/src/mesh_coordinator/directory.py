@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -25,6 +26,8 @@ class AgentChoice:
     load: float | None
     records_events: bool
     pool: str | None = None
+    wants_auth: bool = False
+    """The card asks for per-request authorization (a2a-authorization), so the caller's token is passed on."""
 
     @property
     def request_topic(self) -> str:
@@ -60,6 +63,7 @@ class RegistryClient:
             record.get("load"),
             records_own_events(card),
             pool_of(card),
+            bool(card.security_requirements),
         )
 
     async def choose(self, skill: str) -> AgentChoice | None:
@@ -76,10 +80,10 @@ class RegistryClient:
             raise DependencyError(f"registry unavailable: {error}") from error
         return response.json() if response.status_code == 200 else None
 
-    async def records_events(self, address: AgentAddress) -> bool:
-        """Whether the agent records its own task events (unknown agents are assumed not to)."""
+    async def profile(self, address: AgentAddress) -> AgentChoice | None:
+        """What routing needs to know of one agent, from its card (None if the registry does not know it)."""
         record = await self.agent(address)
-        return bool(record) and records_own_events(AgentCard.from_wire(record["card"]))
+        return self.choice_of(record) if record else None
 
     async def knows_skill(self, skill: str) -> bool:
         """Whether any agent, online or not, has ever offered `skill`."""
@@ -109,12 +113,14 @@ class TaskStoreClient:
     async def get_task(self, task_id: str, history_length: int | None = None) -> Task | None:
         """The recorded task, or None if the store has never seen it."""
         params = {"historyLength": history_length} if history_length is not None else None
-        body = await self._get(f"/tasks/{task_id}", params)
+        segment = _path_segment(task_id)
+        body = await self._get(f"/tasks/{segment}", params) if segment else None
         return Task.from_wire(body) if body is not None else None
 
     async def agent_of(self, task_id: str) -> AgentAddress | None:
         """The agent that ran a recorded task."""
-        body = await self._get(f"/tasks/{task_id}/events")
+        segment = _path_segment(task_id)
+        body = await self._get(f"/tasks/{segment}/events") if segment else None
         if body is None or not body.get("agent"):
             return None
         return AgentAddress.parse(body["agent"])
@@ -123,3 +129,11 @@ class TaskStoreClient:
         """One page of recorded tasks (query: the A2A ListTasks params, camelCase)."""
         body = await self._get("/tasks", {k: v for k, v in query.items() if v is not None})
         return ListTasksResponse.from_wire(body or {})
+
+
+def _path_segment(task_id: str) -> str | None:
+    """A task id as one URL path segment of the store's API, or None for an id no stored task can be read by
+    (empty, or with a slash). Dots are escaped too, so ".." cannot climb out of /tasks/."""
+    if not task_id or "/" in task_id:
+        return None
+    return quote(task_id, safe="").replace(".", "%2E")

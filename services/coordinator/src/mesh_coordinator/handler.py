@@ -15,6 +15,7 @@ from a2a.server.request_handlers.request_handler import RequestHandler
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors as sdk_errors
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 
 from a2amesh.binding import MeshRequester, RemoteError, RetryProfile
 from a2amesh.binding.wire import AGENT_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
@@ -30,10 +31,10 @@ from a2amesh.models import (
 )
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, publish_properties
 from a2amesh.observability import ServiceMetrics
-from a2amesh.sdk import SdkEvent, from_proto, to_proto, to_sdk_event
+from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, TopicError
-from mesh_coordinator.directory import DependencyError, RegistryClient, TaskStoreClient
+from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,23 @@ _REMOTE_ERRORS: dict[int, type[sdk_errors.A2AError]] = {
     ErrorCode.METHOD_NOT_FOUND: sdk_errors.UnsupportedOperationError,
     ErrorCode.CONTENT_TYPE_NOT_SUPPORTED: sdk_errors.ContentTypeNotSupportedError,
 }
+
+
+def read_params(params: Any, model_type: type[ModelT]) -> ModelT:
+    """An SDK request as our model; what the SDK's parser let through but our model refuses is the caller's
+    mistake (InvalidParams), not an internal error."""
+    try:
+        return from_proto(params, model_type)
+    except ValidationError as error:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in error.errors()[:3])
+        raise sdk_errors.InvalidParamsError(message=f"Invalid params: {reasons}") from None
+
+
+def require_id(task_id: str) -> str:
+    """The task id of GetTask, CancelTask and SubscribeToTask: REQUIRED, so an empty one is invalid params."""
+    if not task_id:
+        raise sdk_errors.InvalidParamsError(message="id is required")
+    return task_id
 
 
 def retry_profile(settings: CoordinatorSettings) -> RetryProfile:
@@ -81,8 +99,8 @@ class MeshRequestHandler(RequestHandler):
 
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
-        request = from_proto(params, SendMessageRequest)
-        live = await self._start(request)
+        request = read_params(params, SendMessageRequest)
+        live = await self._start(request, context)
         try:
             await asyncio.shield(live.first_item)
         except RemoteError as error:
@@ -101,8 +119,8 @@ class MeshRequestHandler(RequestHandler):
     async def on_message_send_stream(
         self, params: pb.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
-        request = from_proto(params, SendMessageRequest)
-        live = await self._start(request)
+        request = read_params(params, SendMessageRequest)
+        live = await self._start(request, context)
         async for item in self._relay(live, live.listen()):
             yield item
 
@@ -113,14 +131,14 @@ class MeshRequestHandler(RequestHandler):
         except RemoteError as error:
             raise sdk_error(error) from None
 
-    async def _start(self, request: SendMessageRequest) -> LiveTask:
+    async def _start(self, request: SendMessageRequest, context: ServerCallContext) -> LiveTask:
         """Pick the agent, then publish the request; the relay runs on its own from here."""
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
         if message.task_id:
             agent, previous = await self._agent_holding(message.task_id)
-            mirror, topic = await self._mirrors(agent), agent.request_topic
+            route = await self._route_to(agent)
             if previous is not None and previous.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
                     message=f"Task {message.task_id} is already {previous.status.state.name}"
@@ -128,7 +146,8 @@ class MeshRequestHandler(RequestHandler):
             context_id = message.context_id or (previous.context_id if previous else None) or new_context_id()
             task_id = message.task_id
         else:
-            agent, mirror, topic = await self._choose_agent(request)
+            route = await self._choose_agent(request)
+            agent = route.address
             task_id, context_id = new_task_id(), message.context_id or new_context_id()
         message = message.model_copy(update={"task_id": task_id, "context_id": context_id})
         metadata = dict(request.metadata or {})
@@ -141,10 +160,15 @@ class MeshRequestHandler(RequestHandler):
             history=[message],
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
         )
-        live = LiveTask(task, agent, self._record_event, mirror=mirror)
+        live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
         self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
-        live.start(self.requester.request(topic, "SendStreamingMessage", params, profile=self.profile))
+        authorization = _authorization_for(route.wants_auth, context)
+        live.start(
+            self.requester.request(
+                route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
+            )
+        )
         live.ended_callback(self._count)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
@@ -153,22 +177,25 @@ class MeshRequestHandler(RequestHandler):
         """Metrics for a relay that ended (a final state, or an interruption waiting for the user)."""
         self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started)
 
-    async def _mirrors(self, agent: AgentAddress) -> bool:
-        live = next((live for live in self.hub.for_agent(agent)), None)
+    async def _route_to(self, agent: AgentAddress) -> AgentChoice:
+        """How to reach a known agent directly: from a task relayed from it, else from its card."""
+        live = next(iter(self.hub.for_agent(agent)), None)
         if live is not None:
-            return live.mirror
+            return AgentChoice(agent, (), None, not live.mirror, wants_auth=live.wants_auth)
         try:
-            return not await self.registry.records_events(agent)
+            choice = await self.registry.profile(agent)
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
+        if choice is None:  # not (or no longer) registered: reach it directly, record its events ourselves
+            return AgentChoice(agent, (), None, records_events=False)
+        return AgentChoice(agent, choice.skills, choice.load, choice.records_events, None, choice.wants_auth)
 
-    async def _choose_agent(self, request: SendMessageRequest) -> tuple[AgentAddress, bool, str]:
+    async def _choose_agent(self, request: SendMessageRequest) -> AgentChoice:
         """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
-        else one with the default skill; with whether to mirror its events and where to publish."""
+        else one with the default skill."""
         metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
         if isinstance(metadata.get(AGENT_METADATA_KEY), str):
-            pinned = self._parse_agent(metadata[AGENT_METADATA_KEY])
-            return pinned, await self._mirrors(pinned), pinned.request_topic
+            return await self._route_to(self._parse_agent(metadata[AGENT_METADATA_KEY]))
         skill = metadata.get(SKILL_METADATA_KEY, self.settings.default_skill)
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
@@ -179,7 +206,7 @@ class MeshRequestHandler(RequestHandler):
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if choice is not None:
-            return choice.address, not choice.records_events, choice.request_topic
+            return choice
         if known:
             raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
         raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")
@@ -215,6 +242,7 @@ class MeshRequestHandler(RequestHandler):
 
     # -- reading ---------------------------------------------------------------------------------------------
     async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        require_id(params.id)
         history_length = params.history_length if params.HasField("history_length") else None
         if history_length is not None and history_length < 0:
             raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
@@ -230,7 +258,7 @@ class MeshRequestHandler(RequestHandler):
         return to_proto(task, pb.Task)
 
     async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
-        request = from_proto(params, ListTasksRequest)
+        request = read_params(params, ListTasksRequest)
         query: dict[str, Any] = {k: v for k, v in request.to_wire().items() if k != "tenant"}
         try:
             page = await self.store.list_tasks(query)
@@ -241,14 +269,22 @@ class MeshRequestHandler(RequestHandler):
         return to_proto(page, pb.ListTasksResponse)
 
     async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
-        agent, task = await self._agent_holding(params.id)
+        agent, task = await self._agent_holding(require_id(params.id))
         if task is not None and task.status.state.is_terminal:
             raise sdk_errors.TaskNotCancelableError(message=f"Task {params.id} is already {task.status.state.name}")
         request: dict[str, Any] = {"id": params.id}
         if params.HasField("metadata"):
             request["metadata"] = MessageToDict(params.metadata)
         try:
-            result = await self.requester.call(agent.request_topic, "CancelTask", request, profile=self.profile)
+            route = await self._route_to(agent)
+            stream = self.requester.request(
+                agent.request_topic,
+                "CancelTask",
+                request,
+                profile=self.profile,
+                authorization=_authorization_for(route.wants_auth, context),
+            )
+            result = await anext(aiter(stream.results()))
         except RemoteError as error:
             raise sdk_error(error) from None
         canceled = Task.from_wire(result)
@@ -260,19 +296,30 @@ class MeshRequestHandler(RequestHandler):
     async def on_subscribe_to_task(
         self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
-        live = self.hub.get(params.id)
+        live = self.hub.get(require_id(params.id))
         if live is None or live.ended.is_set():
             agent, task = await self._agent_holding(params.id)
             if task is not None and task.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
                     message=f"Task {params.id} is already {task.status.state.name}"
                 )
+            route = await self._route_to(agent)
             live = LiveTask(
-                task or Task(id=params.id, status=TaskStatus(state=TaskState.SUBMITTED)), agent, self._record_event
+                task or Task(id=params.id, status=TaskStatus(state=TaskState.SUBMITTED)),
+                agent,
+                self._record_event,
+                mirror=not route.records_events,
+                wants_auth=route.wants_auth,
             )
             self.hub.add(live)
             live.start(
-                self.requester.request(agent.request_topic, "SubscribeToTask", {"id": params.id}, profile=self.profile)
+                self.requester.request(
+                    agent.request_topic,
+                    "SubscribeToTask",
+                    {"id": params.id},
+                    profile=self.profile,
+                    authorization=_authorization_for(route.wants_auth, context),
+                )
             )
             queue = live.listen()
         else:
@@ -306,6 +353,19 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> pb.AgentCard:
         raise sdk_errors.ExtendedAgentCardNotConfiguredError
+
+
+def _authorization_for(wanted: bool, context: ServerCallContext) -> str | None:
+    """The caller's own credentials, passed on (as a2a-authorization) only to an agent whose card asks for them:
+    handing them to any other agent would leak the caller's key."""
+    if not wanted:
+        return None
+    headers = context.state.get("headers", {})
+    bearer = headers.get("authorization", "")
+    if bearer[:7].lower() == "bearer " and bearer[7:].strip():
+        return f"Bearer {bearer[7:].strip()}"
+    key = headers.get("x-api-key")
+    return f"Bearer {key}" if key else None
 
 
 def _trim(task: Task, history_length: int | None) -> Task:

@@ -38,10 +38,13 @@ RECENT_TASKS_KEPT = 2_000
 class LiveTask:
     """One task being relayed from an agent."""
 
-    def __init__(self, task: Task, agent: AgentAddress, record_event: Publish, *, mirror: bool) -> None:
+    def __init__(
+        self, task: Task, agent: AgentAddress, record_event: Publish, *, mirror: bool, wants_auth: bool = False
+    ) -> None:
         self._record = TaskRecord(task=task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
         self.agent = agent
         self.mirror = mirror
+        self.wants_auth = wants_auth
         """Whether the coordinator records this task's events (the agent does not publish them itself)."""
         self._record_event = record_event
         self._queues: set[asyncio.Queue[object]] = set()

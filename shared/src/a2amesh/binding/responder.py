@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -49,6 +51,7 @@ from a2amesh.models import (
     utc_now,
 )
 from a2amesh.mqtt import (
+    AUTHORIZATION_PROPERTY,
     EVENT_ID_PROPERTY,
     LOAD_PROPERTY,
     RESPONDER_PROPERTY,
@@ -60,7 +63,7 @@ from a2amesh.mqtt import (
     publish_properties,
 )
 from a2amesh.observability import ServiceMetrics
-from a2amesh.settings import AgentSettings
+from a2amesh.settings import AgentSettings, read_keys
 from a2amesh.topics import AgentAddress, PoolAddress
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,9 @@ LOAD_REPORT_INTERVAL = 1.0
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
 
+MAX_PACKET_BYTES = 1_048_576
+"""The broker's max_packet_size (services/broker/conf.d): a client that publishes a bigger packet is disconnected."""
+
 
 class Responder:
     """Serves one agent: its card and presence, its requests, its task events."""
@@ -92,6 +98,10 @@ class Responder:
         self.card = card
         self.handler = handler
         self.on_cancel = on_cancel
+        self._token_digests = [
+            hashlib.sha256(token.encode()).digest()
+            for token in read_keys(settings.auth_tokens, settings.auth_tokens_file)
+        ]
         self.settings = settings
         self.address: AgentAddress = settings.address(settings.agent_id)
         self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
@@ -210,7 +220,7 @@ class Responder:
         reply = _ReplyTo(self, envelope.response_topic, envelope.correlation_data)
         try:
             decoded = json.loads(envelope.payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, over-long integers, too deep nesting
             await reply.send(error_response(None, ErrorCode.PARSE_ERROR, f"Invalid JSON payload: {error}"))
             return
         try:
@@ -225,6 +235,12 @@ class Responder:
                 )
             )
             return
+        refusal = self._authorization_refusal(envelope)
+        if refusal is not None:
+            await reply.send(
+                error_response(request.id, ErrorCode.INVALID_REQUEST, refusal, a2a_error_info("UNAUTHENTICATED"))
+            )
+            return
         method = _METHODS.get(request.method)
         if method is None:
             await reply.send(
@@ -235,6 +251,19 @@ class Responder:
             await method(self, request, reply)
         except ValidationError as error:
             await reply.send(error_response(request.id, ErrorCode.INVALID_PARAMS, f"Invalid params: {_brief(error)}"))
+
+    def _authorization_refusal(self, envelope: Envelope) -> str | None:
+        """Why the request is refused, when this agent wants per-request authorization and it is missing or wrong
+        (deliberately without detail). The token is only compared, never stored, logged or echoed."""
+        if not self._token_digests:
+            return None
+        presented = envelope.user_properties.get(AUTHORIZATION_PROPERTY, "")
+        if presented[:7].lower() != "bearer " or not presented[7:].strip():
+            return "authorization required"
+        digest = hashlib.sha256(presented[7:].strip().encode()).digest()
+        if not any(hmac.compare_digest(digest, known) for known in self._token_digests):
+            return "authorization refused"
+        return None
 
     async def _send_message(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
         params = SendMessageRequest.model_validate(request.params)
@@ -440,7 +469,8 @@ class Responder:
 
     async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
         properties = publish_properties(correlation_data=correlation, user=[(RESPONDER_PROPERTY, self.address.agent)])
-        await self.link.publish(topic, encode(response), qos=1, properties=properties)
+        limit = MAX_PACKET_BYTES - len(topic.encode()) - len(correlation) - 1024  # room for the header and properties
+        await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties)
 
     def _remember(self, record: TaskRecord) -> None:
         self.tasks[record.id] = record
@@ -478,6 +508,26 @@ def _trim(task: Task, history_length: int | None) -> Task:
         return task
     kept = task.history[-history_length:] if history_length > 0 else []
     return task.model_copy(update={"history": kept})
+
+
+def _fitted(response: JsonRpcResponse, limit: int) -> bytes:
+    """The reply's payload within `limit` bytes: as it is, else a task result without its history (which the
+    requester sent), else an error that says why (never a packet the broker would disconnect us for)."""
+    payload = encode(response)
+    if len(payload) <= limit:
+        return payload
+    result = response.result
+    if response.error is None and isinstance(result, dict):
+        nested = isinstance(result.get("task"), dict)  # SendMessage's {"task": ...} or a stream's Task item
+        task = result["task"] if nested else result
+        if "history" in task:
+            slim = {key: value for key, value in task.items() if key != "history"}
+            trimmed = encode(result_response(response.id, {**result, "task": slim} if nested else slim))
+            if len(trimmed) <= limit:
+                return trimmed
+    log.warning("reply of %d bytes exceeds the broker's packet limit; answering with an error", len(payload))
+    message = f"reply too large for the broker: {len(payload)} bytes, at most {limit} fit in one MQTT packet"
+    return encode(error_response(response.id, ErrorCode.INTERNAL_ERROR, message))
 
 
 def _brief(error: ValidationError) -> str:
