@@ -8,7 +8,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -107,6 +107,9 @@ class Envelope:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: dict[str, str] = field(default_factory=dict)
+    ack: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    """Acknowledge the message to the broker. A no-op unless the link acknowledges manually; then the broker
+    redelivers, after a reconnect, whatever was never acknowledged."""
 
     @classmethod
     def of(cls, message: aiomqtt.Message) -> Envelope:
@@ -134,6 +137,10 @@ Handler = Callable[[Envelope], Awaitable[None]]
 OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
 
 
+class SubscriptionRefusedError(RuntimeError):
+    """The broker refused a subscription the link needs (the link stays down and retries)."""
+
+
 class NotConnectedError(ConnectionError):
     """The link had no broker connection within the time a publish was allowed to wait."""
 
@@ -155,8 +162,10 @@ class MqttLink:
         will: aiomqtt.Will | None = None,
         persistent: bool = False,
         on_connect: OnConnect | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.settings = settings
+        self.manual_ack = manual_ack
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.handler = handler
@@ -172,12 +181,18 @@ class MqttLink:
         attempt = 0
         while not stop.is_set():
             try:
-                async with make_client(
-                    self.settings, self.client_id, will=self.will, persistent=self.persistent
-                ) as client:
+                client = make_client(self.settings, self.client_id, will=self.will, persistent=self.persistent)
+                if self.manual_ack:
+                    client._client.manual_ack_set(True)  # PUBACK only when the handler's work is durable
+                async with client:
                     attempt = 0
                     for topic_filter in self.subscriptions:
-                        await client.subscribe(topic_filter, qos=1)
+                        granted = await client.subscribe(topic_filter, qos=1)
+                        refused = [code for code in granted or [] if getattr(code, "value", 0) >= 0x80]
+                        if refused:  # e.g. an identity without the right: hearing nothing must not look healthy
+                            raise SubscriptionRefusedError(
+                                f"{self.client_id}: subscription to {topic_filter} refused ({refused[0]})"
+                            )
                     self._client = client
                     if self.on_connect is not None:
                         await self.on_connect(client)
@@ -241,8 +256,12 @@ class MqttLink:
                 if next_message not in done:
                     next_message.cancel()
                     break
-                envelope = Envelope.of(next_message.result())
+                message = next_message.result()
+                envelope = Envelope.of(message)
+                if self.manual_ack and message.qos > 0:
+                    envelope = replace(envelope, ack=_acknowledger(client, message))
                 if self.handler is None:
+                    envelope.ack()
                     continue
                 try:
                     await self.handler(envelope)
@@ -250,6 +269,20 @@ class MqttLink:
                     log.exception("handler failed on %s; message skipped", envelope.topic)
         finally:
             stop_waiter.cancel()
+
+
+def _acknowledger(client: aiomqtt.Client, message: aiomqtt.Message) -> Callable[[], None]:
+    """PUBACK for one message, once. After a reconnect the old connection's acks are moot (and fail quietly):
+    the broker redelivers those messages, and consumers are idempotent."""
+    done = False
+
+    def ack() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            client._client.ack(message.mid, message.qos)
+
+    return ack
 
 
 async def consume(
@@ -262,10 +295,13 @@ async def consume(
     persistent: bool = False,
     on_connect: OnConnect | None = None,
     connected: asyncio.Event | None = None,
+    manual_ack: bool = False,
 ) -> None:
     """Subscribe (QoS 1) and hand every message to `handle`, in order, reconnecting until `stop` is set.
     `connected`, when given, is set while the consumer is connected."""
-    link = MqttLink(settings, client_id, subscriptions, handle, persistent=persistent, on_connect=on_connect)
+    link = MqttLink(
+        settings, client_id, subscriptions, handle, persistent=persistent, on_connect=on_connect, manual_ack=manual_ack
+    )
     if connected is not None:
         link.connected = connected
     await link.run(stop)

@@ -63,13 +63,13 @@ class Identity:
 
 def _agent(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
     subscribe = [f"$a2a/v1/request/{me}"]
-    if pool:
-        subscribe.append(f"$share/+/a2a/v1/pool/{org}/{unit}/{pool}")
-    return [f"$a2a/v1/discovery/{me}", f"$a2a/v1/event/{me}", "$a2a/v1/reply/#"], subscribe
+    if pool:  # only the pool's own share group: a private group would see every pool request
+        subscribe.append(f"$share/a2a.{org}.{unit}.{pool}/a2a/v1/pool/{org}/{unit}/{pool}")
+    return [f"$a2a/v1/discovery/{me}", f"$a2a/v1/event/{me}", f"$a2a/v1/reply/{org}/#"], subscribe
 
 
 def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
-    return ["$a2a/v1/request/#", "a2a/v1/pool/#"], [f"$a2a/v1/reply/{me}/+"]
+    return [f"$a2a/v1/request/{org}/#", f"a2a/v1/pool/{org}/#"], [f"$a2a/v1/reply/{me}/+"]
 
 
 def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:

@@ -238,6 +238,7 @@ class Stack:
             f"cafile {pki.ca_cert}\n"
             f"certfile {pki.broker_cert}\n"
             f"keyfile {pki.broker_key}\n"
+            "require_certificate true\n"
             f"include_dir {BROKER_POLICY_DIR}\n"
         )
         return ManagedProcess(

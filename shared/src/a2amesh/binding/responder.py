@@ -214,6 +214,10 @@ class Responder:
 
     # -- requests ----------------------------------------------------------------------------------------
     async def _on_message(self, envelope: Envelope) -> None:
+        if envelope.retain:
+            # A retained request would run again on every start and every new pool member: never a standing order.
+            log.warning("ignoring a retained request on %s", envelope.topic)
+            return
         if not envelope.response_topic or envelope.correlation_data is None:
             log.warning("dropping request on %s without Response Topic or Correlation Data", envelope.topic)
             return
