@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import aiomqtt
@@ -114,10 +115,11 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then stop receiving, record what was received, and disconnect.
 
-        The MQTT client acknowledges a QoS 1 message when it queues it, before we handle it, so a stop must not
-        leave received events unwritten: they would be lost, not redelivered. Hence the drain, bounded by
-        `drain_timeout` so the process still ends within its grace period. Events the broker has not sent yet
-        stay in our session there until the next start."""
+        Events are acknowledged to the broker only once written (manual PUBACK), so whatever is received but not
+        written when the process stops or dies is redelivered from our persistent session on the next start (and
+        recorded once: events are idempotent by id). The drain, bounded by `drain_timeout`, only spares that
+        redelivery on a graceful stop. The broker never has more than its max_inflight_messages unacknowledged
+        events out to us, which bounds our memory too."""
         writer = asyncio.create_task(self._write_loop())
         receiver = asyncio.create_task(
             consume(
@@ -129,6 +131,7 @@ class EventConsumer:
                 persistent=True,
                 on_connect=self._remember,
                 connected=self.connected,
+                manual_ack=True,  # PUBACK after the write: an event the store never wrote comes again
             )
         )
         try:
@@ -178,8 +181,10 @@ class EventConsumer:
         makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
         incoming = decode(envelope, datetime.now(UTC), self.trusted_recorders)
-        if incoming is not None:
-            await self._pending.put(incoming)
+        if incoming is None:
+            envelope.ack()  # dropped for good: nothing to redeliver
+            return
+        await self._pending.put(replace(incoming, ack=envelope.ack))
 
     async def _write_loop(self) -> None:
         while True:
@@ -208,6 +213,8 @@ class EventConsumer:
                 attempt += 1
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
+        for incoming in batch:
+            incoming.ack()
         for incoming, outcome in zip(batch, outcomes, strict=True):
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(

@@ -7,8 +7,8 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -36,6 +36,8 @@ class Incoming:
     agent: str
     event: StreamResponse
     received_at: datetime
+    ack: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    """Tells the broker the event is recorded (called after its batch commits; unacknowledged ones come again)."""
 
     @property
     def task_id(self) -> str:
