@@ -2,17 +2,18 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-APT_PACKAGES := mosquitto redis-server
+APT_PACKAGES := mosquitto mosquitto-clients redis-server
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps dev new-agent test lint format clean up down logs ps loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps certs dev new-agent test lint format clean up down logs ps k8s-secrets loadtest bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## install mosquitto and redis-server through apt-get when missing
+system-deps: ## install mosquitto (broker and clients) and redis-server through apt-get when missing
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -43,6 +44,9 @@ $(VALIDATE_DIR)/node_modules/.package-lock.json: $(VALIDATE_DIR)/package-lock.js
 	@command -v npm >/dev/null || { echo "validate-deps: Node.js >= 20.19 with npm is needed for dclint" >&2; exit 1; }
 	@cd $(VALIDATE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+certs: python-deps ## create the dev CA, broker certificate and one identity per service and agent (idempotent)
+	@$(UV) run --locked python -m devstack certs
+
 dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
 	@$(UV) run --locked python -m devstack up
 
@@ -58,7 +62,7 @@ format: python-deps
 	@$(UV) run --locked ruff check --fix .
 	@$(UV) run --locked ruff format .
 
-test: deps validate-deps lint ## install what is missing, lint, run every test over real processes
+test: deps validate-deps lint certs ## install what is missing, lint, run every test over real processes
 	@$(UV) run --locked pytest
 
 # -- containers (Docker Compose; see docs/operations.md) ---------------------------------------------------------
@@ -66,7 +70,10 @@ COMPOSE ?= docker compose
 service ?=
 
 # Compose reads .env from here, and COMPOSE_FILE there loads compose.extend.yaml after compose.yaml.
-up: ## build and start the stack in containers, waiting until every one is healthy (service=x for one)
+up: certs ## build and start the stack in containers, waiting until every one is healthy (service=x for one)
+	@# containers run as their own users and read their identity's files through bind mounts: make the files
+	@# readable (infra/broker-certs itself stays 0700, so no other user of this machine can reach them; ca.key stays 0600)
+	@find infra/broker-certs -type f ! -name ca.key ! -perm -004 -exec chmod a+r {} +
 	$(COMPOSE) up -d --build --wait $(service)
 
 down: ## stop and remove the containers (service=x for one); the volumes, and so the data, stay
@@ -77,6 +84,10 @@ logs: ## follow container logs (service=x for one)
 
 ps: ## list the containers and their health
 	$(COMPOSE) ps
+
+# -- Kubernetes (see docs/operations.md) ---------------------------------------------------------------------------
+k8s-secrets: certs ## create or update the Kubernetes Secrets (TLS, identities, API keys) from infra/broker-certs
+	@set -o pipefail; bash k8s/secrets.sh | kubectl apply --server-side -f -
 
 # -- load (see docs/benchmarks.md) ---------------------------------------------------------------------------------
 loadtest: deps ## headless Locust run against a local mesh; reports in reports/loadtest/

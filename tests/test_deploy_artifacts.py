@@ -8,21 +8,32 @@
    and the local dev runner (devstack's Stack, which `make dev` and the tests use) must agree on the set of services,
    their ports and the names of their settings; the values live in .env alone (k8s/base/mesh.env is its checked
    copy). Each rule is a test below, and every failure says which file to change.
+3. Security the same way everywhere: every process connects to the broker with TLS as the same identity in all
+   three (one the dev runner issues: Stack.identities()), with the same files of the PKI `make certs` writes at the
+   same paths (Compose bind-mounts them, Kubernetes gets them as the Secrets k8s/secrets.sh makes); no broker config
+   has a listener without TLS; and the broker image's own config, seed step and health check run against a real
+   Mosquitto with the dynamic-security plugin.
 
 The validators are installed by `make test` (python-deps and validate-deps); a missing one fails, never skips.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import getpass
+import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -31,11 +42,22 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel
 
-from a2amesh.settings import AgentSettings, CoordinatorSettings, RegistrySettings, ServiceSettings, TaskStoreSettings
-from devstack.processes import ManagedProcess
-from devstack.stack import AGENTS, Ports, Stack
+from a2amesh.mqtt import make_client
+from a2amesh.settings import (
+    AgentSettings,
+    CoordinatorSettings,
+    MqttSettings,
+    RegistrySettings,
+    ServiceSettings,
+    TaskStoreSettings,
+)
+from devstack.pki import Role
+from devstack.processes import ManagedProcess, free_port
+from devstack.stack import AGENTS, Ports, Stack, find_binary, find_dynsec_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / ".env"
@@ -44,6 +66,9 @@ COMPOSE_FILE = REPO / "compose.yaml"
 COMPOSE_EXTEND_FILE = REPO / "compose.extend.yaml"
 OVERLAYS = sorted(path.parent.name for path in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
 BROKER_DIR = REPO / "services" / "broker"
+SECRETS_SCRIPT = REPO / "k8s" / "secrets.sh"
+# where Compose bind-mounts every key, certificate and password from: the PKI `make certs` writes
+COMPOSE_PKI = "./infra/broker-certs"
 DCLINT = REPO / "infra" / "validate" / "node_modules" / ".bin" / "dclint"
 DCLINT_CONFIG = REPO / "infra" / "validate" / "dclintrc.yaml"
 
@@ -72,8 +97,11 @@ SETTINGS_OF: dict[str, type[ServiceSettings]] = {
 # settings that Compose and Kubernetes give a service but the dev runner does not, and why
 DEPLOYMENT_ONLY_SETTINGS = {
     "MESH_LOG_JSON": "containers log one JSON object per line for a log collector; make dev keeps readable text",
-    "MESH_POOL": "an agent's replicas share its pool; make dev runs one process per agent",
 }
+
+# the settings that name a broker identity, and the file settings that go with each (a2amesh.settings.MqttSettings)
+IDENTITY_PREFIXES = ("MESH_MQTT__", "MESH_WORKFLOWS_MQTT__")
+IDENTITY_FILES = ("CA_FILE", "CERT_FILE", "KEY_FILE", "PASSWORD_FILE")
 
 # workloads an overlay may add to the dev runner's services, and why
 OVERLAY_ONLY_WORKLOADS = {
@@ -209,6 +237,21 @@ def secret_data(secret: dict[str, Any]) -> dict[str, str]:
 FROM_POD = object()
 """The value of an env var the pod supplies itself (fieldRef), different in every replica."""
 
+K8S_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def k8s_expand(value: str, env: dict[str, Any]) -> Any:
+    """Kubernetes' expansion of `$(NAME)` in an env value: a variable defined earlier in the list, `$$` a `$`."""
+    if any(match[1] and env.get(match[1]) is FROM_POD for match in K8S_REFERENCE.finditer(value)):
+        return FROM_POD
+
+    def substitute(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        return str(env[match[1]]) if match[1] in env else match[0]
+
+    return K8S_REFERENCE.sub(substitute, value)
+
 
 def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, Any]:
     """A container's environment with every ConfigMap and Secret reference resolved against the rendered objects."""
@@ -217,7 +260,7 @@ def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, 
     for entry in container.get("env", []):
         name, source = entry["name"], entry.get("valueFrom")
         if source is None:
-            env[name] = entry.get("value", "")
+            env[name] = k8s_expand(entry.get("value", ""), env)
         elif "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
             assert ref["name"] in config_maps, f"{name}: no ConfigMap {ref['name']} in the render"
@@ -265,8 +308,11 @@ def dockerfile(path: Path) -> dict[str, Any]:
     entry = instruction("ENTRYPOINT") or instruction("CMD")
     sync = next((line for line in instruction("RUN") if "uv sync" in line), "")
     package = re.search(r"--package\s+(\S+)", sync)
+    health = " ".join(instruction("HEALTHCHECK"))
     return {
         "entrypoint": json.loads(entry[-1]) if entry else None,
+        "cmd": json.loads(instruction("CMD")[-1]) if instruction("CMD") else None,
+        "health": json.loads(health[health.index(" CMD ") + 5 :]) if " CMD " in health else None,
         "expose": {int(port.split("/")[0]) for line in instruction("EXPOSE") for port in line.split()},
         "package": package[1] if package else None,
         "extras": re.findall(r"--extra\s+(\S+)", sync),
@@ -305,6 +351,108 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
     return view
 
 
+# -- the PKI, and where each deployment puts its files ---------------------------------------------------------
+@dataclass
+class SecretsScript:
+    """What k8s/secrets.sh printed: its YAML (kept off every failure message: it holds private keys) and, per
+    Secret, each key's bytes."""
+
+    output: str
+    secrets: dict[str, dict[str, bytes]]
+
+
+@pytest.fixture(scope="module")
+def k8s_secrets(devstack: DevStack) -> SecretsScript:
+    """The Secrets k8s/secrets.sh makes, from a PKI like the one `make certs` writes: the dev runner's own, in a
+    temporary folder (so the test reads no real key and needs no `make certs`)."""
+    stack = devstack.stack
+    assert (stack.org, stack.unit) == (dotenv()["MESH_ORG"], dotenv()["MESH_UNIT"]), "the dev runner's org/unit"
+    result = subprocess.run(
+        ["bash", str(SECRETS_SCRIPT)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        env={**os.environ, "PKI_DIR": str(stack.pki.root)},
+    )
+    assert result.returncode == 0, f"k8s/secrets.sh failed (exit {result.returncode}):\n{result.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert all(doc["kind"] == "Secret" and doc["metadata"]["namespace"] == "a2a-mesh" for doc in docs)
+    secrets = {doc["metadata"]["name"]: {k: base64.b64decode(v) for k, v in doc["data"].items()} for doc in docs}
+    assert len(secrets) == len(docs), "k8s/secrets.sh: each Secret once"
+    return SecretsScript(result.stdout, secrets)
+
+
+def compose_mounts(service: ComposeService) -> dict[str, str]:
+    """target -> source of a Compose service's volumes (short `source:target[:ro]` or long syntax)."""
+    mounts: dict[str, str] = {}
+    for volume in service.resolved.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *_ = volume.split(":")
+        else:
+            source, target = volume.get("source", ""), volume["target"]
+        mounts[target] = source
+    return mounts
+
+
+def compose_pki_files(service: ComposeService, pki: Path) -> dict[str, bytes]:
+    """The files a Compose service bind-mounts from infra/broker-certs, read from `pki` (a PKI of the same layout):
+    container path -> content."""
+    files: dict[str, bytes] = {}
+    for target, source in compose_mounts(service).items():
+        if source != COMPOSE_PKI and not source.startswith(COMPOSE_PKI + "/"):
+            continue
+        relative = source[len(COMPOSE_PKI) + 1 :]
+        where = f"compose {service.name}: {source}"
+        assert relative, f"{where}: mount single files, never the whole folder (it holds every identity and ca.key)"
+        assert relative != "ca.key", f"{where}: the CA's key is never mounted"
+        assert (pki / relative).is_file(), f"{where} is not a file `make certs` writes"
+        files[target] = (pki / relative).read_bytes()
+    return files
+
+
+def k8s_secret_files(docs: list[dict[str, Any]], workload: dict[str, Any], script: SecretsScript) -> dict[str, bytes]:
+    """The files a pod's main container sees from Secrets (those of k8s/secrets.sh, or rendered ones): container
+    path -> content."""
+    volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
+    rendered_secrets = {name: secret_data(doc) for name, doc in objects(docs, "Secret").items()}
+    files: dict[str, bytes] = {}
+    for mount in main_container(workload).get("volumeMounts", []):
+        source = volumes.get(mount["name"], {}).get("secret")
+        if source is None:
+            continue
+        name = source["secretName"]
+        data = script.secrets.get(name) or {k: v.encode() for k, v in rendered_secrets.get(name, {}).items()}
+        assert data, f"{workload['metadata']['name']}: the Secret {name} is neither rendered nor made by k8s/secrets.sh"
+        items = {item["key"]: item["path"] for item in source.get("items", [])} or {key: key for key in data}
+        for key, path in items.items():
+            files[f"{mount['mountPath'].rstrip('/')}/{path}"] = data[key]
+    return files
+
+
+def broker_files_read() -> set[str]:
+    """The mounted files the broker container reads: those its config, its command and its health check name."""
+    instructions = dockerfile(BROKER_DIR / "Dockerfile")
+    text = (BROKER_DIR / "mosquitto.conf").read_text() + json.dumps([instructions["cmd"], instructions["health"]])
+    return set(re.findall(r"/mosquitto/(?:certs|health)/[\w.-]+", text))
+
+
+def service_files_read(env: dict[str, Any]) -> set[str]:
+    """The mounted files a mesh service reads: every *_FILE setting of its identities, and its API keys."""
+    files = {env[f"{prefix}{name}"] for prefix in IDENTITY_PREFIXES for name in IDENTITY_FILES if prefix + name in env}
+    return files | ({env["MESH_API_KEYS_FILE"]} if "MESH_API_KEYS_FILE" in env else set())
+
+
+def common_name(pem: bytes) -> str:
+    certificate = x509.load_pem_x509_certificate(pem)
+    return str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()[:12]
+
+
 def mesh_services(devstack: DevStack) -> list[str]:
     """The services that run our Python code (they read MESH_* settings and serve /livez, /healthz, /metrics)."""
     return [name for name in devstack.processes if devstack.package(name)]
@@ -315,10 +463,14 @@ def service_folder(service: str) -> Path:
 
 
 def settings_names(settings: type[BaseModel], prefix: str = "MESH_") -> set[str]:
-    """Every environment variable a settings class reads (nested groups use `__`, as pydantic-settings does)."""
+    """Every environment variable a settings class reads (nested groups use `__`, as pydantic-settings does; an
+    optional group, such as the coordinator's workflows_mqtt, too)."""
     names: set[str] = set()
     for name, info in settings.model_fields.items():
         annotation = info.annotation
+        models = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if models and type(None) in typing.get_args(annotation):
+            annotation = models[0]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             names |= settings_names(annotation, f"{prefix}{name.upper()}__")
         else:
@@ -481,25 +633,36 @@ def test_every_pod_is_hardened_limited_and_probed(overlay: str, devstack: DevSta
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_agents_have_an_autoscaler_and_a_disruption_budget(overlay: str) -> None:
+def test_each_agent_is_one_pod_of_its_own_identity_with_a_disruption_budget(overlay: str) -> None:
+    """The broker pins each identity to one client id, so an agent runs as exactly one pod, replaced with Recreate
+    (a second pod with the same credentials would take the first one's session over): no autoscaler may add
+    replicas. More capacity is more identities (docs/operations.md, "Scale"). The PDB lets a drain evict it."""
     docs = rendered(overlay)
     autoscalers, budgets = objects(docs, "HorizontalPodAutoscaler"), objects(docs, "PodDisruptionBudget")
+    scaled = {
+        (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"]) for hpa in autoscalers.values()
+    }
     for agent in AGENTS:
         deployment = workloads(docs)[agent]
-        assert "replicas" not in deployment["spec"], f"{overlay}: the HPA owns {agent}'s replica count"
-        target = autoscalers[agent]["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", agent), f"{overlay}: {agent}'s HPA target"
+        where = f"{overlay}: {agent}"
+        assert deployment["spec"].get("replicas") == 1, f"{where}: one replica per identity"
+        assert deployment["spec"]["strategy"]["type"] == "Recreate", f"{where}: Recreate, never two pods of one id"
+        assert ("Deployment", agent) not in scaled, f"{where}: no autoscaler (replicas would share one identity)"
+        env = k8s_env(docs, main_container(deployment))
+        assert env["MESH_AGENT_ID"] == agent and "MESH_POOL" not in env, f"{where}: its own id, no pool"
         selector = budgets[agent]["spec"]["selector"]["matchLabels"]
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= pod_labels.items(), f"{overlay}: {agent}'s PDB selects its pods"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_reference_in_the_render_resolves(overlay: str) -> None:
+def test_every_reference_in_the_render_resolves(overlay: str, k8s_secrets: SecretsScript) -> None:
     """ConfigMaps, Secrets, claims and ServiceAccounts named by pods exist in the render (generated names carry a
-    hash; a reference kustomize did not rewrite would dangle)."""
+    hash; a reference kustomize did not rewrite would dangle), or, for the Secrets of the PKI, among those
+    k8s/secrets.sh makes; none is optional."""
     docs = rendered(overlay)
     present = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    present |= {("Secret", name) for name in k8s_secrets.secrets}
     for name, workload in workloads(docs).items():
         spec = pod_spec(workload)
         templates = {claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])}
@@ -517,6 +680,7 @@ def test_every_reference_in_the_render_resolves(overlay: str) -> None:
             declared = {volume["name"] for volume in spec.get("volumes", [])} | templates
             assert mounts <= declared, f"{overlay}: {name} mounts undeclared volumes {mounts - declared}"
         for kind, ref, optional in wanted:
+            assert not (optional and kind == "Secret"), f"{overlay}: {name} would start without the Secret {ref}"
             assert optional or (kind, ref) in present, f"{overlay}: {name} refers to a missing {kind} {ref}"
 
 
@@ -702,26 +866,29 @@ def test_compose_uses_only_dotenv_values() -> None:
 
 def test_the_broker_runs_the_same_policy_and_mounts_everywhere() -> None:
     """Every file of services/broker/conf.d is in the broker-policy ConfigMap, unchanged; Compose mounts that folder
-    and Kubernetes the ConfigMap at the same path; the TLS material is mounted at the same path in both."""
+    and Kubernetes the ConfigMap at the same path; the data volume (which also holds the dynamic-security plugin's
+    own, writable file) is mounted at the same path in both. (Its TLS files: the security tests at the end.)"""
     policy_files = {path.name: path.read_text() for path in sorted((BROKER_DIR / "conf.d").iterdir()) if path.is_file()}
-    compose_mounts = {}
-    for volume in compose_services()["broker"].resolved["volumes"]:
-        source, target, *_ = volume.split(":")
-        compose_mounts[target] = source
-    assert compose_mounts.get("/mosquitto/config/conf.d") == "./services/broker/conf.d"
-    assert compose_mounts.get("/mosquitto/certs") == "./infra/broker-certs"
-    assert (REPO / "infra" / "broker-certs").is_dir()
+    mounts = compose_mounts(compose_services()["broker"])
+    assert mounts.get("/mosquitto/config/conf.d") == "./services/broker/conf.d"
+    assert mounts.get("/mosquitto/data") == "broker-data", "compose broker: its data on the volume broker-data"
+    config = (BROKER_DIR / "mosquitto.conf").read_text()
+    plugin_file = re.search(r"^plugin_opt_config_file\s+(\S+)", config, re.M)
+    assert plugin_file and plugin_file[1].startswith("/mosquitto/data/"), (
+        "services/broker/mosquitto.conf: the plugin writes its file back, so it lives on the data volume"
+    )
     for overlay in OVERLAYS:
         docs = rendered(overlay)
         broker = workloads(docs)["broker"]
         assert broker["kind"] == "StatefulSet" and broker["spec"]["volumeClaimTemplates"], f"{overlay}: broker PVC"
         volumes = {volume["name"]: volume for volume in pod_spec(broker)["volumes"]}
-        mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in main_container(broker)["volumeMounts"]}
-        config_name = mounts["/mosquitto/config/conf.d"]["configMap"]["name"]
+        claims = {claim["metadata"]["name"] for claim in broker["spec"]["volumeClaimTemplates"]}
+        k8s_mounts = {m["mountPath"]: m["name"] for m in main_container(broker)["volumeMounts"]}
+        config_name = volumes[k8s_mounts["/mosquitto/config/conf.d"]]["configMap"]["name"]
         assert objects(docs, "ConfigMap")[config_name]["data"] == policy_files, (
             f"{overlay}: list every file of services/broker/conf.d in services/broker/kustomization.yaml"
         )
-        assert mounts["/mosquitto/certs"]["secret"]["secretName"] == "broker-certs", f"{overlay}: TLS mount"
+        assert k8s_mounts.get("/mosquitto/data") in claims, f"{overlay}: the broker's data on its volume claim"
 
 
 def test_postgres_credentials_agree_with_the_database_url() -> None:
@@ -777,3 +944,312 @@ def labels_of(workload: dict[str, Any]) -> dict[str, str]:
 
 def selected_workloads(docs: list[dict[str, Any]], match: dict[str, str]) -> list[str]:
     return [name for name, w in workloads(docs).items() if match.items() <= labels_of(w).items()]
+
+
+# == 4. security: TLS and the same identities everywhere ========================================================
+def test_the_secrets_script_makes_valid_secrets_of_the_pki(
+    devstack: DevStack, k8s_secrets: SecretsScript, tmp_path: Path
+) -> None:
+    """k8s/secrets.sh makes exactly the Secrets the workloads mount from the PKI (none of the render's own), each
+    accepted by kubernetes-validate; none holds the CA's key."""
+    mounted = {
+        volume["secret"]["secretName"]
+        for overlay in OVERLAYS
+        for workload in workloads(rendered(overlay)).values()
+        for volume in pod_spec(workload).get("volumes", [])
+        if "secret" in volume
+    }
+    in_render = {name for overlay in OVERLAYS for name in objects(rendered(overlay), "Secret")}
+    assert set(k8s_secrets.secrets) == mounted - in_render, (
+        f"k8s/secrets.sh makes {sorted(k8s_secrets.secrets)}; the workloads mount {sorted(mounted - in_render)}"
+    )
+    output = tmp_path / "secrets.yaml"
+    output.write_text(k8s_secrets.output)
+    argv = [tool("kubernetes-validate"), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(output)]
+    result = run(argv)
+    assert result.returncode == 0, f"kubernetes-validate refused k8s/secrets.sh's output:\n{result.stderr}"
+    assert len(re.findall(r"^INFO .* passed for resource", result.stdout, re.M)) == len(k8s_secrets.secrets)
+    ca_key = (devstack.stack.pki.root / "ca.key").read_bytes()
+    for name, data in k8s_secrets.secrets.items():
+        assert all(ca_key.strip() not in content for content in data.values()), f"{name} holds the CA's key"
+
+
+def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
+    devstack: DevStack, k8s_secrets: SecretsScript
+) -> None:
+    """Each service and agent, and the coordinator's workflows agent, connects over TLS to the broker's port as the
+    same identity in make dev, Compose and every overlay; that identity is one the dev runner issues
+    (Stack.identities()); the certificate mounted for it names it, its key matches, its password is the identity's;
+    and a process mounts no other identity's files."""
+    stack = devstack.stack
+    pki = stack.pki
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
+    for service in mesh_services(devstack):
+        local = devstack.processes[service].env
+        compose = compose_services()[service].env
+        prefixes = [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in local]
+        assert "MESH_MQTT__" in prefixes, f"make dev {service}: no broker identity"
+        files = compose_pki_files(compose_services()[service], pki.root)
+        overlays = {overlay: rendered(overlay) for overlay in OVERLAYS}
+        for prefix in prefixes:
+            username = local[f"{prefix}USERNAME"]
+            where = f"{service} {prefix}*"
+            assert username in issued, f"make dev {where}: {username} is no identity Stack.identities() issues"
+            assert local[f"{prefix}TLS"] == "true" and local[f"{prefix}PORT"] == str(stack.ports.mqtt), where
+            settings = {name: compose[prefix + name] for name in ("USERNAME", "TLS", "HOST", "PORT")}
+            assert settings == {
+                "USERNAME": username,
+                "TLS": "true",
+                "HOST": dotenv()["MESH_MQTT__HOST"],
+                "PORT": str(stack.ports.mqtt),
+            }, f"compose {where}: {settings}"
+            for overlay, docs in overlays.items():
+                env = k8s_env(docs, main_container(workloads(docs)[service]))
+                assert {name: env[prefix + name] for name in settings} == settings, f"{overlay} {where}"
+            identity = pki.client(issued[username])
+            cert, key = files[compose[f"{prefix}CERT_FILE"]], files[compose[f"{prefix}KEY_FILE"]]
+            assert common_name(cert) == username, f"compose {where}: the certificate mounted is not {username}'s"
+            assert (cert, key) == (identity.cert.read_bytes(), identity.key.read_bytes()), f"compose {where}: pair"
+            assert files[compose[f"{prefix}PASSWORD_FILE"]] == identity.password_file.read_bytes(), where
+            assert files[compose[f"{prefix}CA_FILE"]] == pki.ca_cert.read_bytes(), f"compose {where}: the CA"
+        mine = {local[f"{prefix}USERNAME"] for prefix in prefixes}
+        names = {common_name(content) for path, content in files.items() if content.startswith(b"-----BEGIN CERT")}
+        assert names - {common_name(pki.ca_cert.read_bytes())} <= mine, f"compose {service} mounts {names - mine}"
+    # the broker's health check connects as `health`, whose role may read $SYS/broker/uptime and nothing else
+    health = compose_pki_files(compose_services()["broker"], pki.root)["/mosquitto/health/client.crt"]
+    assert common_name(health) == "health" and issued["health"].role is Role.HEALTH
+    acls = issued["health"].acls(stack.org, stack.unit)
+    assert [(acl["acltype"], acl["topic"]) for acl in acls] == [("subscribePattern", "$SYS/broker/uptime")]
+
+
+def test_every_process_reads_the_same_pki_files_at_the_same_paths(
+    devstack: DevStack, k8s_secrets: SecretsScript
+) -> None:
+    """Every file a process reads from the PKI (its identity's *_FILE settings, the coordinator's API keys; the
+    broker's TLS files, dynamic-security seed and health identity) is mounted at that path in Compose and in every
+    overlay, with the same content: the PKI of `make certs`, never a second copy. Compose mounts nothing else."""
+    pki = devstack.stack.pki.root
+    for service in [*mesh_services(devstack), "broker"]:
+        compose = compose_pki_files(compose_services()[service], pki)
+        needed = broker_files_read() if service == "broker" else service_files_read(compose_services()[service].env)
+        assert needed, f"{service} reads no file of the PKI"
+        assert set(compose) == needed, (
+            f"compose {service}: mount exactly the PKI files it reads: missing {sorted(needed - set(compose))}, "
+            f"unused {sorted(set(compose) - needed)}"
+        )
+        for overlay in OVERLAYS:
+            docs = rendered(overlay)
+            k8s = k8s_secret_files(docs, workloads(docs)[service], k8s_secrets)
+            if service != "broker":
+                env = k8s_env(docs, main_container(workloads(docs)[service]))
+                assert service_files_read(env) == needed, f"{overlay} {service}: other file settings than Compose's"
+            for path in sorted(needed):
+                assert path in k8s, f"{overlay} {service}: nothing mounted at {path}"
+                assert digest(k8s[path]) == digest(compose[path]), f"{overlay} {service}: {path} differs from Compose"
+    broker_cert = x509.load_pem_x509_certificate((pki / "broker.crt").read_bytes())
+    names = broker_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    host = dotenv()["MESH_MQTT__HOST"]
+    assert host in names.get_values_for_type(x509.DNSName), f"the broker's certificate does not name {host}"
+
+
+# -- broker configs: TLS only ----------------------------------------------------------------------------------
+def mosquitto_directives(text: str) -> list[tuple[str, str]]:
+    """A Mosquitto config as (option, value) pairs, in order."""
+    found: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            found.append((key, value.strip()))
+    return found
+
+
+def broker_configs(devstack: DevStack) -> dict[str, list[tuple[str, str]]]:
+    """Every broker config the mesh runs, top-level file and shared policy together."""
+    policy = [
+        d for path in sorted((BROKER_DIR / "conf.d").glob("*.conf")) for d in mosquitto_directives(path.read_text())
+    ]
+    written = devstack.stack.run_dir / "mosquitto.conf"
+    assert written.is_file(), "the dev runner wrote no broker config"
+    return {
+        "services/broker/mosquitto.conf (Compose, Kubernetes)": [
+            *mosquitto_directives((BROKER_DIR / "mosquitto.conf").read_text()),
+            *policy,
+        ],
+        "make dev (devstack Stack.broker)": [*mosquitto_directives(written.read_text()), *policy],
+    }
+
+
+def listeners(directives: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Each `listener` with the options that follow it (until the next)."""
+    found: list[dict[str, str]] = []
+    for key, value in directives:
+        if key == "listener":
+            found.append({"listener": value})
+        elif found:
+            found[-1][key] = value
+    return found
+
+
+def test_no_broker_config_has_a_plaintext_listener(devstack: DevStack) -> None:
+    """Every listener of every broker config has TLS (a CA, a certificate and a key); no default listener (`port`);
+    the shared policy declares none; anonymous access is off; access control is the dynamic-security plugin alone,
+    its file on the writable data directory."""
+    for path in sorted((BROKER_DIR / "conf.d").glob("*.conf")):
+        keys = {key for key, _ in mosquitto_directives(path.read_text())}
+        assert not keys & {"listener", "port"}, f"{path.relative_to(REPO)}: listeners belong to each deployment"
+    for name, directives in broker_configs(devstack).items():
+        keys = [key for key, _ in directives]
+        settings = dict(directives)
+        assert "port" not in keys and "bind_address" not in keys, f"{name}: a default listener, without TLS"
+        assert listeners(directives), f"{name}: no listener"
+        for listener in listeners(directives):
+            tls = {"certfile", "keyfile"} <= set(listener) and ({"cafile", "capath"} & set(listener))
+            assert tls, f"{name}: listener {listener['listener']} has no TLS: {listener}"
+        assert [value for key, value in directives if key == "allow_anonymous"] == ["false"], f"{name}: anonymous"
+        assert not {"password_file", "acl_file", "psk_file"} & set(keys), f"{name}: access is the plugin's alone"
+        plugins = [value for key, value in directives if key in ("plugin", "auth_plugin")]
+        assert len(plugins) == 1 and plugins[0].endswith("/mosquitto_dynamic_security.so"), f"{name}: {plugins}"
+        assert settings["plugin_opt_config_file"].startswith(settings["persistence_location"]), (
+            f"{name}: the plugin writes its file back: keep it in the data directory"
+        )
+
+
+@pytest.mark.parametrize(
+    "config", ["services/broker/mosquitto.conf (Compose, Kubernetes)", "make dev (devstack Stack.broker)"]
+)
+def test_every_listener_requires_a_client_certificate(config: str, devstack: DevStack) -> None:
+    for listener in listeners(broker_configs(devstack)[config]):
+        assert listener.get("require_certificate") == "true", f"{config}: listener {listener['listener']}"
+    container = listeners(broker_configs(devstack)["services/broker/mosquitto.conf (Compose, Kubernetes)"])
+    assert [listener["listener"].split()[0] for listener in container] == [dotenv()["MESH_MQTT__PORT"]]
+
+
+# -- the broker image, run for real ----------------------------------------------------------------------------
+def health_commands() -> dict[str, str]:
+    """The broker's health check as the image, Compose and Kubernetes each run it (`sh -c <command>`)."""
+    docs = rendered("dev")
+    probe = main_container(workloads(docs)["broker"])["readinessProbe"]["exec"]["command"]
+    image = dockerfile(BROKER_DIR / "Dockerfile")["health"]
+    compose = compose_services()["broker"].resolved["healthcheck"]["test"]
+    commands = {"Dockerfile HEALTHCHECK": image, "compose healthcheck": compose[1:], "k8s readinessProbe": probe}
+    for where, argv in commands.items():
+        assert argv[:2] == ["sh", "-c"] and len(argv) == 3, f"{where}: sh -c <command>"
+    return {where: argv[2] for where, argv in commands.items()}
+
+
+def test_the_broker_health_check_is_the_same_everywhere() -> None:
+    commands = health_commands()
+    assert len(set(commands.values())) == 1, f"the broker's health checks differ: {commands}"
+
+
+async def connect_once(settings: MqttSettings) -> None:
+    """Connect as the identity (its username is also its pinned client id), then leave."""
+    async with make_client(settings, str(settings.username)):
+        pass
+
+
+def sh(command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
+    devstack: DevStack, k8s_secrets: SecretsScript, tmp_path: Path
+) -> None:
+    """The image's config and command, run by the machine's Mosquitto over the files Kubernetes would mount (the
+    Secrets of k8s/secrets.sh; Compose mounts the same, see above): the command seeds the plugin's file into the
+    data directory once; the health check passes; every service and agent, with the settings and files its pod
+    gets, is admitted as its identity; plaintext, a client without a certificate and the health identity reading
+    anything but the uptime are refused."""
+    mosquitto_sub = shutil.which("mosquitto_sub")
+    assert mosquitto_sub, "mosquitto_sub is missing: install Debian's mosquitto-clients"
+    root, port = tmp_path / "container", free_port()
+
+    def local(text: str) -> str:
+        """A container path or command, pointed at the stand-in for the container's filesystem."""
+        return (
+            text.replace("/mosquitto/", f"{root}/mosquitto/")
+            .replace("/usr/lib/mosquitto_dynamic_security.so", find_dynsec_plugin())
+            .replace("/usr/sbin/mosquitto", find_binary("mosquitto"))
+            .replace("8883 0.0.0.0", f"{port} 127.0.0.1")
+            .replace("-p 8883", f"-p {port}")
+        )
+
+    def inside(path: str, service: str = "broker") -> Path:
+        """A path in the service's container (each its own filesystem; the broker's is `root`)."""
+        return (root if service == "broker" else tmp_path / service) / path.lstrip("/")
+
+    docs = rendered("dev")
+    for service in ["broker", *mesh_services(devstack)]:
+        for path, content in k8s_secret_files(docs, workloads(docs)[service], k8s_secrets).items():
+            inside(path, service).parent.mkdir(parents=True, exist_ok=True)
+            inside(path, service).write_bytes(content)
+    (root / "mosquitto" / "data").mkdir(parents=True)
+    shutil.copytree(BROKER_DIR / "conf.d", root / "mosquitto" / "config" / "conf.d")
+    config = root / "mosquitto" / "config" / "mosquitto.conf"
+    config.write_text(f"user {getpass.getuser()}\n" + local((BROKER_DIR / "mosquitto.conf").read_text()))
+    [_, _, command] = dockerfile(BROKER_DIR / "Dockerfile")["cmd"]
+    health = local(health_commands()["Dockerfile HEALTHCHECK"])
+    seed = root / "mosquitto" / "data" / "dynamic-security.json"
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            broker = subprocess.Popen(["sh", "-c", local(command)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and broker.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return broker
+            time.sleep(0.05)
+        broker.kill()
+        raise AssertionError(f"the broker did not start:\n{log.read_text()}")
+
+    def stop(broker: subprocess.Popen[bytes]) -> None:
+        broker.terminate()
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+
+    broker = start(tmp_path / "first.log")
+    try:
+        assert "seeded" in (tmp_path / "first.log").read_text(), "the image's command did not seed the plugin's file"
+        assert seed.read_bytes() == k8s_secrets.secrets["broker-certs"]["dynamic-security.json"]
+        assert seed.stat().st_mode & 0o777 == 0o600, "the seeded copy holds password hashes: 0600"
+        result = sh(health)
+        assert result.returncode == 0, (
+            f"the health check failed:\n{result.stderr}\n{(tmp_path / 'first.log').read_text()}"
+        )
+        refused = {
+            "plaintext": f"{mosquitto_sub} -h 127.0.0.1 -p {port} -t '$SYS/broker/uptime' -C 1 -W 3",
+            "no client certificate": re.sub(r"--cert \S+ --key \S+ ", "", health),
+            "health reading other topics": health.replace("-t '$SYS/broker/uptime'", "-t '$SYS/#' -t '$a2a/#'"),
+        }
+        for what, attempt in refused.items():
+            assert attempt != health, f"{what}: the attempt did not change the command"
+            assert sh(attempt).returncode != 0, f"{what}: the broker let it through"
+        for service in mesh_services(devstack):
+            env = k8s_env(docs, main_container(workloads(docs)[service]))
+            for prefix in [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in env]:
+                settings = MqttSettings(
+                    host="127.0.0.1",
+                    port=port,
+                    tls=env[f"{prefix}TLS"] == "true",
+                    ca_file=inside(env[f"{prefix}CA_FILE"], service),
+                    cert_file=inside(env[f"{prefix}CERT_FILE"], service),
+                    key_file=inside(env[f"{prefix}KEY_FILE"], service),
+                    username=env[f"{prefix}USERNAME"],
+                    password_file=inside(env[f"{prefix}PASSWORD_FILE"], service),
+                )
+                try:
+                    asyncio.run(connect_once(settings))
+                except Exception as error:
+                    raise AssertionError(f"{service} {prefix}*: the broker refused {settings.username}") from error
+    finally:
+        stop(broker)
+    broker = start(tmp_path / "second.log")
+    try:
+        assert "seeded" not in (tmp_path / "second.log").read_text(), "a restart must keep the broker's own copy"
+        assert sh(health).returncode == 0
+    finally:
+        stop(broker)

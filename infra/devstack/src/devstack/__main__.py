@@ -22,9 +22,7 @@ FIRST_REQUEST = (
 )
 FIRST_COMMAND = (
     "curl -s -X POST {url}/ -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' \\\n"
-    "  -H 'Authorization: Bearer {key}' \\\n  -d '"
-    + FIRST_REQUEST.replace("{", "{{").replace("}", "}}")
-    + "'"
+    "  -H 'Authorization: Bearer {key}' \\\n  -d '" + FIRST_REQUEST.replace("{", "{{").replace("}", "}}") + "'"
 )
 
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The Kubernetes Secrets the manifests mount, made from the files `make certs` writes into infra/broker-certs and
+# printed as YAML on stdout (nothing is written to disk):
+#   make k8s-secrets                                            # make certs, then this | kubectl apply
+#   k8s/secrets.sh | kubectl apply --server-side -f -           # the same by hand
+#   PKI_DIR=/path/to/your/pki k8s/secrets.sh | kubectl apply --server-side -f -     # your own CA (docs/security.md)
+# kustomize cannot read files outside k8s/, and the keys must never be copied into the repository, so the Secrets
+# are made by `kubectl create secret --dry-run=client -o yaml` straight from the PKI folder: the same CA,
+# certificates, passwords and dynamic-security roles as `make dev` and Compose. It makes exactly the Secrets the
+# workloads of k8s/base mount (their `secretName`s), so the manifests and this script cannot disagree:
+#   broker-certs          ca.crt broker.crt broker.key dynamic-security.json   the broker: TLS, and the plugin's seed
+#   mqtt-<name>           ca.crt client.crt client.key password                the identity {org}/{unit}/<name>
+#                                                                              (mqtt-health: the identity `health`)
+#   coordinator-api-keys  api-keys                                             the keys HTTP clients present
+# {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
+# infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+pki=${PKI_DIR:-$root/infra/broker-certs}
+namespace=${NAMESPACE:-a2a-mesh}
+
+setting() { sed -n "s/^$1=//p" "$root/k8s/base/mesh.env"; }
+org=$(setting MESH_ORG)
+unit=$(setting MESH_UNIT)
+
+fail() { echo "k8s/secrets.sh: $*" >&2; exit 1; }
+
+# secret NAME KEY=FILE...: one Secret, each key holding one file of the PKI
+secret() {
+  local name=$1 pair
+  shift
+  local args=()
+  for pair in "$@"; do
+    [ -f "${pair#*=}" ] || fail "${pair#*=} is missing: run \`make certs\` first (or point PKI_DIR at your PKI)"
+    args+=("--from-file=$pair")
+  done
+  echo "---"
+  kubectl create secret generic "$name" --namespace "$namespace" "${args[@]}" --dry-run=client -o yaml
+}
+
+names=$(kubectl kustomize "$root/k8s/base" | sed -n 's/^ *secretName: *//p' | sort -u)
+[ -n "$names" ] || fail "no workload of k8s/base mounts a Secret"
+
+for name in $names; do
+  case $name in
+    broker-certs)
+      secret "$name" ca.crt="$pki/ca.crt" broker.crt="$pki/broker.crt" broker.key="$pki/broker.key" \
+        dynamic-security.json="$pki/dynamic-security.json"
+      ;;
+    coordinator-api-keys)
+      secret "$name" api-keys="$pki/coordinator-api-keys"
+      ;;
+    mqtt-*)
+      id=${name#mqtt-}
+      stem=$pki/clients/$org/$unit/$id
+      # identities that belong to no org/unit (the health probe) live directly in clients/
+      [ -f "$stem.crt" ] || [ ! -f "$pki/clients/$id.crt" ] || stem=$pki/clients/$id
+      secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" password="$stem.password"
+      ;;
+    *)
+      fail "a workload mounts the Secret $name, and this script does not know what goes in it"
+      ;;
+  esac
+done
