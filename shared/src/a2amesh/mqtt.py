@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,8 @@ LOAD_PROPERTY = "a2a-load"
 EVENT_ID_PROPERTY = "a2a-event-id"
 TASK_AGENT_PROPERTY = "a2a-task-agent"
 """On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
+
+NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between reconnect attempts; the last value repeats."""
@@ -55,7 +58,7 @@ def make_client(
     set), so QoS 1 messages published while it was away reach it when it returns."""
     connect_properties = Properties(PacketTypes.CONNECT)
     connect_properties.SessionExpiryInterval = settings.session_expiry if persistent else 0
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         settings.host,
         settings.port,
         identifier=client_id,
@@ -69,7 +72,10 @@ def make_client(
         tls_context=tls_context(settings),
         max_queued_incoming_messages=max_queued_incoming,
         timeout=10,
+        socket_options=[NO_DELAY],  # request/reply is small messages: Nagle's delay would dominate latency
     )
+    client.pending_calls_threshold = 10_000  # a busy agent always has QoS 1 publishes in flight: not a warning
+    return client
 
 
 def publish_properties(
@@ -247,16 +253,11 @@ class MqttLink:
         raise NotConnectedError(f"{self.client_id}: publish to {topic} failed twice")
 
     async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        stop_waiter = asyncio.create_task(stop.wait())
-        messages = aiter(client.messages)
-        try:
-            while not stop.is_set():
-                next_message = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({next_message, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-                if next_message not in done:
-                    next_message.cancel()
-                    break
-                message = next_message.result()
+        """One consumer task reads the messages in order; `stop` cancels it. A dropped connection surfaces as the
+        consumer's exception, for `run` to reconnect."""
+
+        async def consume() -> None:
+            async for message in client.messages:
                 envelope = Envelope.of(message)
                 if self.manual_ack and message.qos > 0:
                     envelope = replace(envelope, ack=_acknowledger(client, message))
@@ -267,8 +268,19 @@ class MqttLink:
                     await self.handler(envelope)
                 except Exception:
                     log.exception("handler failed on %s; message skipped", envelope.topic)
+
+        consumer = asyncio.create_task(consume())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop_waiter.cancel()
+            stopper.cancel()
+            if not consumer.done():
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+        if not consumer.cancelled() and consumer.exception() is not None:
+            raise consumer.exception()  # type: ignore[misc]
 
 
 def _acknowledger(client: aiomqtt.Client, message: aiomqtt.Message) -> Callable[[], None]:

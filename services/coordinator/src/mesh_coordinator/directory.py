@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +12,9 @@ import httpx
 from a2amesh.binding.wire import pool_of, records_own_events
 from a2amesh.models import AgentCard, ListTasksResponse, Task
 from a2amesh.topics import AgentAddress, PoolAddress
+
+CANDIDATES_TTL = 1.0
+"""Seconds a skill's candidate agents are reused; the coordinator's own in-flight counts keep the choice current."""
 
 
 class DependencyError(RuntimeError):
@@ -43,6 +47,7 @@ class RegistryClient:
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
+        self._candidates: dict[str, tuple[float, list[AgentChoice]]] = {}
 
     async def agents(self, **filters: str) -> list[dict[str, Any]]:
         """Agent records matching the filters (skill=, tag=, status=)."""
@@ -65,6 +70,16 @@ class RegistryClient:
             pool_of(card),
             bool(card.security_requirements),
         )
+
+    async def candidates(self, skill: str) -> list[AgentChoice]:
+        """The online agents offering `skill`, least loaded first, remembered for CANDIDATES_TTL seconds: asking
+        the registry on every task would double the cost of routing one."""
+        cached = self._candidates.get(skill)
+        if cached is not None and time.monotonic() - cached[0] < CANDIDATES_TTL:
+            return cached[1]
+        choices = [self.choice_of(record) for record in await self.agents(skill=skill, status="online")]
+        self._candidates[skill] = (time.monotonic(), choices)
+        return choices
 
     async def choose(self, skill: str) -> AgentChoice | None:
         """The least-loaded online agent offering `skill`, or None."""

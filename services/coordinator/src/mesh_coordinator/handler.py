@@ -200,13 +200,18 @@ class MeshRequestHandler(RequestHandler):
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
         try:
-            choice = await self.registry.choose(skill)
-            if choice is None:
+            candidates = await self.registry.candidates(skill)
+            if not candidates:
                 known = await self.registry.knows_skill(skill)
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
-        if choice is not None:
-            return choice
+        if candidates:
+            # fewest tasks this coordinator has in flight to it, then the load it reported, then the registry's order
+            ranked = min(
+                enumerate(candidates),
+                key=lambda entry: (self.hub.in_flight_to(entry[1].address), entry[1].load or 0.0, entry[0]),
+            )
+            return ranked[1]
         if known:
             raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
         raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from pydantic import ValidationError
@@ -52,6 +53,7 @@ class LiveTask:
         self.ended = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+        self.settling: asyncio.Future[None] | None = None
 
     @property
     def task(self) -> Task:
@@ -170,18 +172,33 @@ class TaskHub:
 
     def __init__(self) -> None:
         self._tasks: dict[str, LiveTask] = {}
+        self._in_flight: Counter[AgentAddress] = Counter()
 
     def get(self, task_id: str) -> LiveTask | None:
         return self._tasks.get(task_id)
 
     def add(self, live: LiveTask) -> None:
         self._tasks[live.id] = live
+        routed_to = live.agent  # counted against the agent it was sent to, whoever in a pool answers
+        self._in_flight[routed_to] += 1
+
+        async def settle() -> None:
+            await live.ended.wait()
+            self._in_flight[routed_to] -= 1
+            if self._in_flight[routed_to] <= 0:
+                del self._in_flight[routed_to]
+
+        live.settling = asyncio.ensure_future(settle())
         if len(self._tasks) > RECENT_TASKS_KEPT:
             for task_id, old in list(self._tasks.items()):
                 if len(self._tasks) <= RECENT_TASKS_KEPT:
                     break
                 if old.ended.is_set():
                     del self._tasks[task_id]
+
+    def in_flight_to(self, agent: AgentAddress) -> int:
+        """Tasks this coordinator is relaying from `agent` right now."""
+        return self._in_flight.get(agent, 0)
 
     def for_agent(self, agent: AgentAddress) -> list[LiveTask]:
         """Tasks relayed from one agent."""

@@ -107,6 +107,7 @@ class Responder:
         self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
         self.tasks: OrderedDict[str, TaskRecord] = OrderedDict()
         self.slots = asyncio.Semaphore(settings.max_concurrent)
+        self._running = 0
         self.accepting = True
         subscriptions = [self.address.request_topic]
         if self.pool:
@@ -170,7 +171,8 @@ class Responder:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for record in self.tasks.values() if record.active)
+        """Tasks started and not yet finished (a counter: this is asked on every request)."""
+        return self._running
 
     @property
     def load(self) -> float:
@@ -321,6 +323,7 @@ class Responder:
         await self._emit(record, StreamResponse(task=task))
         if params.configuration and params.configuration.return_immediately and not streaming:
             await self._finish_subscriber(record, subscriber)
+        self._running += 1  # counted from creation, so admission sees it before the task first runs
         record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
 
     async def _continue(self, record: TaskRecord, params: SendMessageRequest, subscriber: Subscriber) -> None:
@@ -331,6 +334,7 @@ class Responder:
         record.task.status = TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now())
         record.subscribers.append(subscriber)
         await self._emit(record, StreamResponse(task=record.task.model_copy(deep=True)))
+        self._running += 1  # counted from creation, so admission sees it before the task first runs
         record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
 
     async def _attach(self, record: TaskRecord, subscriber: Subscriber) -> None:
@@ -409,6 +413,12 @@ class Responder:
 
     # -- running a task ----------------------------------------------------------------------------------
     async def _run(self, record: TaskRecord) -> None:
+        try:
+            await self._work(record)
+        finally:
+            self._running -= 1
+
+    async def _work(self, record: TaskRecord) -> None:
         context = TaskContext(record, self._emit)
         try:
             async with self.slots:
@@ -447,12 +457,13 @@ class Responder:
         record.apply(item)
         if item.state is not None and item.state.ends_stream:
             self.metrics.task_ended(item.state.name, time.monotonic() - record.started)
+        body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
         properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
-        await self.link.publish(self.address.event_topic, item.to_json(), qos=1, properties=properties)
+        await self.link.publish(self.address.event_topic, body, qos=1, properties=properties)
         ends = item.ends_stream
         for subscriber in list(record.subscribers):
             if subscriber.streaming:
-                await self._deliver(subscriber, item)
+                await self._deliver(subscriber, item, body)
                 if ends:
                     record.subscribers.remove(subscriber)
             elif ends:
@@ -466,24 +477,36 @@ class Responder:
         if remove and subscriber in record.subscribers:
             record.subscribers.remove(subscriber)
 
-    async def _deliver(self, subscriber: Subscriber, item: StreamResponse) -> None:
-        await self._publish_reply(
-            subscriber.reply_topic, subscriber.correlation, result_response(subscriber.request_id, item.to_wire())
-        )
+    async def _deliver(self, subscriber: Subscriber, item: StreamResponse, body: bytes | None = None) -> None:
+        if body is None:
+            body = item.to_json().encode()
+        payload = b'{"jsonrpc":"2.0","id":' + json.dumps(subscriber.request_id).encode() + b',"result":' + body + b"}"
+        if len(payload) > MAX_PACKET_BYTES - len(subscriber.reply_topic) - len(subscriber.correlation) - 1024:
+            await self._publish_reply(
+                subscriber.reply_topic, subscriber.correlation, result_response(subscriber.request_id, item.to_wire())
+            )  # trimmed or refused
+            return
+        if subscriber.properties is None:  # the same for every reply to this subscriber, and slow to build
+            subscriber.properties = self._reply_properties(subscriber.correlation)
+        await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=subscriber.properties)
+
+    def _reply_properties(self, correlation: bytes) -> Any:
+        return publish_properties(correlation_data=correlation, user=[(RESPONDER_PROPERTY, self.address.agent)])
 
     async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
-        properties = publish_properties(correlation_data=correlation, user=[(RESPONDER_PROPERTY, self.address.agent)])
+        properties = self._reply_properties(correlation)
         limit = MAX_PACKET_BYTES - len(topic.encode()) - len(correlation) - 1024  # room for the header and properties
         await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties)
 
     def _remember(self, record: TaskRecord) -> None:
+        """Keep the task; forget the oldest finished ones past FINISHED_TASKS_KEPT (running ones go to the back)."""
         self.tasks[record.id] = record
-        if len(self.tasks) > FINISHED_TASKS_KEPT:
-            for task_id, old in list(self.tasks.items()):
-                if len(self.tasks) <= FINISHED_TASKS_KEPT:
-                    break
-                if not old.active:
-                    del self.tasks[task_id]
+        for _ in range(len(self.tasks) - FINISHED_TASKS_KEPT):
+            oldest_id, oldest = next(iter(self.tasks.items()))
+            if oldest.active:
+                self.tasks.move_to_end(oldest_id)
+            else:
+                del self.tasks[oldest_id]
 
 
 class _ReplyTo:

@@ -43,6 +43,8 @@ class Subscriber:
     correlation: bytes
     request_id: str | int | None
     streaming: bool
+    properties: Any = field(default=None, compare=False, repr=False)
+    """The PUBLISH properties of this subscriber's replies, built once."""
 
 
 @dataclass
