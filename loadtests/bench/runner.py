@@ -1,0 +1,237 @@
+"""`python -m loadtests bench`: every scenario, one after the other, on one broker and one machine; one report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from a2amesh.topics import AgentAddress, PoolAddress
+from devstack.stack import find_binary
+from loadtests.a2a import filler_text
+from loadtests.bench import whatif
+from loadtests.bench.drivers import binding_client, floor_client, http_client
+from loadtests.bench.measure import ClientFactory, ScenarioResult, measure
+from loadtests.bench.procs import (
+    FLOOR_REQUEST_TOPIC,
+    ORG,
+    POOL,
+    SDK_MQTT_AGENT,
+    UNIT,
+    BenchStack,
+    mosquitto_version,
+    settle,
+)
+from loadtests.bench.procstat import rss_of
+from loadtests.bench.report import machine_info, write_report
+from loadtests.bench.settings import BenchSettings
+
+log = logging.getLogger("loadtests.bench")
+
+MQTT_MESSAGES = "1 request + 4 replies + 4 events (no subscriber)"
+
+
+class Bench:
+    """Runs the scenarios the settings select and collects their figures."""
+
+    def __init__(self, settings: BenchSettings) -> None:
+        self.settings = settings
+        self.procs = BenchStack(settings)
+        self.text = filler_text(settings.payload_bytes)
+        self.results: list[ScenarioResult] = []
+        self.idle_rss: dict[str, float] = {}
+
+    def _run(
+        self,
+        key: str,
+        label: str,
+        path: str,
+        messages: str,
+        names: tuple[str, ...],
+        client: ClientFactory,
+        *,
+        pool: bool = False,
+    ) -> ScenarioResult:
+        s = self.settings
+        log.info("scenario %s: %s", key, label)
+        result = measure(
+            key,
+            label,
+            path=path,
+            messages=messages,
+            pids=self.procs.pids(*names),
+            client=client,
+            tasks=s.pool_tasks if pool else s.tasks,
+            concurrency=s.pool_concurrency if pool else s.concurrency,
+            max_seconds=s.max_seconds,
+            warmup=s.warmup,
+            rounds=s.rounds,
+        )
+        log.info(
+            "  %s: %.1f tasks/s, p50 %.1f ms, p99 %.1f ms, %d errors",
+            key,
+            result.tasks_per_s,
+            result.p50_ms,
+            result.p99_ms,
+            result.errors,
+        )
+        self.results.append(result)
+        return result
+
+    def _idle(self, *names: str) -> None:
+        settle()
+        self.idle_rss.update(rss_of(self.procs.pids(*names)))
+
+    # -- scenarios ----------------------------------------------------------------------------------------------
+    def floor(self) -> None:
+        settings = self.procs.mqtt
+        self._run(
+            "floor",
+            "floor: raw MQTT 5 request/reply (aiomqtt)",
+            "bench -> broker -> raw responder",
+            MQTT_MESSAGES,
+            ("broker", "floor"),
+            lambda: floor_client(settings, FLOOR_REQUEST_TOPIC, self.text),
+        )
+
+    def binding(self) -> None:
+        topic = AgentAddress(ORG, UNIT, "echo").request_topic
+        self._run(
+            "binding",
+            "binding: MeshRequester -> echo agent",
+            "bench (MeshRequester) -> broker -> echo",
+            MQTT_MESSAGES,
+            ("broker", "echo"),
+            self._binding(topic),
+        )
+
+    def sdk_mqtt(self) -> None:
+        topic = AgentAddress(ORG, UNIT, SDK_MQTT_AGENT).request_topic
+        self._run(
+            "sdk-mqtt",
+            "peer: a2a-over-mqtt SDK Responder echo",
+            "bench (MeshRequester) -> broker -> SDK agent",
+            "1 request + 4 replies (the SDK publishes no events)",
+            ("broker", "sdk-mqtt-echo"),
+            self._binding(topic),
+        )
+
+    def http_face(self) -> None:
+        url, streaming = self.procs.coordinator_url, self.settings.http_streaming
+        key, concurrency = self.procs.stack.api_key, self.settings.concurrency
+        self._run(
+            "http-face",
+            "coordinator HTTP face -> echo agent",
+            "bench (HTTP) -> coordinator -> registry lookup -> broker -> echo",
+            _http_messages(streaming, True),
+            ("coordinator", "echo", "broker", "registry", "redis"),
+            lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
+        )
+
+    def sdk_http(self) -> None:
+        url, streaming = self.procs.sdk_http_url, self.settings.http_streaming
+        self._run(
+            "sdk-http",
+            "peer: a2a-sdk HTTP server, echo in-process",
+            "bench (HTTP) -> a2a-sdk server",
+            _http_messages(streaming, False),
+            ("sdk-http-echo",),
+            lambda: http_client(url, self.text, self.settings.concurrency, streaming=streaming),
+        )
+
+    def pool(self) -> None:
+        topic = PoolAddress(ORG, UNIT, POOL).topic
+        replicas: list[str] = []
+        for count in self.settings.pool_replicas:
+            while len(replicas) < count:
+                replicas.append(self.procs.start_pool_replica(len(replicas) + 1))
+                self._idle(replicas[-1])
+            self._run(
+                f"pool-{count}",
+                f"pool: {count} echo replica(s), work waits {self.settings.pool_delay_ms} ms",
+                f"bench (MeshRequester) -> broker -> $share pool of {count}",
+                "1 request + 5 replies + 5 events (a delayed echo adds a WORKING note)",
+                ("broker", *replicas),
+                self._binding(topic, delayMs=self.settings.pool_delay_ms),
+                pool=True,
+            )
+        self.procs.stop(*replicas)
+
+    def record(self) -> None:
+        self.procs.start_taskstore()
+        self._idle("taskstore")
+        topic = AgentAddress(ORG, UNIT, "echo").request_topic
+        self._run(
+            "record",
+            "binding -> echo, with the task store recording every event",
+            "bench (MeshRequester) -> broker -> echo; events -> task store (SQLite)",
+            "1 request + 4 replies + 4 events delivered to the task store",
+            ("broker", "echo", "taskstore"),
+            self._binding(topic),
+        )
+
+    def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
+        settings = self.procs.mqtt
+        return lambda: binding_client(settings, topic, self.text, **metadata)
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        whatif.install(self.settings.whatif)
+        steps: dict[str, Callable[[], None]] = {
+            "floor": self.floor,
+            "binding": self.binding,
+            "sdk-mqtt": self.sdk_mqtt,
+            "http-face": self.http_face,
+            "sdk-http": self.sdk_http,
+            "pool": self.pool,
+            "record": self.record,
+        }
+        procs = self.procs
+        try:
+            procs.start_core()
+            procs.start_floor()
+            procs.start_sdk_mqtt()
+            procs.start_sdk_http()
+            self._idle(*procs.all_pids())
+            for name in self.settings.scenarios:
+                steps[name]()
+            procs.start_research()
+            self._idle("research")
+            settle()
+            after_rss = rss_of(procs.all_pids())
+        finally:
+            procs.stop_all()
+        return {
+            "machine": machine_info(mosquitto_version(find_binary("mosquitto"))),
+            "settings": _settings_dict(self.settings),
+            "seconds": round(time.monotonic() - started, 1),
+            "scenarios": [result.to_dict() for result in self.results],
+            "idle_rss_mb": {name: round(mb, 1) for name, mb in self.idle_rss.items()},
+            "after_load_rss_mb": {name: round(mb, 1) for name, mb in after_rss.items()},
+        }
+
+
+def _http_messages(streaming: bool, mesh: bool) -> str:
+    http = "1 HTTP request + 4 SSE events" if streaming else "1 HTTP request + 1 response"
+    return f"{http} + 1 registry lookup + {MQTT_MESSAGES}" if mesh else http
+
+
+def _settings_dict(settings: BenchSettings) -> dict[str, Any]:
+    return {
+        key: (list(value) if isinstance(value, tuple) else str(value) if key == "report_dir" else value)
+        for key, value in vars(settings).items()
+    }
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's per-publish "pending publish calls" warnings
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # devstack's readiness polls
+    settings = BenchSettings.from_env()
+    data = Bench(settings).run()
+    markdown, json_path = write_report(data, settings.report_dir)
+    print(markdown.read_text())
+    log.info("report: %s and %s", markdown, json_path)
+    return 0 if all(s["errors"] == 0 for s in data["scenarios"]) else 1
