@@ -49,7 +49,7 @@ def main() -> None:
             link = asyncio.create_task(requester.run(link_stop))
             workflows = workflow_responder(settings, Delegate(requester, registry, retry_profile(settings)))
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
-            await serve_until(stop, server, workflows.run(stop))
+            await serve_until(stop, server, workflows.run(stop), handler.reconciler.run(stop))
             await handler.hub.close()
             link_stop.set()
             await link

@@ -17,7 +17,7 @@ from a2a.utils import errors as sdk_errors
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
-from a2amesh.binding import MeshRequester, RemoteError, RetryProfile
+from a2amesh.binding import MeshRequester, RemoteError, RequestTooLargeError, RetryProfile
 from a2amesh.binding.wire import AGENT_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
 from a2amesh.models import (
     ErrorCode,
@@ -36,6 +36,7 @@ from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, TopicError
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
+from mesh_coordinator.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class MeshRequestHandler(RequestHandler):
         self.metrics = ServiceMetrics("coordinator")
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
+        self.reconciler = Reconciler(store, self._record_event)
 
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
@@ -160,16 +162,19 @@ class MeshRequestHandler(RequestHandler):
             history=[message],
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
         )
+        authorization = _authorization_for(route.wants_auth, context)
+        try:
+            stream = self.requester.request(
+                route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
+            )
+        except RequestTooLargeError as error:  # published, it would get the coordinator disconnected
+            raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
         self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
-        authorization = _authorization_for(route.wants_auth, context)
-        live.start(
-            self.requester.request(
-                route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
-            )
-        )
+        live.start(stream)
         live.ended_callback(self._count)
+        live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
 
