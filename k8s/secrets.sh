@@ -11,6 +11,9 @@
 #   broker-certs          ca.crt broker.crt broker.key dynamic-security.json   the broker: TLS, and the plugin's seed
 #   mqtt-<name>           ca.crt client.crt client.key password                the identity {org}/{unit}/<name>
 #                                                                              (mqtt-health: the identity `health`)
+#   mqtt-<agent>          ca.crt <agent>-<i>.crt <agent>-<i>.key <agent>-<i>.password, for every ordinal <i> the
+#                         agent's StatefulSet mounts (its volume's items): the replica identities
+#                         {org}/{unit}/<agent>-<i> of its pods <agent>-<i>
 #   coordinator-api-keys  api-keys                                             the keys HTTP clients present
 # {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
 # infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
@@ -39,7 +42,8 @@ secret() {
   kubectl create secret generic "$name" --namespace "$namespace" "${args[@]}" --dry-run=client -o yaml
 }
 
-names=$(kubectl kustomize "$root/k8s/base" | sed -n 's/^ *secretName: *//p' | sort -u)
+rendered=$(kubectl kustomize "$root/k8s/base")
+names=$(sed -n 's/^ *secretName: *//p' <<<"$rendered" | sort -u)
 [ -n "$names" ] || fail "no workload of k8s/base mounts a Secret"
 
 for name in $names; do
@@ -54,6 +58,16 @@ for name in $names; do
     mqtt-*)
       id=${name#mqtt-}
       stem=$pki/clients/$org/$unit/$id
+      # an agent's pods mount one folder <agent>-<i>/ per replica identity (k8s/base/agents/<agent>.yaml)
+      ordinals=$(sed -n "s|^ *path: $id-\([0-9][0-9]*\)/client\.crt\$|\1|p" <<<"$rendered" | sort -n -u)
+      if [ -n "$ordinals" ]; then
+        pairs=(ca.crt="$pki/ca.crt")
+        for i in $ordinals; do
+          pairs+=("$id-$i.crt=$stem-$i.crt" "$id-$i.key=$stem-$i.key" "$id-$i.password=$stem-$i.password")
+        done
+        secret "$name" "${pairs[@]}"
+        continue
+      fi
       # identities that belong to no org/unit (the health probe) live directly in clients/
       [ -f "$stem.crt" ] || [ ! -f "$pki/clients/$id.crt" ] || stem=$pki/clients/$id
       secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" password="$stem.password"

@@ -55,9 +55,9 @@ from a2amesh.settings import (
     ServiceSettings,
     TaskStoreSettings,
 )
-from devstack.pki import Role
+from devstack.pki import Identity, Role
 from devstack.processes import ManagedProcess, free_port
-from devstack.stack import AGENTS, Ports, Stack, find_binary, find_dynsec_plugin
+from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_identities
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / ".env"
@@ -102,6 +102,11 @@ DEPLOYMENT_ONLY_SETTINGS = {
 # the settings that name a broker identity, and the file settings that go with each (a2amesh.settings.MqttSettings)
 IDENTITY_PREFIXES = ("MESH_MQTT__", "MESH_WORKFLOWS_MQTT__")
 IDENTITY_FILES = ("CA_FILE", "CERT_FILE", "KEY_FILE", "PASSWORD_FILE")
+
+# settings an agent's pods get on Kubernetes but not in make dev and Compose, and why
+K8S_AGENT_ONLY_SETTINGS = {
+    "MESH_POOL": "an agent's pods are the replicas of one pool, the agent's (make dev and Compose run it unpooled)",
+}
 
 # workloads an overlay may add to the dev runner's services, and why
 OVERLAY_ONLY_WORKLOADS = {
@@ -253,8 +258,9 @@ def k8s_expand(value: str, env: dict[str, Any]) -> Any:
     return K8S_REFERENCE.sub(substitute, value)
 
 
-def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, Any]:
-    """A container's environment with every ConfigMap and Secret reference resolved against the rendered objects."""
+def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any], pod: str | None = None) -> dict[str, Any]:
+    """A container's environment with every ConfigMap and Secret reference resolved against the rendered objects;
+    in the pod named `pod`, its name too (else whatever the pod supplies itself is FROM_POD)."""
     config_maps, secrets = objects(docs, "ConfigMap"), objects(docs, "Secret")
     env: dict[str, Any] = {}
     for entry in container.get("env", []):
@@ -274,7 +280,8 @@ def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, 
             assert ref["key"] in secret_data(secrets[ref["name"]]), f"{name}: Secret {ref['name']} has no {ref['key']}"
             env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
         elif "fieldRef" in source:
-            env[name] = FROM_POD
+            own_name = source["fieldRef"]["fieldPath"] == "metadata.name"
+            env[name] = pod if own_name and pod is not None else FROM_POD
         else:
             raise AssertionError(f"{name}: unexpected env source {source}")
     return env
@@ -285,6 +292,12 @@ def main_container(workload: dict[str, Any]) -> dict[str, Any]:
     named = [c for c in containers if c["name"] == workload["metadata"]["name"]]
     assert len(named) == 1, f"{workload['metadata']['name']}: one container named after the workload"
     return named[0]
+
+
+def k8s_pods(service: str) -> list[str | None]:
+    """The pods whose view of a workload the tests check: an agent's replicas by name (each connects as the replica
+    identity of its name), one pod of any other workload (all alike)."""
+    return [identity.name for identity in replica_identities(service)] if service in AGENTS else [None]
 
 
 def container_port(container: dict[str, Any], port: int | str) -> int:
@@ -412,11 +425,16 @@ def compose_pki_files(service: ComposeService, pki: Path) -> dict[str, bytes]:
     return files
 
 
-def k8s_secret_files(docs: list[dict[str, Any]], workload: dict[str, Any], script: SecretsScript) -> dict[str, bytes]:
-    """The files a pod's main container sees from Secrets (those of k8s/secrets.sh, or rendered ones): container
-    path -> content."""
+def k8s_secret_files(
+    docs: list[dict[str, Any]], workload: dict[str, Any], script: SecretsScript, pod: str | None = None
+) -> dict[str, bytes]:
+    """The files a pod's main container (in the pod named `pod`) sees from Secrets (those of k8s/secrets.sh, or
+    rendered ones): container path -> content. A mount of a subPath (or subPathExpr, expanded as Kubernetes does
+    with the container's environment) shows only that folder of the volume."""
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     rendered_secrets = {name: secret_data(doc) for name, doc in objects(docs, "Secret").items()}
+    where = workload["metadata"]["name"]
+    env = k8s_env(docs, main_container(workload), pod)
     files: dict[str, bytes] = {}
     for mount in main_container(workload).get("volumeMounts", []):
         source = volumes.get(mount["name"], {}).get("secret")
@@ -424,9 +442,16 @@ def k8s_secret_files(docs: list[dict[str, Any]], workload: dict[str, Any], scrip
             continue
         name = source["secretName"]
         data = script.secrets.get(name) or {k: v.encode() for k, v in rendered_secrets.get(name, {}).items()}
-        assert data, f"{workload['metadata']['name']}: the Secret {name} is neither rendered nor made by k8s/secrets.sh"
-        items = {item["key"]: item["path"] for item in source.get("items", [])} or {key: key for key in data}
-        for key, path in items.items():
+        assert data, f"{where}: the Secret {name} is neither rendered nor made by k8s/secrets.sh"
+        items = [(item["key"], item["path"]) for item in source.get("items", [])] or [(key, key) for key in data]
+        folder = mount.get("subPath") or k8s_expand(mount.get("subPathExpr", ""), env)
+        assert folder is not FROM_POD, f"{where}: mount {mount['name']} depends on the pod: name one"
+        for key, path in items:
+            assert key in data, f"{where}: the Secret {name} has no {key} (its volume lists it)"
+            if folder:
+                if not path.startswith(f"{folder}/"):
+                    continue
+                path = path[len(folder) + 1 :]
             files[f"{mount['mountPath'].rstrip('/')}/{path}"] = data[key]
     return files
 
@@ -633,26 +658,42 @@ def test_every_pod_is_hardened_limited_and_probed(overlay: str, devstack: DevSta
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_each_agent_is_one_pod_of_its_own_identity_with_a_disruption_budget(overlay: str) -> None:
-    """The broker pins each identity to one client id, so an agent runs as exactly one pod, replaced with Recreate
-    (a second pod with the same credentials would take the first one's session over): no autoscaler may add
-    replicas. More capacity is more identities (docs/operations.md, "Scale"). The PDB lets a drain evict it."""
+def test_each_agent_is_a_pool_of_replica_identities_with_an_autoscaler_and_a_disruption_budget(overlay: str) -> None:
+    """The broker pins each identity to one client id, so no two pods may share one: each agent is a StatefulSet
+    whose pods <agent>-<ordinal> (never two of one name) take their agent id from their name, connect as the replica
+    identity of that name and join the agent's pool. Its HPA scales it from 1 to at most the AGENT_REPLICAS
+    identities `make certs` issues, each of which the pods' Secret volume holds. The PDB lets a drain evict a pod."""
     docs = rendered(overlay)
     autoscalers, budgets = objects(docs, "HorizontalPodAutoscaler"), objects(docs, "PodDisruptionBudget")
-    scaled = {
-        (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"]) for hpa in autoscalers.values()
-    }
     for agent in AGENTS:
-        deployment = workloads(docs)[agent]
+        workload = workloads(docs)[agent]
         where = f"{overlay}: {agent}"
-        assert deployment["spec"].get("replicas") == 1, f"{where}: one replica per identity"
-        assert deployment["spec"]["strategy"]["type"] == "Recreate", f"{where}: Recreate, never two pods of one id"
-        assert ("Deployment", agent) not in scaled, f"{where}: no autoscaler (replicas would share one identity)"
-        env = k8s_env(docs, main_container(deployment))
-        assert env["MESH_AGENT_ID"] == agent and "MESH_POOL" not in env, f"{where}: its own id, no pool"
+        assert workload["kind"] == "StatefulSet", f"{where}: a StatefulSet, whose pods have names of their own"
+        assert "replicas" not in workload["spec"], f"{where}: leave replicas to the HPA (1 until it acts)"
+        assert workload["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate", where
+        target = autoscalers[agent]["spec"]
+        assert (target["scaleTargetRef"]["kind"], target["scaleTargetRef"]["name"]) == ("StatefulSet", agent), where
+        assert (target["minReplicas"], target["maxReplicas"]) == (1, AGENT_REPLICAS), (
+            f"{where}: the HPA scales from 1 to the {AGENT_REPLICAS} replica identities `make certs` issues "
+            f"(devstack.stack.AGENT_REPLICAS)"
+        )
+        container = main_container(workload)
+        assert k8s_env(docs, container)["MESH_AGENT_ID"] is FROM_POD, f"{where}: the pod's name is its agent id"
+        for pod in k8s_pods(agent):
+            env = k8s_env(docs, container, pod)
+            assert env["MESH_AGENT_ID"] == pod and env["MESH_POOL"] == agent, f"{where}: {pod} in the pool {agent}"
+        volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/run/secrets/mesh/mqtt"]
+        assert mount.get("subPathExpr") == "$(MESH_AGENT_ID)", f"{where}: each pod sees its own identity's folder"
+        folders = {item["path"].split("/")[0] for item in volumes[mount["name"]]["secret"]["items"]}
+        assert folders == {f"{agent}-{ordinal}" for ordinal in range(AGENT_REPLICAS)}, (
+            f"{where}: the Secret volume holds a folder per replica identity, {agent}-0 to {agent}-{AGENT_REPLICAS - 1}"
+        )
         selector = budgets[agent]["spec"]["selector"]["matchLabels"]
-        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= pod_labels.items(), f"{overlay}: {agent}'s PDB selects its pods"
+    scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in autoscalers.values()}
+    assert scaled <= set(AGENTS), f"{overlay}: only agents scale out (the others hold one fixed identity each)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -823,6 +864,9 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
         for overlay in OVERLAYS:
             docs = rendered(overlay)
             k8s = {n for n in k8s_env(docs, main_container(workloads(docs)[service])) if n.startswith("MESH_")}
+            if service in AGENTS:
+                assert set(K8S_AGENT_ONLY_SETTINGS) <= k8s, f"{overlay} {service}: {sorted(K8S_AGENT_ONLY_SETTINGS)}"
+                k8s -= set(K8S_AGENT_ONLY_SETTINGS)
             assert k8s == compose, (
                 f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
                 f"only in compose {sorted(compose - k8s)}"
@@ -831,13 +875,13 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
 
 def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> None:
     """With .env as the one source, the dev overlay and Compose hand every service the same values (except what a
-    pod supplies itself, such as an agent replica's id)."""
+    pod supplies itself, such as an agent replica's id and identity, and an agent's pool)."""
     docs = rendered("dev")
     for service in mesh_services(devstack):
         compose = compose_services()[service].env
         k8s = k8s_env(docs, main_container(workloads(docs)[service]))
         for name, value in k8s.items():
-            if name.startswith("MESH_") and value is not FROM_POD:
+            if name.startswith("MESH_") and value is not FROM_POD and name not in K8S_AGENT_ONLY_SETTINGS:
                 assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
 
 
@@ -1004,8 +1048,8 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
                 "PORT": str(stack.ports.mqtt),
             }, f"compose {where}: {settings}"
             for overlay, docs in overlays.items():
-                env = k8s_env(docs, main_container(workloads(docs)[service]))
-                assert {name: env[prefix + name] for name in settings} == settings, f"{overlay} {where}"
+                for pod in k8s_pods(service):
+                    check_k8s_identity(stack, issued, docs, service, prefix, pod, {**settings}, f"{overlay} {where}")
             identity = pki.client(issued[username])
             cert, key = files[compose[f"{prefix}CERT_FILE"]], files[compose[f"{prefix}KEY_FILE"]]
             assert common_name(cert) == username, f"compose {where}: the certificate mounted is not {username}'s"
@@ -1022,13 +1066,50 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
     assert [(acl["acltype"], acl["topic"]) for acl in acls] == [("subscribePattern", "$SYS/broker/uptime")]
 
 
+def replica_identity(stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str) -> Identity | None:
+    """The identity an agent's pod connects as under `prefix`, its replica identity of the pod's name (None: the
+    process's own identity everywhere)."""
+    if pod is None or prefix != "MESH_MQTT__":
+        return None
+    return issued.get(Identity(pod, Role.AGENT).username(stack.org, stack.unit))
+
+
+def check_k8s_identity(
+    stack: Stack,
+    issued: dict[str, Identity],
+    docs: list[dict[str, Any]],
+    service: str,
+    prefix: str,
+    pod: str | None,
+    settings: dict[str, str],
+    where: str,
+) -> None:
+    """A pod's broker identity under `prefix`: Compose's `settings`, except that an agent's pod <agent>-<i> is the
+    replica identity <agent>-<i> of the pool <agent>, which Stack.identities() issues."""
+    workload = workloads(docs)[service]
+    env = k8s_env(docs, main_container(workload), pod)
+    if pod is not None:
+        where = f"{where} (pod {pod})"
+    replica = replica_identity(stack, issued, pod, prefix)
+    if pod is not None and prefix == "MESH_MQTT__":
+        username = Identity(pod, Role.AGENT).username(stack.org, stack.unit)
+        assert replica is not None, f"{where}: {username} is no identity Stack.identities() issues"
+        assert replica.role is Role.AGENT and replica.pool == service, f"{where}: an agent of the pool {service}"
+        assert env["MESH_POOL"] == service, f"{where}: MESH_POOL is its identity's pool"
+        settings["USERNAME"] = username
+    assert {name: env[prefix + name] for name in settings} == settings, where
+
+
 def test_every_process_reads_the_same_pki_files_at_the_same_paths(
     devstack: DevStack, k8s_secrets: SecretsScript
 ) -> None:
     """Every file a process reads from the PKI (its identity's *_FILE settings, the coordinator's API keys; the
     broker's TLS files, dynamic-security seed and health identity) is mounted at that path in Compose and in every
-    overlay, with the same content: the PKI of `make certs`, never a second copy. Compose mounts nothing else."""
-    pki = devstack.stack.pki.root
+    overlay, with the same content: the PKI of `make certs`, never a second copy (an agent's pod holds its replica
+    identity's certificate, key and password there, and no other replica's). Compose mounts nothing else."""
+    stack = devstack.stack
+    pki = stack.pki.root
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
     for service in [*mesh_services(devstack), "broker"]:
         compose = compose_pki_files(compose_services()[service], pki)
         needed = broker_files_read() if service == "broker" else service_files_read(compose_services()[service].env)
@@ -1037,15 +1118,27 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
             f"compose {service}: mount exactly the PKI files it reads: missing {sorted(needed - set(compose))}, "
             f"unused {sorted(set(compose) - needed)}"
         )
-        for overlay in OVERLAYS:
+        for overlay, pod in [(overlay, pod) for overlay in OVERLAYS for pod in k8s_pods(service)]:
             docs = rendered(overlay)
-            k8s = k8s_secret_files(docs, workloads(docs)[service], k8s_secrets)
+            where = f"{overlay} {service}" + (f" (pod {pod})" if pod else "")
+            k8s = k8s_secret_files(docs, workloads(docs)[service], k8s_secrets, pod)
+            expected = dict(compose)
             if service != "broker":
-                env = k8s_env(docs, main_container(workloads(docs)[service]))
-                assert service_files_read(env) == needed, f"{overlay} {service}: other file settings than Compose's"
+                env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
+                assert service_files_read(env) == needed, f"{where}: other file settings than Compose's"
+                replica = replica_identity(stack, issued, pod, "MESH_MQTT__")
+                if replica is not None:
+                    files = stack.pki.client(replica)
+                    for name, source in (("CERT", files.cert), ("KEY", files.key), ("PASSWORD", files.password_file)):
+                        expected[env[f"MESH_MQTT__{name}_FILE"]] = source.read_bytes()
+            if service in AGENTS:  # its own replica identity's files, never a sibling's
+                names = {common_name(content) for content in k8s.values() if content.startswith(b"-----BEGIN CERT")}
+                assert names == {common_name(compose[env["MESH_MQTT__CA_FILE"]]), env["MESH_MQTT__USERNAME"]}, (
+                    f"{where}: mounts the certificates of {sorted(names)}"
+                )
             for path in sorted(needed):
-                assert path in k8s, f"{overlay} {service}: nothing mounted at {path}"
-                assert digest(k8s[path]) == digest(compose[path]), f"{overlay} {service}: {path} differs from Compose"
+                assert path in k8s, f"{where}: nothing mounted at {path}"
+                assert digest(k8s[path]) == digest(expected[path]), f"{where}: {path} is not the identity's file"
     broker_cert = x509.load_pem_x509_certificate((pki / "broker.crt").read_bytes())
     names = broker_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     host = dotenv()["MESH_MQTT__HOST"]
@@ -1158,9 +1251,9 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
 ) -> None:
     """The image's config and command, run by the machine's Mosquitto over the files Kubernetes would mount (the
     Secrets of k8s/secrets.sh; Compose mounts the same, see above): the command seeds the plugin's file into the
-    data directory once; the health check passes; every service and agent, with the settings and files its pod
-    gets, is admitted as its identity; plaintext, a client without a certificate and the health identity reading
-    anything but the uptime are refused."""
+    data directory once; the health check passes; every service and agent (each replica pod of it), with the
+    settings and files its pod gets, is admitted as its identity; plaintext, a client without a certificate and the
+    health identity reading anything but the uptime are refused."""
     mosquitto_sub = shutil.which("mosquitto_sub")
     assert mosquitto_sub, "mosquitto_sub is missing: install Debian's mosquitto-clients"
     root, port = tmp_path / "container", free_port()
@@ -1175,15 +1268,16 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
             .replace("-p 8883", f"-p {port}")
         )
 
-    def inside(path: str, service: str = "broker") -> Path:
-        """A path in the service's container (each its own filesystem; the broker's is `root`)."""
-        return (root if service == "broker" else tmp_path / service) / path.lstrip("/")
+    def inside(path: str, service: str = "broker", pod: str | None = None) -> Path:
+        """A path in the service's (or its pod's) container (each its own filesystem; the broker's is `root`)."""
+        return (root if service == "broker" else tmp_path / (pod or service)) / path.lstrip("/")
 
     docs = rendered("dev")
     for service in ["broker", *mesh_services(devstack)]:
-        for path, content in k8s_secret_files(docs, workloads(docs)[service], k8s_secrets).items():
-            inside(path, service).parent.mkdir(parents=True, exist_ok=True)
-            inside(path, service).write_bytes(content)
+        for pod in k8s_pods(service):
+            for path, content in k8s_secret_files(docs, workloads(docs)[service], k8s_secrets, pod).items():
+                inside(path, service, pod).parent.mkdir(parents=True, exist_ok=True)
+                inside(path, service, pod).write_bytes(content)
     (root / "mosquitto" / "data").mkdir(parents=True)
     shutil.copytree(BROKER_DIR / "conf.d", root / "mosquitto" / "config" / "conf.d")
     config = root / "mosquitto" / "config" / "mosquitto.conf"
@@ -1228,23 +1322,24 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
         for what, attempt in refused.items():
             assert attempt != health, f"{what}: the attempt did not change the command"
             assert sh(attempt).returncode != 0, f"{what}: the broker let it through"
-        for service in mesh_services(devstack):
-            env = k8s_env(docs, main_container(workloads(docs)[service]))
+        for service, pod in [(name, pod) for name in mesh_services(devstack) for pod in k8s_pods(name)]:
+            env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
             for prefix in [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in env]:
                 settings = MqttSettings(
                     host="127.0.0.1",
                     port=port,
                     tls=env[f"{prefix}TLS"] == "true",
-                    ca_file=inside(env[f"{prefix}CA_FILE"], service),
-                    cert_file=inside(env[f"{prefix}CERT_FILE"], service),
-                    key_file=inside(env[f"{prefix}KEY_FILE"], service),
+                    ca_file=inside(env[f"{prefix}CA_FILE"], service, pod),
+                    cert_file=inside(env[f"{prefix}CERT_FILE"], service, pod),
+                    key_file=inside(env[f"{prefix}KEY_FILE"], service, pod),
                     username=env[f"{prefix}USERNAME"],
-                    password_file=inside(env[f"{prefix}PASSWORD_FILE"], service),
+                    password_file=inside(env[f"{prefix}PASSWORD_FILE"], service, pod),
                 )
                 try:
                     asyncio.run(connect_once(settings))
                 except Exception as error:
-                    raise AssertionError(f"{service} {prefix}*: the broker refused {settings.username}") from error
+                    who = pod or service
+                    raise AssertionError(f"{who} {prefix}*: the broker refused {settings.username}") from error
     finally:
         stop(broker)
     broker = start(tmp_path / "second.log")

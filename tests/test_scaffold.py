@@ -57,7 +57,7 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
         check=True,
     ).stdout
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered) if doc}
-    assert ("Deployment", NAME) in kinds and ("ServiceAccount", NAME) in kinds
+    assert ("StatefulSet", NAME) in kinds and ("ServiceAccount", NAME) in kinds
 
 
 def test_the_generated_tests_pass(scaffolded: Path) -> None:

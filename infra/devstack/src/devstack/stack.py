@@ -48,6 +48,16 @@ def selected_agents() -> dict[str, str]:
 AGENTS: dict[str, str] = discover_agents()
 """Every agent of the repository."""
 
+AGENT_REPLICAS = 4
+"""How many pooled replica identities `make certs` issues per agent: the most pods of one agent Kubernetes may run
+(its StatefulSet's HorizontalPodAutoscaler stops there; k8s/base/agents/*.yaml, docs/operations.md "Scale")."""
+
+
+def replica_identities(agent_id: str, replicas: int = AGENT_REPLICAS) -> list[Identity]:
+    """The identities of an agent's replicas, `<agent>-0` ... `<agent>-<replicas-1>`, all in the pool `<agent>`: the
+    names of a StatefulSet's pods, so each pod connects as its own name (the broker pins each to one client id)."""
+    return [Identity(f"{agent_id}-{ordinal}", Role.AGENT, pool=agent_id) for ordinal in range(replicas)]
+
 
 _SERVICE_IDENTITIES = {
     "mesh_registry": Identity("registry", Role.REGISTRY),
@@ -125,7 +135,8 @@ class Stack:
         return Pki(self.pki_dir or self.run_dir / "pki", self.org, self.unit)
 
     def identities(self) -> list[Identity]:
-        """Everyone the broker admits from the start: services, agents, meshctl, the health probe (and tester)."""
+        """Everyone the broker admits from the start: services, agents (and their replicas), meshctl, the health probe
+        (and tester)."""
         fixed = [
             Identity("registry", Role.REGISTRY),
             Identity("taskstore", Role.TASKSTORE),
@@ -135,6 +146,8 @@ class Stack:
             Identity("health", Role.HEALTH),
         ]
         fixed += [Identity(agent_id, Role.AGENT) for agent_id in self.agents]
+        # Kubernetes runs each agent as pods <agent>-0, -1, ... of one pool (make dev and Compose: the plain identity)
+        fixed += [replica for agent_id in self.agents for replica in replica_identities(agent_id)]
         if self.tester:
             fixed.append(Identity(TESTER, Role.TESTER))
         return [*fixed, *self.provisioned.values()]
