@@ -19,7 +19,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from a2amesh.mqtt import tls_context
+from a2amesh.mqtt import NO_DELAY, tls_context
 from a2amesh.settings import MqttSettings, ServiceSettings
 
 REPLIES_PER_TASK = 4
@@ -55,6 +55,7 @@ def _client(settings: MqttSettings, client_id: str) -> aiomqtt.Client:
         password=settings.secret(),
         tls_context=tls_context(settings),
         protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=[NO_DELAY],  # the same TCP settings as the mesh's clients, or the floor is no floor
     )
     client.pending_calls_threshold = 10_000  # the floor logs nothing per message (aiomqtt warns past 10 by default)
     return client

@@ -45,8 +45,10 @@ class BenchSettings:
     pool_concurrency: int = 32
     pool_delay_ms: int = 50
     pool_replicas: tuple[int, ...] = (1, 2, 4)
-    pool_slots: int = 8
-    """MESH_MAX_CONCURRENT of each pool replica (the runtime's default is 8)."""
+    pool_slots: int = 1
+    """MESH_MAX_CONCURRENT of each pool replica (the runtime's default is 8). One task at a time per replica makes
+    replica capacity what the pool scenario measures: with 8, a single replica already absorbs the whole closed-loop
+    concurrency and the scenario measures the machine's cores instead."""
     scenarios: tuple[str, ...] = SCENARIOS
     report_dir: Path = REPO_ROOT / "reports" / "bench"
     whatif: tuple[str, ...] = ()
