@@ -3,95 +3,20 @@ and a clean SIGTERM exit."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from a2amesh.binding import MeshRequester
-from a2amesh.mqtt import STATUS_PROPERTY, Envelope, MqttLink
-from a2amesh.topics import AgentAddress
+from devstack.agent_testing import agent_process
 from devstack.fixtures import BrokerHandle
-from devstack.stack import Ports, Stack
-
-ORG, UNIT = "acme", "default"
-
-
-def short_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@contextlib.asynccontextmanager
-async def running(link: MqttLink | MeshRequester) -> AsyncIterator[None]:
-    """Keep a link (or requester) connected for the duration of the block."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(link.run(stop))
-    connected = link.link.connected if isinstance(link, MeshRequester) else link.connected
-    try:
-        async with asyncio.timeout(10):
-            await connected.wait()
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
-
-
-async def stream(requester: MeshRequester, agent: AgentAddress, text: str, **metadata: Any) -> list[dict[str, Any]]:
-    """Every StreamResponse of one SendStreamingMessage, in arrival order."""
-    message = {
-        "messageId": uuid.uuid4().hex,
-        "role": "ROLE_USER",
-        "parts": [{"text": text}],
-        "taskId": str(uuid.uuid4()),
-    }
-    params: dict[str, Any] = {"message": message}
-    if metadata:
-        params["metadata"] = metadata
-    async with asyncio.timeout(30):
-        return [item async for item in requester.request(agent.request_topic, "SendStreamingMessage", params).results()]
 
 
 async def test_research_agent_streams_passages_over_mqtt(broker: BrokerHandle, tmp_path: Path) -> None:
-    agent_id = f"research-{short_id()}"
-    agent = AgentAddress(ORG, UNIT, agent_id)
-    cards: asyncio.Queue[Envelope] = asyncio.Queue()
-
-    async def on_card(envelope: Envelope) -> None:
-        await cards.put(envelope)
-
-    watcher = MqttLink(broker.settings, f"{ORG}/{UNIT}/watch-{short_id()}", [agent.discovery_topic], on_card)
-    requester = MeshRequester(broker.settings, AgentAddress(ORG, UNIT, f"tester-{short_id()}"))
-    stack = Stack(
-        run_dir=tmp_path,
-        ports=Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0),
-        broker_of=broker.stack,
-    )
-    process = stack.service("research-x", "agent_research", {"MESH_AGENT_ID": agent_id}, ready=lambda: True)
-    async with running(watcher):
-        try:
-            stack.launch(process)
-            # ready = its retained card is on the discovery topic, marked online (so it is subscribed too)
-            async with asyncio.timeout(20):
-                while True:
-                    envelope = await cards.get()
-                    if envelope.payload and envelope.user_properties.get(STATUS_PROPERTY) == "online":
-                        break
-            card = json.loads(envelope.payload)
-            assert card["name"] == "Research Agent"
-            assert [skill["id"] for skill in card["skills"]] == ["research", "list-sources"]
-            assert card["capabilities"]["streaming"] is True
-
-            async with running(requester):
-                items = await stream(requester, agent, "How do I delete a retained message?", topK=3)
-                rejected = await stream(requester, agent, "   ")
-        finally:
-            codes = await asyncio.to_thread(stack.stop)
-            with contextlib.suppress(Exception):
-                await watcher.publish(agent.discovery_topic, b"", retain=True)  # leave no retained card behind
-        assert codes == {"research-x": 0}, process.log_tail()
+    async with agent_process(broker, tmp_path, "agent_research", "research") as agent:
+        card = agent.card
+        assert card["name"] == "Research Agent"
+        assert [skill["id"] for skill in card["skills"]] == ["research", "list-sources"]
+        assert card["capabilities"]["streaming"] is True
+        items = await agent.stream("How do I delete a retained message?", topK=3)
+        rejected = await agent.stream("   ")
 
     # the streamed search
     assert "task" in items[0]
