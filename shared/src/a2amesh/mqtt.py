@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -248,8 +249,10 @@ class MqttLink:
                 await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
                 return
             except aiomqtt.MqttError as error:
-                log.warning("publish to %s failed (%s); retrying after reconnect", topic, error)
-                self.connected.clear()
+                # Retry on whatever connection is current: a stale connection's publish can time out after the
+                # link reconnected, and must not mark the new one down (the run loop notices real drops itself).
+                log.warning("publish to %s failed (%s); retrying", topic, error)
+                await asyncio.sleep(0.05)
         raise NotConnectedError(f"{self.client_id}: publish to {topic} failed twice")
 
     async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -271,8 +274,13 @@ class MqttLink:
 
         consumer = asyncio.create_task(consume())
         stopper = asyncio.create_task(stop.wait())
+        # a dropped connection must end the pump even while a handler is busy (it may be waiting on this very link)
+        dropped = getattr(client, "_disconnected", None)  # aiomqtt resolves it when the connection drops
+        watched: set[asyncio.Future[Any]] = {consumer, stopper}
+        if isinstance(dropped, asyncio.Future):
+            watched.add(dropped)
         try:
-            await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
             if not consumer.done():
@@ -281,6 +289,8 @@ class MqttLink:
                     await consumer
         if not consumer.cancelled() and consumer.exception() is not None:
             raise consumer.exception()  # type: ignore[misc]
+        if isinstance(dropped, asyncio.Future) and dropped.done() and not stop.is_set():
+            raise aiomqtt.MqttError("connection lost")
 
 
 def _acknowledger(client: aiomqtt.Client, message: aiomqtt.Message) -> Callable[[], None]:

@@ -71,13 +71,15 @@ class Reconciler:
                 await self.check_due()
             except DependencyError as error:
                 log.info("task store unavailable; outcomes will be checked later: %s", error)
+            except Exception:  # the broker gone mid-republish, anything: the loop must outlive it and try again
+                log.exception("reconciling outcomes failed; trying again shortly")
 
     async def check_due(self) -> None:
         now = time.monotonic()
         due = [watch for watch in list(self._watched.values())[: BATCH * 5] if watch.due <= now][:BATCH]
         for watch in due:
             stored = await self.store.get_task(watch.final.id, history_length=0)
-            if stored is not None and stored.status.state == watch.final.status.state:
+            if stored is not None and stored.status.state.is_terminal:  # recorded final (whoever decided it)
                 self._watched.pop(watch.final.id, None)
                 continue
             watch.attempts += 1

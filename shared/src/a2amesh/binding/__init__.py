@@ -1,6 +1,13 @@
 """The A2A-over-MQTT binding (profile 0.1, Core level): a requester and a responder with its agent runtime."""
 
-from a2amesh.binding.requester import MeshRequester, RemoteError, ReplyStream, RequestTimeoutError, RetryProfile
+from a2amesh.binding.requester import (
+    MeshRequester,
+    RemoteError,
+    ReplyStream,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    RetryProfile,
+)
 from a2amesh.binding.wire import MQTT_BINDING, is_mqtt_interface
 
 __all__ = [
@@ -9,6 +16,7 @@ __all__ = [
     "RemoteError",
     "ReplyStream",
     "RequestTimeoutError",
+    "RequestTooLargeError",
     "RetryProfile",
     "is_mqtt_interface",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from a2amesh.binding.wire import STREAMING_METHODS, new_correlation
+from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS, new_correlation
 from a2amesh.models import BindingError, JsonRpcErrorBody, JsonRpcResponse, StreamResponse
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, RESPONDER_PROPERTY, Envelope, MqttLink, publish_properties
 from a2amesh.settings import MqttSettings
@@ -53,6 +54,10 @@ class RemoteError(Exception):
     @property
     def binding_error(self) -> BindingError | None:
         return self.error.binding_error
+
+
+class RequestTooLargeError(ValueError):
+    """The request would not fit in one MQTT packet: publishing it would get the connection dropped by the broker."""
 
 
 class RequestTimeoutError(TimeoutError):
@@ -97,6 +102,7 @@ class ReplyStream:
 
     async def _results(self) -> AsyncIterator[Any]:
         profile = self._profile
+        refused: JsonRpcErrorBody | None = None  # the last retryable refusal (-32003/-32004), if that was the answer
         for attempt in range(profile.attempts):
             if attempt:
                 await asyncio.sleep(profile.delay(attempt - 1))
@@ -110,6 +116,7 @@ class ReplyStream:
                         raise RequestTimeoutError(
                             f"stream from {self._topic} idle for {timeout}s", got_reply=True
                         ) from None
+                    refused = None
                     break  # no reply at all: retry with new correlation data
                 response = _decode(envelope)
                 if response is None:
@@ -118,6 +125,7 @@ class ReplyStream:
                     binding_error = response.error.binding_error
                     if binding_error and binding_error.retryable and not self.items_received:
                         log.info("%s answered %s; retrying", self._topic, binding_error.wire_name)
+                        refused = response.error
                         break
                     raise RemoteError(response.error)
                 self.items_received += 1
@@ -126,6 +134,8 @@ class ReplyStream:
                 if not self._streaming or _ends_stream(response.result):
                     return
                 timeout = profile.stream_idle_timeout
+        if refused is not None:
+            raise RemoteError(refused)  # every attempt was turned away: say so, rather than 'no reply'
         raise RequestTimeoutError(
             f"no reply from {self._topic} after {profile.attempts} attempts", got_reply=bool(self.items_received)
         )
@@ -136,7 +146,11 @@ class ReplyStream:
         self._requester._inboxes[correlation] = self._queue
         user = [(AUTHORIZATION_PROPERTY, self._authorization)] if self._authorization else []
         properties = publish_properties(
-            response_topic=self._requester.reply_topic, correlation_data=correlation, user=user
+            response_topic=self._requester.reply_topic,
+            correlation_data=correlation,
+            user=user,
+            # a request still queued (say, for a replica that died) after the requester stopped waiting is moot
+            message_expiry=max(1, math.ceil(self._profile.first_reply_timeout)),
         )
         await self._requester.link.publish(self._topic, self._payload, qos=1, properties=properties)
 
@@ -205,6 +219,9 @@ class MeshRequester:
             {"jsonrpc": "2.0", "id": f"{self.identity.agent}-{self._request_seq}", "method": method, "params": params},
             separators=(",", ":"),
         ).encode()
+        room = MAX_PACKET_BYTES - len(topic.encode()) - len(self.reply_topic) - len(authorization or "") - 1024
+        if len(payload) > room:
+            raise RequestTooLargeError(f"the request is {len(payload)} bytes; at most {room} fit in one MQTT packet")
         return ReplyStream(self, topic, payload, method in STREAMING_METHODS, profile or self.profile, authorization)
 
     async def call(

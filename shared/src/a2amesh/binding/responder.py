@@ -28,7 +28,7 @@ from a2amesh.binding.tasks import (
     TaskRejectedError,
     agent_message,
 )
-from a2amesh.binding.wire import encode, is_valid_task_id
+from a2amesh.binding.wire import MAX_PACKET_BYTES, encode, is_valid_task_id
 from a2amesh.models import (
     AgentCard,
     BindingError,
@@ -79,9 +79,6 @@ LOAD_REPORT_INTERVAL = 1.0
 
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
-
-MAX_PACKET_BYTES = 1_048_576
-"""The broker's max_packet_size (services/broker/conf.d): a client that publishes a bigger packet is disconnected."""
 
 
 class Responder:

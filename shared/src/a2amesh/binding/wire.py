@@ -32,6 +32,10 @@ AGENT_METADATA_KEY = "agent"
 
 STREAMING_METHODS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
+MAX_PACKET_BYTES = 1_048_576
+"""The broker's max_packet_size (services/broker/conf.d): a client that publishes a bigger packet is disconnected,
+so neither side of the binding ever publishes one."""
+
 
 def is_mqtt_interface(interface: AgentInterface) -> bool:
     """Whether a card interface is reachable over this binding."""
