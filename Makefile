@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-APT_PACKAGES := mosquitto mosquitto-clients redis-server
+APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql
 export UV_LINK_MODE ?= copy
 
 .PHONY: help deps system-deps python-deps validate-deps certs dev new-agent test lint format clean up down logs ps k8s-secrets loadtest bench
@@ -10,16 +10,17 @@ export UV_LINK_MODE ?= copy
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## install mosquitto (broker and clients) and redis-server through apt-get when missing
+system-deps: ## install mosquitto (broker and clients), redis-server and postgresql through apt-get when missing
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  $$SUDO systemctl disable --now mosquitto redis-server >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl disable --now mosquitto redis-server postgresql >/dev/null 2>&1 || true; \
 	fi
 
 python-deps: ## install uv when missing, then the locked workspace

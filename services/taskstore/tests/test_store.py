@@ -17,11 +17,14 @@ from mesh_taskstore.store import Cursor, Incoming, Outcome, TaskQuery, TaskStore
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[TaskStore]:
-    """A store on a fresh SQLite file, or on the (emptied) database MESH_TEST_DATABASE_URL names, e.g. a local
-    PostgreSQL with `postgresql+psycopg://...` when its driver is installed."""
-    url = os.environ.get("MESH_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    """A store on a fresh SQLite file and on a real PostgreSQL (emptied per test): every store test runs on both.
+    MESH_TEST_DATABASE_URL replaces the SQLite case with a database of your own."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = os.environ.get("MESH_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
     engine = make_engine(url)
     SQLModel.metadata.drop_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
     create_tables(engine)

@@ -3,6 +3,8 @@ Loaded by the repository's root conftest.py, so every test suite starts its infr
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from a2amesh.settings import MqttSettings
+from devstack.postgres import postgres_server
 from devstack.processes import ManagedProcess
 from devstack.stack import Ports, Stack
 
@@ -56,6 +59,18 @@ def redis_server(infra_stack: Stack) -> RedisHandle:
     """A real redis-server on a free loopback port, for the whole session."""
     process = infra_stack.processes.get("redis") or infra_stack.launch(infra_stack.redis())
     return RedisHandle(process, infra_stack.redis_url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (the machine's initdb/pg_ctl), as a SQLAlchemy URL. Its folder is
+    a top-level temporary one: pytest's own is private to root, and the server runs as `postgres` there."""
+    root = Path(tempfile.mkdtemp(prefix="mesh-postgres-"))
+    try:
+        with postgres_server(root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

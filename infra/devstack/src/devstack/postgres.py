@@ -1,0 +1,66 @@
+"""A throwaway PostgreSQL server for the tests: the machine's initdb/pg_ctl, a cluster in a temporary folder,
+listening on a free loopback port (and a private socket folder), trust authentication for its own superuser.
+PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` system user."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from devstack.processes import free_port
+
+
+def find_pg_binary(name: str) -> str:
+    """initdb / pg_ctl, on PATH or in Debian's versioned folder."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: install PostgreSQL (make test installs Debian's postgresql)")
+    return found
+
+
+def _as_owner(argv: list[str], owner: str | None) -> list[str]:
+    return ["runuser", "-u", owner, "--", *argv] if owner else argv
+
+
+@contextmanager
+def postgres_server(root: Path) -> Iterator[str]:
+    """Run a PostgreSQL cluster under `root` until the block ends; yields a SQLAlchemy URL of an empty database."""
+    owner = "postgres" if os.geteuid() == 0 else None
+    data, sockets = root / "data", root / "sockets"
+    for folder in (root, data, sockets):
+        folder.mkdir(parents=True, exist_ok=True)
+        if owner:
+            account = pwd.getpwnam(owner)
+            os.chown(folder, account.pw_uid, account.pw_gid)
+    port = free_port()
+    user = owner or pwd.getpwuid(os.geteuid()).pw_name
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True, "timeout": 60}
+    subprocess.run(
+        _as_owner([find_pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner), **quiet
+    )
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = find_pg_binary("pg_ctl")
+    subprocess.run(
+        _as_owner([pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "start"], owner),
+        **quiet,
+    )
+    try:
+        subprocess.run(
+            _as_owner([find_pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "mesh"], owner),
+            **quiet,
+        )
+        yield f"postgresql+psycopg://{user}@127.0.0.1:{port}/mesh"
+    finally:
+        subprocess.run(
+            _as_owner([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], owner),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
