@@ -16,6 +16,8 @@ from tests.conftest import auth_headers, collect, eventually, send_request, user
 
 REPLICAS = ("echo-r1", "echo-r2", "echo-r3")
 POOL = "echo-pool"
+REVIEWERS = ("reviewer-r1", "reviewer-r2", "reviewer-r3")
+REPORT = "# MQTT\n\n## Summary\n\nRetained messages keep the last value [1].\n\n## Sources\n\n1. Retained (`r`)\n"
 TASKS = 24
 
 
@@ -26,6 +28,8 @@ def pooled_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.start()
     for replica in REPLICAS:
         stack.launch(stack.agent(replica, "agent_echo", MESH_POOL=POOL))
+    for replica in REVIEWERS:
+        stack.launch(stack.agent(replica, "agent_reviewer", MESH_POOL="reviewer-pool"))
     yield stack
     stack.stop()
 
@@ -69,3 +73,26 @@ async def test_cancel_reaches_the_pool_member_holding_the_task(pooled_mesh: Stac
         [event] = await collect(client, request)
         canceled = await client.cancel_task(pb.CancelTaskRequest(id=event.task.id))
         assert canceled.status.state == pb.TASK_STATE_CANCELED
+
+
+async def test_a_follow_up_reaches_the_pool_member_that_holds_the_task(pooled_mesh: Stack) -> None:
+    """The reviewer asks for the audience; the answer must reach the replica that asked, whichever the pool chose.
+    A replica that does not hold the task would see only the answer, take it for a report, and ask again."""
+    async with httpx.AsyncClient(timeout=60, headers=auth_headers(pooled_mesh)) as http:
+        card = await A2ACardResolver(http, pooled_mesh.coordinator_url).get_agent_card()
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+        for _ in range(3):  # a few tasks, so more than one replica is likely to hold one
+            [asked] = await collect(client, send_request(user_message(REPORT), skill="review-report"))
+            assert asked.task.status.state == pb.TASK_STATE_INPUT_REQUIRED
+            answer = user_message("general", task_id=asked.task.id, context_id=asked.task.context_id)
+            [done] = await collect(client, send_request(answer))
+            assert done.task.status.state == pb.TASK_STATE_COMPLETED, done.task.status
+            assert [m.role for m in done.task.history].count(pb.ROLE_USER) == 2
+
+            async def recorded(task_id: str = done.task.id) -> dict | None:
+                response = await http.get(f"{pooled_mesh.taskstore_url}/tasks/{task_id}/events")
+                body = response.json() if response.status_code == 200 else None
+                return body if body and body["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED" else None
+
+            record = await eventually(recorded, what="the multi-turn task recorded")
+            assert record["agent"] in {f"{pooled_mesh.org}/{pooled_mesh.unit}/{name}" for name in REVIEWERS}
