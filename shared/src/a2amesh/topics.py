@@ -27,7 +27,7 @@ class TopicError(ValueError):
 
 def check_id(value: str, what: str = "id") -> str:
     """Return `value` if it is a valid org/unit/agent/pool id, else raise TopicError."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):  # fullmatch: `$` alone lets "id\n" through
         raise TopicError(f"invalid {what} {value!r}: must match {_ID.pattern}")
     return value
 

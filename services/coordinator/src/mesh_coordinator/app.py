@@ -23,6 +23,7 @@ from a2amesh.models import (
 )
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
+from mesh_coordinator.bodies import StrictJsonBodies
 from mesh_coordinator.directory import DependencyError, RegistryClient
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
@@ -115,4 +116,4 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         *create_rest_routes(handler, shutdown_grace_period=2),
     ]
     policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
-    return RequestGuard(Starlette(routes=routes), policy)
+    return RequestGuard(StrictJsonBodies(Starlette(routes=routes)), policy)

@@ -7,7 +7,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 
@@ -19,7 +19,21 @@ def _timestamp_to_wire(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-Timestamp = Annotated[datetime, PlainSerializer(_timestamp_to_wire, return_type=str, when_used="json-unless-none")]
+def _representable_in_utc(value: datetime) -> datetime:
+    """Refuse what `_timestamp_to_wire` could not write: an offset that pushes the time past year 1 or 9999."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError as error:
+            raise ValueError("timestamp out of range once converted to UTC") from error
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_representable_in_utc),
+    PlainSerializer(_timestamp_to_wire, return_type=str, when_used="json-unless-none"),
+]
 """A datetime that serialises the way protobuf's JSON mapping (and A2A) expects."""
 
 JsonObject = dict[str, Any]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JsonRpcId = str | int | None
 
@@ -81,6 +81,13 @@ class JsonRpcRequest(BaseModel):
     method: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("id", mode="before")
+    @classmethod
+    def _no_boolean_id(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # lax validation would read `true` as the id 1
+            raise ValueError("id must be a string, a number or null")
+        return value
+
 
 class JsonRpcResponse(BaseModel):
     """A JSON-RPC 2.0 response: exactly one of `result` or `error`."""
@@ -91,6 +98,12 @@ class JsonRpcResponse(BaseModel):
     id: JsonRpcId = None
     result: Any = None
     error: JsonRpcErrorBody | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_of_result_or_error(self) -> JsonRpcResponse:
+        if ("result" in self.model_fields_set) == (self.error is not None):
+            raise ValueError("a JSON-RPC response carries exactly one of result or error")
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict, with only one of result/error present."""

@@ -1,0 +1,87 @@
+"""Request bodies the a2a-sdk routes would answer with an internal error are refused here first, as the client's
+mistake: bytes that are not UTF-8, JSON with NaN/Infinity or integers past Python's digit limit, nesting too deep
+to decode. JSON-RPC at `/` gets -32700 (parse error); the HTTP+JSON routes get 400 in their error format. Bodies
+that are valid JSON pass untouched (and empty bodies too: some routes take none)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from mesh_coordinator.guard import BodyTooLargeError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSONRPC_PATH = "/"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why `body` is not strict JSON, or None when it is."""
+    try:
+        json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"request body is not valid JSON: {type(error).__name__}: {str(error)[:200]}"
+    return None
+
+
+class StrictJsonBodies:
+    """ASGI middleware: reads a request's body (bounded by the guard in front), checks it, and replays it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    await self.app(scope, _replay(b"".join(chunks), receive, message), send)
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except BodyTooLargeError as error:
+            await _reply(send, 413, {"error": str(error)})
+            return
+        body = b"".join(chunks)
+        problem = json_problem(body) if body.strip() else None
+        if problem is None:
+            await self.app(scope, _replay(body, receive), send)
+        elif scope["path"] == JSONRPC_PATH:
+            await _reply(send, 200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": problem}})
+        else:
+            await _reply(send, 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": problem}})
+
+
+def _replay(body: bytes, receive: Receive, pending: Message | None = None) -> Receive:
+    """A receive that hands the app the body already read, then whatever the connection says next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return pending if pending is not None else await receive()
+
+    return replay
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
