@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 
 import httpx
 
@@ -52,3 +54,14 @@ async def test_task_metrics_count_completed_tasks_at_the_coordinator_and_the_age
     assert await completed("echo") == before["echo"] + 3
     exported = (await http.get(f"{http_base(mesh, 'echo')}/metrics")).text
     assert metric(exported, "mesh_task_duration_seconds_count", service="echo") >= 3
+
+
+async def test_json_logs_are_one_object_per_line_with_the_task_id(mesh: Stack, make_client) -> None:
+    agent_id = f"echo-json-{uuid.uuid4().hex[:6]}"
+    process = mesh.launch(mesh.agent(agent_id, "agent_echo", MESH_LOG_JSON="true"))
+    [event] = await collect(make_client(), send_request(user_message("log me"), agent=agent_id))
+    process.stop()
+    entries = [json.loads(line) for line in process.log_path.read_text().splitlines() if line.strip()]
+    assert entries and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in entries)
+    ended = [entry for entry in entries if entry.get("task_id") == event.task.id]
+    assert ended and ended[-1]["msg"].endswith("COMPLETED") and ended[-1]["agent"] == agent_id

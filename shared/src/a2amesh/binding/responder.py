@@ -454,6 +454,12 @@ class Responder:
         record.apply(item)
         if item.state is not None and item.state.ends_stream:
             self.metrics.task_ended(item.state.name, time.monotonic() - record.started)
+            log.info(
+                "task %s %s",
+                record.id,
+                item.state.name,
+                extra={"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id},
+            )
         body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
         properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
         await self.link.publish(self.address.event_topic, body, qos=1, properties=properties)
