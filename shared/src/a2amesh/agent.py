@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from starlette.applications import Starlette
 
-from a2amesh.binding.responder import Responder
+from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
 from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, TASK_EVENTS_EXTENSION
 from a2amesh.models import (
@@ -126,6 +126,7 @@ def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -
             return {"broker": responder.link.connected.is_set(), "accepting": responder.accepting}
 
         app = Starlette(routes=health_routes(responder.metrics, ready))
-        await serve_until(stop, http_server(app, settings.http_host, settings.http_port), responder.run(stop))
+        server = http_server(app, settings.http_host, settings.http_port)
+        await serve_until(stop, server, responder.run(stop), grace=SHUTDOWN_GRACE + 5)  # the drain, then offline
 
     run(main)

@@ -73,10 +73,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(runner())
 
 
-async def serve_until(
-    stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None], worker_grace: float = 20.0
-) -> None:
-    """Serve HTTP and run background workers until `stop` is set, then shut the server down gracefully.
+async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaitable[None], grace: float = 8.0) -> None:
+    """Serve HTTP and run background workers until `stop` is set, then stop the server and the workers together
+    within `grace` seconds (what is left is cancelled), so SIGTERM ends the process inside its termination budget.
     If the server ends on its own (a port already taken), the service stops too instead of running headless."""
     server_task = asyncio.create_task(server.serve())
     worker_tasks = [asyncio.ensure_future(worker) for worker in workers]
@@ -89,13 +88,11 @@ async def serve_until(
         stop.set()
     stop_task.cancel()
     server.should_exit = True
-    with contextlib.suppress(Exception, SystemExit):
-        await server_task
-    if worker_tasks:
-        await asyncio.wait(worker_tasks, timeout=worker_grace)  # workers finish their own drain after `stop`
-    for task in worker_tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+    await asyncio.wait([server_task, *worker_tasks], timeout=grace)  # workers drain after `stop`, beside HTTP
+    for task in (server_task, *worker_tasks):
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception, SystemExit):
             await task
     if not server.started:
         raise SystemExit(1)

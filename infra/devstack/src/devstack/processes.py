@@ -118,7 +118,7 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit code."""
         if self.process is None:
             return None

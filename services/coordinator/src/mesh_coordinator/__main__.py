@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from a2amesh.binding import MeshRequester
-from a2amesh.binding.responder import Responder
+from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import build_app
@@ -49,7 +49,8 @@ def main() -> None:
             link = asyncio.create_task(requester.run(link_stop))
             workflows = workflow_responder(settings, Delegate(requester, registry, retry_profile(settings)))
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
-            await serve_until(stop, server, workflows.run(stop), handler.reconciler.run(stop))
+            # the hosted workflows agent drains like any agent before it goes offline
+            await serve_until(stop, server, workflows.run(stop), handler.reconciler.run(stop), grace=SHUTDOWN_GRACE + 5)
             await handler.hub.close()
             link_stop.set()
             await link
