@@ -13,6 +13,8 @@ import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
+from a2amesh.mqtt import make_client as mqtt_client
+from a2amesh.topics import AgentAddress
 from devstack.stack import Stack
 
 
@@ -82,3 +84,10 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0,
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+async def forget_card(mesh: Stack, agent: str) -> None:
+    """Clear an agent's retained card, so the registry drops it (and allow the coordinator's 1 s candidate cache)."""
+    async with mqtt_client(mesh.tester_settings(), f"cleanup-{uuid.uuid4().hex[:6]}") as client:
+        await client.publish(AgentAddress(mesh.org, mesh.unit, agent).discovery_topic, b"", qos=1, retain=True)
+    await asyncio.sleep(1.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 
 import aiomqtt
 import pytest
@@ -14,16 +15,19 @@ from a2a.types import a2a_pb2 as pb
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope, make_client, publish_properties
 from a2amesh.topics import AgentAddress, new_reply_suffix
 from devstack.stack import Stack
-from tests.conftest import collect, send_request, user_message
+from tests.conftest import collect, forget_card, send_request, user_message
 
 GUARDED = f"echo-guarded-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
-def guarded_agent(mesh: Stack) -> str:
-    """An echo agent that accepts only requests carrying the mesh's API key as a2a-authorization."""
-    mesh.launch(mesh.agent(GUARDED, "agent_echo", MESH_AUTH_TOKENS=json.dumps([mesh.api_key])))
-    return GUARDED
+def guarded_agent(mesh: Stack) -> Iterator[str]:
+    """An echo agent that accepts only requests carrying the mesh's API key as a2a-authorization. It offers the
+    `echo` skill too, so it leaves the shared mesh afterwards: routing by skill must not find it later."""
+    process = mesh.launch(mesh.agent(GUARDED, "agent_echo", MESH_AUTH_TOKENS=json.dumps([mesh.api_key])))
+    yield GUARDED
+    process.stop()
+    asyncio.run(forget_card(mesh, GUARDED))
 
 
 async def ask(mesh: Stack, agent: str, authorization: str | None) -> list[Envelope]:

@@ -485,7 +485,8 @@ async def test_junk_on_the_coordinators_reply_inbox_changes_nothing(
     async with watcher, httpx.AsyncClient(timeout=30) as http:
         await watcher.subscribe(echo, qos=1)
         text = f"through the coordinator {uuid.uuid4().hex[:6]}"
-        call = asyncio.create_task(coordinator_send(mesh, http, text, skill="echo", delayMs=1500))
+        # pinned: the test watches this agent's request topic, whatever else offers the skill
+        call = asyncio.create_task(coordinator_send(mesh, http, text, agent="echo", delayMs=1500))
         request = await asyncio.wait_for(_first_request_with(watcher, text), timeout=10)
         coordinator_inbox, correlation = request.response_topic, request.correlation_data
         assert coordinator_inbox and correlation

@@ -9,7 +9,7 @@ import uuid
 import httpx
 
 from devstack.stack import Stack
-from tests.conftest import collect, send_request, user_message
+from tests.conftest import collect, forget_card, send_request, user_message
 
 
 def http_base(mesh: Stack, name: str) -> str:
@@ -61,6 +61,7 @@ async def test_json_logs_are_one_object_per_line_with_the_task_id(mesh: Stack, m
     process = mesh.launch(mesh.agent(agent_id, "agent_echo", MESH_LOG_JSON="true"))
     [event] = await collect(make_client(), send_request(user_message("log me"), agent=agent_id))
     process.stop()
+    await forget_card(mesh, agent_id)  # it offers `echo`: later tests routing by skill must not find it
     entries = [json.loads(line) for line in process.log_path.read_text().splitlines() if line.strip()]
     assert entries and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in entries)
     ended = [entry for entry in entries if entry.get("task_id") == event.task.id]
