@@ -81,12 +81,6 @@ class RegistryClient:
         self._candidates[skill] = (time.monotonic(), choices)
         return choices
 
-    async def choose(self, skill: str) -> AgentChoice | None:
-        """The least-loaded online agent offering `skill`, or None."""
-        for record in await self.agents(skill=skill, status="online"):
-            return self.choice_of(record)
-        return None
-
     async def agent(self, address: AgentAddress) -> dict[str, Any] | None:
         """One agent's record, or None."""
         try:

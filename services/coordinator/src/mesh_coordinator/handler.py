@@ -116,7 +116,7 @@ class MeshRequestHandler(RequestHandler):
                     "task %s still running after %ss; returning its current state", live.id, self.settings.task_timeout
                 )
         history_length = configuration.history_length if configuration else None
-        return to_proto(_trim(live.task, history_length), pb.Task)
+        return to_proto(live.task.with_history(history_length), pb.Task)
 
     async def on_message_send_stream(
         self, params: pb.SendMessageRequest, context: ServerCallContext
@@ -258,7 +258,7 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
         live = self.hub.get(params.id)
         if live is not None:
-            return to_proto(_trim(live.task, history_length), pb.Task)
+            return to_proto(live.task.with_history(history_length), pb.Task)
         try:
             task = await self.store.get_task(params.id, history_length)
         except DependencyError as error:
@@ -376,9 +376,3 @@ def _authorization_for(wanted: bool, context: ServerCallContext) -> str | None:
         return f"Bearer {bearer[7:].strip()}"
     key = headers.get("x-api-key")
     return f"Bearer {key}" if key else None
-
-
-def _trim(task: Task, history_length: int | None) -> Task:
-    if history_length is None or task.history is None:
-        return task
-    return task.model_copy(update={"history": task.history[-history_length:] if history_length > 0 else []})

@@ -349,7 +349,7 @@ class Responder:
         if record is None:
             await reply.send(_task_not_found(request.id, params.id))
             return
-        await reply.send(result_response(request.id, _trim(record.task, params.history_length).to_wire()))
+        await reply.send(result_response(request.id, record.task.with_history(params.history_length).to_wire()))
 
     async def _cancel_task(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
         params = CancelTaskRequest.model_validate(request.params)
@@ -531,13 +531,6 @@ def _task_not_found(request_id: Any, task_id: str) -> JsonRpcResponse:
         f"Task {task_id} not found",
         a2a_error_info("TASK_NOT_FOUND", {"taskId": task_id}),
     )
-
-
-def _trim(task: Task, history_length: int | None) -> Task:
-    if history_length is None or task.history is None:
-        return task
-    kept = task.history[-history_length:] if history_length > 0 else []
-    return task.model_copy(update={"history": kept})
 
 
 def _fitted(response: JsonRpcResponse, limit: int) -> bytes:

@@ -132,6 +132,12 @@ class Task(A2AModel):
     history: list[Message] | None = None
     metadata: JsonObject | None = None
 
+    def with_history(self, length: int | None) -> Task:
+        """The task with only its last `length` history messages (GetTask/SendMessage historyLength; None: all)."""
+        if length is None or self.history is None:
+            return self
+        return self.model_copy(update={"history": self.history[-length:] if length > 0 else []})
+
 
 class TaskStatusUpdateEvent(A2AModel):
     """A change of a task's status, sent while it runs."""
