@@ -12,8 +12,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from pydantic import ValidationError
-
 from a2amesh.binding import RemoteError, ReplyStream, RequestTimeoutError
 from a2amesh.binding.tasks import TaskRecord, agent_message
 from a2amesh.models import (
@@ -98,18 +96,13 @@ class LiveTask:
 
     async def _pump(self, stream: ReplyStream) -> None:
         try:
-            async for result in stream.results():
-                try:
-                    item = StreamResponse.from_wire(result)
-                except ValidationError as error:
-                    log.warning("task %s: agent %s sent an invalid stream item: %s", self.id, self.agent, error)
-                    continue
+            async for item in stream.items():
                 if stream.responder and stream.responder != self.agent.agent:
                     # a pool member answered: follow-ups and cancels go to that member's own topic
                     self.agent = AgentAddress(self.agent.org, self.agent.unit, stream.responder)
                 if not self.first_item.done() and item.task is None:
                     # A stream is a Task followed by updates; agents that start with an update get the Task first.
-                    await self._relay(StreamResponse(task=self.task.model_copy(deep=True)))
+                    await self._relay(StreamResponse(task=self.task))
                 await self._relay(item)
         except RemoteError as error:
             if self.first_item.done():

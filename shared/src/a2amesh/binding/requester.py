@@ -10,13 +10,15 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS, new_correlation
 from a2amesh.models import BindingError, JsonRpcErrorBody, JsonRpcResponse, StreamResponse
+from a2amesh.models.jsonrpc import JsonRpcId
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, RESPONDER_PROPERTY, Envelope, MqttLink, publish_properties
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, new_reply_suffix
@@ -92,15 +94,32 @@ class ReplyStream:
         self.items_received = 0
 
     async def results(self) -> AsyncIterator[Any]:
-        """Each reply's `result`, with retries before the first reply; raises RemoteError / RequestTimeoutError."""
-        try:
-            async for result in self._results():
+        """Each reply's `result` as decoded JSON, with retries before the first reply; raises RemoteError /
+        RequestTimeoutError."""
+        async with aclosing(self._replies(typed=False)) as replies:
+            async for result in replies:
                 yield result
+
+    async def items(self) -> AsyncIterator[StreamResponse]:
+        """The replies to a streaming request as stream items, each parsed once, straight from its bytes. A reply
+        that is not a valid stream item is logged and skipped (the stream goes on to its real end)."""
+        async with aclosing(self._replies(typed=self._streaming)) as replies:
+            async for item in replies:
+                if isinstance(item, StreamResponse):
+                    yield item
+                else:
+                    log.warning("skipping a reply on %s that is not a stream item", self._topic)
+
+    async def _replies(self, *, typed: bool) -> AsyncIterator[Any]:
+        """Replies until the stream ends; the inboxes of every attempt are gone once this generator is closed."""
+        try:
+            async for reply in self._attempts(typed=typed):
+                yield reply
         finally:
             for correlation in self._correlations:
                 self._requester._inboxes.pop(correlation, None)
 
-    async def _results(self) -> AsyncIterator[Any]:
+    async def _attempts(self, *, typed: bool) -> AsyncIterator[Any]:
         profile = self._profile
         refused: JsonRpcErrorBody | None = None  # the last retryable refusal (-32003/-32004), if that was the answer
         for attempt in range(profile.attempts):
@@ -110,7 +129,8 @@ class ReplyStream:
             timeout = profile.first_reply_timeout
             while True:
                 try:
-                    envelope = await asyncio.wait_for(self._queue.get(), timeout=timeout)
+                    async with asyncio.timeout(timeout):  # unlike wait_for, no task per reply
+                        envelope = await self._queue.get()
                 except TimeoutError:
                     if self.items_received:
                         raise RequestTimeoutError(
@@ -118,6 +138,15 @@ class ReplyStream:
                         ) from None
                     refused = None
                     break  # no reply at all: retry with new correlation data
+                item = _stream_item(envelope.payload) if typed else None
+                if item is not None:  # the common case: one parse, and the item says whether it ends the stream
+                    self.items_received += 1
+                    self.responder = envelope.user_properties.get(RESPONDER_PROPERTY, self.responder)
+                    yield item
+                    if item.ends_stream:
+                        return
+                    timeout = profile.stream_idle_timeout
+                    continue
                 response = _decode(envelope)
                 if response is None:
                     continue
@@ -153,6 +182,26 @@ class ReplyStream:
             message_expiry=max(1, math.ceil(self._profile.first_reply_timeout)),
         )
         await self._requester.link.publish(self._topic, self._payload, qos=1, properties=properties)
+
+
+class _StreamItemReply(BaseModel):
+    """A successful reply whose result is a stream item: decoded in one pass from the payload's bytes."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    jsonrpc: Literal["2.0"]
+    id: JsonRpcId = None
+    result: StreamResponse
+    error: None = None  # a reply with both is malformed: the general decoder turns it away
+
+
+def _stream_item(payload: bytes) -> StreamResponse | None:
+    """The stream item a reply carries, or None for anything else (an error, a malformed reply), which the general
+    decoder then handles."""
+    try:
+        return _StreamItemReply.model_validate_json(payload).result
+    except (ValidationError, ValueError):
+        return None
 
 
 def _decode(envelope: Envelope) -> JsonRpcResponse | None:
@@ -228,6 +277,7 @@ class MeshRequester:
         self, topic: str, method: str, params: dict[str, Any], *, profile: RetryProfile | None = None
     ) -> Any:
         """A one-shot request: the single result, or RemoteError / RequestTimeoutError."""
-        async for result in self.request(topic, method, params, profile=profile).results():
-            return result
+        async with aclosing(self.request(topic, method, params, profile=profile).results()) as results:
+            async for result in results:
+                return result
         raise RequestTimeoutError(f"no result from {topic}", got_reply=False)
