@@ -53,7 +53,7 @@ class Reconciler:
         """Call when a relay ends: a terminal outcome is checked against the store later."""
         if not live.task.status.state.is_terminal:
             return
-        self._watched[live.id] = Watch(live, live.task.model_copy(deep=True), time.monotonic() + FIRST_CHECK)
+        self._watched[live.id] = Watch(live, live.task, time.monotonic() + FIRST_CHECK)
         while len(self._watched) > MAX_WATCHED:
             task_id, _ = self._watched.popitem(last=False)
             log.warning("reconciler full: no longer checking task %s", task_id)

@@ -326,16 +326,17 @@ class Responder:
     async def _continue(self, record: TaskRecord, params: SendMessageRequest, subscriber: Subscriber) -> None:
         """A follow-up to an INPUT_REQUIRED/AUTH_REQUIRED task: same task, the user's answer, a new turn."""
         message = params.message.model_copy(update={"context_id": record.context_id})
-        record.task.history = [*(record.task.history or []), message]
         # Resumed: no longer interrupted. A snapshot still saying INPUT_REQUIRED would end every listener's stream.
-        record.task.status = TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now())
+        history = [*(record.task.history or []), message]
+        status = TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now())
+        record.task = record.task.model_copy(update={"history": history, "status": status})
         record.subscribers.append(subscriber)
-        await self._emit(record, StreamResponse(task=record.task.model_copy(deep=True)))
+        await self._emit(record, StreamResponse(task=record.task))
         self._running += 1  # counted from creation, so admission sees it before the task first runs
         record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
 
     async def _attach(self, record: TaskRecord, subscriber: Subscriber) -> None:
-        snapshot = StreamResponse(task=record.task.model_copy(deep=True))
+        snapshot = StreamResponse(task=record.task)
         if subscriber.streaming:
             await self._deliver(subscriber, snapshot)
         if record.current_state.ends_stream and not record.active:
@@ -490,11 +491,12 @@ class Responder:
             )  # trimmed or refused
             return
         if subscriber.properties is None:  # the same for every reply to this subscriber, and slow to build
-            subscriber.properties = self._reply_properties(subscriber.correlation)
+            subscriber.properties = self._reply_properties(subscriber.correlation, reused=True)
         await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=subscriber.properties)
 
-    def _reply_properties(self, correlation: bytes) -> Any:
-        return publish_properties(correlation_data=correlation, user=[(RESPONDER_PROPERTY, self.address.agent)])
+    def _reply_properties(self, correlation: bytes, reused: bool = False) -> Any:
+        user = [(RESPONDER_PROPERTY, self.address.agent)]
+        return publish_properties(correlation_data=correlation, user=user, reused=reused)
 
     async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
         properties = self._reply_properties(correlation)

@@ -52,6 +52,8 @@ class TaskRecord:
     """Everything the responder knows about one task."""
 
     task: Task
+    """The task as it stands. Replaced, never changed in place: a snapshot once handed out (to a listener, the
+    reconciler, a queue not yet written out) stays as it was without a deep copy."""
     request: JsonRpcRequest
     request_metadata: dict[str, Any] = field(default_factory=dict)
     subscribers: list[Subscriber] = field(default_factory=list)
@@ -79,17 +81,17 @@ class TaskRecord:
 
     def apply(self, item: StreamResponse) -> None:
         """Fold one event into the snapshot, as a task store would."""
+        task = self.task
         if item.status_update is not None:
             status = item.status_update.status
-            self.task.status = status
-            if status.message is not None:
-                self.task.history = [*(self.task.history or []), status.message]
+            history = task.history if status.message is None else [*(task.history or []), status.message]
+            self.task = task.model_copy(update={"status": status, "history": history})
         elif item.artifact_update is not None:
-            self._apply_artifact(item.artifact_update)
+            self.task = task.model_copy(update={"artifacts": self._merged_artifacts(item.artifact_update)})
         elif item.task is not None:
-            self.task = item.task.model_copy(deep=True)
+            self.task = item.task
 
-    def _apply_artifact(self, update: TaskArtifactUpdateEvent) -> None:
+    def _merged_artifacts(self, update: TaskArtifactUpdateEvent) -> list[Artifact]:
         artifacts = list(self.task.artifacts or [])
         for index, existing in enumerate(artifacts):
             if existing.artifact_id == update.artifact.artifact_id:
@@ -101,7 +103,7 @@ class TaskRecord:
                 break
         else:
             artifacts.append(update.artifact)
-        self.task.artifacts = artifacts
+        return artifacts
 
 
 def agent_message(text: str, task_id: str, context_id: str) -> Message:
