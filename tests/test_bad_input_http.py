@@ -159,6 +159,7 @@ def assert_coordinator_healthy(mesh: Stack, http: httpx.Client) -> None:
     text = f"healthy {uuid.uuid4().hex[:6]}"
     body = rpc("SendMessage", {"message": user_message(text), "metadata": {"skill": "echo"}})
     answer = http.post("/", content=json.dumps(body).encode(), headers=api_headers(mesh)).json()
+    assert "result" in answer, answer
     task = answer["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
     assert task["artifacts"][0]["parts"][0]["text"] == text

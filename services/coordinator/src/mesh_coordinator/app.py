@@ -23,8 +23,9 @@ from a2amesh.models import (
 )
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
-from mesh_coordinator.bodies import StrictJsonBodies
+from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.directory import DependencyError, RegistryClient
+from mesh_coordinator.fastpath import SSE_SHUTDOWN_GRACE, FastSendPath
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
 
@@ -112,8 +113,8 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         *create_agent_card_routes(
             to_proto(base_card, pb.AgentCard), card_modifier=card_with_live_skills, cache_control="public, max-age=5"
         ),
-        *create_jsonrpc_routes(handler, rpc_url="/", shutdown_grace_period=2),
-        *create_rest_routes(handler, shutdown_grace_period=2),
+        *create_jsonrpc_routes(handler, rpc_url=JSONRPC_PATH, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+        *create_rest_routes(handler, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
     ]
     policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
-    return RequestGuard(StrictJsonBodies(Starlette(routes=routes)), policy)
+    return RequestGuard(StrictJsonBodies(FastSendPath(Starlette(routes=routes), handler)), policy)

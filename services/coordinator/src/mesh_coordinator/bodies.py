@@ -43,30 +43,36 @@ class StrictJsonBodies:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
         try:
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    await self.app(scope, _replay(b"".join(chunks), receive, message), send)
-                    return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
+            body, pending = await read_body(receive)
         except BodyTooLargeError as error:
             await _reply(send, 413, {"error": str(error)})
             return
-        body = b"".join(chunks)
+        if pending is not None:  # the client went away mid-body: let the app see that
+            await self.app(scope, replay_body(body, receive, pending), send)
+            return
         problem = json_problem(body) if body.strip() else None
         if problem is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
         elif scope["path"] == JSONRPC_PATH:
             await _reply(send, 200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": problem}})
         else:
             await _reply(send, 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": problem}})
 
 
-def _replay(body: bytes, receive: Receive, pending: Message | None = None) -> Receive:
+async def read_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """The whole request body, and the message that cut it short (a disconnect), if one did."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def replay_body(body: bytes, receive: Receive, pending: Message | None = None) -> Receive:
     """A receive that hands the app the body already read, then whatever the connection says next."""
     sent = False
 

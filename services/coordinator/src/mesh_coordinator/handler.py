@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from a2a.server.context import ServerCallContext
@@ -102,7 +102,11 @@ class MeshRequestHandler(RequestHandler):
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
         request = read_params(params, SendMessageRequest)
-        live = await self._start(request, context)
+        return to_proto(await self.send(request, caller_headers(context)), pb.Task)
+
+    async def send(self, request: SendMessageRequest, headers: Mapping[str, str]) -> Task:
+        """SendMessage: the task once it ends (or at once with returnImmediately, or after the task timeout)."""
+        live = await self.start(request, headers)
         try:
             await asyncio.shield(live.first_item)
         except RemoteError as error:
@@ -116,13 +120,13 @@ class MeshRequestHandler(RequestHandler):
                     "task %s still running after %ss; returning its current state", live.id, self.settings.task_timeout
                 )
         history_length = configuration.history_length if configuration else None
-        return to_proto(live.task.with_history(history_length), pb.Task)
+        return live.task.with_history(history_length)
 
     async def on_message_send_stream(
         self, params: pb.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
         request = read_params(params, SendMessageRequest)
-        live = await self._start(request, context)
+        live = await self.start(request, caller_headers(context))
         async for item in self._relay(live, live.listen()):
             yield item
 
@@ -133,8 +137,9 @@ class MeshRequestHandler(RequestHandler):
         except RemoteError as error:
             raise sdk_error(error) from None
 
-    async def _start(self, request: SendMessageRequest, context: ServerCallContext) -> LiveTask:
-        """Pick the agent, then publish the request; the relay runs on its own from here."""
+    async def start(self, request: SendMessageRequest, headers: Mapping[str, str]) -> LiveTask:
+        """Pick the agent, then publish the request; the relay runs on its own from here. `headers` are the
+        caller's HTTP headers (lower-case names), whose credentials go on only to agents that ask for them."""
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
@@ -162,7 +167,7 @@ class MeshRequestHandler(RequestHandler):
             history=[message],
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
         )
-        authorization = _authorization_for(route.wants_auth, context)
+        authorization = _authorization_for(route.wants_auth, headers)
         try:
             stream = self.requester.request(
                 route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
@@ -292,7 +297,7 @@ class MeshRequestHandler(RequestHandler):
                 "CancelTask",
                 request,
                 profile=self.profile,
-                authorization=_authorization_for(route.wants_auth, context),
+                authorization=_authorization_for(route.wants_auth, caller_headers(context)),
             )
             result = await anext(aiter(stream.results()))
         except RemoteError as error:
@@ -328,7 +333,7 @@ class MeshRequestHandler(RequestHandler):
                     "SubscribeToTask",
                     {"id": params.id},
                     profile=self.profile,
-                    authorization=_authorization_for(route.wants_auth, context),
+                    authorization=_authorization_for(route.wants_auth, caller_headers(context)),
                 )
             )
             queue = live.listen()
@@ -365,12 +370,16 @@ class MeshRequestHandler(RequestHandler):
         raise sdk_errors.ExtendedAgentCardNotConfiguredError
 
 
-def _authorization_for(wanted: bool, context: ServerCallContext) -> str | None:
+def caller_headers(context: ServerCallContext) -> Mapping[str, str]:
+    """The HTTP headers of the call the a2a-sdk routes are serving (lower-case names)."""
+    return context.state.get("headers", {})
+
+
+def _authorization_for(wanted: bool, headers: Mapping[str, str]) -> str | None:
     """The caller's own credentials, passed on (as a2a-authorization) only to an agent whose card asks for them:
     handing them to any other agent would leak the caller's key."""
     if not wanted:
         return None
-    headers = context.state.get("headers", {})
     bearer = headers.get("authorization", "")
     if bearer[:7].lower() == "bearer " and bearer[7:].strip():
         return f"Bearer {bearer[7:].strip()}"
