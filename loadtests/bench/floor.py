@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from a2amesh.mqtt import NO_DELAY, tls_context
+from a2amesh.runtime import run_on_service_loop
 from a2amesh.settings import MqttSettings, ServiceSettings
 
 REPLIES_PER_TASK = 4
@@ -150,7 +151,7 @@ class FloorClient:
 
 def main(argv: list[str] | None = None) -> None:
     request_topic, event_topic = (argv or sys.argv[1:])[:2]
-    asyncio.run(serve(ServiceSettings().mqtt, request_topic, event_topic))
+    run_on_service_loop(serve(ServiceSettings().mqtt, request_topic, event_topic))
 
 
 if __name__ == "__main__":

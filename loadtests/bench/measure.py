@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from a2amesh.runtime import run_on_service_loop
 from loadtests.bench.drivers import Call, LoadResult, closed_loop
 from loadtests.bench.procstat import RssSampler, cpu_delta, cpu_snapshot, machine_busy_seconds
 
@@ -128,7 +129,7 @@ def measure(
             await _quiesce(pids, limit=5.0)
             return [await _round(call, pids, tasks, concurrency, max_seconds) for _ in range(max(1, rounds))]
 
-    measured = asyncio.run(run())
+    measured = run_on_service_loop(run())
     best = max(measured, key=lambda r: r.load.tasks_per_second)
     result, latencies = best.load, best.load.latencies_ms
     return ScenarioResult(

@@ -15,6 +15,7 @@ from typing import Any
 from a2a_over_mqtt import A2ARequest, MqttConfig, Responder, TopicSpace, build_card
 
 from a2amesh.mqtt import tls_context
+from a2amesh.runtime import run_on_service_loop
 from a2amesh.settings import MqttSettings, ServiceSettings
 
 
@@ -61,4 +62,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_on_service_loop(main())
