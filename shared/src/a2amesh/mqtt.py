@@ -79,6 +79,18 @@ def make_client(
     return client
 
 
+class PackedProperties(Properties):
+    """PUBLISH properties packed once rather than on every publish (paho packs them in Python each time): for
+    properties sent many times, such as the responder's reply properties to one subscriber. Not to be changed
+    after the first publish."""
+
+    def pack(self) -> bytes:
+        packed = self.__dict__.get("_packed")  # __dict__: paho's __setattr__ only takes MQTT property names
+        if packed is None:
+            packed = self.__dict__["_packed"] = super().pack()
+        return packed
+
+
 def publish_properties(
     *,
     response_topic: str | None = None,
@@ -87,9 +99,10 @@ def publish_properties(
     content_type: str | None = JSON,
     message_expiry: int | None = None,
     packet: int = PacketTypes.PUBLISH,
+    reused: bool = False,
 ) -> Properties:
-    """MQTT 5 PUBLISH (or WILL) properties."""
-    properties = Properties(packet)
+    """MQTT 5 PUBLISH (or WILL) properties; `reused`: to be sent with many publishes, so packed only once."""
+    properties = PackedProperties(packet) if reused else Properties(packet)
     if response_topic:
         properties.ResponseTopic = response_topic
     if correlation_data is not None:
@@ -237,11 +250,12 @@ class MqttLink:
         """Publish, waiting up to `wait` seconds for a connection and retrying once if it drops mid-publish."""
         deadline = asyncio.get_running_loop().time() + wait
         for _ in range(2):
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
-            except TimeoutError:
-                raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
+            if not self.connected.is_set():  # only then wait: wait_for costs a task per publish even when set
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
+                except TimeoutError:
+                    raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
             client = self._client
             if client is None:
                 continue
