@@ -107,8 +107,8 @@ async def binding_client(settings: MqttSettings, topic: str, text: str, **metada
 
         async def call() -> None:
             params = send_params(text, task_id=str(uuid.uuid4()), **metadata)
-            results = [result async for result in requester.request(topic, "SendStreamingMessage", params).results()]
-            state = stream_state(results[-1]) if results and isinstance(results[-1], dict) else None
+            items = [item async for item in requester.request(topic, "SendStreamingMessage", params).items()]
+            state = items[-1].state.value if items and items[-1].state else None
             if state != COMPLETED:
                 raise RpcError(f"task ended {state}")
 

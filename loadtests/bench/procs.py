@@ -14,6 +14,7 @@ from a2amesh.settings import MqttSettings
 from devstack.pki import TESTER, Identity, Role
 from devstack.processes import ManagedProcess, free_port, http_ready
 from devstack.stack import Ports, Stack
+from loadtests.bench.envs import ServiceEnvs
 from loadtests.bench.settings import BenchSettings
 from loadtests.loadtest import UNLIMITED
 
@@ -23,6 +24,8 @@ FLOOR_EVENT_TOPIC = "bench/floor/event"
 SDK_MQTT_AGENT = "sdk-echo"
 POOL = "bench-pool"
 SETTLE_SECONDS = 2.0
+SERVICE_MODULES = frozenset({"mesh_registry", "mesh_coordinator", "mesh_taskstore", "agent_echo", "agent_research"})
+"""The mesh's own services: run as deployed. The floor and the peers are the benchmark's scripts."""
 
 
 class BenchStack:
@@ -37,6 +40,7 @@ class BenchStack:
         )
         self.sdk_http_port = free_port()
         self.profile_dir = settings.report_dir / "profiles"
+        self.envs = ServiceEnvs(settings.report_dir / "envs")
 
     # -- addresses ------------------------------------------------------------------------------------------------
     @property
@@ -62,8 +66,13 @@ class BenchStack:
 
     # -- definitions ----------------------------------------------------------------------------------------------
     def _wrap(self, process: ManagedProcess, module: str, *args: str) -> ManagedProcess:
-        """Run `python -m module args` through the what-if and profiling wrappers the settings ask for."""
+        """Run `python -m module args` through the what-if and profiling wrappers the settings ask for; a mesh
+        service without either runs in its own environment (see envs.py)."""
         patches = ",".join(self.settings.whatif)
+        as_deployed = self.settings.service_envs and not patches and process.name not in self.settings.profile
+        if as_deployed and module in SERVICE_MODULES:
+            process.argv = [self.envs.python(module), "-m", module, *args]
+            return process
         inner = ["loadtests.bench.whatif", patches, module, *args] if patches else [module, *args]
         if process.name in self.settings.profile:
             self.profile_dir.mkdir(parents=True, exist_ok=True)

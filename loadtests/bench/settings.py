@@ -56,6 +56,8 @@ class BenchSettings:
     module names): measures a proposed fix before it is made."""
     profile: tuple[str, ...] = ()
     """Services to run under pyinstrument (their profiles land in <report_dir>/profiles/)."""
+    service_envs: bool = True
+    """Run each mesh service in its own environment, as its image does (BENCH_SERVICE_ENVS=0: the workspace's)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BenchSettings:
@@ -81,4 +83,5 @@ class BenchSettings:
             report_dir=Path(env.get("BENCH_REPORT_DIR", str(cls.report_dir))).resolve(),
             whatif=_list(env, "BENCH_WHATIF", ""),
             profile=_list(env, "BENCH_PROFILE", ""),
+            service_envs=env.get("BENCH_SERVICE_ENVS", "1") != "0",
         )
