@@ -1,34 +1,78 @@
-"""Reply properties packed once must be byte for byte what paho packs every time, on every publish."""
+"""The properties the mesh publishes are built and packed its own way (LeanProperties, PackedProperties): on the
+wire they must be byte for byte what paho itself packs, and read back the same."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import MQTTException, Properties
 
-from a2amesh.mqtt import PackedProperties, publish_properties
+from a2amesh.mqtt import LeanProperties, PackedProperties, publish_properties
 
 mqtt_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    correlation=st.binary(max_size=64),
-    user=st.lists(st.tuples(mqtt_text, mqtt_text), max_size=4),
-    topic=st.none() | mqtt_text.filter(bool),
-)
-def test_packed_once_is_what_paho_packs_each_time(
-    correlation: bytes, user: list[tuple[str, str]], topic: str | None
-) -> None:
-    reused = publish_properties(response_topic=topic, correlation_data=correlation, user=user, reused=True)
-    fresh = publish_properties(response_topic=topic, correlation_data=correlation, user=user)
-    assert isinstance(reused, PackedProperties) and not isinstance(fresh, PackedProperties)
+def paho_properties(packet: int, **values: object) -> Properties:
+    """The same properties through paho's own class."""
+    properties = Properties(packet)
+    for name, value in values.items():
+        if value is not None and value != []:
+            setattr(properties, name, value)
+    return properties
 
-    first = reused.pack()
-    assert first == fresh.pack() == reused.pack()
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=st.none() | mqtt_text.filter(bool),
+    correlation=st.none() | st.binary(max_size=64),
+    user=st.lists(st.tuples(mqtt_text, mqtt_text), max_size=4),
+    content_type=st.none() | mqtt_text.filter(bool),
+    expiry=st.none() | st.integers(min_value=1, max_value=2**32 - 1),
+    reused=st.booleans(),
+    packet=st.sampled_from([PacketTypes.PUBLISH, PacketTypes.WILLMESSAGE]),
+)
+def test_what_we_pack_is_what_paho_packs(
+    topic: str | None,
+    correlation: bytes | None,
+    user: list[tuple[str, str]],
+    content_type: str | None,
+    expiry: int | None,
+    reused: bool,
+    packet: int,
+) -> None:
+    ours = publish_properties(
+        response_topic=topic,
+        correlation_data=correlation,
+        user=user,
+        content_type=content_type,
+        message_expiry=expiry,
+        packet=packet,
+        reused=reused,
+    )
+    assert isinstance(ours, PackedProperties if reused else LeanProperties)
+    theirs = paho_properties(
+        packet,
+        ResponseTopic=topic,
+        CorrelationData=correlation,
+        UserProperty=user,
+        ContentType=content_type,
+        MessageExpiryInterval=expiry,
+    )
+
+    packed = ours.pack()
+    assert packed == theirs.pack()
+    assert ours.pack() == packed  # again: a packed-once object must not drift
     decoded = Properties(PacketTypes.PUBLISH)
-    decoded.unpack(first)
-    assert decoded.CorrelationData == correlation
+    decoded.unpack(packed)
+    assert getattr(decoded, "CorrelationData", None) == correlation
     assert getattr(decoded, "UserProperty", []) == user
     assert getattr(decoded, "ResponseTopic", None) == topic
+
+
+def test_paho_still_refuses_what_does_not_belong() -> None:
+    """Validation is paho's own: a property that does not apply to the packet type is refused."""
+    properties = LeanProperties(PacketTypes.PUBLISH)
+    with pytest.raises(MQTTException, match="does not apply"):
+        properties.SessionExpiryInterval = 10

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from a2amesh.settings import MqttSettings
 
@@ -79,10 +79,40 @@ def make_client(
     return client
 
 
-class PackedProperties(Properties):
-    """PUBLISH properties packed once rather than on every publish (paho packs them in Python each time): for
-    properties sent many times, such as the responder's reply properties to one subscriber. Not to be changed
-    after the first publish."""
+_TABLES = Properties(PacketTypes.PUBLISH)  # paho's property tables; they do not depend on the packet type
+_IDENTIFIERS = {name.replace(" ", ""): identifier for name, identifier in _TABLES.names.items()}
+_REPEATABLE = frozenset({11, 38})  # Subscription Identifier, User Property
+
+
+class LeanProperties(Properties):
+    """paho's Properties for what the mesh publishes, without paho's per-object cost: paho rebuilds its tables of
+    every MQTT property in each object and finds a name by scanning all of them, which was a tenth of an agent's
+    CPU. Here the tables are shared, names are found in a dict, and only the properties set are packed, in the
+    order paho packs them (the bytes are the same; shared/tests/test_mqtt_properties.py holds them so)."""
+
+    names = _TABLES.names
+    types = _TABLES.types
+    properties = _TABLES.properties
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+
+    def getIdentFromName(self, compressedName: str) -> int:
+        return _IDENTIFIERS.get(compressedName, -1)
+
+    def pack(self) -> bytes:
+        present = sorted((_IDENTIFIERS[name], value) for name, value in vars(self).items() if name in _IDENTIFIERS)
+        buffer = b""
+        for identifier, value in present:
+            kind = self.properties[identifier][0]
+            for item in value if identifier in _REPEATABLE else (value,):
+                buffer += self.writeProperty(identifier, kind, item)
+        return VariableByteIntegers.encode(len(buffer)) + buffer
+
+
+class PackedProperties(LeanProperties):
+    """PUBLISH properties packed once rather than on every publish: for properties sent many times, such as the
+    responder's reply properties to one subscriber. Not to be changed after the first publish."""
 
     def pack(self) -> bytes:
         packed = self.__dict__.get("_packed")  # __dict__: paho's __setattr__ only takes MQTT property names
@@ -102,7 +132,7 @@ def publish_properties(
     reused: bool = False,
 ) -> Properties:
     """MQTT 5 PUBLISH (or WILL) properties; `reused`: to be sent with many publishes, so packed only once."""
-    properties = PackedProperties(packet) if reused else Properties(packet)
+    properties = PackedProperties(packet) if reused else LeanProperties(packet)
     if response_topic:
         properties.ResponseTopic = response_topic
     if correlation_data is not None:
