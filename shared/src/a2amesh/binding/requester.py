@@ -140,27 +140,24 @@ class ReplyStream:
                     break  # no reply at all: retry with new correlation data
                 item = _stream_item(envelope.payload) if typed else None
                 if item is not None:  # the common case: one parse, and the item says whether it ends the stream
-                    self.items_received += 1
-                    self.responder = envelope.user_properties.get(RESPONDER_PROPERTY, self.responder)
-                    yield item
-                    if item.ends_stream:
-                        return
-                    timeout = profile.stream_idle_timeout
-                    continue
-                response = _decode(envelope)
-                if response is None:
-                    continue
-                if response.error is not None:
-                    binding_error = response.error.binding_error
-                    if binding_error and binding_error.retryable and not self.items_received:
-                        log.info("%s answered %s; retrying", self._topic, binding_error.wire_name)
-                        refused = response.error
-                        break
-                    raise RemoteError(response.error)
+                    result, ends = item, item.ends_stream
+                else:
+                    response = _decode(envelope)
+                    if response is None:
+                        continue
+                    if response.error is not None:
+                        binding_error = response.error.binding_error
+                        if binding_error and binding_error.retryable and not self.items_received:
+                            log.info("%s answered %s; retrying", self._topic, binding_error.wire_name)
+                            refused = response.error
+                            break
+                        raise RemoteError(response.error)
+                    result = response.result
+                    ends = not self._streaming or _ends_stream(result)
                 self.items_received += 1
                 self.responder = envelope.user_properties.get(RESPONDER_PROPERTY, self.responder)
-                yield response.result
-                if not self._streaming or _ends_stream(response.result):
+                yield result
+                if ends:
                     return
                 timeout = profile.stream_idle_timeout
         if refused is not None:
