@@ -24,8 +24,9 @@ FLOOR_EVENT_TOPIC = "bench/floor/event"
 SDK_MQTT_AGENT = "sdk-echo"
 POOL = "bench-pool"
 SETTLE_SECONDS = 2.0
-SERVICE_MODULES = frozenset({"mesh_registry", "mesh_coordinator", "mesh_taskstore", "agent_echo", "agent_research"})
-"""The mesh's own services: run as deployed. The floor and the peers are the benchmark's scripts."""
+BENCH_SCRIPTS = "loadtests."
+"""Modules under this prefix are the benchmark's own scripts (the floor, the peers); every other one is a mesh
+service, run as deployed."""
 
 
 class BenchStack:
@@ -70,7 +71,7 @@ class BenchStack:
         service without either runs in its own environment (see envs.py)."""
         patches = ",".join(self.settings.whatif)
         as_deployed = self.settings.service_envs and not patches and process.name not in self.settings.profile
-        if as_deployed and module in SERVICE_MODULES:
+        if as_deployed and not module.startswith(BENCH_SCRIPTS):
             process.argv = [self.envs.python(module), "-m", module, *args]
             return process
         inner = ["loadtests.bench.whatif", patches, module, *args] if patches else [module, *args]
