@@ -74,7 +74,9 @@ async def collect(client: Client, request: pb.SendMessageRequest) -> list[pb.Str
     return [event async for event in client.send_message(request)]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition", poll: float = 0.1
+) -> Any:
     """Poll an async check until it returns something truthy (bounded in time); return that value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -82,7 +84,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0,
         last = await check()
         if last:
             return last
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll)
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 

@@ -331,18 +331,6 @@ async def registry_agents(stack: Stack) -> dict[str, dict[str, Any]]:
     return {record["agentId"]: record for record in response.json().get("agents", [])}
 
 
-async def wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
-    """Poll an async check until it returns something truthy; AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(poll)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
 # -- an independent witness of the events ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Seen:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.stack import Stack
+from tests.conftest import eventually
 from tests.faults.harness import (
     Load,
     Tally,
@@ -19,7 +20,6 @@ from tests.faults.harness import (
     diagnostics,
     registry_agents,
     start_stack,
-    wait_until,
 )
 
 ECHOES = ("echo-a", "echo-b")
@@ -62,7 +62,7 @@ async def test_registry_rebuilds_after_redis_restart_and_routing_resumes(stack: 
         online = {name for name, record in records.items() if record["status"] == "online"}
         return online if online >= online_before else set()
 
-    await wait_until(all_online_again, 30, "every agent listed online again")
+    await eventually(all_online_again, 30, "every agent listed online again", poll=0.2)
     rebuilt_in = time.monotonic() - restarted
 
     after = await Load(stack, TASKS, label="after-redis", metadata=METADATA, rate=50).run()

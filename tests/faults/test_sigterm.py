@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.stack import Stack
+from tests.conftest import eventually
 from tests.faults.harness import (
     COMPLETED,
     FAILED,
@@ -27,7 +28,6 @@ from tests.faults.harness import (
     registry_agents,
     start_stack,
     state_of,
-    wait_until,
 )
 
 FINISHER, QUITTER, LAST = "echo-a", "echo-b", "echo-c"
@@ -56,7 +56,7 @@ async def started_task(stack: Stack, agent: str, delay_ms: int) -> tuple[Load, s
         stored = await await_terminal(stack, [task_id], timeout=0)
         return state_of(stored[task_id]) == WORKING
 
-    await wait_until(working, 15, f"task on {agent} WORKING in the store")
+    await eventually(working, 15, f"task on {agent} WORKING in the store", poll=0.2)
     return load, task_id
 
 
@@ -82,7 +82,7 @@ async def test_sigterm_finishes_or_fails_work_publishes_offline_and_exits_0(stac
         return seen if all(value == ("offline", "agent") for value in seen.values()) else None
 
     try:
-        presence = await wait_until(both_offline, 10, "both agents offline/agent in the registry")
+        presence = await eventually(both_offline, 10, "both agents offline/agent in the registry", poll=0.2)
     except AssertionError as error:
         presence = str(error)
 
