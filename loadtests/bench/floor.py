@@ -19,7 +19,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from a2amesh.mqtt import NO_DELAY, tls_context
+from a2amesh.mqtt import make_client
 from a2amesh.runtime import run_on_service_loop
 from a2amesh.settings import MqttSettings, ServiceSettings
 
@@ -46,22 +46,6 @@ def _replies(request: bytes) -> list[bytes]:
     ]
 
 
-def _client(settings: MqttSettings, client_id: str) -> aiomqtt.Client:
-    """A plain aiomqtt client over the mesh's listener (TLS and credentials as `settings` say)."""
-    client = aiomqtt.Client(
-        settings.host,
-        settings.port,
-        identifier=client_id,
-        username=settings.username,
-        password=settings.secret(),
-        tls_context=tls_context(settings),
-        protocol=aiomqtt.ProtocolVersion.V5,
-        socket_options=[NO_DELAY],  # the same TCP settings as the mesh's clients, or the floor is no floor
-    )
-    client.pending_calls_threshold = 10_000  # the floor logs nothing per message (aiomqtt warns past 10 by default)
-    return client
-
-
 async def _answer(client: aiomqtt.Client, message: aiomqtt.Message, event_topic: str) -> None:
     properties = message.properties
     response_topic = getattr(properties, "ResponseTopic", None)
@@ -81,7 +65,7 @@ async def _answer(client: aiomqtt.Client, message: aiomqtt.Message, event_topic:
 async def serve(settings: MqttSettings, request_topic: str, event_topic: str) -> None:
     """Answer requests until SIGTERM: read messages as they come, answer each in its own task."""
     running: set[asyncio.Task[None]] = set()
-    async with _client(settings, f"floor-responder-{os.getpid()}") as client:
+    async with make_client(settings, f"floor-responder-{os.getpid()}") as client:
         await client.subscribe(request_topic, qos=1)
 
         async def consume() -> None:
@@ -106,7 +90,7 @@ class FloorClient:
         self.request_topic = request_topic
         self.reply_topic = f"bench/floor/reply/{secrets.token_hex(8)}"
         self._waiting: dict[bytes, tuple[asyncio.Future[None], list[int]]] = {}
-        self._client = _client(settings, f"floor-requester-{secrets.token_hex(4)}")
+        self._client = make_client(settings, f"floor-requester-{secrets.token_hex(4)}")
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FloorClient:
