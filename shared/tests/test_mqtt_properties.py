@@ -76,3 +76,19 @@ def test_paho_still_refuses_what_does_not_belong() -> None:
     properties = LeanProperties(PacketTypes.PUBLISH)
     with pytest.raises(MQTTException, match="does not apply"):
         properties.SessionExpiryInterval = 10
+
+
+def test_setting_is_checked_as_paho_checks_it() -> None:
+    """Unknown names and out-of-range values are refused, a User Property set twice is added to, not replaced."""
+    properties = LeanProperties(PacketTypes.PUBLISH)
+    with pytest.raises(MQTTException, match="must be one of"):
+        properties.NotAProperty = 1
+    with pytest.raises(MQTTException, match="0 or 1"):
+        properties.PayloadFormatIndicator = 2
+    properties.UserProperty = ("a", "1")
+    properties.UserProperty = [("b", "2")]
+    properties.MessageExpiryInterval = 30
+    theirs = paho_properties(PacketTypes.PUBLISH, UserProperty=("a", "1"), MessageExpiryInterval=30)
+    theirs.UserProperty = [("b", "2")]
+    assert properties.UserProperty == theirs.UserProperty == [("a", "1"), ("b", "2")]
+    assert properties.pack() == theirs.pack()

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
 
 from a2amesh.settings import MqttSettings
 
@@ -28,6 +30,7 @@ AUTHORIZATION_PROPERTY = "a2a-authorization"
 LOAD_PROPERTY = "a2a-load"
 """On a presence publish: the agent's in-flight tasks per concurrent slot (0 idle, 1 saturated, above 1 queueing)."""
 EVENT_ID_PROPERTY = "a2a-event-id"
+"""On a task event: an id unique to the event, by which the task store recognises a redelivered one."""
 TASK_AGENT_PROPERTY = "a2a-task-agent"
 """On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
 
@@ -35,6 +38,11 @@ NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between reconnect attempts; the last value repeats."""
+
+
+def new_event_id() -> str:
+    """A fresh event id: 128 random bits in hex (unique is all it needs to be; a uuid4 costs several times more)."""
+    return os.urandom(16).hex()
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
@@ -82,13 +90,49 @@ def make_client(
 _TABLES = Properties(PacketTypes.PUBLISH)  # paho's property tables; they do not depend on the packet type
 _IDENTIFIERS = {name.replace(" ", ""): identifier for name, identifier in _TABLES.names.items()}
 _REPEATABLE = frozenset({11, 38})  # Subscription Identifier, User Property
+_RANGE_CHECKED = frozenset(
+    {
+        "ReceiveMaximum",
+        "TopicAlias",
+        "TopicAliasMaximum",
+        "MaximumPacketSize",
+        "SubscriptionIdentifier",
+        "RequestResponseInformation",
+        "RequestProblemInformation",
+        "PayloadFormatIndicator",
+    }
+)  # the names whose values paho checks when they are set: left to paho
+_INT16 = struct.Struct("!H").pack
+_INT32 = struct.Struct("!L").pack
+
+
+def _utf8(value: str | bytes) -> bytes:
+    data = value if isinstance(value, bytes) else value.encode("utf-8")
+    return _INT16(len(data)) + data
+
+
+_WRITERS: dict[str, Callable[[Any], bytes]] = {
+    "Byte": lambda value: bytes((value,)),
+    "Two Byte Integer": _INT16,
+    "Four Byte Integer": _INT32,
+    "Variable Byte Integer": VariableByteIntegers.encode,
+    "Binary Data": lambda value: _INT16(len(value)) + bytes(value),
+    "UTF-8 Encoded String": _utf8,
+    "UTF-8 String Pair": lambda pair: _utf8(pair[0]) + _utf8(pair[1]),
+}
+_WRITER_OF = {  # identifier -> (its byte on the wire, how its value is written); every identifier is below 128
+    identifier: (bytes((identifier,)), _WRITERS[_TABLES.types[kind]])
+    for identifier, (kind, _packets) in _TABLES.properties.items()
+}
 
 
 class LeanProperties(Properties):
     """paho's Properties for what the mesh publishes, without paho's per-object cost: paho rebuilds its tables of
-    every MQTT property in each object and finds a name by scanning all of them, which was a tenth of an agent's
-    CPU. Here the tables are shared, names are found in a dict, and only the properties set are packed, in the
-    order paho packs them (the bytes are the same; shared/tests/test_mqtt_properties.py holds them so)."""
+    every MQTT property in each object, finds a name by scanning all of them (twice per property set) and looks
+    each value's type up by name while packing; that was a tenth of an agent's CPU. Here the tables are shared,
+    names and writers are found in dicts, and only the properties set are packed, in the order paho packs them
+    (the bytes are the same; shared/tests/test_mqtt_properties.py holds them so). Setting a property is checked
+    as paho checks it."""
 
     names = _TABLES.names
     types = _TABLES.types
@@ -100,13 +144,26 @@ class LeanProperties(Properties):
     def getIdentFromName(self, compressedName: str) -> int:
         return _IDENTIFIERS.get(compressedName, -1)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        name = name.replace(" ", "")
+        identifier = _IDENTIFIERS.get(name)
+        if identifier is None or name in _RANGE_CHECKED:  # unknown names are refused by paho, with its message
+            super().__setattr__(name, value)
+            return
+        if self.packetType not in self.properties[identifier][1]:
+            packet = PacketTypes.Names[self.packetType]
+            raise MQTTException(f"Property {name} does not apply to packet type {packet}")
+        if identifier in _REPEATABLE:
+            value = [*self.__dict__.get(name, ()), *(value if isinstance(value, list) else [value])]
+        object.__setattr__(self, name, value)
+
     def pack(self) -> bytes:
         present = sorted((_IDENTIFIERS[name], value) for name, value in vars(self).items() if name in _IDENTIFIERS)
         buffer = b""
         for identifier, value in present:
-            kind = self.properties[identifier][0]
+            prefix, write = _WRITER_OF[identifier]
             for item in value if identifier in _REPEATABLE else (value,):
-                buffer += self.writeProperty(identifier, kind, item)
+                buffer += prefix + write(item)
         return VariableByteIntegers.encode(len(buffer)) + buffer
 
 
