@@ -60,6 +60,7 @@ from a2amesh.mqtt import (
     Envelope,
     MqttLink,
     NotConnectedError,
+    new_event_id,
     publish_properties,
 )
 from a2amesh.observability import ServiceMetrics
@@ -317,11 +318,9 @@ class Responder:
         record = TaskRecord(task=task, request=request, request_metadata=params.metadata or {})
         self._remember(record)
         record.subscribers.append(subscriber)
-        await self._emit(record, StreamResponse(task=task))
         if params.configuration and params.configuration.return_immediately and not streaming:
-            await self._finish_subscriber(record, subscriber)
-        self._running += 1  # counted from creation, so admission sees it before the task first runs
-        record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
+            await self._finish_subscriber(record, subscriber)  # the task as submitted is SendMessage's result
+        self._start(record)
 
     async def _continue(self, record: TaskRecord, params: SendMessageRequest, subscriber: Subscriber) -> None:
         """A follow-up to an INPUT_REQUIRED/AUTH_REQUIRED task: same task, the user's answer, a new turn."""
@@ -331,9 +330,7 @@ class Responder:
         status = TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now())
         record.task = record.task.model_copy(update={"history": history, "status": status})
         record.subscribers.append(subscriber)
-        await self._emit(record, StreamResponse(task=record.task))
-        self._running += 1  # counted from creation, so admission sees it before the task first runs
-        record.runner = asyncio.create_task(self._run(record), name=f"task-{record.id}")
+        self._start(record)
 
     async def _attach(self, record: TaskRecord, subscriber: Subscriber) -> None:
         snapshot = StreamResponse(task=record.task)
@@ -410,15 +407,24 @@ class Responder:
         )
 
     # -- running a task ----------------------------------------------------------------------------------
-    async def _run(self, record: TaskRecord) -> None:
+    def _start(self, record: TaskRecord) -> None:
+        """Run the task (and first publish it as it stands) in a task of its own, so the request pump is free to
+        take the next request at once instead of waiting on this one's first publishes."""
+        self._running += 1  # counted from creation, so admission sees it before the task first runs
+        record.runner = asyncio.create_task(
+            self._run(record, StreamResponse(task=record.task)), name=f"task-{record.id}"
+        )
+
+    async def _run(self, record: TaskRecord, first: StreamResponse) -> None:
         try:
-            await self._work(record)
+            await self._work(record, first)
         finally:
             self._running -= 1
 
-    async def _work(self, record: TaskRecord) -> None:
+    async def _work(self, record: TaskRecord, first: StreamResponse) -> None:
         context = TaskContext(record, self._emit)
         try:
+            await self._emit(record, first)  # the Task before any event of it; canceled here, it still ends below
             async with self.slots:
                 if record.current_state is not TaskState.WORKING:
                     await context.working()
@@ -462,7 +468,7 @@ class Responder:
                 extra={"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id},
             )
         body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
-        properties = publish_properties(user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex)])
+        properties = publish_properties(user=[(EVENT_ID_PROPERTY, new_event_id())])
         await self.link.publish(self.address.event_topic, body, qos=1, properties=properties)
         ends = item.ends_stream
         for subscriber in list(record.subscribers):
