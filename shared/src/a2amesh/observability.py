@@ -4,6 +4,7 @@ connections are up), GET /metrics (Prometheus text). Each process has its own me
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,12 +52,17 @@ class ServiceMetrics:
             "mesh_mqtt_messages", "MQTT messages handled, by outcome", ["service", "outcome"], registry=self.registry
         )
         self.service = service
+        self._tasks_by_state: dict[str, Any] = {}
+        self._task_seconds = self.task_seconds.labels(service)
 
     def task_ended(self, state: str, seconds: float | None) -> None:
         """Count one task reaching `state` (a TaskState name), with its duration when known."""
-        self.tasks.labels(self.service, state).inc()
+        counter = self._tasks_by_state.get(state)
+        if counter is None:  # looked up once per state: the labelled child is the same every time
+            counter = self._tasks_by_state[state] = self.tasks.labels(self.service, state)
+        counter.inc()
         if seconds is not None:
-            self.task_seconds.labels(self.service).observe(seconds)
+            self._task_seconds.observe(seconds)
 
     def track_in_flight(self, read: Callable[[], float]) -> None:
         """Report in-flight tasks by reading them at scrape time."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -29,7 +28,7 @@ from a2amesh.models import (
     TaskStatus,
     utc_now,
 )
-from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, publish_properties
+from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, new_event_id, publish_properties
 from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
@@ -251,7 +250,7 @@ class MeshRequestHandler(RequestHandler):
         went silent), or an event relayed from an agent that does not record its own. `a2a-task-agent` names
         the agent that holds the task, so follow-ups and cancels still go there."""
         properties = publish_properties(
-            user=[(EVENT_ID_PROPERTY, uuid.uuid4().hex), (TASK_AGENT_PROPERTY, str(live.agent))]
+            user=[(EVENT_ID_PROPERTY, new_event_id()), (TASK_AGENT_PROPERTY, str(live.agent))]
         )
         await self.requester.link.publish(self.identity.event_topic, item.to_json(), qos=1, properties=properties)
 

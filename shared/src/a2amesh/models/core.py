@@ -81,7 +81,7 @@ class Part(A2AModel):
     @model_serializer(mode="wrap")
     def _keep_null_data(self, handler: SerializerFunctionWrapHandler) -> JsonObject:
         wire = handler(self)
-        if "data" in self._contents() and "data" not in wire:
+        if self.data is None and "data" in self.model_fields_set and "data" not in wire:
             wire["data"] = None  # JSON null is a valid data value: exclude_none must not drop it
         return wire
 
