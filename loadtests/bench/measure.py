@@ -4,9 +4,10 @@ the path, and wait for them to go quiet so that work finishing after the last re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -105,39 +106,60 @@ async def _round(call: Call, pids: Mapping[str, int], tasks: int, concurrency: i
     return _Round(load, cpu, client_cpu, sampler.peak, max(others, 0.0) / wall if wall else 0.0)
 
 
-def measure(
-    key: str,
-    label: str,
-    *,
-    path: str,
-    messages: str,
-    pids: Mapping[str, int],
-    client: ClientFactory,
-    tasks: int,
-    concurrency: int,
-    max_seconds: float,
-    warmup: int,
-    rounds: int = 1,
-) -> ScenarioResult:
-    """Run one scenario in a fresh event loop: a warm-up, then `rounds` measured runs; the fastest one is kept
-    (other load on a shared machine only ever slows a run down)."""
+@dataclass(frozen=True)
+class Scenario:
+    """What to measure: a client to drive, and the processes on its path."""
 
-    async def run() -> list[_Round]:
-        async with client() as call:
-            if warmup:
-                await closed_loop(call, tasks=warmup, concurrency=concurrency, max_seconds=max_seconds)
-            await _quiesce(pids, limit=5.0)
-            return [await _round(call, pids, tasks, concurrency, max_seconds) for _ in range(max(1, rounds))]
+    key: str
+    label: str
+    path: str
+    messages: str
+    pids: Mapping[str, int]
+    client: ClientFactory
+    tasks: int
+    concurrency: int
 
-    measured = run_on_service_loop(run())
+
+def measure_together(
+    scenarios: Sequence[Scenario], *, max_seconds: float, warmup: int, rounds: int = 1
+) -> list[ScenarioResult]:
+    """Run scenarios in one event loop with their rounds interleaved (A, B, A, B...) after a warm-up each; the
+    fastest round of each is kept (other load on a shared machine only ever slows a run down). Interleaving lets
+    scenarios that are compared with each other see the same spells of a shared machine's speed, instead of one
+    of them falling whole into a slow one."""
+
+    async def run() -> list[list[_Round]]:
+        async with contextlib.AsyncExitStack() as stack:
+            calls = [await stack.enter_async_context(scenario.client()) for scenario in scenarios]
+            for scenario, call in zip(scenarios, calls, strict=True):
+                if warmup:
+                    await closed_loop(call, tasks=warmup, concurrency=scenario.concurrency, max_seconds=max_seconds)
+            measured: list[list[_Round]] = [[] for _ in scenarios]
+            for _ in range(max(1, rounds)):
+                for scenario, call, done in zip(scenarios, calls, measured, strict=True):
+                    await _quiesce(scenario.pids, limit=5.0)
+                    done.append(await _round(call, scenario.pids, scenario.tasks, scenario.concurrency, max_seconds))
+            return measured
+
+    return [
+        _result(scenario, measured) for scenario, measured in zip(scenarios, run_on_service_loop(run()), strict=True)
+    ]
+
+
+def measure(scenario: Scenario, *, max_seconds: float, warmup: int, rounds: int = 1) -> ScenarioResult:
+    """Run one scenario: a warm-up, then `rounds` measured runs; the fastest one is kept."""
+    return measure_together([scenario], max_seconds=max_seconds, warmup=warmup, rounds=rounds)[0]
+
+
+def _result(scenario: Scenario, measured: list[_Round]) -> ScenarioResult:
     best = max(measured, key=lambda r: r.load.tasks_per_second)
     result, latencies = best.load, best.load.latencies_ms
     return ScenarioResult(
-        key=key,
-        label=label,
-        path=path,
-        messages=messages,
-        concurrency=concurrency,
+        key=scenario.key,
+        label=scenario.label,
+        path=scenario.path,
+        messages=scenario.messages,
+        concurrency=scenario.concurrency,
         completed=result.completed,
         errors=sum(r.load.errors for r in measured),
         seconds=round(result.seconds, 3),
@@ -147,7 +169,7 @@ def measure(
         p99_ms=round(percentile(latencies, 0.99), 2),
         cpu_s={name: round(seconds, 3) for name, seconds in best.cpu.items()},
         client_cpu_s=round(best.client_cpu, 3),
-        rss_peak_mb={name: round(max(r.peak.get(name, 0.0) for r in measured), 1) for name in pids},
+        rss_peak_mb={name: round(max(r.peak.get(name, 0.0) for r in measured), 1) for name in scenario.pids},
         other_load_cores=round(best.other_cores, 2),
         rounds_tasks_per_s=[round(r.load.tasks_per_second, 1) for r in measured],
         error_samples=[sample for r in measured for sample in r.load.error_samples][:5],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from a2amesh.topics import AgentAddress, PoolAddress
@@ -12,7 +12,7 @@ from devstack.stack import find_binary
 from loadtests.a2a import filler_text
 from loadtests.bench import whatif
 from loadtests.bench.drivers import binding_client, floor_client, http_client
-from loadtests.bench.measure import ClientFactory, ScenarioResult, measure
+from loadtests.bench.measure import ClientFactory, Scenario, ScenarioResult, measure_together
 from loadtests.bench.procs import (
     FLOOR_REQUEST_TOPIC,
     ORG,
@@ -42,7 +42,7 @@ class Bench:
         self.results: list[ScenarioResult] = []
         self.idle_rss: dict[str, float] = {}
 
-    def _run(
+    def _scenario(
         self,
         key: str,
         label: str,
@@ -52,10 +52,9 @@ class Bench:
         client: ClientFactory,
         *,
         pool: bool = False,
-    ) -> ScenarioResult:
+    ) -> Scenario:
         s = self.settings
-        log.info("scenario %s: %s", key, label)
-        result = measure(
+        return Scenario(
             key,
             label,
             path=path,
@@ -64,29 +63,33 @@ class Bench:
             client=client,
             tasks=s.pool_tasks if pool else s.tasks,
             concurrency=s.pool_concurrency if pool else s.concurrency,
-            max_seconds=s.max_seconds,
-            warmup=s.warmup,
-            rounds=s.rounds,
         )
-        log.info(
-            "  %s: %.1f tasks/s, p50 %.1f ms, p99 %.1f ms, %d errors",
-            key,
-            result.tasks_per_s,
-            result.p50_ms,
-            result.p99_ms,
-            result.errors,
-        )
-        self.results.append(result)
-        return result
+
+    def _measure(self, *scenarios: Scenario) -> None:
+        """Measure scenarios together, their rounds interleaved (see measure_together)."""
+        s = self.settings
+        for scenario in scenarios:
+            log.info("scenario %s: %s", scenario.key, scenario.label)
+        results = measure_together(scenarios, max_seconds=s.max_seconds, warmup=s.warmup, rounds=s.rounds)
+        for result in results:
+            log.info(
+                "  %s: %.1f tasks/s, p50 %.1f ms, p99 %.1f ms, %d errors",
+                result.key,
+                result.tasks_per_s,
+                result.p50_ms,
+                result.p99_ms,
+                result.errors,
+            )
+        self.results.extend(results)
 
     def _idle(self, *names: str) -> None:
         settle()
         self.idle_rss.update(rss_of(self.procs.pids(*names)))
 
     # -- scenarios ----------------------------------------------------------------------------------------------
-    def floor(self) -> None:
+    def floor(self) -> Scenario:
         settings = self.procs.mqtt
-        self._run(
+        return self._scenario(
             "floor",
             "floor: raw MQTT 5 request/reply (aiomqtt)",
             "bench -> broker -> raw responder",
@@ -95,9 +98,9 @@ class Bench:
             lambda: floor_client(settings, FLOOR_REQUEST_TOPIC, self.text),
         )
 
-    def binding(self) -> None:
+    def binding(self) -> Scenario:
         topic = AgentAddress(ORG, UNIT, "echo").request_topic
-        self._run(
+        return self._scenario(
             "binding",
             "binding: MeshRequester -> echo agent",
             "bench (MeshRequester) -> broker -> echo",
@@ -106,9 +109,9 @@ class Bench:
             self._binding(topic),
         )
 
-    def sdk_mqtt(self) -> None:
+    def sdk_mqtt(self) -> Scenario:
         topic = AgentAddress(ORG, UNIT, SDK_MQTT_AGENT).request_topic
-        self._run(
+        return self._scenario(
             "sdk-mqtt",
             "peer: a2a-over-mqtt SDK Responder echo",
             "bench (MeshRequester) -> broker -> SDK agent",
@@ -117,10 +120,10 @@ class Bench:
             self._binding(topic),
         )
 
-    def http_face(self) -> None:
+    def http_face(self) -> Scenario:
         url, streaming = self.procs.coordinator_url, self.settings.http_streaming
         key, concurrency = self.procs.stack.api_key, self.settings.concurrency
-        self._run(
+        return self._scenario(
             "http-face",
             "coordinator HTTP face -> echo agent",
             "bench (HTTP) -> coordinator -> registry lookup -> broker -> echo",
@@ -129,9 +132,9 @@ class Bench:
             lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
         )
 
-    def sdk_http(self) -> None:
+    def sdk_http(self) -> Scenario:
         url, streaming = self.procs.sdk_http_url, self.settings.http_streaming
-        self._run(
+        return self._scenario(
             "sdk-http",
             "peer: a2a-sdk HTTP server, echo in-process",
             "bench (HTTP) -> a2a-sdk server",
@@ -147,7 +150,7 @@ class Bench:
             while len(replicas) < count:
                 replicas.append(self.procs.start_pool_replica(len(replicas) + 1))
                 self._idle(replicas[-1])
-            self._run(
+            scenario = self._scenario(
                 f"pool-{count}",
                 f"pool: {count} echo replica(s), work waits {self.settings.pool_delay_ms} ms",
                 f"bench (MeshRequester) -> broker -> $share pool of {count}",
@@ -156,19 +159,22 @@ class Bench:
                 self._binding(topic, delayMs=self.settings.pool_delay_ms),
                 pool=True,
             )
+            self._measure(scenario)
         self.procs.stop(*replicas)
 
     def record(self) -> None:
         self.procs.start_taskstore()
         self._idle("taskstore")
         topic = AgentAddress(ORG, UNIT, "echo").request_topic
-        self._run(
-            "record",
-            "binding -> echo, with the task store recording every event",
-            "bench (MeshRequester) -> broker -> echo; events -> task store (SQLite)",
-            "1 request + 4 replies + 4 events delivered to the task store",
-            ("broker", "echo", "taskstore"),
-            self._binding(topic),
+        self._measure(
+            self._scenario(
+                "record",
+                "binding -> echo, with the task store recording every event",
+                "bench (MeshRequester) -> broker -> echo; events -> task store (SQLite)",
+                "1 request + 4 replies + 4 events delivered to the task store",
+                ("broker", "echo", "taskstore"),
+                self._binding(topic),
+            )
         )
 
     def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
@@ -179,15 +185,14 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         whatif.install(self.settings.whatif)
-        steps: dict[str, Callable[[], None]] = {
+        compared: dict[str, Callable[[], Scenario]] = {  # measured with their rounds interleaved, per group
             "floor": self.floor,
             "binding": self.binding,
             "sdk-mqtt": self.sdk_mqtt,
             "http-face": self.http_face,
             "sdk-http": self.sdk_http,
-            "pool": self.pool,
-            "record": self.record,
         }
+        others: dict[str, Callable[[], None]] = {"pool": self.pool, "record": self.record}
         procs = self.procs
         try:
             procs.start_core()
@@ -195,8 +200,11 @@ class Bench:
             procs.start_sdk_mqtt()
             procs.start_sdk_http()
             self._idle(*procs.all_pids())
-            for name in self.settings.scenarios:
-                steps[name]()
+            for group in _groups(self.settings.scenarios):
+                if group[0] in others:
+                    others[group[0]]()
+                else:
+                    self._measure(*(compared[name]() for name in group))
             procs.start_research()
             self._idle("research")
             settle()
@@ -211,6 +219,22 @@ class Bench:
             "idle_rss_mb": {name: round(mb, 1) for name, mb in self.idle_rss.items()},
             "after_load_rss_mb": {name: round(mb, 1) for name, mb in after_rss.items()},
         }
+
+
+COMPARED_GROUPS = (("floor", "binding", "sdk-mqtt"), ("http-face", "sdk-http"))
+"""Scenarios compared with each other, so measured together: the MQTT paths, and the HTTP paths."""
+
+
+def _groups(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """The scenarios in order, those next to each other in the same compared group put together."""
+    groups: list[tuple[str, ...]] = []
+    for name in names:
+        family = next((group for group in COMPARED_GROUPS if name in group), None)
+        if groups and family is not None and groups[-1][0] in family:
+            groups[-1] = (*groups[-1], name)
+        else:
+            groups.append((name,))
+    return groups
 
 
 def _http_messages(streaming: bool, mesh: bool) -> str:

@@ -34,7 +34,7 @@ class BenchSettings:
     max_seconds: float = 10.0
     """A scenario stops after this long even if its tasks are not all done."""
     warmup: int = 100
-    rounds: int = 2
+    rounds: int = 3
     """Measured runs per scenario after the warm-up; the fastest is reported (noise on a shared machine only slows)."""
     concurrency: int = 16
     """Tasks in flight at once, the same for every throughput scenario."""

@@ -1,0 +1,28 @@
+"""The benchmark compares scenarios that ran together: which ones are grouped, and the ratio round by round."""
+
+from __future__ import annotations
+
+from loadtests.bench.report import targets
+from loadtests.bench.runner import _groups
+
+
+def test_compared_scenarios_next_to_each_other_are_measured_together() -> None:
+    names = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record")
+    assert _groups(names) == [("floor", "binding", "sdk-mqtt"), ("http-face", "sdk-http"), ("pool",), ("record",)]
+    # apart, or across groups, they are not
+    assert _groups(("floor", "pool", "binding")) == [("floor",), ("pool",), ("binding",)]
+    assert _groups(("sdk-mqtt", "sdk-http")) == [("sdk-mqtt",), ("sdk-http",)]
+
+
+def _run(key: str, best: float, rounds: list[float]) -> dict[str, object]:
+    return {"key": key, "tasks_per_s": best, "rounds_tasks_per_s": rounds}
+
+
+def test_targets_report_the_best_rounds_and_each_round() -> None:
+    data = {
+        "scenarios": [_run("floor", 500.0, [500.0, 400.0]), _run("binding", 290.0, [290.0, 280.0])],
+        "idle_rss_mb": {},
+    }
+    binding = targets(data)[0]
+    assert binding["measured"] == "0.58x floor (best rounds; round by round: 0.58, 0.70)"
+    assert binding["met"] is False
