@@ -174,9 +174,9 @@ class MeshRequestHandler(RequestHandler):
         except RequestTooLargeError as error:  # published, it would get the coordinator disconnected
             raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
-        self.hub.add(live)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         live.start(stream)
+        self.hub.add(live)
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
@@ -188,7 +188,7 @@ class MeshRequestHandler(RequestHandler):
 
     async def _route_to(self, agent: AgentAddress) -> AgentChoice:
         """How to reach a known agent directly: from a task relayed from it, else from its card."""
-        live = next(iter(self.hub.for_agent(agent)), None)
+        live = self.hub.first_for_agent(agent)
         if live is not None:
             return AgentChoice(agent, (), None, not live.mirror, wants_auth=live.wants_auth)
         try:
@@ -325,7 +325,6 @@ class MeshRequestHandler(RequestHandler):
                 mirror=not route.records_events,
                 wants_auth=route.wants_auth,
             )
-            self.hub.add(live)
             live.start(
                 self.requester.request(
                     agent.request_topic,
@@ -335,6 +334,7 @@ class MeshRequestHandler(RequestHandler):
                     authorization=_authorization_for(route.wants_auth, caller_headers(context)),
                 )
             )
+            self.hub.add(live)
             queue = live.listen()
         else:
             queue = live.listen()

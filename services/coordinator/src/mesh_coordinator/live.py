@@ -51,7 +51,6 @@ class LiveTask:
         self.ended = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
         self.started = time.monotonic()
-        self.settling: asyncio.Future[None] | None = None
 
     @property
     def task(self) -> Task:
@@ -171,31 +170,30 @@ class TaskHub:
         return self._tasks.get(task_id)
 
     def add(self, live: LiveTask) -> None:
+        """Track a started relay, in flight until it ends; past RECENT_TASKS_KEPT the oldest finished one goes.
+        Called on every task: a running relay met while evicting moves to the back instead of a full scan."""
         self._tasks[live.id] = live
         routed_to = live.agent  # counted against the agent it was sent to, whoever in a pool answers
         self._in_flight[routed_to] += 1
+        live.ended_callback(lambda _live: self._settled(routed_to))
+        for _ in range(len(self._tasks) - RECENT_TASKS_KEPT):
+            oldest_id = next(iter(self._tasks))
+            oldest = self._tasks.pop(oldest_id)
+            if not oldest.ended.is_set():
+                self._tasks[oldest_id] = oldest
 
-        async def settle() -> None:
-            await live.ended.wait()
-            self._in_flight[routed_to] -= 1
-            if self._in_flight[routed_to] <= 0:
-                del self._in_flight[routed_to]
-
-        live.settling = asyncio.ensure_future(settle())
-        if len(self._tasks) > RECENT_TASKS_KEPT:
-            for task_id, old in list(self._tasks.items()):
-                if len(self._tasks) <= RECENT_TASKS_KEPT:
-                    break
-                if old.ended.is_set():
-                    del self._tasks[task_id]
+    def _settled(self, agent: AgentAddress) -> None:
+        self._in_flight[agent] -= 1
+        if self._in_flight[agent] <= 0:
+            del self._in_flight[agent]
 
     def in_flight_to(self, agent: AgentAddress) -> int:
         """Tasks this coordinator is relaying from `agent` right now."""
         return self._in_flight.get(agent, 0)
 
-    def for_agent(self, agent: AgentAddress) -> list[LiveTask]:
-        """Tasks relayed from one agent."""
-        return [live for live in self._tasks.values() if live.agent == agent]
+    def first_for_agent(self, agent: AgentAddress) -> LiveTask | None:
+        """A task relayed from this agent, if any."""
+        return next((live for live in self._tasks.values() if live.agent == agent), None)
 
     @property
     def in_flight(self) -> int:

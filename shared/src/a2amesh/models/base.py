@@ -13,7 +13,8 @@ from pydantic.alias_generators import to_camel
 
 def _timestamp_to_wire(value: datetime) -> str:
     """ISO-8601 UTC with `Z` and millisecond precision, as the A2A spec writes timestamps."""
-    if value.tzinfo is None or value.tzinfo is UTC:  # the common case: no conversion needed
+    offset = value.utcoffset()
+    if not offset:  # naive (taken as UTC) or already UTC, the common case: nothing to convert
         return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
     # isoformat, unlike strftime("%Y"), zero-pads years before 1000 (protobuf's Timestamp starts at 0001-01-01).
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
