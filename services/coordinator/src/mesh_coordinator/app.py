@@ -25,7 +25,7 @@ from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.directory import DependencyError, RegistryClient
-from mesh_coordinator.fastpath import SSE_SHUTDOWN_GRACE, FastSendPath
+from mesh_coordinator.fastpath import FastSendPath
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
 
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CARD_SKILLS_TTL = 5.0
 """Seconds the skills listed on the coordinator's card (the mesh's live skills) are cached."""
+
+SSE_SHUTDOWN_GRACE = 2.0
+"""Seconds an open event stream of the a2a-sdk routes may go on once the server begins to stop."""
 
 
 def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> AgentCard:

@@ -21,19 +21,17 @@ from typing import Any, Literal
 from a2a.server.request_handlers.response_helpers import build_error_response
 from a2a.utils import errors as sdk_errors
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
-from sse_starlette.sse import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
 from a2amesh.binding import RemoteError
 from a2amesh.models import SendMessageRequest, StreamResponse
+from mesh_coordinator import sse
 from mesh_coordinator.bodies import JSONRPC_PATH, ASGIApp, Receive, Scope, Send, read_body, replay_body
 from mesh_coordinator.handler import MeshRequestHandler, sdk_error
 from mesh_coordinator.live import LiveTask
+from mesh_coordinator.sse import EventStreamResponse
 
 log = logging.getLogger(__name__)
-
-SSE_SHUTDOWN_GRACE = 2.0
-"""Seconds an open event stream may go on once the server begins to stop (the same for the a2a-sdk routes)."""
 
 _VERSION_HEADER = b"a2a-version"
 _FAST_VERSION = b"1.0"
@@ -91,19 +89,20 @@ class FastSendPath:
         response = await self._answer(call, headers)
         await response(scope, replay, send)
 
-    async def _answer(self, call: SendCall, headers: dict[str, str]) -> Response:
+    async def _answer(self, call: SendCall, headers: dict[str, str]) -> ASGIApp:
         try:
             if call.method == "SendMessage":
                 task = await self.handler.send(call.params, headers)
                 return Response(rpc_result(call.id, f'{{"task":{task.to_json()}}}'), media_type="application/json")
             live = await self.handler.start(call.params, headers)
-            events = _events(live, live.listen())  # listening before any await: no event can slip past
+            queue = live.listen()  # listening before any await: no event can slip past
+            events = _events(live, queue)
             first = await anext(events, None)  # as the SDK does: an error before the first event is a plain reply
         except Exception as error:
             if not isinstance(error, sdk_errors.A2AError):
                 log.exception("%s failed", call.method)
             return JSONResponse(rpc_error(call.id, error))
-        return EventSourceResponse(_frames(call.id, first, events), shutdown_grace_period=SSE_SHUTDOWN_GRACE)
+        return EventStreamResponse(_frames(call.id, first, events), on_disconnect=lambda: live.release(queue))
 
 
 def _candidate(scope: Scope) -> bool:
@@ -124,14 +123,14 @@ async def _events(live: LiveTask, queue: asyncio.Queue[object]) -> AsyncIterator
 
 async def _frames(
     request_id: str | int | None, first: StreamResponse | None, events: AsyncIterator[StreamResponse]
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     """Server-sent events, one JSON-RPC response each; a failure mid-stream is a last `error` event."""
     try:
         if first is not None:
-            yield {"data": rpc_result(request_id, first.to_json())}
+            yield sse.event(rpc_result(request_id, first.to_json()))
         async for item in events:
-            yield {"data": rpc_result(request_id, item.to_json())}
+            yield sse.event(rpc_result(request_id, item.to_json()))
     except Exception as error:
         if not isinstance(error, sdk_errors.A2AError):
             log.exception("event stream failed")
-        yield {"event": "error", "data": json.dumps(rpc_error(request_id, error), ensure_ascii=False)}
+        yield sse.event(json.dumps(rpc_error(request_id, error), ensure_ascii=False), name="error")

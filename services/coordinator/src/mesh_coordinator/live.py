@@ -70,6 +70,12 @@ class LiveTask:
     def stop_listening(self, queue: asyncio.Queue[object]) -> None:
         self._queues.discard(queue)
 
+    def release(self, queue: asyncio.Queue[object]) -> None:
+        """Its listener went away: stop feeding `queue`, and end the iteration of `events(queue)`."""
+        if queue in self._queues:
+            self._queues.discard(queue)
+            queue.put_nowait(_END)
+
     async def events(self, queue: asyncio.Queue[object]) -> AsyncIterator[StreamResponse]:
         """Drain a queue from `listen()` until the stream ends; re-raises a failure that ended it."""
         try:
