@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from pydantic import ValidationError
 
 from a2amesh.binding.tasks import (
+    FinishedTask,
     Subscriber,
     TaskContext,
     TaskFailedError,
@@ -103,7 +104,8 @@ class Responder:
         self.settings = settings
         self.address: AgentAddress = settings.address(settings.agent_id)
         self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
-        self.tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self.tasks: OrderedDict[str, TaskRecord | FinishedTask] = OrderedDict()
+        """Running and interrupted tasks in full, finished ones compactly (FinishedTask)."""
         self.slots = asyncio.Semaphore(settings.max_concurrent)
         self._running = 0
         self.accepting = True
@@ -293,7 +295,7 @@ class Responder:
                     )
                 )
                 return
-            if record.current_state.is_interrupted and not record.active:
+            if isinstance(record, TaskRecord) and record.current_state.is_interrupted and not record.active:
                 await self._continue(record, params, subscriber)
             else:
                 await self._attach(record, subscriber)  # a retry of a request already taken: same task, new inbox
@@ -332,7 +334,7 @@ class Responder:
         record.subscribers.append(subscriber)
         self._start(record)
 
-    async def _attach(self, record: TaskRecord, subscriber: Subscriber) -> None:
+    async def _attach(self, record: TaskRecord | FinishedTask, subscriber: Subscriber) -> None:
         snapshot = StreamResponse(task=record.task)
         if subscriber.streaming:
             await self._deliver(subscriber, snapshot)
@@ -355,7 +357,7 @@ class Responder:
         if record is None:
             await reply.send(_task_not_found(request.id, params.id))
             return
-        if record.current_state.is_terminal:
+        if record.current_state.is_terminal or not isinstance(record, TaskRecord):  # finished: kept compactly
             await reply.send(
                 error_response(
                     request.id,
@@ -377,6 +379,7 @@ class Responder:
         if not record.current_state.is_terminal:  # interrupted, or the handler swallowed the cancel
             await self._end(record, TaskState.CANCELED, "canceled by request")
         await reply.send(result_response(request.id, record.task.to_wire()))
+        self._keep_compact(record)
 
     async def _subscribe(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
         params = SubscribeToTaskRequest.model_validate(request.params)
@@ -420,6 +423,14 @@ class Responder:
             await self._work(record, first)
         finally:
             self._running -= 1
+            self._keep_compact(record)
+
+    def _keep_compact(self, record: TaskRecord) -> None:
+        """Once a task is final, keep only what is asked of it later (an interrupted one stays whole: it goes on)."""
+        runner = record.runner
+        done = runner is None or runner.done() or runner is asyncio.current_task()  # called at its very end
+        if record.current_state.is_terminal and done and self.tasks.get(record.id) is record:
+            self.tasks[record.id] = FinishedTask.of(record)
 
     async def _work(self, record: TaskRecord, first: StreamResponse) -> None:
         context = TaskContext(record, self._emit)
@@ -479,7 +490,9 @@ class Responder:
             elif ends:
                 await self._finish_subscriber(record, subscriber)
 
-    async def _finish_subscriber(self, record: TaskRecord, subscriber: Subscriber, remove: bool = True) -> None:
+    async def _finish_subscriber(
+        self, record: TaskRecord | FinishedTask, subscriber: Subscriber, remove: bool = True
+    ) -> None:
         """A one-shot requester gets the task as it stands (SendMessage's result)."""
         if not subscriber.streaming:
             result = result_response(subscriber.request_id, {"task": record.task.to_wire()})
