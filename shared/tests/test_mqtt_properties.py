@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
-from a2amesh.mqtt import LeanProperties, PackedProperties, publish_properties
+from a2amesh.mqtt import (
+    EVENT_ID_PROPERTY,
+    JSON,
+    LeanProperties,
+    PackedProperties,
+    event_properties,
+    publish_properties,
+)
 
 mqtt_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 
@@ -92,3 +99,14 @@ def test_setting_is_checked_as_paho_checks_it() -> None:
     theirs.UserProperty = [("b", "2")]
     assert properties.UserProperty == theirs.UserProperty == [("a", "1"), ("b", "2")]
     assert properties.pack() == theirs.pack()
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_id=st.none() | mqtt_text.filter(bool))
+def test_event_properties_are_what_paho_packs(event_id: str | None) -> None:
+    ours = event_properties(event_id)
+    [(key, value)] = ours.UserProperty
+    assert key == EVENT_ID_PROPERTY and value == (event_id or value) and value
+    theirs = paho_properties(PacketTypes.PUBLISH, ContentType=JSON, UserProperty=[(key, value)])
+    assert ours.pack() == theirs.pack() == publish_properties(user=[(key, value)]).pack()
+    assert event_properties().UserProperty != event_properties().UserProperty  # a fresh id each time

@@ -204,6 +204,22 @@ def publish_properties(
     return properties
 
 
+_EVENT_HEAD = bytes((3,)) + _utf8(JSON) + bytes((38,)) + _utf8(EVENT_ID_PROPERTY)  # Content Type, then the id's key
+
+
+def event_properties(event_id: str | None = None) -> Properties:
+    """The properties of one task event: JSON, and its event id (a fresh one by default). Every event an agent
+    publishes has them, so they are packed here at once, as publish_properties would pack them."""
+    event_id = event_id or new_event_id()
+    properties = PackedProperties(PacketTypes.PUBLISH)
+    fields = properties.__dict__  # set directly: the values are known to be valid
+    fields["ContentType"] = JSON
+    fields["UserProperty"] = [(EVENT_ID_PROPERTY, event_id)]
+    body = _EVENT_HEAD + _utf8(event_id)
+    fields["_packed"] = VariableByteIntegers.encode(len(body)) + body
+    return properties
+
+
 @dataclass(frozen=True)
 class Envelope:
     """The parts of an incoming MQTT message the binding cares about."""

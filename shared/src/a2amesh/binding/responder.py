@@ -53,7 +53,6 @@ from a2amesh.models import (
 )
 from a2amesh.mqtt import (
     AUTHORIZATION_PROPERTY,
-    EVENT_ID_PROPERTY,
     LOAD_PROPERTY,
     RESPONDER_PROPERTY,
     STATUS_PROPERTY,
@@ -61,7 +60,7 @@ from a2amesh.mqtt import (
     Envelope,
     MqttLink,
     NotConnectedError,
-    new_event_id,
+    event_properties,
     publish_properties,
 )
 from a2amesh.observability import ServiceMetrics
@@ -470,17 +469,17 @@ class Responder:
     async def _emit(self, record: TaskRecord, item: StreamResponse) -> None:
         """Apply an event, record it on the event topic, and deliver it to everyone listening."""
         record.apply(item)
-        if item.state is not None and item.state.ends_stream:
-            self.metrics.task_ended(item.state.name, time.monotonic() - record.started)
-            log.info(
-                "task %s %s",
-                record.id,
-                item.state.name,
-                extra={"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id},
-            )
+        state = item.state
+        if state is not None and state.ends_stream:
+            self.metrics.task_ended(state.name, time.monotonic() - record.started)
+            # Completing is the common case, which the metrics count: a line each only at DEBUG (under load the
+            # line cost more than the rest of the task's logging-free work). Every other ending is logged.
+            level = logging.DEBUG if state is TaskState.COMPLETED else logging.INFO
+            if log.isEnabledFor(level):
+                extra = {"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id}
+                log.log(level, "task %s %s", record.id, state.name, extra=extra)
         body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
-        properties = publish_properties(user=[(EVENT_ID_PROPERTY, new_event_id())])
-        await self.link.publish(self.address.event_topic, body, qos=1, properties=properties)
+        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties())
         ends = item.ends_stream
         for subscriber in list(record.subscribers):
             if subscriber.streaming:
