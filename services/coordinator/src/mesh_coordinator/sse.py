@@ -2,10 +2,10 @@
 
 Why not sse_starlette's EventSourceResponse (which the a2a-sdk routes use): per response it starts a task group of
 four tasks (the stream, a ping, a shutdown listener, a disconnect listener) and opens a timeout scope around every
-send; for a relayed task of four events that was about a tenth of the coordinator's CPU. Here one watcher task
-per stream does what the mesh needs of the rest: it ends the stream when the client goes away and sends a comment
-line when the stream has been quiet for PING_SECONDS, so proxies keep an idle connection open. The server's own
-graceful shutdown ends open streams the way it ends any other response."""
+send; without them the coordinator's CPU per relayed task fell by about a quarter (docs/benchmarks.md, round
+three). Here one watcher task per stream does what the mesh needs of the rest: it ends the stream when the client
+goes away and sends a comment line when the stream has been quiet for PING_SECONDS, so proxies keep an idle
+connection open. The server's own graceful shutdown ends open streams the way it ends any other response."""
 
 from __future__ import annotations
 
