@@ -7,6 +7,7 @@ import re
 import uuid
 
 import httpx
+from a2a.types import a2a_pb2 as pb
 
 from devstack.stack import Stack
 from tests.conftest import collect, forget_card, send_request, user_message
@@ -57,12 +58,18 @@ async def test_task_metrics_count_completed_tasks_at_the_coordinator_and_the_age
 
 
 async def test_json_logs_are_one_object_per_line_with_the_task_id(mesh: Stack, make_client) -> None:
+    """At INFO an agent logs the tasks that end other than COMPLETED (completions are counted by the metrics)."""
     agent_id = f"echo-json-{uuid.uuid4().hex[:6]}"
     process = mesh.launch(mesh.agent(agent_id, "agent_echo", MESH_LOG_JSON="true"))
-    [event] = await collect(make_client(), send_request(user_message("log me"), agent=agent_id))
+    [rejected] = await collect(make_client(), send_request(user_message("log me"), agent=agent_id, delayMs=-1))
+    [completed] = await collect(make_client(), send_request(user_message("not me"), agent=agent_id))
+    assert rejected.task.status.state == pb.TASK_STATE_REJECTED
+    assert completed.task.status.state == pb.TASK_STATE_COMPLETED
     process.stop()
     await forget_card(mesh, agent_id)  # it offers `echo`: later tests routing by skill must not find it
     entries = [json.loads(line) for line in process.log_path.read_text().splitlines() if line.strip()]
     assert entries and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in entries)
-    ended = [entry for entry in entries if entry.get("task_id") == event.task.id]
-    assert ended and ended[-1]["msg"].endswith("COMPLETED") and ended[-1]["agent"] == agent_id
+    ended = [entry for entry in entries if entry.get("task_id") == rejected.task.id]
+    assert ended and ended[-1]["msg"].endswith("REJECTED") and ended[-1]["agent"] == agent_id
+    assert ended[-1]["level"] == "INFO"
+    assert not [entry for entry in entries if entry.get("task_id") == completed.task.id]
