@@ -175,8 +175,7 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
-        live.start(stream)
-        self.hub.add(live)
+        self.hub.start(live, stream)
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
@@ -325,16 +324,14 @@ class MeshRequestHandler(RequestHandler):
                 mirror=not route.records_events,
                 wants_auth=route.wants_auth,
             )
-            live.start(
-                self.requester.request(
-                    agent.request_topic,
-                    "SubscribeToTask",
-                    {"id": params.id},
-                    profile=self.profile,
-                    authorization=_authorization_for(route.wants_auth, caller_headers(context)),
-                )
+            stream = self.requester.request(
+                agent.request_topic,
+                "SubscribeToTask",
+                {"id": params.id},
+                profile=self.profile,
+                authorization=_authorization_for(route.wants_auth, caller_headers(context)),
             )
-            self.hub.add(live)
+            self.hub.start(live, stream)
             queue = live.listen()
         else:
             queue = live.listen()

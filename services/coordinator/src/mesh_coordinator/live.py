@@ -175,9 +175,11 @@ class TaskHub:
     def get(self, task_id: str) -> LiveTask | None:
         return self._tasks.get(task_id)
 
-    def add(self, live: LiveTask) -> None:
-        """Track a started relay, in flight until it ends; past RECENT_TASKS_KEPT the oldest finished one goes.
-        Called on every task: a running relay met while evicting moves to the back instead of a full scan."""
+    def start(self, live: LiveTask, stream: ReplyStream) -> None:
+        """Start relaying `stream` and track the relay, in flight until it ends; past RECENT_TASKS_KEPT the oldest
+        finished one goes. Called on every task: a running relay met while evicting moves to the back instead of
+        a full scan."""
+        live.start(stream)
         self._tasks[live.id] = live
         routed_to = live.agent  # counted against the agent it was sent to, whoever in a pool answers
         self._in_flight[routed_to] += 1
