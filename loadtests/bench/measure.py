@@ -1,5 +1,5 @@
-"""One measured scenario: warm up, then run the closed loop while reading the CPU and memory of the processes on
-the path, and wait for them to go quiet so that work finishing after the last reply is counted too."""
+"""Measured scenarios: warm up, then run each closed loop while reading the CPU and memory of the processes on its
+path, and wait for them to go quiet so that work finishing after the last reply is counted too."""
 
 from __future__ import annotations
 
@@ -144,11 +144,6 @@ def measure_together(
     return [
         _result(scenario, measured) for scenario, measured in zip(scenarios, run_on_service_loop(run()), strict=True)
     ]
-
-
-def measure(scenario: Scenario, *, max_seconds: float, warmup: int, rounds: int = 1) -> ScenarioResult:
-    """Run one scenario: a warm-up, then `rounds` measured runs; the fastest one is kept."""
-    return measure_together([scenario], max_seconds=max_seconds, warmup=warmup, rounds=rounds)[0]
 
 
 def _result(scenario: Scenario, measured: list[_Round]) -> ScenarioResult:
