@@ -378,7 +378,8 @@ class Responder:
         if not record.current_state.is_terminal:  # interrupted, or the handler swallowed the cancel
             await self._end(record, TaskState.CANCELED, "canceled by request")
         await reply.send(result_response(request.id, record.task.to_wire()))
-        self._keep_compact(record)
+        if not record.active:  # ended here, not by its runner (which, still going, keeps it whole until it ends)
+            self._keep_compact(record)
 
     async def _subscribe(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
         params = SubscribeToTaskRequest.model_validate(request.params)
@@ -425,10 +426,9 @@ class Responder:
             self._keep_compact(record)
 
     def _keep_compact(self, record: TaskRecord) -> None:
-        """Once a task is final, keep only what is asked of it later (an interrupted one stays whole: it goes on)."""
-        runner = record.runner
-        done = runner is None or runner.done() or runner is asyncio.current_task()  # called at its very end
-        if record.current_state.is_terminal and done and self.tasks.get(record.id) is record:
+        """Once a task is final and nothing runs it any more, keep only what is asked of it later (an interrupted
+        one stays whole: it goes on)."""
+        if record.current_state.is_terminal and self.tasks.get(record.id) is record:
             self.tasks[record.id] = FinishedTask.of(record)
 
     async def _work(self, record: TaskRecord, first: StreamResponse) -> None:
