@@ -874,6 +874,26 @@ async def test_make_identity_remove_disconnects_and_refuses_at_once(broker: Brok
         revoke_identity(pki, gone.name, Broker("127.0.0.1", broker.port))
 
 
+def test_make_certs_keeps_outside_identities_and_refuses_to_reissue_the_meshs_own(tmp_path: Path) -> None:
+    """`make certs` rewrites the broker's seed: an identity admitted with `make identity` stays in it (a broker seeded
+    later still admits it), with the requester's unpinned client; the mesh's own names cannot be taken."""
+    pki = Pki(tmp_path)
+    mesh_identities = [Identity("echo", Role.AGENT), Identity("coordinator", Role.COORDINATOR)]
+    pki.ensure(mesh_identities)
+    admit_identity(pki, Identity("outsider", Role.REQUESTER), None)
+    pki.ensure(mesh_identities)  # what `make certs` does on every run
+    seed = json.loads(pki.dynsec_file.read_text())
+    clients = {client["username"]: client for client in seed["clients"]}
+    assert "clientid" not in clients["acme/default/outsider"], "a requester is not pinned"
+    assert clients["acme/default/echo"]["clientid"] == "acme/default/echo"
+    assert "id:acme/default/outsider" in {role["rolename"] for role in seed["roles"]}
+    for taken in ("echo", "coordinator", ADMIN):
+        with pytest.raises(IdentityError):
+            admit_identity(pki, Identity(taken, Role.REQUESTER), None)
+    with pytest.raises(IdentityError):
+        admit_identity(pki, Identity("outsider", Role.AGENT), None)  # another role: revoke first
+
+
 # -- 5. why dynamic security and not acl_file ------------------------------------------------------------------------
 async def test_acl_file_would_lose_pool_messages(tmp_path: Path) -> None:
     """The premise of the design, shown on a throwaway loopback broker: with Mosquitto's acl_file an intruder's

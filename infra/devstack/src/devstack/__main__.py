@@ -119,6 +119,7 @@ def identity_remove_command(pki_dir: Path, name: str, broker: Broker) -> int:
         return 2
     except DynsecError as error:
         print(f"identity-remove: {name} not revoked: {error}", file=sys.stderr)
+        print("  the broker keeps it in its own file: start the broker and run the same command again", file=sys.stderr)
         return 1
     print(f"{name} ({identity.role.value}) revoked: disconnected, refused from now on, its files deleted")
     return 0
