@@ -54,8 +54,9 @@ POOL ?=
 MQTT_HOST ?= 127.0.0.1
 MQTT_PORT ?= 8883
 
-identity: certs ## admit an outside participant on the running broker (make identity NAME=x ROLE=requester|agent)
+identity: python-deps ## admit an outside participant on the running broker (make identity NAME=x ROLE=requester|agent)
 	@test -n "$(NAME)" -a -n "$(ROLE)" || { echo "usage: make identity NAME=x ROLE=requester|agent [POOL=p]" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack certs >/dev/null  # the PKI (and mesh-admin) first, as `make certs`
 	@$(UV) run --locked python -m devstack identity "$(NAME)" --role "$(ROLE)" $(if $(POOL),--pool "$(POOL)") \
 	  --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
 
