@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs dev new-agent test lint format clean up down logs ps k8s-secrets loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test lint format clean up down logs ps k8s-secrets loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,22 @@ $(VALIDATE_DIR)/node_modules/.package-lock.json: $(VALIDATE_DIR)/package-lock.js
 
 certs: python-deps ## create the dev CA, broker certificate and one identity per service and agent (idempotent)
 	@$(UV) run --locked python -m devstack certs
+
+# An outside participant (a requester or agent nobody here runs) on the running broker: docs/security.md.
+ROLE ?=
+POOL ?=
+MQTT_HOST ?= 127.0.0.1
+MQTT_PORT ?= 8883
+
+identity: python-deps ## admit an outside participant on the running broker (make identity NAME=x ROLE=requester|agent)
+	@test -n "$(NAME)" -a -n "$(ROLE)" || { echo "usage: make identity NAME=x ROLE=requester|agent [POOL=p]" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack certs >/dev/null  # the PKI (and mesh-admin) first, as `make certs`
+	@$(UV) run --locked python -m devstack identity "$(NAME)" --role "$(ROLE)" $(if $(POOL),--pool "$(POOL)") \
+	  --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
+
+identity-remove: python-deps ## revoke an outside identity at once (make identity-remove NAME=x)
+	@test -n "$(NAME)" || { echo "usage: make identity-remove NAME=x" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack identity-remove "$(NAME)" --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
 
 dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
 	@$(UV) run --locked python -m devstack up

@@ -325,7 +325,7 @@ class Tally:
 def role_table() -> str:
     """The rights of every role as pki.py grants them, as the Markdown table docs/security.md carries."""
     lines = [
-        "| role | username = pinned client id | may publish | may subscribe |",
+        "| role | username (= client id when pinned) | may publish | may subscribe |",
         "|---|---|---|---|",
     ]
     for role in Role:
@@ -333,7 +333,7 @@ def role_table() -> str:
         acls = identity.acls("{org}", "{unit}")
         send = [str(acl["topic"]) for acl in acls if acl["acltype"] == "publishClientSend"]
         subscribe = [str(acl["topic"]) for acl in acls if acl["acltype"] == "subscribePattern"]
-        pinned = "" if role is Role.TESTER else " (pinned)"
+        pinned = " (pinned)" if identity.pinned else ""
         lines.append(
             f"| {role.value} | `{identity.username('{org}', '{unit}')}`{pinned} | {_cell(send)} | {_cell(subscribe)} |"
         )

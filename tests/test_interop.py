@@ -1,4 +1,6 @@
-"""Interoperability with the a2a-over-mqtt SDK from PyPI, in both directions, over the mesh's broker."""
+"""Interoperability with the a2a-over-mqtt SDK from PyPI, in both directions, over the mesh's broker. Each SDK
+client connects as an outside identity admitted the way `make identity` admits one (devstack.identities.admit),
+under its least-privilege role: the SDK requester as a requester, the SDK agent as an agent."""
 
 from __future__ import annotations
 
@@ -9,19 +11,28 @@ import httpx
 from a2a.types import a2a_pb2 as pb
 from a2a_over_mqtt import A2ARequest, Requester, TopicSpace
 
+from a2amesh.settings import MqttSettings
+from devstack.identities import Broker, admit
 from devstack.pki import Identity, Role
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
 from tests.interop.sdk_config import sdk_config
 
 
+def outside_identity(mesh: Stack, identity: Identity) -> MqttSettings:
+    """Admit `identity` on the mesh's running broker as `make identity` does; its connection settings."""
+    return mesh.mqtt_settings(admit(mesh.pki, identity, Broker("127.0.0.1", mesh.ports.mqtt)))
+
+
+def sdk_requester(mesh: Stack) -> Requester:
+    """An SDK requester under a fresh requester identity (the SDK connects as `<org>/<unit>/<name>-<session>`)."""
+    name = f"sdk-{uuid.uuid4().hex[:6]}"
+    settings = outside_identity(mesh, Identity(name, Role.REQUESTER))
+    return Requester(sdk_config(settings), TopicSpace(mesh.org, mesh.unit), requester_id=name, first_reply_timeout=10)
+
+
 async def test_sdk_requester_gets_a_completed_task_from_our_echo_agent(mesh: Stack) -> None:
-    requester = Requester(
-        sdk_config(mesh.tester_settings()),
-        TopicSpace(mesh.org, mesh.unit),
-        requester_id=f"sdk-{uuid.uuid4().hex[:6]}",
-        first_reply_timeout=10,
-    )
+    requester = sdk_requester(mesh)
     request = A2ARequest(text="hello from the sdk", request_id="r1")
 
     replies = [(kind, content) async for kind, content in requester.stream("echo", request.to_json(), "corr-1")]
@@ -30,7 +41,7 @@ async def test_sdk_requester_gets_a_completed_task_from_our_echo_agent(mesh: Sta
 
 
 async def test_sdk_requester_retry_with_same_task_id_is_deduplicated(mesh: Stack, http: httpx.AsyncClient) -> None:
-    requester = Requester(sdk_config(mesh.tester_settings()), TopicSpace(mesh.org, mesh.unit), first_reply_timeout=10)
+    requester = sdk_requester(mesh)
     request = A2ARequest(text="only once", request_id="r2")
     payload = request.to_json()
     first = [reply async for reply in requester.stream("echo", payload, "corr-a")]
@@ -50,6 +61,7 @@ async def test_sdk_responder_agent_joins_the_registry_and_serves_a_task_through_
     mesh: Stack, make_client, http: httpx.AsyncClient
 ) -> None:
     agent_id = f"shouter-{uuid.uuid4().hex[:6]}"
+    outside_identity(mesh, Identity(agent_id, Role.AGENT))
     process = mesh.command(
         agent_id,
         [sys.executable, "-m", "tests.interop.sdk_agent"],

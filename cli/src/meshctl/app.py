@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from a2amesh.settings import MqttSettings, ServiceSettings
-from meshctl import client, render
+from meshctl import client, identity, render
 from meshctl.events import MeshEvent, follow
 from meshctl.send import EXIT_FAILED, Outcome, SendOptions, exit_code, parse_data, parse_meta, run_send
 
@@ -375,3 +375,56 @@ def events(
             asyncio.run(follow(settings, agent=agent, limit=limit, seconds=seconds, on_ready=ready, on_event=show))
         except KeyboardInterrupt:
             render.stderr().print("stopped")
+
+
+# -- outside identities (operators) ------------------------------------------------------------------------------
+app.add_typer(identity.identity_app, name="identity")
+
+
+def _identity_context(ctx: typer.Context, pki_dir: Path | None) -> tuple[Options, identity.Pki, identity.Broker]:
+    opts: Options = ctx.find_root().obj
+    settings = opts.settings()
+    pki = identity.find_pki(pki_dir, settings.org, settings.unit)
+    return opts, pki, identity.Broker(opts.mqtt_host, opts.mqtt_port)
+
+
+@identity.identity_app.command("add")
+def identity_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The participant's name: its identity is <org>/<unit>/<name>.")],
+    role: Annotated[str, typer.Option(help="requester (sends requests, reads its replies) or agent (serves).")],
+    pool: Annotated[str | None, typer.Option(help="An agent's pool, if it joins one.")] = None,
+    pki_dir: identity.PkiOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Issue NAME's certificate and password and admit it on the running broker with its role (idempotent)."""
+    with reported():
+        opts, pki, broker = _identity_context(ctx, pki_dir)
+        identity.show(identity.add(pki, name, role, pool, broker), opts.json or json_out)
+
+
+@identity.identity_app.command("remove")
+def identity_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="An identity added with `meshctl identity add` or `make identity`.")],
+    pki_dir: identity.PkiOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Revoke NAME at once: its connections are dropped, it is refused from now on, its files are deleted."""
+    with reported():
+        opts, pki, broker = _identity_context(ctx, pki_dir)
+        identity.show(identity.remove(pki, name, broker), opts.json or json_out)
+
+
+@identity.identity_app.command("list")
+def identity_list(ctx: typer.Context, pki_dir: identity.PkiOption = None, json_out: JsonFlag = False) -> None:
+    """The outside identities admitted and not revoked."""
+    with reported():
+        opts, pki, _ = _identity_context(ctx, pki_dir)
+        records = identity.listed(pki)
+    if opts.json or json_out:
+        render.print_json({"identities": records})
+    elif not records:
+        render.stderr().print("no outside identities")
+    else:
+        render.stdout().print("\n".join(f"{r['username']:<40} {r['role']:<10} {r['pool']}" for r in records))

@@ -1,5 +1,7 @@
 """`python -m devstack up`: run the whole mesh as local processes until Ctrl-C (what `make dev` does).
-`python -m devstack new-agent NAME`: scaffold a new agent (what `make new-agent NAME=...` does)."""
+`python -m devstack new-agent NAME`: scaffold a new agent (what `make new-agent NAME=...` does).
+`python -m devstack identity NAME --role R` / `identity-remove NAME`: admit or revoke an outside participant on the
+running broker (what `make identity` / `make identity-remove` do)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from devstack.identities import Broker, DynsecError, IdentityError, admit, parse_identity, revoke
+from devstack.pki import Pki
 from devstack.processes import REPO_ROOT
 from devstack.scaffold import ScaffoldError, new_agent
 from devstack.stack import Ports, Stack
@@ -76,6 +80,51 @@ def certs_command(pki_dir: Path) -> int:
     return 0
 
 
+def identity_command(pki_dir: Path, name: str, role: str, pool: str | None, broker: Broker) -> int:
+    """Admit an outside requester or agent and print how it connects."""
+    pki = Pki(pki_dir)
+    try:
+        identity = parse_identity(name, role, pool)
+        files = admit(pki, identity, None)  # the files first: they are kept even when the broker is down
+        admit(pki, identity, broker)
+    except IdentityError as error:
+        print(f"identity: {error}", file=sys.stderr)
+        return 2
+    except DynsecError as error:
+        print(f"identity: {name} issued, but not admitted on the running broker: {error}", file=sys.stderr)
+        print("  start the broker (make dev) and run the same command again", file=sys.stderr)
+        return 1
+    client_id = files.username if identity.pinned else f"{files.username}-<anything> (or {files.username})"
+    print(f"""{files.username} admitted as {identity.role.value} on mqtts://{broker.host}:{broker.port}
+  CA            {pki.ca_cert}
+  certificate   {files.cert}
+  key           {files.key}
+  username      {files.username}
+  password      in {files.password_file}
+  client id     {client_id}""")
+    if identity.pinned:
+        print(f"  serves        $a2a/v1/request/{files.username} (card on $a2a/v1/discovery/{files.username})")
+    else:
+        print(f"  requester id  {identity.name} (replies under $a2a/v1/reply/{files.username}/<session>)")
+    print(f"Revoke with: make identity-remove NAME={identity.name}")
+    return 0
+
+
+def identity_remove_command(pki_dir: Path, name: str, broker: Broker) -> int:
+    """Revoke an outside identity at once."""
+    try:
+        identity = revoke(Pki(pki_dir), name, broker)
+    except IdentityError as error:
+        print(f"identity-remove: {error}", file=sys.stderr)
+        return 2
+    except DynsecError as error:
+        print(f"identity-remove: {name} not revoked: {error}", file=sys.stderr)
+        print("  the broker keeps it in its own file: start the broker and run the same command again", file=sys.stderr)
+        return 1
+    print(f"{name} ({identity.role.value}) revoked: disconnected, refused from now on, its files deleted")
+    return 0
+
+
 def new_agent_command(name: str, lock: bool) -> int:
     """Scaffold an agent and say what was written and what to do next."""
     try:
@@ -103,7 +152,21 @@ def main() -> None:
     scaffold_parser = commands.add_parser("new-agent", help="scaffold services/agents/NAME and wire it in")
     scaffold_parser.add_argument("name")
     scaffold_parser.add_argument("--no-lock", action="store_true", help="skip `uv lock` (the tests use it)")
+    identity_parser = commands.add_parser("identity", help="admit an outside requester or agent on the broker")
+    identity_parser.add_argument("name")
+    identity_parser.add_argument("--role", required=True, choices=["requester", "agent"])
+    identity_parser.add_argument("--pool", help="an agent's pool (its share group), if it joins one")
+    remove_parser = commands.add_parser("identity-remove", help="revoke an outside identity at once")
+    remove_parser.add_argument("name")
+    for sub in (identity_parser, remove_parser):
+        sub.add_argument("--dir", type=Path, default=DEV_PKI, help="the PKI folder (default infra/broker-certs)")
+        sub.add_argument("--host", default="127.0.0.1", help="the running broker (default: make dev's)")
+        sub.add_argument("--port", type=int, default=8883)
     args = parser.parse_args()
+    if args.command == "identity":
+        sys.exit(identity_command(args.dir, args.name, args.role, args.pool, Broker(args.host, args.port)))
+    if args.command == "identity-remove":
+        sys.exit(identity_remove_command(args.dir, args.name, Broker(args.host, args.port)))
     if args.command == "up":
         sys.exit(up(args.run_dir))
     if args.command == "certs":

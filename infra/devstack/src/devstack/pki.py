@@ -49,16 +49,34 @@ class Identity:
     pool: str | None = None
 
     def username(self, org: str, unit: str) -> str:
-        """The MQTT username, which the broker also pins as its client id."""
+        """The MQTT username (for a pinned identity also its only client id)."""
         return self.name if self.role in (Role.TESTER, Role.HEALTH) else f"{org}/{unit}/{self.name}"
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the broker admits this identity only under its username as client id. Requesters are not pinned:
+        standard requesters (the a2a-over-mqtt SDK) connect as `<username>-<session>`, one client id per call."""
+        return self.role not in (Role.TESTER, Role.REQUESTER)
 
     def acls(self, org: str, unit: str) -> list[dict[str, object]]:
         """The dynamic-security ACLs of this identity (explicit topics: 2.0's dynsec substitutes no %c)."""
         me = self.username(org, unit)
         send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
-        return [{"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": True} for t in send] + [
-            {"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": True} for t in subscribe
-        ]
+        acls = [_acl("publishClientSend", t) for t in send] + [_acl("subscribePattern", t) for t in subscribe]
+        if self.role is Role.REQUESTER:
+            # free to choose its client id, a requester could take over another client's session (and its
+            # subscriptions): whatever it is subscribed to, it receives only what it may subscribe to itself
+            acls += [_acl("publishClientReceive", t, priority=1) for t in subscribe]
+            acls += [_acl("publishClientReceive", t, allow=False) for t in RECEIVE_NOTHING_ELSE]
+        return acls
+
+
+RECEIVE_NOTHING_ELSE = ("#", "$a2a/#", "$SYS/#", "$CONTROL/#")
+"""Every topic (a `#` filter matches no topic that starts with `$`, so those roots are named)."""
+
+
+def _acl(acltype: str, topic: str, *, priority: int = 0, allow: bool = True) -> dict[str, object]:
+    return {"acltype": acltype, "topic": topic, "priority": priority, "allow": allow}
 
 
 def _agent(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
@@ -69,12 +87,13 @@ def _agent(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], l
 
 
 def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
-    return [f"$a2a/v1/request/{org}/#", f"a2a/v1/pool/{org}/#"], [f"$a2a/v1/reply/{me}/+"]
+    # requests to any agent or pool of its org; its own reply inboxes; its org's cards, to find agents
+    return [f"$a2a/v1/request/{org}/#", f"a2a/v1/pool/{org}/#"], [f"$a2a/v1/reply/{me}/+", f"$a2a/v1/discovery/{org}/#"]
 
 
 def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
-    send, subscribe = _requester(me, org, unit, pool)
-    return [*send, f"$a2a/v1/event/{me}"], subscribe
+    send, _ = _requester(me, org, unit, pool)  # it finds agents through the registry, not the cards
+    return [*send, f"$a2a/v1/event/{me}"], [f"$a2a/v1/reply/{me}/+"]
 
 
 _ROLE_RIGHTS = {
@@ -131,6 +150,50 @@ class Pki:
     def api_keys_file(self) -> Path:
         """The coordinator's API keys, one per line (the first one is the dev key)."""
         return self.root / "coordinator-api-keys"
+
+    @property
+    def outside_file(self) -> Path:
+        """The identities admitted one at a time (`make identity`): `make certs` keeps them in the broker's seed."""
+        return self.root / "outside-identities.json"
+
+    def outside_identities(self) -> list[Identity]:
+        """Every identity admitted with `make identity` and not removed since."""
+        if not self.outside_file.exists():
+            return []
+        entries = json.loads(self.outside_file.read_text())
+        return [Identity(name, Role(entry["role"]), entry.get("pool")) for name, entry in sorted(entries.items())]
+
+    def record_outside(self, identity: Identity | None, *, forget: str | None = None) -> None:
+        """Add an identity to the outside list, or `forget` one by name."""
+        entries = {i.name: {"role": i.role.value, "pool": i.pool} for i in self.outside_identities()}
+        if identity is not None:
+            entries[identity.name] = {"role": identity.role.value, "pool": identity.pool}
+        if forget is not None:
+            entries.pop(forget, None)
+        self.outside_file.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.chmod(self.outside_file, 0o600)
+
+    def seed_usernames(self) -> set[str]:
+        """The usernames the broker's seed configuration admits."""
+        if not self.dynsec_file.exists():
+            return set()
+        return {str(client["username"]) for client in json.loads(self.dynsec_file.read_text())["clients"]}
+
+    def update_seed(self, identity: Identity, *, remove: bool = False) -> None:
+        """Put one identity's client and role into the seed configuration (or take them out), leaving the rest:
+        a broker seeded later (a new data directory, a re-seed) then admits what the running one admits."""
+        if not self.dynsec_file.exists():
+            return
+        config = json.loads(self.dynsec_file.read_text())
+        username = identity.username(self.org, self.unit)
+        config["clients"] = [c for c in config["clients"] if c["username"] != username]
+        config["roles"] = [r for r in config["roles"] if r["rolename"] != f"id:{username}"]
+        if not remove:
+            client, role = self.dynsec_entries(identity)
+            config["clients"].append(client)
+            config["roles"].append(role)
+        self.dynsec_file.write_text(json.dumps(config, indent=1))
+        os.chmod(self.dynsec_file, 0o600)
 
     def api_key(self) -> str:
         """The dev API key clients present to the coordinator (created when missing)."""
@@ -212,18 +275,21 @@ class Pki:
             "roles": [{"rolename": rolename}],
             **dynsec_password(files.password),
         }
-        if identity.role is not Role.TESTER:
+        if identity.pinned:
             client["clientid"] = files.username  # the broker refuses this identity under any other client id
         return client, {"rolename": rolename, "acls": identity.acls(self.org, self.unit)}
 
     def write_dynsec(self, identities: list[Identity]) -> None:
-        """The broker's dynamic-security configuration: deny by default, one role per identity."""
+        """The broker's dynamic-security configuration: deny by default, one role per identity (those given, and
+        those admitted with `make identity`)."""
         admin = self.client(Identity(ADMIN, Role.TESTER))
         clients: list[dict[str, object]] = [
             {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)}
         ]
         roles: list[dict[str, object]] = [{"rolename": "admin", "acls": _ADMIN_ACLS}]
-        for identity in identities:
+        names = {identity.name for identity in identities}
+        outside = [identity for identity in self.outside_identities() if identity.name not in names]
+        for identity in [*identities, *outside]:
             client, role = self.dynsec_entries(identity)
             clients.append(client)
             roles.append(role)
