@@ -462,3 +462,160 @@ def test_pin_images_refuses_a_partial_or_malformed_pin(tmp_path: Path) -> None:
         result = run(["bash", str(PIN_IMAGES), *attempt], env={**os.environ, "K8S_DIR": str(k8s)})
         assert result.returncode != 0 and "pin-images:" in result.stderr, explain(result)
         assert release.read_text() == before, f"{attempt}: the release file changed"
+
+
+# == 3. the prod overlay as an operator applies it ===============================================================
+UNITS = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity (100m, 2, 256Mi, 10Gi) as a number."""
+    number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()  # type: ignore[union-attr]
+    return float(number) * UNITS[unit]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def most_replicas(docs: list[dict[str, Any]], workload: dict[str, Any]) -> int:
+    """The most pods a workload runs: its HPA's maximum, else its replicas; one more while a Deployment rolls."""
+    scalers = {
+        doc["spec"]["scaleTargetRef"]["name"]: doc["spec"]["maxReplicas"]
+        for doc in of_kind(docs, "HorizontalPodAutoscaler")
+    }
+    replicas = scalers.get(workload["metadata"]["name"], workload["spec"].get("replicas", 1))
+    rolling = workload["kind"] == "Deployment" and workload["spec"].get("strategy", {}).get("type") != "Recreate"
+    return replicas + (1 if rolling else 0)
+
+
+@pytest.mark.parametrize("render", RENDERS, ids=lambda render: render.name)
+def test_every_pod_meets_pod_security_restricted(render: Render) -> None:
+    """The namespace enforces Pod Security's `restricted` profile, and every pod template meets each of its rules
+    (kubernetes.io/docs/concepts/security/pod-security-standards), so no pod is refused at admission."""
+    docs = documents(render)
+    [namespace] = of_kind(docs, "Namespace")
+    labels = namespace["metadata"].get("labels", {})
+    for mode in ("enforce", "warn", "audit"):
+        assert labels.get(f"pod-security.kubernetes.io/{mode}") == "restricted", f"{render.name}: {mode} restricted"
+    for name, workload in workloads(docs).items():
+        spec, where = pod_spec(workload), f"{render.name}: {name}"
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC", "hostUsers")), where
+        for volume in spec.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            assert kinds <= RESTRICTED_VOLUMES, f"{where}: volume {volume['name']} is {kinds}"
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsUser") != 0 and not pod.get("sysctls"), where
+        for container in containers(workload):
+            context, at = container.get("securityContext", {}), f"{where} container {container['name']}"
+            assert not context.get("privileged") and context.get("allowPrivilegeEscalation") is False, at
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], f"{at}: drop ALL"
+            assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, at
+            assert (context.get("runAsNonRoot", pod.get("runAsNonRoot"))) is True, f"{at}: runAsNonRoot"
+            assert context.get("runAsUser", pod.get("runAsUser")) != 0, f"{at}: root"
+            seccomp = context.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
+            assert seccomp in ("RuntimeDefault", "Localhost"), f"{at}: seccomp {seccomp}"
+            assert not any(port.get("hostPort") for port in container.get("ports", [])), f"{at}: hostPort"
+            assert context.get("procMount", "Default") == "Default", at
+
+
+@pytest.mark.parametrize("render", RENDERS, ids=lambda render: render.name)
+def test_every_workload_that_scales_out_spreads_its_pods(render: Render) -> None:
+    """A workload that may run more than one pod spreads them over nodes and zones, selecting its own pods."""
+    docs = documents(render)
+    for name, workload in workloads(docs).items():
+        if most_replicas(docs, workload) - (workload["kind"] == "Deployment") <= 1:
+            continue
+        constraints = pod_spec(workload).get("topologySpreadConstraints", [])
+        keys = {constraint["topologyKey"] for constraint in constraints}
+        assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= keys, f"{render.name}: {name} {keys}"
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        for constraint in constraints:
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selector.items() <= pod_labels.items(), f"{render.name}: {name} spreads other pods {selector}"
+
+
+def test_prod_quota_and_limit_range_hold_the_mesh_at_its_largest() -> None:
+    """The prod namespace has a ResourceQuota that admits every workload at its most replicas (the HPAs'
+    maximum, a rolling Deployment's surge pod) with all their claims, and a LimitRange every container and claim
+    fits: a quota that is too tight leaves an agent unscaled or a rollout stuck, silently."""
+    docs = documents(Render("prod"))
+    [quota] = of_kind(docs, "ResourceQuota")
+    [limit_range] = of_kind(docs, "LimitRange")
+    hard = {key: quantity(value) for key, value in quota["spec"]["hard"].items()}
+    bounds = {item["type"]: item for item in limit_range["spec"]["limits"]}
+    needed: dict[str, float] = {"pods": 0, "persistentvolumeclaims": 0, "requests.storage": 0}
+    for name, workload in workloads(docs).items():
+        pods = most_replicas(docs, workload)
+        needed["pods"] += pods
+        for container in containers(workload):
+            for bound in ("requests", "limits"):
+                for resource, value in container["resources"][bound].items():
+                    needed[f"{bound}.{resource}"] = needed.get(f"{bound}.{resource}", 0) + pods * quantity(value)
+                    limit = bounds["Container"]
+                    assert quantity(limit["min"][resource]) <= quantity(value) <= quantity(limit["max"][resource]), (
+                        f"prod: {name} {bound}.{resource}={value} is outside the LimitRange"
+                    )
+        for claim in workload["spec"].get("volumeClaimTemplates", []):
+            storage = claim["spec"]["resources"]["requests"]["storage"]
+            claims = most_replicas(docs, workload)
+            needed["persistentvolumeclaims"] += claims
+            needed["requests.storage"] += claims * quantity(storage)
+            pvc = bounds["PersistentVolumeClaim"]
+            assert quantity(pvc["min"]["storage"]) <= quantity(storage) <= quantity(pvc["max"]["storage"]), name
+    for claim in of_kind(docs, "PersistentVolumeClaim"):
+        needed["persistentvolumeclaims"] += 1
+        needed["requests.storage"] += quantity(claim["spec"]["resources"]["requests"]["storage"])
+    for key, amount in needed.items():
+        assert key in hard, f"prod: the ResourceQuota does not bound {key}"
+        assert amount <= hard[key], f"prod: the mesh needs {key}={amount:g}, the ResourceQuota allows {hard[key]:g}"
+
+
+def test_prod_serves_the_coordinator_at_its_public_url_with_tls() -> None:
+    """The example Ingress routes MESH_PUBLIC_URL's host, over TLS, to the coordinator's Service port; nothing
+    else of the mesh is exposed (no LoadBalancer or NodePort Service)."""
+    docs = documents(Render("prod"))
+    [config] = [doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].startswith("mesh-config")]
+    public = urlsplit(config["data"]["MESH_PUBLIC_URL"])
+    assert public.scheme == "https", f"prod: MESH_PUBLIC_URL {public.geturl()} is not https"
+    services = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Service")}
+    assert all(doc["spec"].get("type", "ClusterIP") == "ClusterIP" for doc in services.values())
+    coordinator_ports = {port["name"] for port in services["coordinator"]["spec"]["ports"]}
+    coordinator_ports |= {port["port"] for port in services["coordinator"]["spec"]["ports"]}
+    routed = False
+    for ingress in of_kind(docs, "Ingress"):
+        tls_hosts = {host for entry in ingress["spec"].get("tls", []) for host in entry["hosts"]}
+        assert all(entry.get("secretName") for entry in ingress["spec"].get("tls", [])), "a TLS Secret per entry"
+        for rule in ingress["spec"]["rules"]:
+            assert rule["host"] in tls_hosts, f"Ingress {ingress['metadata']['name']}: {rule['host']} without TLS"
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                port = backend["port"].get("name") or backend["port"].get("number")
+                assert backend["name"] in services and port is not None, f"Ingress: no Service {backend['name']}"
+                if backend["name"] == "coordinator" and rule["host"] == public.hostname and path["path"] == "/":
+                    assert port in coordinator_ports, f"Ingress: the coordinator serves no port {port}"
+                    routed = True
+    assert routed, f"prod: no Ingress routes https://{public.hostname}/ to the coordinator"
+
+
+def test_prod_postgres_runs_as_a_high_uid_and_reads_its_credentials_from_files() -> None:
+    """PostgreSQL as a high uid no node account has, its user, password and database as files of the
+    postgres-credentials Secret (the image's *_FILE variables), none of them in its environment."""
+    docs = documents(Render("prod"))
+    postgres = workloads(docs)["postgres"]
+    assert pod_spec(postgres)["securityContext"]["runAsUser"] >= 10000
+    [container] = pod_spec(postgres)["containers"]
+    env = {entry["name"]: entry for entry in container["env"]}
+    assert not {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} & set(env), "credentials as variables"
+    assert not any("secretKeyRef" in (entry.get("valueFrom") or {}) for entry in env.values())
+    volumes = {volume["name"]: volume for volume in pod_spec(postgres)["volumes"]}
+    mounted: dict[str, str] = {}
+    for mount in container["volumeMounts"]:
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret and secret["secretName"] == "postgres-credentials":
+            assert mount.get("readOnly") is True and secret["defaultMode"] & 0o007 == 0, "read-only, not the world's"
+            mounted |= {f"{mount['mountPath']}/{item['path']}": item["key"] for item in secret["items"]}
+    for key in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        path = env[f"{key}_FILE"]["value"]
+        assert mounted.get(path) == key, f"{key}_FILE={path} is not the Secret's {key}"
