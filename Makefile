@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test lint format clean up down logs ps k8s-secrets loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,17 +29,26 @@ python-deps: ## install uv when missing, then the locked workspace
 
 deps: system-deps python-deps
 
-# The deployment validators the tests run (tests/test_deploy_artifacts.py). check-jsonschema, kubernetes-validate
-# and hadolint come locked with the workspace (python-deps); dclint comes from npm, pinned by
+# The deployment validators the tests run (tests/test_deploy_artifacts.py, tests/test_k8s_policy.py). check-jsonschema,
+# kubernetes-validate and hadolint come locked with the workspace (python-deps); checkov has an environment of its
+# own (below); dclint comes from npm, pinned by
 # infra/validate/package-lock.json and installed with `npm ci` whenever that lock is newer than node_modules;
 # kubectl (with kustomize built in) and Node.js come with the machine.
 VALIDATE_DIR := infra/validate
+CHECKOV_ENV := $(VALIDATE_DIR)/checkov-env
 
-validate-deps: $(VALIDATE_DIR)/node_modules/.package-lock.json ## install the deployment validators (dclint via npm ci)
+validate-deps: $(VALIDATE_DIR)/node_modules/.package-lock.json $(CHECKOV_ENV)/.installed ## install the deployment validators (dclint via npm ci, checkov)
 	@command -v kubectl >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 || true; }
 	@command -v kubectl >/dev/null || { echo "validate-deps: kubectl (with kustomize) is needed to render k8s/" >&2; exit 1; }
+
+# checkov, the policy scanner (tests/test_k8s_policy.py), in a virtual environment of its own: its dependencies
+# conflict with the workspace's, so it stays out of uv.lock; infra/validate/checkov.txt pins every package by hash
+$(CHECKOV_ENV)/.installed: $(VALIDATE_DIR)/checkov.txt
+	@$(UV) venv --quiet --allow-existing --python 3.11 $(CHECKOV_ENV)
+	@VIRTUAL_ENV=$(CURDIR)/$(CHECKOV_ENV) $(UV) pip sync --quiet --require-hashes $(VALIDATE_DIR)/checkov.txt
+	@touch $@
 
 $(VALIDATE_DIR)/node_modules/.package-lock.json: $(VALIDATE_DIR)/package-lock.json $(VALIDATE_DIR)/package.json
 	@command -v npm >/dev/null || { echo "validate-deps: Node.js >= 20.19 with npm is needed for dclint" >&2; exit 1; }
@@ -105,6 +114,10 @@ ps: ## list the containers and their health
 # -- Kubernetes (see docs/operations.md) ---------------------------------------------------------------------------
 k8s-secrets: certs ## create or update the Kubernetes Secrets (TLS, identities, API keys) from infra/broker-certs
 	@set -o pipefail; bash k8s/secrets.sh | kubectl apply --server-side -f -
+
+k8s-pin-images: ## at release, pin the prod overlay's images by digest (IMAGES="a2a-mesh/coordinator=REPO@sha256:... ...")
+	@test -n "$(IMAGES)" || { echo 'usage: make k8s-pin-images IMAGES="NAME=REPOSITORY@sha256:DIGEST ..." (docs/operations.md)' >&2; exit 2; }
+	@bash k8s/pin-images.sh $(IMAGES)
 
 # -- load (see docs/benchmarks.md) ---------------------------------------------------------------------------------
 loadtest: deps ## headless Locust run against a local mesh; reports in reports/loadtest/

@@ -24,7 +24,9 @@ from tests.conftest import collect, send_request, user_message
 
 NAME = "word-count"
 PACKAGE = "agent_word_count"
-COPY_IGNORED = shutil.ignore_patterns(".git", ".venv", "run", "reports", "node_modules", "__pycache__", ".*cache")
+COPY_IGNORED = shutil.ignore_patterns(
+    ".git", ".venv", "run", "reports", "node_modules", "checkov-env", "__pycache__", ".*cache"
+)
 
 
 @pytest.fixture(scope="module")
