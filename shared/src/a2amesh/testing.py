@@ -116,6 +116,16 @@ class Reply:
         """This turn's artifact updates in wire form (artifact, append, lastChunk), in order."""
         return [event["artifactUpdate"] for event in self.events if "artifactUpdate" in event]
 
+    def sole_artifact(self, name: str) -> dict[str, Any]:
+        """The artifact of a turn that COMPLETED with one whole artifact (one update, lastChunk true) named `name`,
+        in wire form; AssertionError saying what came instead."""
+        if self.state is not TaskState.COMPLETED:
+            raise AssertionError(f"the task ended {self.state.name}: {self.text}")
+        updates = self.artifact_updates
+        if len(updates) != 1 or updates[0]["artifact"].get("name") != name or updates[0].get("lastChunk") is not True:
+            raise AssertionError(f"expected one whole artifact {name!r}, got {updates}")
+        return updates[0]["artifact"]
+
     @property
     def artifacts(self) -> list[Artifact]:
         """The task's artifacts, chunks merged, as the task store keeps them."""

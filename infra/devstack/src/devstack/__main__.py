@@ -86,13 +86,17 @@ def new_agent_command(name: str, skill_id: str, skill_name: str, description: st
     for path in written:
         print(f"  wrote {path.relative_to(REPO_ROOT)}")
     package = "agent_" + name.replace("-", "_")
-    print(f"""
-services/agents/{name} is ready and wired into the workspace, compose.yaml and k8s/. Next:
-  edit services/agents/{name}/src/{package}/agent.py (the @skill method does a task's work)
-  make test-agent NAME={name}   # its own tests, in seconds: in memory, then its process on a real broker
-  make lint                     # ruff, as CI runs it
-  make dev                      # runs it with the others (agents are found by folder)
-See docs/extending.md (agent id vs skill id, what the runtime does for you, returning text, data and files).""")
+    steps = [
+        (f"make test-agent NAME={name}", "its own tests, in seconds: in memory, then its process on a real broker"),
+        ("make lint", "ruff check and ruff format --check, as CI runs them"),
+        ("make dev", "runs it with the others (agents are found by folder)"),
+    ]
+    width = max(len(command) for command, _ in steps) + 2
+    print(f"\nservices/agents/{name} is ready and wired into the workspace, compose.yaml and k8s/. Next:")
+    print(f"  edit services/agents/{name}/src/{package}/agent.py (its @skill method does a task's work)")
+    for command, what in steps:
+        print(f"  {command.ljust(width)}# {what}")
+    print("See docs/extending.md: agent id vs skill id, what the runtime does for you, returning text, data and files.")
     return 0
 
 

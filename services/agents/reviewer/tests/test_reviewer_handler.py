@@ -25,10 +25,7 @@ def harness() -> Harness:
 
 
 def review_of(reply: Reply) -> tuple[str, dict[str, Any]]:
-    assert reply.state is TaskState.COMPLETED, reply.text
-    (update,) = reply.artifact_updates
-    assert update["artifact"]["name"] == "review" and update["lastChunk"] is True
-    text_part, data_part = update["artifact"]["parts"]
+    text_part, data_part = reply.sole_artifact("review")["parts"]
     assert data_part["metadata"] == {"kind": "review"}
     return text_part["text"], data_part["data"]
 

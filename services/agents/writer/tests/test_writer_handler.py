@@ -31,20 +31,18 @@ def harness() -> Harness:
 
 
 def report_of(reply: Reply) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The report's Markdown, its outline, and the artifact update that carried them."""
-    assert reply.state is TaskState.COMPLETED, reply.text
-    (update,) = reply.artifact_updates
-    markdown_part, outline_part = update["artifact"]["parts"]
-    return markdown_part["text"], outline_part["data"], update
+    """The report's Markdown, its outline, and the artifact (wire form) that carried them."""
+    artifact = reply.sole_artifact("report")
+    markdown_part, outline_part = artifact["parts"]
+    return markdown_part["text"], outline_part["data"], artifact
 
 
 async def test_passages_one_per_part_become_a_cited_report(harness: Harness) -> None:
     reply = await harness.send(Part(text="Retained messages and wills"), *(Part(data=hit) for hit in HITS))
     assert reply.notes[0] == "writing from 3 passages"
-    markdown, outline, update = report_of(reply)
-    assert update["artifact"]["name"] == "report" and update["lastChunk"] is True
-    assert update["artifact"]["parts"][0]["mediaType"] == "text/markdown"
-    assert update["artifact"]["parts"][1]["metadata"] == {"kind": "outline"}
+    markdown, outline, artifact = report_of(reply)
+    assert artifact["parts"][0]["mediaType"] == "text/markdown"
+    assert artifact["parts"][1]["metadata"] == {"kind": "outline"}
     assert markdown.startswith("# Retained messages and wills\n\n## Summary\n")
     assert "## Retained Messages" in markdown and "## Last Will" in markdown
     assert "1. Retained Messages (`mqtt-retained`)\n2. Last Will (`mqtt-last-will`)" in markdown
