@@ -113,6 +113,14 @@ async def test_a_request_the_runtime_refuses_raises(harness: AgentHarness[Greete
     assert refused.value.code == -32602 and "parts must not be empty" in refused.value.message
 
 
+async def test_an_agent_that_wants_a_token_gets_the_one_given() -> None:
+    settings = AgentSettings(agent_id="greeter-auth", auth_tokens=["s3cret"])
+    with pytest.raises(AgentRequestError, match="authorization required"):
+        await AgentHarness(Greeter(settings)).send("Ada")
+    reply = await AgentHarness(Greeter(settings), authorization="Bearer s3cret").send("Ada")
+    assert reply.state is TaskState.COMPLETED
+
+
 def test_an_agent_declares_skills_one_way() -> None:
     with pytest.raises(TypeError, match="not both"):
 

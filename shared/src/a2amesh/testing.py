@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from a2amesh.agent import MeshAgent
 from a2amesh.binding.responder import Responder
 from a2amesh.models import Artifact, Part, StreamResponse, Task, TaskState
-from a2amesh.mqtt import Envelope
+from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope
 
 AgentT = TypeVar("AgentT", bound=MeshAgent)
 
@@ -135,8 +135,11 @@ class Reply:
 class AgentHarness(Generic[AgentT]):
     """An agent served by its real responder over a `MemoryLink`: no broker, no process, one event loop."""
 
-    def __init__(self, agent: AgentT) -> None:
+    def __init__(self, agent: AgentT, *, authorization: str | None = None) -> None:
+        """`authorization` is sent with every request (User Property a2a-authorization), for an agent that
+        requires a Bearer token (MESH_AUTH_TOKENS)."""
         self.agent = agent
+        self.authorization = authorization
         self.responder: Responder = agent.responder()
         self.link = MemoryLink(self.responder.link.handler)
         self.responder.link = self.link  # type: ignore[assignment]  # the in-memory stand-in for MQTT
@@ -186,6 +189,7 @@ class AgentHarness(Generic[AgentT]):
             retain=False,
             response_topic=f"{self.requester}/{correlation.hex()}",
             correlation_data=correlation,
+            user_properties={AUTHORIZATION_PROPERTY: self.authorization} if self.authorization else {},
         )
         await self.link.handler(envelope)
         record = self.responder.tasks.get(params.get("message", {}).get("taskId", ""))
