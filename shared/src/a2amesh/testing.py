@@ -21,6 +21,7 @@ from a2amesh.agent import MeshAgent
 from a2amesh.binding.responder import Responder
 from a2amesh.models import Artifact, Part, StreamResponse, Task, TaskState
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope
+from a2amesh.topics import AgentAddress, new_reply_suffix
 
 AgentT = TypeVar("AgentT", bound=MeshAgent)
 
@@ -72,6 +73,10 @@ class MemoryLink:
     def inbox(self, topic: str) -> asyncio.Queue[dict[str, Any]]:
         """Where the replies published on `topic` arrive."""
         return self._inboxes.setdefault(topic, asyncio.Queue())
+
+    def forget(self, topic: str) -> None:
+        """Stop collecting replies on `topic` (its request is answered)."""
+        self._inboxes.pop(topic, None)
 
 
 @dataclass
@@ -143,7 +148,7 @@ class AgentHarness(Generic[AgentT]):
         self.responder: Responder = agent.responder()
         self.link = MemoryLink(self.responder.link.handler)
         self.responder.link = self.link  # type: ignore[assignment]  # the in-memory stand-in for MQTT
-        self.requester = f"$a2a/v1/reply/harness/{uuid.uuid4().hex[:8]}"
+        self.requester = AgentAddress(agent.settings.org, agent.settings.unit, f"harness-{uuid.uuid4().hex[:8]}")
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -181,13 +186,14 @@ class AgentHarness(Generic[AgentT]):
 
     async def _request(self, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         correlation = uuid.uuid4().bytes
-        inbox = self.link.inbox(f"{self.requester}/{correlation.hex()}")
+        reply_topic = self.requester.reply_topic(new_reply_suffix())
+        inbox = self.link.inbox(reply_topic)
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
         envelope = Envelope(
             topic=self.responder.address.request_topic,
             payload=json.dumps(request).encode(),
             retain=False,
-            response_topic=f"{self.requester}/{correlation.hex()}",
+            response_topic=reply_topic,
             correlation_data=correlation,
             user_properties={AUTHORIZATION_PROPERTY: self.authorization} if self.authorization else {},
         )
@@ -197,11 +203,14 @@ class AgentHarness(Generic[AgentT]):
         if runner is not None:  # the turn runs in a task of its own: let it finish, so a next turn continues it
             await asyncio.wait_for(asyncio.shield(runner), REPLY_TIMEOUT)
         events: list[dict[str, Any]] = []
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            while True:
-                reply = await inbox.get()
-                if "error" in reply:
-                    raise AgentRequestError(reply["error"]["code"], reply["error"]["message"])
-                events.append(reply["result"])
-                if StreamResponse.from_wire(reply["result"]).ends_stream:
-                    return events
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while True:
+                    reply = await inbox.get()
+                    if "error" in reply:
+                        raise AgentRequestError(reply["error"]["code"], reply["error"]["message"])
+                    events.append(reply["result"])
+                    if StreamResponse.from_wire(reply["result"]).ends_stream:
+                        return events
+        finally:
+            self.link.forget(reply_topic)
