@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -76,9 +76,16 @@ identity-remove: python-deps ## revoke an outside identity at once (make identit
 dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
 	@$(UV) run --locked python -m devstack up
 
-new-agent: python-deps ## scaffold services/agents/NAME and wire it in everywhere (make new-agent NAME=my-agent)
-	@test -n "$(NAME)" || { echo "usage: make new-agent NAME=my-agent" >&2; exit 2; }
-	@$(UV) run --locked python -m devstack new-agent "$(NAME)"
+# SKILL, SKILL_NAME and DESCRIPTION are optional; read from the environment (make exports command-line variables),
+# so quotes and spaces in them reach the scaffold unchanged.
+new-agent: python-deps ## scaffold services/agents/NAME and wire it in (NAME=x [SKILL=x.y SKILL_NAME=.. DESCRIPTION=..])
+	@test -n "$(NAME)" || { echo "usage: make new-agent NAME=my-agent [SKILL=id SKILL_NAME=name DESCRIPTION=text]" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack new-agent "$(NAME)" \
+	  --skill "$${SKILL:-}" --skill-name "$${SKILL_NAME:-}" --description "$${DESCRIPTION:-}"
+
+test-agent: python-deps ## one agent's tests, in seconds: in memory, then its process on a real broker (NAME=x)
+	@test -n "$(NAME)" && test -d "services/agents/$(NAME)/tests" || { echo "usage: make test-agent NAME=<a folder of services/agents with tests>" >&2; exit 2; }
+	@$(UV) run --locked pytest -q "services/agents/$(NAME)"
 
 lint: python-deps ## ruff
 	@$(UV) run --locked ruff check .

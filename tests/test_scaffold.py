@@ -1,9 +1,11 @@
 """`make new-agent`: a scaffolded agent lands in one folder, is wired into the workspace, Compose and Kubernetes,
-passes its own generated tests, and joins a running mesh where the coordinator delivers it a task."""
+carries the skill it was given (no placeholder left), passes the project's lint and its own generated tests (in
+memory and as a process), and joins a running mesh where the coordinator delivers it a task."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,12 +20,19 @@ from a2a.types import a2a_pb2 as pb
 
 from devstack.pki import Identity, Role
 from devstack.processes import REPO_ROOT, free_port
-from devstack.scaffold import ScaffoldError, new_agent
+from devstack.scaffold import LEFTOVER, AgentName, ScaffoldError, new_agent
 from devstack.stack import Stack
 from tests.conftest import collect, send_request, user_message
 
 NAME = "word-count"
 PACKAGE = "agent_word_count"
+SKILL = "text.word-count"
+SKILL_NAME = "Count words"
+DESCRIPTION = (
+    'Counts the words of a text and says "how many" in a sentence; a long description with quotes and a backslash '
+    "(C:\\texts) that must reach the card and pyproject.toml unchanged, and keep every line within the lint's limit."
+)
+PLACEHOLDER_PHRASES = ("todo", "fixme", "describe what", "replace with", "say what it does", "placeholder")
 COPY_IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "run", "reports", "node_modules", "checkov-env", "__pycache__", ".*cache"
 )
@@ -34,7 +43,8 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the repository with the new agent scaffolded into it (the real tree is never touched)."""
     copy = tmp_path_factory.mktemp("repo") / "repo"
     shutil.copytree(REPO_ROOT, copy, ignore=COPY_IGNORED)
-    new_agent(NAME, copy, lock=False)  # `uv lock` would reach the package index; tests stay on loopback
+    new_agent(NAME, copy, skill_id=SKILL, skill_name=SKILL_NAME, description=DESCRIPTION, lock=False)
+    # (no `uv lock`: it would reach the package index; tests stay on loopback)
     yield copy
 
 
@@ -62,6 +72,48 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     assert ("StatefulSet", NAME) in kinds and ("ServiceAccount", NAME) in kinds
 
 
+def test_the_skill_given_is_on_the_card_and_in_the_project(scaffolded: Path) -> None:
+    folder = scaffolded / "services" / "agents" / NAME
+    project = tomllib.loads((folder / "pyproject.toml").read_text())
+    assert project["project"]["description"] == DESCRIPTION
+    env = {**os.environ, "PYTHONPATH": str(folder / "src")}
+    card = subprocess.run(
+        [sys.executable, "-c", CARD_SCRIPT.format(package=PACKAGE)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert card.splitlines() == [SKILL, SKILL_NAME, DESCRIPTION, DESCRIPTION]
+
+
+CARD_SCRIPT = """
+from a2amesh.agent import MeshAgent
+from a2amesh.settings import AgentSettings
+from {package} import agent
+
+(agent_class,) = [value for value in vars(agent).values() if isinstance(value, type) and MeshAgent in value.__mro__[1:]]
+card = agent_class(AgentSettings(agent_id="card-test")).card()
+(skill,) = card.skills
+print(skill.id, skill.name, skill.description, card.description, sep="\\n")
+"""
+
+
+def test_no_placeholder_survives_in_a_generated_file(scaffolded: Path) -> None:
+    folder = scaffolded / "services" / "agents" / NAME
+    files = [path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
+    assert len(files) == 7
+    for path in files:
+        text = path.read_text()
+        assert not LEFTOVER.search(text), path  # a template placeholder (__NAME__...) left unfilled
+        assert not [phrase for phrase in PLACEHOLDER_PHRASES if phrase in text.lower()], path
+
+
+def test_the_generated_code_passes_the_lint_and_the_formatter(scaffolded: Path) -> None:
+    folder = f"services/agents/{NAME}"
+    for command in (["check", folder], ["format", "--check", folder]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command], cwd=scaffolded, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_generated_tests_pass(scaffolded: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(scaffolded / "services" / "agents" / NAME / "src")}
     result = subprocess.run(
@@ -73,7 +125,7 @@ def test_the_generated_tests_pass(scaffolded: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
+    assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]  # in memory (3), as a process (1)
 
 
 async def test_the_agent_joins_the_mesh_and_serves_a_task_through_the_coordinator(
@@ -87,17 +139,34 @@ async def test_the_agent_joins_the_mesh_and_serves_a_task_through_the_coordinato
     mesh.launch(process)
     try:
         record = (await http.get(f"{mesh.registry_url}/agents/{mesh.org}/{mesh.unit}/{NAME}")).json()
-        assert record["skills"] == [NAME]
-        [event] = await collect(make_client(), send_request(user_message("hello mesh"), skill=NAME))
+        assert record["skills"] == [SKILL]
+        [event] = await collect(make_client(), send_request(user_message("hello mesh"), skill=SKILL))
         assert event.task.status.state == pb.TASK_STATE_COMPLETED
         assert event.task.artifacts[0].parts[0].text == "HELLO MESH"
     finally:
         assert process.stop() == 0
 
 
+def test_the_skill_defaults_come_from_the_name() -> None:
+    agent = AgentName("unit-converter")
+    assert (agent.skill, agent.skill_title, agent.method) == ("unit-converter", "Unit converter", "unit_converter")
+    assert agent.summary == "Returns the text it is sent upper-cased, with its word count."  # what the code does
+    assert AgentName("x", skill_id="units.convert").skill_title == "Units convert"
+    assert [AgentName("x", skill_id=id).method for id in ("handle", "import", "3d.render")] == [
+        "handle_skill",
+        "import_skill",
+        "skill_3d_render",
+    ]
+
+
 def test_bad_names_and_existing_agents_are_refused(tmp_path: Path) -> None:
     for bad in ("Echo", "9lives", "a--b", "with_underscore", "x" * 31):
         with pytest.raises(ScaffoldError, match="lowercase"):
             new_agent(bad, tmp_path, lock=False)
+    for bad_skill in ("Units", "units..convert", "units convert", ".x", "x" * 65):
+        with pytest.raises(ScaffoldError, match="skill id"):
+            new_agent("units", tmp_path, skill_id=bad_skill, lock=False)
+    with pytest.raises(ScaffoldError, match="description: at most 500"):
+        new_agent("units", tmp_path, description="x" * 501, lock=False)
     with pytest.raises(ScaffoldError, match="already exists"):
         new_agent("echo", REPO_ROOT, lock=False)

@@ -1,17 +1,18 @@
-"""The agent runtime: subclass `MeshAgent`, declare skills, implement `handle`, and `serve()` does the rest
-(card, presence with the card as Will, requests, de-duplication, task events, graceful stop)."""
+"""The agent runtime: subclass `MeshAgent`, declare each skill with `@skill` on the method that does it, and
+`serve()` does the rest (card, presence with the card as Will, requests, de-duplication, task events, routing a
+task to its skill's method, graceful stop)."""
 
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from starlette.applications import Starlette
 
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
-from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, TASK_EVENTS_EXTENSION
+from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, SKILL_METADATA_KEY, TASK_EVENTS_EXTENSION
 from a2amesh.models import (
     AgentCapabilities,
     AgentCard,
@@ -29,20 +30,74 @@ from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings, read_keys
 from a2amesh.topics import PoolAddress
 
-__all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve"]
+__all__ = ["MeshAgent", "TaskContext", "TaskFailedError", "TaskRejectedError", "serve", "skill"]
+
+SkillMethod = TypeVar("SkillMethod", bound=Callable[..., Awaitable[None]])
+SKILL_ATTRIBUTE = "__mesh_skill__"
 
 
-class MeshAgent(ABC):
-    """A specialist on the mesh. Class attributes describe it; `handle` does one task's work."""
+def skill(
+    id: str,
+    name: str,
+    description: str,
+    *,
+    tags: Sequence[str] = (),
+    examples: Sequence[str] | None = None,
+    input_modes: Sequence[str] | None = None,
+    output_modes: Sequence[str] | None = None,
+) -> Callable[[SkillMethod], SkillMethod]:
+    """Declare a skill on the method that does it: the skill goes on the agent's card, and a task asking for it
+    (request metadata `skill`) runs the method. The first skill declared is the one a task naming none gets."""
+    declared = AgentSkill(
+        id=id,
+        name=name,
+        description=description,
+        tags=list(tags),
+        examples=list(examples) if examples is not None else None,
+        input_modes=list(input_modes) if input_modes is not None else None,
+        output_modes=list(output_modes) if output_modes is not None else None,
+    )
+
+    def mark(method: SkillMethod) -> SkillMethod:
+        setattr(method, SKILL_ATTRIBUTE, declared)
+        return method
+
+    return mark
+
+
+class MeshAgent:
+    """A specialist on the mesh. Class attributes describe it; each `@skill` method does one skill's tasks.
+
+    (An agent may instead list `skills` itself and override `handle`, routing on its own.)"""
 
     name: ClassVar[str]
     description: ClassVar[str]
     skills: ClassVar[list[AgentSkill]]
+    skill_methods: ClassVar[dict[str, str]] = {}
+    """Skill id -> the name of the method that does it, in declaration order (filled from the `@skill` methods)."""
     version: ClassVar[str] = "0.1.0"
     input_modes: ClassVar[list[str]] = ["text/plain"]
     output_modes: ClassVar[list[str]] = ["text/plain"]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared: dict[str, AgentSkill] = {}
+        methods: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's method overrides its base's, keeping the base's order
+            for attribute, value in vars(klass).items():
+                declaration = getattr(value, SKILL_ATTRIBUTE, None)
+                if isinstance(declaration, AgentSkill):
+                    declared[declaration.id] = declaration
+                    methods[declaration.id] = attribute
+        if methods:
+            if "skills" in vars(cls):
+                raise TypeError(f"{cls.__name__}: declare skills with @skill or list them in `skills`, not both")
+            cls.skills = list(declared.values())
+            cls.skill_methods = methods
+
     def __init__(self, settings: AgentSettings) -> None:
+        if not self.skill_methods and type(self).handle is MeshAgent.handle:
+            raise TypeError(f"{type(self).__name__}: declare at least one @skill method (or override handle)")
         self.settings = settings
 
     def card(self) -> AgentCard:
@@ -104,10 +159,22 @@ class MeshAgent(ABC):
         A running task is canceled through its handler instead (asyncio.CancelledError)."""
         return  # nothing held by default
 
-    @abstractmethod
     async def handle(self, task: TaskContext) -> None:
-        """Do the task's work, reporting through `task`. Raise TaskRejectedError for bad input; returning
-        without ending the task completes it; any other exception fails it with the reason."""
+        """Run the `@skill` method the task asks for (metadata `skill`; none named: the first skill declared).
+        A skill this agent does not have is REJECTED. The method reports through `task`: raise TaskRejectedError
+        for bad input; returning without ending the task completes it; any other exception fails it."""
+        requested = task.metadata.get(SKILL_METADATA_KEY)
+        skill_id = next(iter(self.skill_methods)) if requested is None else requested
+        method = self.skill_methods.get(skill_id) if isinstance(skill_id, str) else None
+        if method is None:
+            offered = ", ".join(repr(known) for known in self.skill_methods)
+            raise TaskRejectedError(f"unknown skill {requested!r}: this agent does {offered}")
+        await getattr(self, method)(task)
+
+    def responder(self) -> Responder:
+        """The binding's responder serving this agent: what `serve` runs, and what `a2amesh.testing` drives
+        without a broker."""
+        return Responder(self.card(), self.handle, self.settings, on_cancel=self.on_cancel)
 
 
 def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -> None:
@@ -117,7 +184,7 @@ def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -
     agent = agent_class(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        responder = Responder(agent.card(), agent.handle, settings, on_cancel=agent.on_cancel)
+        responder = agent.responder()
         if not settings.http_port:
             await responder.run(stop)
             return

@@ -125,20 +125,27 @@ def identity_remove_command(pki_dir: Path, name: str, broker: Broker) -> int:
     return 0
 
 
-def new_agent_command(name: str, lock: bool) -> int:
+def new_agent_command(name: str, skill_id: str, skill_name: str, description: str, lock: bool) -> int:
     """Scaffold an agent and say what was written and what to do next."""
     try:
-        written = new_agent(name, lock=lock)
+        written = new_agent(name, skill_id=skill_id, skill_name=skill_name, description=description, lock=lock)
     except ScaffoldError as error:
         print(f"new-agent: {error}", file=sys.stderr)
         return 2
     for path in written:
         print(f"  wrote {path.relative_to(REPO_ROOT)}")
-    print(f"""
-services/agents/{name} is ready and wired into the workspace, compose.yaml and k8s/. Next:
-  edit services/agents/{name}/src/agent_{name.replace("-", "_")}/agent.py (skills on the card, work in handle)
-  make dev      # runs it with the others (agents are found by folder)
-  make test     # runs its tests with everything else (docs/extending.md)""")
+    package = "agent_" + name.replace("-", "_")
+    steps = [
+        (f"make test-agent NAME={name}", "its own tests, in seconds: in memory, then its process on a real broker"),
+        ("make lint", "ruff check and ruff format --check, as CI runs them"),
+        ("make dev", "runs it with the others (agents are found by folder)"),
+    ]
+    width = max(len(command) for command, _ in steps) + 2
+    print(f"\nservices/agents/{name} is ready and wired into the workspace, compose.yaml and k8s/. Next:")
+    print(f"  edit services/agents/{name}/src/{package}/agent.py (its @skill method does a task's work)")
+    for command, what in steps:
+        print(f"  {command.ljust(width)}# {what}")
+    print("See docs/extending.md: agent id vs skill id, what the runtime does for you, returning text, data and files.")
     return 0
 
 
@@ -151,6 +158,9 @@ def main() -> None:
     certs_parser.add_argument("--dir", type=Path, default=DEV_PKI, help="where (default infra/broker-certs)")
     scaffold_parser = commands.add_parser("new-agent", help="scaffold services/agents/NAME and wire it in")
     scaffold_parser.add_argument("name")
+    scaffold_parser.add_argument("--skill", default="", help="the skill's id (default: the agent's name)")
+    scaffold_parser.add_argument("--skill-name", default="", help="the skill's display name (default: from its id)")
+    scaffold_parser.add_argument("--description", default="", help="what the skill does (card and pyproject)")
     scaffold_parser.add_argument("--no-lock", action="store_true", help="skip `uv lock` (the tests use it)")
     identity_parser = commands.add_parser("identity", help="admit an outside requester or agent on the broker")
     identity_parser.add_argument("name")
@@ -171,7 +181,7 @@ def main() -> None:
         sys.exit(up(args.run_dir))
     if args.command == "certs":
         sys.exit(certs_command(args.dir))
-    sys.exit(new_agent_command(args.name, lock=not args.no_lock))
+    sys.exit(new_agent_command(args.name, args.skill, args.skill_name, args.description, lock=not args.no_lock))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,37 @@
 """`make new-agent NAME=...`: a new agent in one folder, wired into everything that must know it.
 
-The agent's own code comes from templates/agent/; its Dockerfile, Compose service and Kubernetes manifest are derived
-from the echo agent's (the template agent), so they follow whatever the project's deployment conventions are today.
-The dev runner and the tests need no edit: they discover agents by folder (devstack.stack.discover_agents)."""
+The agent's own code comes from templates/agent/, filled with its skill's id, name and description (options of
+`make new-agent`, derived from the name when not given), then formatted with ruff so it passes the project's lint.
+Its Dockerfile, Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so
+they follow whatever the project's deployment conventions are today. The dev runner and the tests need no edit:
+they discover agents by folder (devstack.stack.discover_agents)."""
 
 from __future__ import annotations
 
+import json
+import keyword
 import re
 import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from a2amesh.agent import MeshAgent
 from devstack.processes import REPO_ROOT
 
 TEMPLATES = Path(__file__).parent / "templates" / "agent"
 TEMPLATE_AGENT = "echo"
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 MAX_NAME = 30
+SKILL_ID = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*$")
+MAX_SKILL_ID = 64
+MAX_SKILL_NAME = 80
+MAX_DESCRIPTION = 500
+DEFAULT_DESCRIPTION = "Returns the text it is sent upper-cased, with its word count."
+"""What the generated code does until its author changes it (so the card says the truth from the start)."""
+PLACEHOLDER = re.compile(r"__(PKG|NAME|TITLE|CLASS|METHOD|SKILL_ID|SKILL_NAME_PY|DESCRIPTION_PY|DESCRIPTION_TOML)__")
+LEFTOVER = re.compile(r"__[A-Z][A-Z_]*__")
 
 
 class ScaffoldError(ValueError):
@@ -25,9 +40,13 @@ class ScaffoldError(ValueError):
 
 @dataclass(frozen=True)
 class AgentName:
-    """The spellings of a new agent's name."""
+    """The spellings of a new agent's name, and its skill as the card shows it."""
 
     name: str
+    skill_id: str = ""
+    """The skill's id on the card (what requests name in metadata `skill`); the agent's name when empty."""
+    skill_name: str = ""
+    description: str = ""
 
     @property
     def package(self) -> str:
@@ -41,16 +60,46 @@ class AgentName:
     def class_name(self) -> str:
         return "".join(word.capitalize() for word in self.name.split("-")) + "Agent"
 
+    @property
+    def skill(self) -> str:
+        return self.skill_id or self.name
+
+    @property
+    def skill_title(self) -> str:
+        """The skill's display name: given, or its id in words ("units.convert" -> "Units convert")."""
+        return self.skill_name or " ".join(re.split(r"[._-]", self.skill)).capitalize()
+
+    @property
+    def method(self) -> str:
+        """The name of the skill's method: its id as a Python identifier ("units.convert" -> "units_convert")."""
+        words = re.split(r"[._-]", self.skill)
+        method = ("skill_" if words[0][0].isdigit() else "") + "_".join(words)
+        taken = keyword.iskeyword(method) or method.startswith("__") or hasattr(MeshAgent, method)
+        return method + "_skill" if taken else method
+
+    @property
+    def summary(self) -> str:
+        return self.description or DEFAULT_DESCRIPTION
+
     def fill(self, text: str) -> str:
-        """A template with this name's spellings put in."""
-        for placeholder, value in (
-            ("__PKG__", self.package),
-            ("__NAME__", self.name),
-            ("__TITLE__", self.title),
-            ("__CLASS__", self.class_name),
-        ):
-            text = text.replace(placeholder, value)
-        return text
+        """A template with this agent's spellings put in: plain where the template quotes them itself, as string
+        literals (Python, TOML) where the value is free text."""
+        values = {
+            "PKG": self.package,
+            "NAME": self.name,
+            "TITLE": self.title,
+            "CLASS": self.class_name,
+            "METHOD": self.method,
+            "SKILL_ID": self.skill,
+            "SKILL_NAME_PY": python_string(self.skill_title),
+            "DESCRIPTION_PY": python_string(self.summary),
+            "DESCRIPTION_TOML": json.dumps(self.summary, ensure_ascii=False),  # a JSON string is a TOML basic string
+        }
+        filled = PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+        leftover = LEFTOVER.search(PLACEHOLDER.sub("", text))
+        if leftover:
+            raise ScaffoldError(f"template placeholder {leftover.group(0)} has no value")
+        return filled
 
     def derive(self, text: str) -> str:
         """The template agent's text (Dockerfile, Compose block, manifest) rewritten for this agent."""
@@ -60,10 +109,28 @@ class AgentName:
         return re.sub(rf"(?<![A-Za-z0-9_]){TEMPLATE_AGENT}(?![A-Za-z0-9_])", self.name, text)
 
 
-def new_agent(name: str, root: Path = REPO_ROOT, *, lock: bool = True) -> list[Path]:
+def python_string(value: str) -> str:
+    """`value` as a Python string literal; a long one as parenthesized pieces, so no line passes the lint's limit
+    (ruff format re-indents them)."""
+    if len(value) <= 60:
+        return json.dumps(value, ensure_ascii=False)
+    pieces = textwrap.wrap(value, 70, drop_whitespace=False, break_long_words=True, break_on_hyphens=False)
+    return "(\n" + "\n".join(json.dumps(piece, ensure_ascii=False) for piece in pieces) + "\n)"
+
+
+def new_agent(
+    name: str,
+    root: Path = REPO_ROOT,
+    *,
+    skill_id: str = "",
+    skill_name: str = "",
+    description: str = "",
+    lock: bool = True,
+) -> list[Path]:
     """Create services/agents/<name> and wire it in; the files written or changed."""
-    agent = _check(name, root)
+    agent = _check(name, root, skill_id, skill_name, description)
     written = _render_code(agent, root)
+    _format(root / "services/agents" / agent.name)
     written.append(
         _write(
             root / "services/agents" / agent.name / "Dockerfile",
@@ -78,12 +145,22 @@ def new_agent(name: str, root: Path = REPO_ROOT, *, lock: bool = True) -> list[P
     return written
 
 
-def _check(name: str, root: Path) -> AgentName:
+def _check(name: str, root: Path, skill_id: str, skill_name: str, description: str) -> AgentName:
     if not NAME.match(name) or len(name) > MAX_NAME:
         raise ScaffoldError(f"agent name {name!r}: lowercase letters, digits and single dashes, at most {MAX_NAME}")
+    if skill_id and (not SKILL_ID.match(skill_id) or len(skill_id) > MAX_SKILL_ID):
+        raise ScaffoldError(
+            f"skill id {skill_id!r}: lowercase letters and digits, words joined by single '.', '-' or '_', "
+            f"at most {MAX_SKILL_ID}"
+        )
+    skill_name, description = " ".join(skill_name.split()), " ".join(description.split())
+    if len(skill_name) > MAX_SKILL_NAME:
+        raise ScaffoldError(f"skill name: at most {MAX_SKILL_NAME} characters (got {len(skill_name)})")
+    if len(description) > MAX_DESCRIPTION:
+        raise ScaffoldError(f"description: at most {MAX_DESCRIPTION} characters (got {len(description)})")
     if (root / "services/agents" / name).exists():
         raise ScaffoldError(f"services/agents/{name} already exists")
-    return AgentName(name)
+    return AgentName(name, skill_id, skill_name, description)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -99,6 +176,11 @@ def _render_code(agent: AgentName, root: Path) -> list[Path]:
         relative = agent.fill(str(template.relative_to(TEMPLATES)))[: -len(".tmpl")]
         written.append(_write(target / relative, agent.fill(template.read_text())))
     return written
+
+
+def _format(folder: Path) -> None:
+    """Format the generated code as the project's lint expects (the templates' free-text values vary in length)."""
+    subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", str(folder)], check=True)
 
 
 def _insert_after_last(text: str, pattern: str, addition: str, what: str) -> str:

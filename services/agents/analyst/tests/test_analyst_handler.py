@@ -1,17 +1,16 @@
-"""The analyst's handler against the real TaskContext, with events collected in memory instead of sent over MQTT."""
+"""The analyst's handler through the real runtime (a2amesh.testing): no broker, events kept in memory."""
 
 from __future__ import annotations
 
 import json
-import uuid
+import re
 from typing import Any
 
 import pytest
 
-from a2amesh.agent import TaskRejectedError
-from a2amesh.binding.tasks import TaskContext, TaskRecord
-from a2amesh.models import JsonRpcRequest, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus
+from a2amesh.models import Part, TaskState
 from a2amesh.settings import AgentSettings
+from a2amesh.testing import AgentHarness, Reply
 from agent_analyst.agent import ANALYZE_SKILL, AnalystAgent
 
 CSV = "product,units,price\nA,12,9.5\nB,3,20\nC,7,9.5\n"
@@ -22,51 +21,32 @@ RECORDS = [
 ]
 
 
+Harness = AgentHarness[AnalystAgent]
+
+
 @pytest.fixture(scope="module")
-def agent() -> AnalystAgent:
-    return AnalystAgent(AgentSettings(agent_id="analyst-unit"))
+def harness() -> Harness:
+    return AgentHarness(AnalystAgent(AgentSettings(agent_id="analyst-unit")))
 
 
-async def run(agent: AnalystAgent, *parts: Part, **metadata: Any) -> tuple[TaskRecord, list[dict[str, Any]]]:
-    """Run one task through the handler as the responder would; the wire form of every event it emitted."""
-    task_id = str(uuid.uuid4())
-    message = Message(message_id="m1", role=Role.USER, parts=list(parts), task_id=task_id, context_id="c1")
-    task = Task(id=task_id, context_id="c1", status=TaskStatus(state=TaskState.WORKING), history=[message])
-    request = JsonRpcRequest(jsonrpc="2.0", id=1, method="SendStreamingMessage", params={})
-    record = TaskRecord(task=task, request=request, request_metadata=metadata)
-    events: list[dict[str, Any]] = []
-
-    async def emit(record: TaskRecord, item: StreamResponse) -> None:
-        record.apply(item)
-        events.append(item.to_wire())
-
-    await agent.handle(TaskContext(record, emit))
-    return record, events
-
-
-def statistics_of(events: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    (update,) = [event["artifactUpdate"] for event in events if "artifactUpdate" in event]
-    assert update["artifact"]["name"] == "statistics" and update["lastChunk"] is True
-    text_part, data_part = update["artifact"]["parts"]
+def statistics_of(reply: Reply) -> tuple[str, dict[str, Any]]:
+    text_part, data_part = reply.sole_artifact("statistics")["parts"]
     assert data_part["metadata"] == {"kind": "statistics"}
     return text_part["text"], data_part["data"]
 
 
-async def test_csv_text_gives_statistics_as_a_data_part(agent: AnalystAgent) -> None:
-    record, events = await run(agent, Part(text=CSV))
-    assert events[0]["statusUpdate"]["status"]["message"]["parts"][0]["text"] == "analyzing 3 rows x 3 columns"
-    text, stats = statistics_of(events)
+async def test_csv_text_gives_statistics_as_a_data_part(harness: Harness) -> None:
+    reply = await harness.send(CSV)
+    assert reply.notes[0] == "analyzing 3 rows x 3 columns"
+    text, stats = statistics_of(reply)
     assert stats["rowCount"] == 3 and stats["numericColumns"] == ["units", "price"]
     units = stats["columns"][1]
     assert (units["mean"], units["median"], units["min"], units["max"]) == (7.333333, 7, 3, 12)
     assert text.startswith("3 rows, 3 columns: 2 numeric (units, price), 1 text (product)")
-    final = events[-1]["statusUpdate"]["status"]
-    assert final["state"] == "TASK_STATE_COMPLETED"
-    assert final["message"]["parts"][0]["text"] == "3 rows, 3 columns: 2 numeric (units, price), 1 text (product)"
-    assert record.current_state is TaskState.COMPLETED
+    assert reply.text == "3 rows, 3 columns: 2 numeric (units, price), 1 text (product)"
 
 
-async def test_every_table_shape_gives_the_same_statistics(agent: AnalystAgent) -> None:
+async def test_every_table_shape_gives_the_same_statistics(harness: Harness) -> None:
     names = ["product", "units", "price"]
     columns = {"columns": names, "rows": [[record[name] for name in names] for record in RECORDS]}
     shapes = [
@@ -79,12 +59,12 @@ async def test_every_table_shape_gives_the_same_statistics(agent: AnalystAgent) 
         [Part(raw=CSV.encode(), filename="sales.CSV")],
         [Part(text=f"```csv\n{CSV}```")],
     ]
-    results = [statistics_of((await run(agent, *parts))[1])[1] for parts in shapes]
+    results = [statistics_of(await harness.send(*parts))[1] for parts in shapes]
     assert all(result == results[0] for result in results)
 
 
-async def test_json_pasted_as_text_is_read_as_json(agent: AnalystAgent) -> None:
-    _, stats = statistics_of((await run(agent, Part(text=json.dumps(RECORDS))))[1])
+async def test_json_pasted_as_text_is_read_as_json(harness: Harness) -> None:
+    _, stats = statistics_of(await harness.send(json.dumps(RECORDS)))
     assert stats["rowCount"] == 3
 
 
@@ -108,20 +88,20 @@ async def test_json_pasted_as_text_is_read_as_json(agent: AnalystAgent) -> None:
         ([Part(data=[{"a": 1}] * 10_001)], r"^too large: at most 10000 rows"),
     ],
 )
-async def test_bad_input_is_rejected_with_the_reason(agent: AnalystAgent, parts: list[Part], reason: str) -> None:
-    with pytest.raises(TaskRejectedError, match=reason):
-        await run(agent, *parts)
+async def test_bad_input_is_rejected_with_the_reason(harness: Harness, parts: list[Part], reason: str) -> None:
+    reply = await harness.send(*parts)
+    assert reply.state is TaskState.REJECTED and re.match(reason, reply.text), reply.text
+    assert not reply.artifact_updates
 
 
-async def test_another_skill_is_rejected(agent: AnalystAgent) -> None:
-    with pytest.raises(TaskRejectedError, match="unknown skill 'research'"):
-        await run(agent, Part(text=CSV), skill="research")
-    record, _ = await run(agent, Part(text=CSV), skill=ANALYZE_SKILL)
-    assert record.current_state is TaskState.COMPLETED
+async def test_another_skill_is_rejected(harness: Harness) -> None:
+    reply = await harness.send(CSV, skill="research")
+    assert reply.state is TaskState.REJECTED and reply.text.startswith("unknown skill 'research'")
+    assert (await harness.send(CSV, skill=ANALYZE_SKILL)).state is TaskState.COMPLETED
 
 
-def test_card_skill_has_examples_that_work(agent: AnalystAgent) -> None:
-    card = agent.card()
+def test_card_skill_has_examples_that_work(harness: Harness) -> None:
+    card = harness.agent.card()
     assert card.skill_ids() == [ANALYZE_SKILL]
     (skill,) = card.skills
     assert skill.examples and len(skill.examples) == 3
@@ -129,7 +109,6 @@ def test_card_skill_has_examples_that_work(agent: AnalystAgent) -> None:
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
-async def test_each_card_example_is_analyzed(agent: AnalystAgent, index: int) -> None:
-    example = (agent.skills[0].examples or [])[index]
-    record, _ = await run(agent, Part(text=example))
-    assert record.current_state is TaskState.COMPLETED
+async def test_each_card_example_is_analyzed(harness: Harness, index: int) -> None:
+    example = (harness.agent.skills[0].examples or [])[index]
+    assert (await harness.send(example)).state is TaskState.COMPLETED

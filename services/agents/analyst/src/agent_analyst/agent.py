@@ -42,9 +42,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError
-from a2amesh.binding.wire import SKILL_METADATA_KEY
-from a2amesh.models import AgentSkill, Message, Part
+from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
+from a2amesh.models import Message, Part
 from agent_analyst.table import SHAPES, Table, TableError, describe, from_csv, from_data, summarize
 
 ANALYZE_SKILL = "analyze-table"
@@ -109,33 +108,28 @@ class AnalystAgent(MeshAgent):
         "statistics as a data part: row count, and per column count, missing, mean, median, min, max and standard "
         "deviation for numbers, or distinct values and the most frequent ones for text."
     )
-    skills = [
-        AgentSkill(
-            id=ANALYZE_SKILL,
-            name="Analyze table",
-            description=(
-                "Descriptive statistics of one table: send a data part holding a list of row objects or "
-                '{"columns": [...], "rows": [[...]]}, or CSV text with a header line (at most 10,000 rows and '
-                "100 columns). Returns {rowCount, columns: [{name, type, count, mean, median, min, max, stdev | "
-                "distinct, top}]}."
-            ),
-            tags=["analyst", "data", "statistics", "table", "csv", "json"],
-            examples=[
-                "city,temp_c,rain_mm\nOslo,4,12.5\nLima,19,0\nCairo,24,0.2",
-                '[{"product": "A", "units": 12, "price": 9.5}, {"product": "B", "units": 3, "price": 20}]',
-                '{"columns": ["region", "sales"], "rows": [["north", 120], ["south", 95]]}',
-            ],
-            input_modes=["application/json", "text/csv", "text/plain"],
-            output_modes=["application/json", "text/plain"],
-        ),
-    ]
     input_modes = ["application/json", "text/csv", "text/plain"]
     output_modes = ["application/json", "text/plain"]
 
-    async def handle(self, task: TaskContext) -> None:
-        skill = task.metadata.get(SKILL_METADATA_KEY, ANALYZE_SKILL)
-        if skill != ANALYZE_SKILL:
-            raise TaskRejectedError(f"unknown skill {skill!r}: this agent only does {ANALYZE_SKILL!r}")
+    @skill(
+        id=ANALYZE_SKILL,
+        name="Analyze table",
+        description=(
+            "Descriptive statistics of one table: send a data part holding a list of row objects or "
+            '{"columns": [...], "rows": [[...]]}, or CSV text with a header line (at most 10,000 rows and '
+            "100 columns). Returns {rowCount, columns: [{name, type, count, mean, median, min, max, stdev | "
+            "distinct, top}]}."
+        ),
+        tags=["analyst", "data", "statistics", "table", "csv", "json"],
+        examples=[
+            "city,temp_c,rain_mm\nOslo,4,12.5\nLima,19,0\nCairo,24,0.2",
+            '[{"product": "A", "units": 12, "price": 9.5}, {"product": "B", "units": 3, "price": 20}]',
+            '{"columns": ["region", "sales"], "rows": [["north", 120], ["south", 95]]}',
+        ],
+        input_modes=["application/json", "text/csv", "text/plain"],
+        output_modes=["application/json", "text/plain"],
+    )
+    async def analyze(self, task: TaskContext) -> None:
         table = read_table(task.message)
         try:
             stats = describe(table)

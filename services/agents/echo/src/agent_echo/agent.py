@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError
-from a2amesh.models import AgentSkill
+from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
 
 MAX_DELAY_MS = 60_000
 
@@ -15,17 +14,15 @@ class EchoAgent(MeshAgent):
 
     name = "Echo Agent"
     description = "Echoes back the text and data it is sent. The smallest mesh agent and the template for new ones."
-    skills = [
-        AgentSkill(
-            id="echo",
-            name="Echo",
-            description="Returns the message it receives, unchanged.",
-            tags=["echo", "test", "template"],
-            examples=["hello mesh", "echo this back"],
-        ),
-    ]
 
-    async def handle(self, task: TaskContext) -> None:
+    @skill(
+        id="echo",
+        name="Echo",
+        description="Returns the message it receives, unchanged.",
+        tags=["echo", "test", "template"],
+        examples=["hello mesh", "echo this back"],
+    )
+    async def echo(self, task: TaskContext) -> None:
         delay_ms = task.metadata.get("delayMs", 0)
         if not isinstance(delay_ms, int | float) or not 0 <= delay_ms <= MAX_DELAY_MS:
             raise TaskRejectedError(f"metadata.delayMs must be a number from 0 to {MAX_DELAY_MS}")

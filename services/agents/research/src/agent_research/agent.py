@@ -24,8 +24,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError
-from a2amesh.models import AgentSkill, Part
+from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
+from a2amesh.models import Part
 from a2amesh.settings import AgentSettings
 from agent_research.search import BM25Index, Corpus, Hit, tokenize
 
@@ -94,34 +94,6 @@ class ResearchAgent(MeshAgent):
         "Searches a bundled corpus on MQTT 5, A2A, broker security, Redis, SQL persistence, Kubernetes, load "
         "testing and retries with Okapi BM25, and streams the best matching passages with their sources."
     )
-    skills = [
-        AgentSkill(
-            id=RESEARCH_SKILL,
-            name="Research",
-            description=(
-                "Ranks paragraph-level passages of the bundled corpus against the message text (BM25) and streams "
-                f"the top ones as data parts with rank, score, source and title. Metadata topK: 1-{MAX_TOP_K}, "
-                f"default {DEFAULT_TOP_K}."
-            ),
-            tags=["research", "search", "corpus", "bm25", "retrieval", "citations"],
-            examples=[
-                "How do MQTT retained messages work?",
-                "exponential backoff with jitter",
-                "What does the input required task state mean?",
-            ],
-            input_modes=["text/plain"],
-            output_modes=["application/json", "text/plain"],
-        ),
-        AgentSkill(
-            id=LIST_SOURCES_SKILL,
-            name="List sources",
-            description="Lists the corpus documents (id, title, passage count). Send metadata skill=list-sources.",
-            tags=["research", "corpus", "sources"],
-            examples=["list sources"],
-            input_modes=["text/plain"],
-            output_modes=["application/json", "text/plain"],
-        ),
-    ]
     input_modes = ["text/plain"]
     output_modes = ["application/json", "text/plain"]
 
@@ -130,18 +102,24 @@ class ResearchAgent(MeshAgent):
         self.corpus = corpus or Corpus.bundled()
         self.index = BM25Index.of(self.corpus)  # built once at start-up: the corpus is immutable
 
-    async def handle(self, task: TaskContext) -> None:
-        skill = task.metadata.get("skill", RESEARCH_SKILL)
-        if skill == LIST_SOURCES_SKILL:
-            await self._list_sources(task)
-        elif skill == RESEARCH_SKILL:
-            await self._research(task)
-        else:
-            raise TaskRejectedError(
-                f"unknown skill {skill!r}: metadata.skill must be {RESEARCH_SKILL!r} or {LIST_SOURCES_SKILL!r}"
-            )
-
-    async def _research(self, task: TaskContext) -> None:
+    @skill(
+        id=RESEARCH_SKILL,
+        name="Research",
+        description=(
+            "Ranks paragraph-level passages of the bundled corpus against the message text (BM25) and streams "
+            f"the top ones as data parts with rank, score, source and title. Metadata topK: 1-{MAX_TOP_K}, "
+            f"default {DEFAULT_TOP_K}."
+        ),
+        tags=["research", "search", "corpus", "bm25", "retrieval", "citations"],
+        examples=[
+            "How do MQTT retained messages work?",
+            "exponential backoff with jitter",
+            "What does the input required task state mean?",
+        ],
+        input_modes=["text/plain"],
+        output_modes=["application/json", "text/plain"],
+    )
+    async def research(self, task: TaskContext) -> None:
         query = check_query(task.text)
         top_k = parse_top_k(task.metadata.get("topK"))
         searched = len(self.index)
@@ -167,7 +145,16 @@ class ResearchAgent(MeshAgent):
         )
         await task.complete(summary_text if hits else "no passages matched")
 
-    async def _list_sources(self, task: TaskContext) -> None:
+    @skill(
+        id=LIST_SOURCES_SKILL,
+        name="List sources",
+        description="Lists the corpus documents (id, title, passage count). Send metadata skill=list-sources.",
+        tags=["research", "corpus", "sources"],
+        examples=["list sources"],
+        input_modes=["text/plain"],
+        output_modes=["application/json", "text/plain"],
+    )
+    async def list_sources(self, task: TaskContext) -> None:
         sources = [
             {"source": document.id, "title": document.title, "passages": len(document.passages)}
             for document in self.corpus.documents

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError
-from a2amesh.binding.wire import SKILL_METADATA_KEY
-from a2amesh.models import AgentSkill, Message, Part
+from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
+from a2amesh.models import Message, Part
 from agent_reviewer.review import AUDIENCE_CHOICES, AUDIENCE_QUESTION, Audience, parse_audience, review
 
 REVIEW_SKILL = "review-report"
@@ -91,31 +90,26 @@ class ReviewerAgent(MeshAgent):
         "present and resolvable against its Sources list, and readability (Flesch reading ease). Returns a 0-100 "
         "score, the checks and an accept/revise verdict; asks for the audience when the request does not say."
     )
-    skills = [
-        AgentSkill(
-            id=REVIEW_SKILL,
-            name="Review report",
-            description=(
-                "Scores the Markdown report in the message text for metadata.audience (engineers, executives or "
-                "general) and returns {score, verdict, checks, stats}. Without an audience it answers "
-                "INPUT_REQUIRED with a question; reply on the same task with the audience."
-            ),
-            tags=["reviewer", "review", "report", "markdown", "citations", "readability", "multi-turn"],
-            examples=[
-                "# MQTT QoS\n\n## Summary\n\nQoS 1 delivers at least once [1].\n\n## Sources\n\n1. MQTT QoS levels",
-                "Review this report for executives: # Quarterly report ...",
-            ],
-            input_modes=["text/markdown", "text/plain"],
-            output_modes=["application/json", "text/plain"],
-        ),
-    ]
     input_modes = ["text/markdown", "text/plain"]
     output_modes = ["application/json", "text/plain"]
 
-    async def handle(self, task: TaskContext) -> None:
-        skill = task.metadata.get(SKILL_METADATA_KEY, REVIEW_SKILL)
-        if skill != REVIEW_SKILL:
-            raise TaskRejectedError(f"unknown skill {skill!r}: this agent only does {REVIEW_SKILL!r}")
+    @skill(
+        id=REVIEW_SKILL,
+        name="Review report",
+        description=(
+            "Scores the Markdown report in the message text for metadata.audience (engineers, executives or "
+            "general) and returns {score, verdict, checks, stats}. Without an audience it answers "
+            "INPUT_REQUIRED with a question; reply on the same task with the audience."
+        ),
+        tags=["reviewer", "review", "report", "markdown", "citations", "readability", "multi-turn"],
+        examples=[
+            "# MQTT QoS\n\n## Summary\n\nQoS 1 delivers at least once [1].\n\n## Sources\n\n1. MQTT QoS levels",
+            "Review this report for executives: # Quarterly report ...",
+        ],
+        input_modes=["text/markdown", "text/plain"],
+        output_modes=["application/json", "text/plain"],
+    )
+    async def review_report(self, task: TaskContext) -> None:
         if REPORT_STATE in task.state:  # a follow-up: the message answers our question
             audience = await self._answer(task)
         else:

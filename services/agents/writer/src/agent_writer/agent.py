@@ -33,9 +33,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError
-from a2amesh.binding.wire import SKILL_METADATA_KEY
-from a2amesh.models import AgentSkill, Part
+from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
+from a2amesh.models import Part
 from agent_writer.report import (
     MAX_INPUT_CHARS,
     Passage,
@@ -99,32 +98,27 @@ class WriterAgent(MeshAgent):
         "Turns research passages (the research agent's hits, or plain-text paragraphs) into a structured Markdown "
         "report: title, summary, one section per source and a numbered Sources list that every citation resolves to."
     )
-    skills = [
-        AgentSkill(
-            id=WRITE_SKILL,
-            name="Write report",
-            description=(
-                "Writes a Markdown report from passages sent as data parts ({source, title, passage}, as the "
-                "research agent returns them) with the message text as the topic; groups them by source and cites "
-                "each as [n] against a Sources list. Deterministic: the same passages give the same report."
-            ),
-            tags=["writer", "report", "markdown", "citations", "summarize"],
-            examples=[
-                "Write a report on MQTT retained messages from these passages",
-                "# Retries in distributed systems\n\n[retries] Retry with exponential backoff and jitter.\n\n"
-                "[idempotency] Make handlers idempotent so that retries are safe.",
-            ],
-            input_modes=["application/json", "text/plain"],
-            output_modes=[MARKDOWN, "application/json"],
-        ),
-    ]
     input_modes = ["application/json", "text/plain"]
     output_modes = [MARKDOWN, "application/json"]
 
-    async def handle(self, task: TaskContext) -> None:
-        skill = task.metadata.get(SKILL_METADATA_KEY, WRITE_SKILL)
-        if skill != WRITE_SKILL:
-            raise TaskRejectedError(f"unknown skill {skill!r}: this agent only does {WRITE_SKILL!r}")
+    @skill(
+        id=WRITE_SKILL,
+        name="Write report",
+        description=(
+            "Writes a Markdown report from passages sent as data parts ({source, title, passage}, as the "
+            "research agent returns them) with the message text as the topic; groups them by source and cites "
+            "each as [n] against a Sources list. Deterministic: the same passages give the same report."
+        ),
+        tags=["writer", "report", "markdown", "citations", "summarize"],
+        examples=[
+            "Write a report on MQTT retained messages from these passages",
+            "# Retries in distributed systems\n\n[retries] Retry with exponential backoff and jitter.\n\n"
+            "[idempotency] Make handlers idempotent so that retries are safe.",
+        ],
+        input_modes=["application/json", "text/plain"],
+        output_modes=[MARKDOWN, "application/json"],
+    )
+    async def write(self, task: TaskContext) -> None:
         title, passages = plan(task.text, task.data)
         await task.working(f"writing from {plural(len(passages), 'passage')}")
         report = write_report(passages, title)
