@@ -117,7 +117,7 @@ class AgentEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.rstrip("/") == CATALOGUE_PATH and scope["method"] in ("GET", "HEAD"):
+        if path.rstrip("/") == CATALOGUE_PATH and scope["method"] == "GET":
             await self._catalogue(scope, send)
             return
         match = AGENT_PATH.match(path)
