@@ -204,3 +204,19 @@ async def test_agent_endpoints_want_the_same_key_as_the_root(mesh: Stack) -> Non
         assert (
             await anonymous.post(f"{mesh.coordinator_url}/agents/echo/", json=call, headers=wrong)
         ).status_code == 401
+
+
+async def test_bad_bodies_at_an_agent_endpoint_get_the_routes_own_errors(mesh: Stack, http: httpx.AsyncClient) -> None:
+    base = f"{mesh.coordinator_url}/agents/echo"
+    headers = {"A2A-Version": "1.0", "Content-Type": "application/json"}
+    rpc = await http.post(f"{base}/", content=b'{"jsonrpc": "2.0", "id": 1, "method": NaN}', headers=headers)
+    assert rpc.status_code == 200 and rpc.json()["error"]["code"] == -32700
+    rest = await http.post(f"{base}/message:send", content=b"\xff\xfe not utf-8", headers=headers)
+    assert rest.status_code == 400 and rest.json()["error"]["status"] == "INVALID_ARGUMENT"
+    unknown_method = {"jsonrpc": "2.0", "id": 2, "method": "NoSuchMethod", "params": {}}
+    answer = (await http.post(f"{base}/", json=unknown_method, headers=headers)).json()
+    assert answer["error"]["code"] == -32601
+    message = {"messageId": "m", "role": "ROLE_USER", "parts": []}
+    empty = {"jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {"message": message}}
+    answer = (await http.post(f"{base}/", json=empty, headers=headers)).json()
+    assert answer["error"]["code"] == -32602 and "parts" in answer["error"]["message"]
