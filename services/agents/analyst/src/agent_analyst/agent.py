@@ -124,7 +124,6 @@ class AnalystAgent(MeshAgent):
                 "city,temp_c,rain_mm\nOslo,4,12.5\nLima,19,0\nCairo,24,0.2",
                 '[{"product": "A", "units": 12, "price": 9.5}, {"product": "B", "units": 3, "price": 20}]',
                 '{"columns": ["region", "sales"], "rows": [["north", 120], ["south", 95]]}',
-                "mean, median and spread of each column of this CSV",
             ],
             input_modes=["application/json", "text/csv", "text/plain"],
             output_modes=["application/json", "text/plain"],
