@@ -22,7 +22,8 @@ from starlette.requests import Request
 from a2amesh.binding.wire import POOL_EXTENSION, TASK_EVENTS_EXTENSION
 from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface
 from mesh_coordinator.bodies import ASGIApp, Receive, Scope, Send, is_jsonrpc_path
-from mesh_coordinator.router import AgentOfflineError, DependencyError, Endpoint, MeshRouter, UnknownAgentError
+from mesh_coordinator.directory import DependencyError
+from mesh_coordinator.router import AgentOfflineError, Endpoint, MeshRouter, UnknownAgentError
 
 CATALOGUE_PATH = "/agents"
 AGENT_PATH = re.compile(r"^/agents/(?P<name>[^/]+)(?:/.*)?$")

@@ -23,7 +23,7 @@ from typing import Any
 from a2amesh.models import AgentCard, AgentSkill, Message
 from a2amesh.text import Bm25, tokenize
 from a2amesh.topics import AgentAddress
-from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient
+from mesh_coordinator.directory import AgentChoice, RegistryClient
 
 MIN_SCORE = 1.0
 """The least BM25 score that counts as a match: about one distinctive card word (one that a single skill of ten
@@ -208,14 +208,24 @@ class MeshRouter:
         self.registry = registry
         self.default_skill = default_skill
         self.in_flight = in_flight
-        self._online: tuple[float, list[dict[str, Any]]] | None = None
+        self._listed: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._indexes: dict[tuple[str, ...], SkillIndex] = {}
 
     async def online(self) -> list[dict[str, Any]]:
         """The registry's online agent records, reused for ONLINE_TTL seconds."""
-        if self._online is None or time.monotonic() - self._online[0] >= ONLINE_TTL:
-            self._online = (time.monotonic(), await self.registry.agents(status="online"))
-        return self._online[1]
+        return await self._listing("online")
+
+    async def known(self) -> list[dict[str, Any]]:
+        """Every agent record the registry has, online or not, reused for ONLINE_TTL seconds (public card URLs
+        of unknown names must not cost a registry query each)."""
+        return await self._listing("")
+
+    async def _listing(self, status: str) -> list[dict[str, Any]]:
+        cached = self._listed.get(status)
+        if cached is None or time.monotonic() - cached[0] >= ONLINE_TTL:
+            records = await (self.registry.agents(status=status) if status else self.registry.agents())
+            cached = self._listed[status] = (time.monotonic(), records)
+        return cached[1]
 
     async def endpoints(self) -> dict[str, Endpoint]:
         """Every online endpoint by name, sorted by name."""
@@ -229,14 +239,13 @@ class MeshRouter:
         online = (await self.endpoints()).get(name)
         if online is not None:
             return online
-        known = await self.registry.agents()
-        if any(endpoint_name(record) == name for record in known):
+        if any(endpoint_name(record) == name for record in await self.known()):
             raise AgentOfflineError(f"agent {name} is offline; retry later")
         raise UnknownAgentError(f"no agent named {name} on this mesh (GET /agents lists them)")
 
     async def members(self, name: str) -> list[AgentAddress]:
         """Every instance ever registered under the endpoint `name` (online or not): whose tasks it lists."""
-        return [AgentAddress.parse(r["address"]) for r in await self.registry.agents() if endpoint_name(r) == name]
+        return [AgentAddress.parse(r["address"]) for r in await self.known() if endpoint_name(r) == name]
 
     async def decide(self, message: Message, endpoint: Endpoint | None = None) -> RouteDecision:
         """The skill for a message that names none: among the endpoint's skills (its first is the default), or
@@ -266,17 +275,3 @@ class MeshRouter:
             enumerate(choices), key=lambda entry: (self.in_flight(entry[1].address), entry[1].load or 0.0, entry[0])
         )
         return [choice for _, choice in ranked]
-
-
-__all__ = [
-    "AgentOfflineError",
-    "DependencyError",
-    "Endpoint",
-    "MeshRouter",
-    "MessageQuery",
-    "RouteDecision",
-    "SkillIndex",
-    "UnknownAgentError",
-    "message_query",
-    "skill_decision",
-]
