@@ -220,3 +220,14 @@ async def test_bad_bodies_at_an_agent_endpoint_get_the_routes_own_errors(mesh: S
     empty = {"jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {"message": message}}
     answer = (await http.post(f"{base}/", json=empty, headers=headers)).json()
     assert answer["error"]["code"] == -32602 and "parts" in answer["error"]["message"]
+
+
+async def test_the_workflows_endpoint_picks_the_workflow_from_the_text(agent_client) -> None:
+    client = await agent_client("workflows")
+    text = "research these in parallel:\nretained messages\nlast will"
+    [event] = await collect(client, send_request(user_message(text)))
+    task = event.task
+    assert task.status.state == COMPLETED, task.status.message
+    assert MessageToDict(task.metadata)["routing"]["skill"] == "workflow.fanout"
+    [summary] = [value for value in data_parts(task) if "childTaskIds" in value]
+    assert len(summary["childTaskIds"]) == 3  # one research step per line
