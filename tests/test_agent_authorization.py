@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -14,8 +15,10 @@ from a2a.types import a2a_pb2 as pb
 
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope, make_client, publish_properties
 from a2amesh.topics import AgentAddress, new_reply_suffix
+from devstack.pki import Identity, Role
 from devstack.stack import Stack
 from tests.conftest import collect, forget_card, send_request, user_message
+from tests.guarded_agent import GUARDED_SKILL
 
 GUARDED = f"echo-guarded-{uuid.uuid4().hex[:6]}"
 
@@ -124,3 +127,30 @@ async def drain(client: aiomqtt.Client, seconds: float) -> list[Envelope]:
     except TimeoutError:
         pass
     return received
+
+
+async def test_a_workflow_step_to_an_agent_that_asks_for_authorization_carries_the_callers_key(
+    mesh: Stack, make_client
+) -> None:
+    """The workflows' steps route like the HTTP face, credentials included: a step to an agent whose card asks for
+    authorization gets the key of the caller who started the workflow, and completes."""
+    agent_id = f"guarded-step-{uuid.uuid4().hex[:6]}"
+    process = mesh.command(
+        agent_id,
+        [sys.executable, "-m", "tests.guarded_agent"],
+        {"MESH_AGENT_ID": agent_id, "MESH_AUTH_TOKENS": json.dumps([mesh.api_key]), "MESH_HTTP_PORT": "0"},
+        mesh.agent_online(agent_id),
+        Identity(agent_id, Role.AGENT),
+    )
+    mesh.launch(process)
+    try:
+        request = send_request(
+            user_message("first\nsecond"), skill="workflow.fanout", stepSkill=GUARDED_SKILL, stepMetadata={}
+        )
+        [event] = await collect(make_client(), request)
+        task = event.task
+        reason = " ".join(part.text for part in task.status.message.parts)
+        assert task.status.state == pb.TASK_STATE_COMPLETED, reason
+    finally:
+        process.stop()
+        await forget_card(mesh, agent_id)

@@ -101,6 +101,16 @@ def test_list_filters(store: TaskStore) -> None:
     assert store.list_tasks(TaskQuery(context_id="nope")).tasks == []
 
 
+def test_list_filters_by_agent(store: TaskStore) -> None:
+    """One agent's endpoint lists only its tasks (every instance of a pool at once)."""
+    for event_id, agent in (("e1", "acme/default/echo"), ("e2", "acme/default/research-0"), ("e3", "acme/default/x")):
+        store.record(Incoming(event_id, agent, task_event(f"t-{event_id}"), T0))
+    assert [t.id for t in store.list_tasks(TaskQuery(agents=("acme/default/echo",))).tasks] == ["t-e1"]
+    pool = store.list_tasks(TaskQuery(agents=("acme/default/research-0", "acme/default/x")))
+    assert sorted(t.id for t in pool.tasks) == ["t-e2", "t-e3"] and pool.total_size == 2
+    assert store.list_tasks(TaskQuery()).total_size == 3
+
+
 def test_cursor_round_trip_and_garbage() -> None:
     cursor = Cursor(datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "t/1")
     assert Cursor.decode(cursor.encode()) == cursor

@@ -8,6 +8,8 @@ import time
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Mount
 
 from a2amesh.models import (
     AgentCapabilities,
@@ -25,6 +27,7 @@ from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.directory import DependencyError, RegistryClient
+from mesh_coordinator.endpoints import AgentEndpoints, EndpointContextBuilder, agent_card, current_endpoint
 from mesh_coordinator.fastpath import FastSendPath
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
@@ -44,7 +47,8 @@ def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> Age
     return AgentCard(
         name="A2A Mesh Coordinator",
         description="Front door of an A2A mesh over MQTT: delegates each task to a live specialist agent by skill "
-        "(name it in the request's metadata.skill; without one the default skill is used).",
+        "(metadata.skill names one; without it the skill whose card text best matches the message is chosen, and "
+        "metadata.routing says why). Every agent also has its own endpoint: GET /agents lists them.",
         supported_interfaces=[
             AgentInterface(url=f"{base}/", protocol_binding="JSONRPC", protocol_version="1.0"),
             AgentInterface(url=base, protocol_binding="HTTP+JSON", protocol_version="1.0"),
@@ -113,6 +117,7 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
 
     routes = [
         *health_routes(handler.metrics, ready),
+        agent_mount(handler, public_url, base_card),
         *create_agent_card_routes(
             to_proto(base_card, pb.AgentCard), card_modifier=card_with_live_skills, cache_control="public, max-age=5"
         ),
@@ -120,4 +125,31 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         *create_rest_routes(handler, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
     ]
     policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
-    return RequestGuard(StrictJsonBodies(FastSendPath(Starlette(routes=routes), handler)), policy)
+    app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
+    return RequestGuard(StrictJsonBodies(app), policy)
+
+
+def agent_mount(handler: MeshRequestHandler, public_url: str, root_card: AgentCard) -> BaseRoute:
+    """`/agents/{agent}`: the a2a-sdk's card, JSON-RPC and HTTP+JSON routes once more, pinned to one agent
+    (mesh_coordinator.endpoints resolves it in front of them). Mounted before the root's HTTP+JSON routes, whose
+    `/{tenant}` mount would otherwise take these paths."""
+
+    async def card_of_agent(_card: pb.AgentCard) -> pb.AgentCard:
+        endpoint = current_endpoint.get()
+        if endpoint is None:
+            raise HTTPException(404, "no such agent")
+        return to_proto(agent_card(endpoint, public_url, root_card), pb.AgentCard)
+
+    context = EndpointContextBuilder()
+    return Mount(
+        "/agents/{agent}",
+        routes=[
+            *create_agent_card_routes(
+                to_proto(root_card, pb.AgentCard), card_modifier=card_of_agent, cache_control="no-cache"
+            ),
+            *create_jsonrpc_routes(
+                handler, rpc_url="/", context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+            ),
+            *create_rest_routes(handler, context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+        ],
+    )

@@ -1,11 +1,12 @@
 """Request bodies the a2a-sdk routes would answer with an internal error are refused here first, as the client's
 mistake: bytes that are not UTF-8, JSON with NaN/Infinity or integers past Python's digit limit, nesting too deep
-to decode. JSON-RPC at `/` gets -32700 (parse error); the HTTP+JSON routes get 400 in their error format. Bodies
-that are valid JSON pass untouched (and empty bodies too: some routes take none)."""
+to decode. JSON-RPC (at `/` and `/agents/{name}/`) gets -32700 (parse error); the HTTP+JSON routes get 400 in
+their error format. Bodies that are valid JSON pass untouched (and empty bodies too: some routes take none)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,6 +19,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSONRPC_PATH = "/"
+_AGENT_JSONRPC_PATH = re.compile(r"^/agents/[^/]+/$")
+
+
+def is_jsonrpc_path(path: str) -> bool:
+    """The root's JSON-RPC URL, or one agent's (`/agents/{name}/`, mesh_coordinator.endpoints)."""
+    return path == JSONRPC_PATH or _AGENT_JSONRPC_PATH.match(path) is not None
 
 
 def _no_constants(name: str) -> Any:
@@ -54,7 +61,7 @@ class StrictJsonBodies:
         problem = json_problem(body) if body.strip() else None
         if problem is None:
             await self.app(scope, replay_body(body, receive), send)
-        elif scope["path"] == JSONRPC_PATH:
+        elif is_jsonrpc_path(scope["path"]):
             await _reply(send, 200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": problem}})
         else:
             await _reply(send, 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": problem}})

@@ -17,7 +17,9 @@ from a2amesh.binding.tasks import TaskRecord
 from a2amesh.binding.wire import SKILL_METADATA_KEY
 from a2amesh.models import JsonRpcRequest, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus
 from a2amesh.topics import AgentAddress
-from mesh_coordinator.directory import DependencyError, RegistryClient
+from mesh_coordinator.credentials import CallerCredentials
+from mesh_coordinator.directory import AgentChoice, DependencyError
+from mesh_coordinator.router import MeshRouter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Child:
     task: Task
     agent: AgentAddress | None = None
     tried: list[str] = field(default_factory=list)
+    route: AgentChoice | None = None
 
     @property
     def id(self) -> str:
@@ -67,10 +70,17 @@ class Child:
 class Delegate:
     """Runs the child tasks of a parent task on the mesh."""
 
-    def __init__(self, requester: MeshRequester, registry: RegistryClient, profile: RetryProfile | None = None) -> None:
+    def __init__(
+        self,
+        requester: MeshRequester,
+        router: MeshRouter,
+        profile: RetryProfile | None = None,
+        credentials: CallerCredentials | None = None,
+    ) -> None:
         self.requester = requester
-        self.registry = registry
+        self.router = router
         self.profile = profile or RetryProfile()
+        self.credentials = credentials or CallerCredentials()
 
     async def start(
         self, parent: TaskContext, step: str, skill: str, parts: list[Part], metadata: dict[str, Any] | None = None
@@ -121,7 +131,7 @@ class Delegate:
             if topic is None:
                 break
             try:
-                await self._follow(child, topic, params)
+                await self._follow(child, topic, params, self._authorization(parent, child))
                 return child
             except RequestTimeoutError as error:
                 last_error = f"{child.agent} did not finish: {error}"
@@ -140,21 +150,26 @@ class Delegate:
             assert child.agent is not None
             return child.agent.request_topic
         try:
-            records = await self.registry.agents(skill=child.skill, status="online")
+            choices = await self.router.candidates(child.skill)  # the HTTP face's own choice of instance
         except DependencyError as error:
             raise TaskFailedError(f"step {child.step}: {error}") from None
-        for record in records:
-            if record["address"] not in child.tried:
-                choice = RegistryClient.choice_of(record)
-                child.tried.append(record["address"])
-                child.agent = choice.address
+        for choice in choices:
+            if str(choice.address) not in child.tried:
+                child.tried.append(str(choice.address))
+                child.agent, child.route = choice.address, choice
                 return choice.request_topic
         if not child.tried:
             raise TaskFailedError(f"step {child.step}: no agent offering skill '{child.skill}' is online")
         return None
 
-    async def _follow(self, child: Child, topic: str, params: dict[str, Any]) -> None:
-        stream = self.requester.request(topic, "SendStreamingMessage", params, profile=self.profile)
+    def _authorization(self, parent: TaskContext, child: Child) -> str | None:
+        """The workflow's caller's key, for a step agent whose card asks for authorization (else none)."""
+        return self.credentials.of(parent.id) if child.route is not None and child.route.wants_auth else None
+
+    async def _follow(self, child: Child, topic: str, params: dict[str, Any], authorization: str | None) -> None:
+        stream = self.requester.request(
+            topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
+        )
         record = TaskRecord(task=child.task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
         async for result in stream.results():
             record.apply(StreamResponse.from_wire(result))
@@ -169,10 +184,15 @@ class Delegate:
 
         async def cancel(child: Child) -> None:
             assert child.agent is not None
-            with contextlib.suppress(RemoteError, RequestTimeoutError):
-                result = await self.requester.call(
-                    child.agent.request_topic, "CancelTask", {"id": child.id}, profile=CANCEL_PROFILE
-                )
-                child.task = Task.from_wire(result)
+            stream = self.requester.request(
+                child.agent.request_topic,
+                "CancelTask",
+                {"id": child.id},
+                profile=CANCEL_PROFILE,
+                authorization=self._authorization(parent, child),
+            )
+            with contextlib.suppress(RemoteError, RequestTimeoutError, StopAsyncIteration):
+                async with contextlib.aclosing(stream.results()) as results:
+                    child.task = Task.from_wire(await anext(results))
 
         await asyncio.gather(*(cancel(child) for child in running))

@@ -26,9 +26,11 @@ from starlette.responses import JSONResponse, Response
 from a2amesh.binding import RemoteError
 from a2amesh.models import SendMessageRequest, StreamResponse
 from mesh_coordinator import sse
-from mesh_coordinator.bodies import JSONRPC_PATH, ASGIApp, Receive, Scope, Send, read_body, replay_body
+from mesh_coordinator.bodies import ASGIApp, Receive, Scope, Send, is_jsonrpc_path, read_body, replay_body
+from mesh_coordinator.endpoints import scope_endpoint
 from mesh_coordinator.handler import MeshRequestHandler, sdk_error
 from mesh_coordinator.live import LiveTask
+from mesh_coordinator.router import Endpoint
 from mesh_coordinator.sse import EventStreamResponse
 
 log = logging.getLogger(__name__)
@@ -86,15 +88,15 @@ class FastSendPath:
             await self.app(scope, replay, send)
             return
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        response = await self._answer(call, headers)
+        response = await self._answer(call, headers, scope_endpoint(scope))
         await response(scope, replay, send)
 
-    async def _answer(self, call: SendCall, headers: dict[str, str]) -> ASGIApp:
+    async def _answer(self, call: SendCall, headers: dict[str, str], endpoint: Endpoint | None) -> ASGIApp:
         try:
             if call.method == "SendMessage":
-                task = await self.handler.send(call.params, headers)
+                task = await self.handler.send(call.params, headers, endpoint)
                 return Response(rpc_result(call.id, f'{{"task":{task.to_json()}}}'), media_type="application/json")
-            live = await self.handler.start(call.params, headers)
+            live = await self.handler.start(call.params, headers, endpoint)
             queue = live.listen()  # listening before any await: no event can slip past
             events = _events(live, queue)
             first = await anext(events, None)  # as the SDK does: an error before the first event is a plain reply
@@ -106,8 +108,9 @@ class FastSendPath:
 
 
 def _candidate(scope: Scope) -> bool:
-    """A JSON-RPC POST that declares A2A 1.0: the only requests this path may take."""
-    if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != JSONRPC_PATH:
+    """A JSON-RPC POST (at the root or one agent's endpoint) that declares A2A 1.0: the only requests this path
+    may take."""
+    if scope["type"] != "http" or scope["method"] != "POST" or not is_jsonrpc_path(scope["path"]):
         return False
     return any(name == _VERSION_HEADER and value.strip() == _FAST_VERSION for name, value in scope["headers"])
 

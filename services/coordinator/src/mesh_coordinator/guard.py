@@ -1,6 +1,7 @@
 """The coordinator's HTTP guard, in front of every A2A route: credentials (an API key, sent as a Bearer token or in
 X-API-Key), a request-body size limit, and a rate limit per client. Pure ASGI, so SSE streams pass untouched.
-The agent card and the health/metrics endpoints stay public (clients discover the security schemes from the card)."""
+The agent cards (the root's and each agent's), the catalogue of agents and the health/metrics endpoints stay
+public (clients discover the security schemes from the card)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -20,7 +22,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/.well-known/agent-card.json", "/livez", "/healthz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/.well-known/agent-card.json", "/agents", "/livez", "/healthz", "/metrics"})
+_AGENT_CARD_PATH = re.compile(r"^/agents/[^/]+/\.well-known/agent-card\.json$")
+
+
+def is_public(path: str) -> bool:
+    """Discovery (the root's card, each agent's card, the catalogue of agents) and health need no key."""
+    return path in PUBLIC_PATHS or _AGENT_CARD_PATH.match(path) is not None
+
+
 API_KEY_HEADER = "x-api-key"
 MAX_TRACKED_CLIENTS = 10_000
 
@@ -67,7 +77,7 @@ class RequestGuard:
         self._key_digests = [hashlib.sha256(key.encode()).digest() for key in policy.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}

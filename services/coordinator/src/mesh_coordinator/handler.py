@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
 from a2amesh.binding import MeshRequester, RemoteError, RequestTooLargeError, RetryProfile
-from a2amesh.binding.wire import AGENT_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
+from a2amesh.binding.wire import AGENT_METADATA_KEY, ROUTING_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
 from a2amesh.models import (
     ErrorCode,
     ListTasksRequest,
@@ -33,9 +33,12 @@ from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, TopicError
+from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
+from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.reconcile import Reconciler
+from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,9 @@ class MeshRequestHandler(RequestHandler):
         self.registry = registry
         self.store = store
         self.hub = TaskHub()
+        self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
+        self.credentials = CallerCredentials()
+        self.workflows = settings.address("workflows")
         self.identity = settings.address("coordinator")
         self.profile = retry_profile(settings)
         self.metrics = ServiceMetrics("coordinator")
@@ -101,11 +107,13 @@ class MeshRequestHandler(RequestHandler):
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
         request = read_params(params, SendMessageRequest)
-        return to_proto(await self.send(request, caller_headers(context)), pb.Task)
+        return to_proto(await self.send(request, caller_headers(context), endpoint_of(context)), pb.Task)
 
-    async def send(self, request: SendMessageRequest, headers: Mapping[str, str]) -> Task:
+    async def send(
+        self, request: SendMessageRequest, headers: Mapping[str, str], endpoint: Endpoint | None = None
+    ) -> Task:
         """SendMessage: the task once it ends (or at once with returnImmediately, or after the task timeout)."""
-        live = await self.start(request, headers)
+        live = await self.start(request, headers, endpoint)
         try:
             await asyncio.shield(live.first_item)
         except RemoteError as error:
@@ -125,7 +133,7 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
         request = read_params(params, SendMessageRequest)
-        live = await self.start(request, caller_headers(context))
+        live = await self.start(request, caller_headers(context), endpoint_of(context))
         async for item in self._relay(live, live.listen()):
             yield item
 
@@ -136,14 +144,17 @@ class MeshRequestHandler(RequestHandler):
         except RemoteError as error:
             raise sdk_error(error) from None
 
-    async def start(self, request: SendMessageRequest, headers: Mapping[str, str]) -> LiveTask:
+    async def start(
+        self, request: SendMessageRequest, headers: Mapping[str, str], endpoint: Endpoint | None = None
+    ) -> LiveTask:
         """Pick the agent, then publish the request; the relay runs on its own from here. `headers` are the
-        caller's HTTP headers (lower-case names), whose credentials go on only to agents that ask for them."""
+        caller's HTTP headers (lower-case names), whose credentials go on only to agents that ask for them;
+        `endpoint` is the agent endpoint the request came to (None at the root), the only agent it may reach."""
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
         if message.task_id:
-            agent, previous = await self._agent_holding(message.task_id)
+            agent, previous = await self._agent_holding(message.task_id, endpoint)
             route = await self._route_to(agent)
             if previous is not None and previous.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
@@ -151,12 +162,15 @@ class MeshRequestHandler(RequestHandler):
                 )
             context_id = message.context_id or (previous.context_id if previous else None) or new_context_id()
             task_id = message.task_id
+            decision = None
         else:
-            route = await self._choose_agent(request)
+            route, decision = await self._choose_agent(request, endpoint)
             agent = route.address
             task_id, context_id = new_task_id(), message.context_id or new_context_id()
         message = message.model_copy(update={"task_id": task_id, "context_id": context_id})
         metadata = dict(request.metadata or {})
+        if decision is not None:  # the agent learns the skill chosen for it, the task keeps why
+            metadata |= {SKILL_METADATA_KEY: decision.skill, ROUTING_METADATA_KEY: decision.to_metadata()}
         params = request.model_copy(
             update={"message": message, "metadata": metadata or None, "configuration": None}
         ).to_wire()
@@ -165,8 +179,11 @@ class MeshRequestHandler(RequestHandler):
             context_id=context_id,
             history=[message],
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
+            metadata={ROUTING_METADATA_KEY: decision.to_metadata()} if decision is not None else None,
         )
         authorization = _authorization_for(route.wants_auth, headers)
+        if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
+            self.credentials.remember(task_id, _authorization_for(True, headers))
         try:
             stream = self.requester.request(
                 route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
@@ -198,28 +215,39 @@ class MeshRequestHandler(RequestHandler):
             return AgentChoice(agent, (), None, records_events=False)
         return AgentChoice(agent, choice.skills, choice.load, choice.records_events, None, choice.wants_auth)
 
-    async def _choose_agent(self, request: SendMessageRequest) -> AgentChoice:
-        """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`,
-        else one with the default skill."""
+    async def _choose_agent(
+        self, request: SendMessageRequest, endpoint: Endpoint | None
+    ) -> tuple[AgentChoice, RouteDecision | None]:
+        """The agent named in metadata (`agent`), else the least-loaded online one with the named `skill`, else
+        the router's choice from the message's text (with the decision, which goes into the task's metadata).
+        At an agent's endpoint only that agent (or its pool) and its skills are eligible."""
         metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
         if isinstance(metadata.get(AGENT_METADATA_KEY), str):
-            return await self._route_to(self._parse_agent(metadata[AGENT_METADATA_KEY]))
-        skill = metadata.get(SKILL_METADATA_KEY, self.settings.default_skill)
+            address = self._parse_agent(metadata[AGENT_METADATA_KEY])
+            if endpoint is not None and not endpoint.holds(address):
+                raise sdk_errors.InvalidParamsError(message=f"this endpoint serves only agent {endpoint.name}")
+            return await self._route_to(address), None
+        skill = metadata.get(SKILL_METADATA_KEY)
+        decision = None
+        if skill is None:
+            try:
+                decision = await self.router.decide(request.message, endpoint)
+            except DependencyError as error:
+                raise sdk_errors.InternalError(message=str(error)) from None
+            skill = decision.skill
         if not isinstance(skill, str) or not skill:
             raise sdk_errors.InvalidParamsError(message="metadata.skill must be a non-empty string")
         try:
-            candidates = await self.registry.candidates(skill)
-            if not candidates:
+            candidates = await self.router.candidates(skill, endpoint)
+            if not candidates and endpoint is None:
                 known = await self.registry.knows_skill(skill)
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if candidates:
-            # fewest tasks this coordinator has in flight to it, then the load it reported, then the registry's order
-            ranked = min(
-                enumerate(candidates),
-                key=lambda entry: (self.hub.in_flight_to(entry[1].address), entry[1].load or 0.0, entry[0]),
-            )
-            return ranked[1]
+            return candidates[0], decision
+        if endpoint is not None:
+            offered = ", ".join(s.id for s in endpoint.card.skills)
+            raise sdk_errors.InvalidParamsError(message=f"agent {endpoint.name} has no skill '{skill}' ({offered})")
         if known:
             raise sdk_errors.InvalidParamsError(message=f"no agent offering skill '{skill}' is online")
         raise sdk_errors.InvalidParamsError(message=f"unknown skill '{skill}': no agent on the mesh offers it")
@@ -230,10 +258,12 @@ class MeshRequestHandler(RequestHandler):
         except TopicError as error:
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
 
-    async def _agent_holding(self, task_id: str) -> tuple[AgentAddress, Task | None]:
-        """The agent that holds an existing task (for follow-ups and cancels), with the task as last known."""
+    async def _agent_holding(self, task_id: str, endpoint: Endpoint | None = None) -> tuple[AgentAddress, Task | None]:
+        """The agent that holds an existing task (for follow-ups and cancels), with the task as last known. At an
+        agent's endpoint, another agent's task is not found there."""
         live = self.hub.get(task_id)
         if live is not None:
+            await self._check_pinned(endpoint, live.agent, task_id)
             return live.agent, live.task
         try:
             task = await self.store.get_task(task_id)
@@ -242,7 +272,19 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InternalError(message=str(error)) from None
         if task is None or agent is None:
             raise sdk_errors.TaskNotFoundError(message=f"Task {task_id} not found")
+        await self._check_pinned(endpoint, agent, task_id)
         return agent, task
+
+    async def _check_pinned(self, endpoint: Endpoint | None, agent: AgentAddress, task_id: str) -> None:
+        """TaskNotFound unless the task's agent belongs to the endpoint (any agent does at the root)."""
+        if endpoint is None or endpoint.holds(agent):
+            return
+        try:
+            members = await self.router.members(endpoint.name)
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=str(error)) from None
+        if agent not in members:
+            raise sdk_errors.TaskNotFoundError(message=f"Task {task_id} not found at agent {endpoint.name}")
 
     async def _record_event(self, live: LiveTask, item: StreamResponse) -> None:
         """Record an event for the store: an outcome the coordinator decided (an agent that never answered or
@@ -259,6 +301,9 @@ class MeshRequestHandler(RequestHandler):
         history_length = params.history_length if params.HasField("history_length") else None
         if history_length is not None and history_length < 0:
             raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
+        endpoint = endpoint_of(context)
+        if endpoint is not None:
+            await self._agent_holding(params.id, endpoint)
         live = self.hub.get(params.id)
         if live is not None:
             return to_proto(live.task.with_history(history_length), pb.Task)
@@ -273,7 +318,12 @@ class MeshRequestHandler(RequestHandler):
     async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
         request = read_params(params, ListTasksRequest)
         query: dict[str, Any] = {k: v for k, v in request.to_wire().items() if k != "tenant"}
+        endpoint = endpoint_of(context)
         try:
+            if endpoint is not None:  # only the tasks of this agent (every instance of its pool, past ones too)
+                query["agent"] = [str(address) for address in await self.router.members(endpoint.name)]
+                if not query["agent"]:
+                    return pb.ListTasksResponse()
             page = await self.store.list_tasks(query)
         except ValueError as error:
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
@@ -282,7 +332,7 @@ class MeshRequestHandler(RequestHandler):
         return to_proto(page, pb.ListTasksResponse)
 
     async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
-        agent, task = await self._agent_holding(require_id(params.id))
+        agent, task = await self._agent_holding(require_id(params.id), endpoint_of(context))
         if task is not None and task.status.state.is_terminal:
             raise sdk_errors.TaskNotCancelableError(message=f"Task {params.id} is already {task.status.state.name}")
         request: dict[str, Any] = {"id": params.id}
@@ -309,9 +359,12 @@ class MeshRequestHandler(RequestHandler):
     async def on_subscribe_to_task(
         self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
+        endpoint = endpoint_of(context)
         live = self.hub.get(require_id(params.id))
+        if live is not None:
+            await self._check_pinned(endpoint, live.agent, params.id)
         if live is None or live.ended.is_set():
-            agent, task = await self._agent_holding(params.id)
+            agent, task = await self._agent_holding(params.id, endpoint)
             if task is not None and task.status.state.is_terminal:
                 raise sdk_errors.UnsupportedOperationError(
                     message=f"Task {params.id} is already {task.status.state.name}"

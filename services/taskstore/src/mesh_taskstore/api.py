@@ -98,6 +98,7 @@ def list_query(request: Request) -> TaskQuery:
         raise BadRequest(str(error)) from None
     return TaskQuery(
         context_id=request.query_params.get("contextId") or None,
+        agents=tuple(agent for agent in request.query_params.getlist("agent") if agent),
         state=_state_param(request),
         status_after=_timestamp_param(request, "statusTimestampAfter"),
         page_size=_int_param(request, "pageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE,

@@ -94,6 +94,8 @@ class TaskQuery:
     """ListTasks filters and page, already validated."""
 
     context_id: str | None = None
+    agents: tuple[str, ...] = ()
+    """Only tasks of these agents (org/unit/agent), when any are given: one agent's endpoint lists its own."""
     state: TaskState | None = None
     status_after: datetime | None = None
     page_size: int = DEFAULT_PAGE_SIZE
@@ -255,6 +257,8 @@ class TaskStore:
         filters: list[sa.ColumnElement[bool]] = []
         if query.context_id:
             filters.append(col(TaskRecord.context_id) == query.context_id)
+        if query.agents:
+            filters.append(col(TaskRecord.agent).in_(query.agents))
         if query.state is not None:
             filters.append(col(TaskRecord.state) == query.state.value)
         if query.status_after is not None:

@@ -29,7 +29,7 @@ from a2amesh.binding.tasks import (
     TaskRejectedError,
     agent_message,
 )
-from a2amesh.binding.wire import MAX_PACKET_BYTES, encode, is_valid_task_id
+from a2amesh.binding.wire import MAX_PACKET_BYTES, ROUTING_METADATA_KEY, encode, is_valid_task_id
 from a2amesh.models import (
     AgentCard,
     BindingError,
@@ -315,6 +315,7 @@ class Responder:
             context_id=context_id,
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
             history=[message],
+            metadata=_routing_of(params.metadata),
         )
         record = TaskRecord(task=task, request=request, request_metadata=params.metadata or {})
         self._remember(record)
@@ -590,3 +591,9 @@ _METHODS: dict[str, Callable[[Responder, JsonRpcRequest, _ReplyTo], Awaitable[No
     "DeleteTaskPushNotificationConfig": Responder._unsupported,
     "GetExtendedAgentCard": Responder._unsupported,
 }
+
+
+def _routing_of(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The routing decision a request carries, kept on the Task's metadata (ROUTING_METADATA_KEY)."""
+    routing = (metadata or {}).get(ROUTING_METADATA_KEY)
+    return {ROUTING_METADATA_KEY: routing} if isinstance(routing, dict) else None

@@ -30,6 +30,10 @@ SKILL_METADATA_KEY = "skill"
 AGENT_METADATA_KEY = "agent"
 """Request metadata pinning a task to one agent (its id, or org/unit/agent)."""
 
+ROUTING_METADATA_KEY = "routing"
+"""Request and Task metadata: why the coordinator chose the skill of a message that named none ({skill, score,
+matched, reason}). Responders keep it on the Task they create, so the task's record says why it came there."""
+
 STREAMING_METHODS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 MAX_PACKET_BYTES = 1_048_576

@@ -106,13 +106,17 @@ class ResearchAgent(MeshAgent):
         id=RESEARCH_SKILL,
         name="Research",
         description=(
-            "Ranks paragraph-level passages of the bundled corpus against the message text (BM25) and streams "
+            "Answers a question with cited passages: ranks paragraph-level passages of the bundled corpus "
+            "(MQTT, A2A, distributed-systems testing and retries) against the message text (BM25) and streams "
             f"the top ones as data parts with rank, score, source and title. Metadata topK: 1-{MAX_TOP_K}, "
             f"default {DEFAULT_TOP_K}."
         ),
-        tags=["research", "search", "corpus", "bm25", "retrieval", "citations"],
+        tags=["research", "question", "answer", "search", "corpus", "bm25", "retrieval", "citations"],
         examples=[
             "How do MQTT retained messages work?",
+            "What does QoS 1 guarantee?",
+            "what is a last will message for",
+            "how do shared subscriptions spread load",
             "exponential backoff with jitter",
             "What does the input required task state mean?",
         ],

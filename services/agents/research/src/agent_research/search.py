@@ -9,59 +9,18 @@ passage's position in its document.
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
+from a2amesh.text import STOP_WORDS, Bm25, stem, tokenize
+
+__all__ = ["STOP_WORDS", "BM25Index", "Corpus", "Document", "Hit", "Passage", "stem", "tokenize"]
+
 CORPUS_PACKAGE = "agent_research"
 CORPUS_DIR = "corpus"
 CORPUS_SUFFIXES = (".md", ".txt")
-
-_STOP_WORDS_TEXT = """
-a about after all also an and any are as at be been before but by can could did do does done each for
-from had has have how i if in into is it its just me more most my no not of on only or other our over
-same should so some such than that the their them then there these they this those through to too under
-up very was we were what when where which while who whom why with would you your
-"""
-STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
-"""Words too common to rank by. "will" is deliberately absent: "last will" is a topic of the corpus."""
-
-_SPLIT = re.compile(r"[^a-z0-9]+")
-_VOWELS = frozenset("aeiou")
-_UNDOUBLE = frozenset("bdgmnprt")
-
-
-def stem(word: str) -> str:
-    """A naive suffix stemmer: folds plurals and -ed/-ing forms onto one stem ("retained", "retains",
-    "retaining" -> "retain"; "messages", "message" -> "messag"). Not linguistics, just consistent."""
-    if len(word) > 4 and word.endswith("ies"):
-        word = word[:-3] + "y"
-    elif word.endswith("sses"):
-        word = word[:-2]
-    elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    for suffix in ("ing", "ed"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4 and _VOWELS & set(word[: -len(suffix)]):
-            word = word[: -len(suffix)]
-            if len(word) >= 4 and word[-1] == word[-2] and word[-1] in _UNDOUBLE:
-                word = word[:-1]  # "mapped" -> "map", "committed" -> "commit"
-            break
-    if len(word) > 4 and word.endswith("e"):
-        word = word[:-1]
-    return word
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercase, split on anything that is not a letter or digit, drop stop words and single letters, stem."""
-    tokens = []
-    for raw in _SPLIT.split(text.lower()):
-        if not raw or raw in STOP_WORDS or (len(raw) == 1 and not raw.isdigit()):
-            continue
-        tokens.append(stem(raw))
-    return tokens
 
 
 @dataclass(frozen=True)
@@ -157,23 +116,15 @@ class Hit:
 
 @dataclass
 class BM25Index:
-    """Okapi BM25 over passages: score(q, p) = sum over distinct query terms t of
-    idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(p) / avglen)), with the non-negative
-    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)). Repeated query terms count once."""
+    """Okapi BM25 (`a2amesh.text.Bm25`) over passages, each indexed with its document's title."""
 
     passages: list[Passage]
     k1: float = 1.5
     b: float = 0.75
-    _term_freqs: list[Counter[str]] = field(init=False, repr=False)
-    _lengths: list[int] = field(init=False, repr=False)
-    _doc_freq: Counter[str] = field(init=False, repr=False)
-    _avg_length: float = field(init=False, repr=False)
+    _bm25: Bm25 = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._term_freqs = [Counter(tokenize(f"{p.title}\n{p.text}")) for p in self.passages]
-        self._lengths = [sum(counts.values()) for counts in self._term_freqs]
-        self._doc_freq = Counter(term for counts in self._term_freqs for term in counts)
-        self._avg_length = (sum(self._lengths) / len(self._lengths)) if self._lengths else 0.0
+        self._bm25 = Bm25([tokenize(f"{p.title}\n{p.text}") for p in self.passages], self.k1, self.b)
 
     @classmethod
     def of(cls, corpus: Corpus, **params: float) -> BM25Index:
@@ -184,28 +135,20 @@ class BM25Index:
 
     @property
     def vocabulary(self) -> frozenset[str]:
-        return frozenset(self._doc_freq)
+        return self._bm25.vocabulary
 
     def idf(self, term: str) -> float:
-        df = self._doc_freq.get(term, 0)
-        return math.log(1 + (len(self.passages) - df + 0.5) / (df + 0.5))
+        return self._bm25.idf(term)
 
     def score(self, terms: Iterable[str], position: int) -> float:
         """BM25 of already-tokenized `terms` against the passage at `position`."""
-        counts = self._term_freqs[position]
-        norm = self.k1 * (1 - self.b + self.b * self._lengths[position] / (self._avg_length or 1.0))
-        total = 0.0
-        for term in dict.fromkeys(terms):
-            tf = counts.get(term, 0)
-            if tf:
-                total += self.idf(term) * tf * (self.k1 + 1) / (tf + norm)
-        return total
+        return self._bm25.score(terms, position)
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The top `k` passages with a positive score; empty if no query term occurs in the corpus."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        terms = [term for term in dict.fromkeys(tokenize(query)) if term in self._doc_freq]
+        terms = [term for term in dict.fromkeys(tokenize(query)) if term in self._bm25.doc_freq]
         if not terms:
             return []
         scored = [(self.score(terms, position), position) for position in range(len(self.passages))]
