@@ -35,6 +35,8 @@ PAGE_SIZE = 20
 LIVE_BACKLOG = timedelta(seconds=60)
 """How far back the Live page starts, so it opens on the latest events rather than empty."""
 MAX_LIVE_SEEN = 5_000
+ANSWER_FOLLOW_POLLS = 40
+"""Quarter seconds an answer waits for the task store to record the task's next status."""
 
 
 def _templates() -> Jinja2Templates:
@@ -235,11 +237,21 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
             try:
                 await mesh.reply(key, task, text)
                 notice = "answer sent"
+                await wait_for_news(task_id, task["status"].get("timestamp", ""))
             except Unauthorized:
                 raise
             except MeshError as error:
                 notice = f"answer refused: {error}"
         return RedirectResponse(f"/tasks/{task_id}?{urlencode({'notice': notice})}", status_code=303)
+
+    async def wait_for_news(task_id: str, since: str) -> None:
+        """Give the task store a moment to record what an answer started, so the page shown next is not the
+        question again (bounded: the page follows the task by itself once it shows it running)."""
+        for _ in range(ANSWER_FOLLOW_POLLS):
+            await asyncio.sleep(0.25)
+            with suppress(MeshError):
+                if (await mesh.task(task_id))["status"].get("timestamp", "") != since:
+                    return
 
     async def part_download(request: Request, key: str) -> Response:
         """A file part's inline bytes, always as an attachment (never rendered in the console's origin)."""
