@@ -30,13 +30,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 45.0
 """Seconds any one thing may take to show up (generous: the machine may be busy)."""
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="needs Debian's chromium and chromium-driver (make system-deps installs them)",
-    ),
-    pytest.mark.timeout(300),
-]
+pytestmark = pytest.mark.timeout(300)
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
@@ -65,6 +59,8 @@ def screenshots() -> Path:
 @pytest.fixture(scope="module")
 def browser(mesh: Stack) -> Iterator[WebDriver]:
     """Headless Chromium with a fresh profile; Selenium is given the browser and driver, so it downloads nothing."""
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        assert Path(binary).exists(), f"{binary} is missing: `make system-deps` installs chromium and chromium-driver"
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch a browser or a driver
     profile = tempfile.mkdtemp(prefix="console-chromium-")
     options = webdriver.ChromeOptions()

@@ -125,12 +125,14 @@ class CoordinatorSettings(ServiceSettings):
 
 class ConsoleSettings(ServiceSettings):
     """The web console: where it reaches the coordinator, registry and task store, as any client would (it holds no
-    broker credentials), and the coordinator URL people's browsers can open (for the links to agent endpoints)."""
+    broker credentials), and the coordinator's URL as people's browsers open it (the links to agent endpoints)."""
 
     http_port: int = 8003
     coordinator_url: str = "http://127.0.0.1:8000"
-    public_coordinator_url: str | None = Field(
-        default=None, description="the coordinator as browsers reach it (default: coordinator_url)"
+    public_url: str | None = Field(
+        default=None,
+        description="the coordinator as browsers reach it, for links (MESH_PUBLIC_URL, as the coordinator's own "
+        "card says; default: coordinator_url)",
     )
     registry_url: str = "http://127.0.0.1:8001"
     taskstore_url: str = "http://127.0.0.1:8002"

@@ -339,6 +339,7 @@ class Stack:
             **self.base_env(),
             "MESH_HTTP_PORT": str(self.ports.console),
             "MESH_COORDINATOR_URL": self.coordinator_url,
+            "MESH_PUBLIC_URL": self.coordinator_url,
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
         }

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from a2amesh.observability import ServiceMetrics, health_routes
 from a2amesh.settings import ConsoleSettings
 from mesh_console import views
 from mesh_console.mesh import Mesh, MeshError, Unauthorized, user_message
@@ -351,9 +352,6 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
         return StreamingResponse(events(), media_type="text/event-stream")
 
     # -- health ----------------------------------------------------------------------------------------------
-    async def livez(request: Request) -> Response:
-        return JSONResponse({"status": "alive"})
-
     async def healthz(request: Request) -> Response:
         """Ready when the registry and the task store answer (the coordinator is asked on each sign-in)."""
         checks = {}
@@ -368,7 +366,7 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
 
     routes = [
         Route("/", home),
-        Route("/livez", livez),
+        *health_routes(ServiceMetrics("console")),  # /livez, /metrics
         Route("/healthz", healthz),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),

@@ -56,7 +56,7 @@ class Mesh:
         self.settings = settings
         self.http = http or httpx.AsyncClient(timeout=settings.request_timeout)
         self.coordinator = settings.coordinator_url.rstrip("/")
-        self.public_coordinator = (settings.public_coordinator_url or settings.coordinator_url).rstrip("/")
+        self.public_coordinator = (settings.public_url or settings.coordinator_url).rstrip("/")
         self.registry = settings.registry_url.rstrip("/")
         self.taskstore = settings.taskstore_url.rstrip("/")
         self._accepted: dict[bytes, float] = {}
