@@ -4,6 +4,9 @@ test mesh (the `mesh` fixture starts the console with it). Screenshots of every 
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +25,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from a2amesh.mqtt import make_client as mqtt_client
+from a2amesh.topics import AgentAddress
 from devstack.processes import REPO_ROOT
 from devstack.stack import Stack
 
@@ -234,3 +239,33 @@ def test_live_page_shows_events_as_they_happen(mesh: Stack, console: WebDriver, 
     time.sleep(2)  # let the pipeline's events arrive too: none of them may pass the agent filter
     assert {agent for agent, _ in events()} == {f"{mesh.org}/{mesh.unit}/echo"}
     console.save_screenshot(str(screenshots / "live.png"))
+
+
+async def publish_card(mesh: Stack, agent: str, card: dict[str, Any] | None) -> None:
+    """Retain a card for `agent` on its discovery topic (None clears it), as the mesh's test identity."""
+    payload = json.dumps(card).encode() if card is not None else b""
+    async with mqtt_client(mesh.tester_settings(), f"console-test-{uuid.uuid4().hex[:6]}") as client:
+        await client.publish(AgentAddress(mesh.org, mesh.unit, agent).discovery_topic, payload, qos=1, retain=True)
+
+
+def test_a_card_carrying_markup_is_shown_as_text(mesh: Stack, console: WebDriver, screenshots: Path) -> None:
+    registry = httpx.get(f"{mesh.registry_url}/agents/{mesh.org}/{mesh.unit}/echo", timeout=10).json()
+    card = copy.deepcopy(registry["card"])
+    card["name"] = "<script>window.pwned = 'card'</script>Evil <b>Agent</b>"
+    card["description"] = "<img src=x onerror=\"window.pwned = 'description'\">"
+    card["skills"][0]["examples"] = ["<iframe src='javascript:window.pwned=1'></iframe>"]
+    asyncio.run(publish_card(mesh, "evil-card", card))
+    try:
+        console.get(mesh.console_url + "/agents")
+        selector = f'tr.agent[data-agent="{mesh.org}/{mesh.unit}/evil-card"]'
+        row = eventually(lambda: console.find_elements(By.CSS_SELECTOR, selector), "the marked-up card listed")[0]
+        assert card["name"] in row.text, "the card's name is shown as its text"
+        row.find_element(By.CSS_SELECTOR, "details.skill summary").click()
+        row.find_element(By.XPATH, ".//details[summary='card']/summary").click()
+        assert card["skills"][0]["examples"][0] in row.text and card["description"] in row.text
+        for tag in ("script", "img", "iframe", "b"):
+            assert not row.find_elements(By.TAG_NAME, tag), f"a <{tag}> from the card became markup"
+        assert console.execute_script("return window.pwned === undefined"), "markup from the card ran"
+        console.save_screenshot(str(screenshots / "agents-markup-card.png"))
+    finally:
+        asyncio.run(publish_card(mesh, "evil-card", None))
