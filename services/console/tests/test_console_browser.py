@@ -249,23 +249,32 @@ async def publish_card(mesh: Stack, agent: str, card: dict[str, Any] | None) -> 
 
 
 def test_a_card_carrying_markup_is_shown_as_text(mesh: Stack, console: WebDriver, screenshots: Path) -> None:
+    """The Agents page picks the new agent up by itself (no reload), shows its marked-up card as text, and drops it
+    when its card is cleared."""
     registry = httpx.get(f"{mesh.registry_url}/agents/{mesh.org}/{mesh.unit}/echo", timeout=10).json()
     card = copy.deepcopy(registry["card"])
     card["name"] = "<script>window.pwned = 'card'</script>Evil <b>Agent</b>"
     card["description"] = "<img src=x onerror=\"window.pwned = 'description'\">"
     card["skills"][0]["examples"] = ["<iframe src='javascript:window.pwned=1'></iframe>"]
+    selector = f'tr.agent[data-agent="{mesh.org}/{mesh.unit}/evil-card"]'
+    console.get(mesh.console_url + "/agents")
     asyncio.run(publish_card(mesh, "evil-card", card))
     try:
-        console.get(mesh.console_url + "/agents")
-        selector = f'tr.agent[data-agent="{mesh.org}/{mesh.unit}/evil-card"]'
-        row = eventually(lambda: console.find_elements(By.CSS_SELECTOR, selector), "the marked-up card listed")[0]
-        assert card["name"] in row.text, "the card's name is shown as its text"
-        row.find_element(By.CSS_SELECTOR, "details.skill summary").click()
-        row.find_element(By.XPATH, ".//details[summary='card']/summary").click()
-        assert card["skills"][0]["examples"][0] in row.text and card["description"] in row.text
+        eventually(lambda: console.find_elements(By.CSS_SELECTOR, selector), "the new agent, without a reload")
+
+        def shown_as_text() -> bool:
+            row = console.find_element(By.CSS_SELECTOR, selector)  # the page swaps its table every few seconds
+            for details in row.find_elements(By.TAG_NAME, "details"):
+                if not details.get_attribute("open"):
+                    details.find_element(By.TAG_NAME, "summary").click()
+            return all(text in row.text for text in (card["name"], card["description"], *card["skills"][0]["examples"]))
+
+        eventually(shown_as_text, "the card's name, description and example as text")
+        row = console.find_element(By.CSS_SELECTOR, selector)
         for tag in ("script", "img", "iframe", "b"):
             assert not row.find_elements(By.TAG_NAME, tag), f"a <{tag}> from the card became markup"
         assert console.execute_script("return window.pwned === undefined"), "markup from the card ran"
         console.save_screenshot(str(screenshots / "agents-markup-card.png"))
     finally:
         asyncio.run(publish_card(mesh, "evil-card", None))
+    eventually(lambda: not console.find_elements(By.CSS_SELECTOR, selector), "the agent gone once its card is")

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from a2amesh.binding.wire import POOL_EXTENSION
 from devstack.stack import Stack
 from mesh_console.app import send_request
 from mesh_console.security import KEY_COOKIE
-from mesh_console.views import child_ids, data_view, part_view, timeline
+from mesh_console.views import child_ids, data_view, part_view, pool_of, timeline
 
 
 @pytest.fixture
@@ -121,3 +122,9 @@ def test_parts_for_people() -> None:
     assert (first.state, first.took, last.since_start) == ("submitted", "1.50 s", "1.50 s")
     task = {"artifacts": [{"metadata": {"childTaskId": "a"}}, {"parts": [{"data": {"childTaskIds": ["b", "a"]}}]}]}
     assert child_ids(task) == ["a", "b"]
+
+
+def test_a_replica_names_its_pool() -> None:
+    extension = {"uri": POOL_EXTENSION, "params": {"pool": "echo", "topic": "$share/echo/x"}}
+    assert pool_of({"capabilities": {"extensions": [extension]}}) == "echo"
+    assert pool_of({"capabilities": {}}) == ""

@@ -46,6 +46,7 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(env=env)
     env.filters["state"] = views.short_state
     env.filters["message_text"] = views.message_text
+    env.filters["pool"] = views.pool_of
     env.globals["STATES"] = views.STATES
     return templates
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from a2amesh.binding.wire import POOL_EXTENSION
+
 TERMINAL_STATES = frozenset({"TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED"})
 STATES = (
     "TASK_STATE_SUBMITTED",
@@ -173,6 +175,14 @@ def step_of(task: dict[str, Any]) -> str:
         step = (message.get("metadata") or {}).get("step")
         if isinstance(step, str):
             return step
+    return ""
+
+
+def pool_of(card: dict[str, Any]) -> str:
+    """The pool a replica serves, from its card's pool extension ("" when it serves alone)."""
+    for extension in (card.get("capabilities") or {}).get("extensions") or []:
+        if extension.get("uri") == POOL_EXTENSION:
+            return str((extension.get("params") or {}).get("pool") or "")
     return ""
 
 
