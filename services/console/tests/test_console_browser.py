@@ -222,6 +222,12 @@ def test_tasks_list_filters_by_state(mesh: Stack, console: WebDriver, screenshot
     console.get(mesh.console_url + "/tasks?state=TASK_STATE_CANCELED")
     rows = console.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
     assert rows and {row.get_attribute("data-state") for row in rows} == {"canceled"}
+    console.get(mesh.console_url + f"/tasks?agent={mesh.org}/{mesh.unit}/writer")
+    agents = {row.find_elements(By.TAG_NAME, "td")[2].text for row in console.find_elements(By.CSS_SELECTOR, "tr.task")}
+    assert agents == {f"{mesh.org}/{mesh.unit}/writer"}, "the pipelines' write steps, and only they"
+    console.get(mesh.console_url + "/tasks?skill=review-report")
+    agents = {row.find_elements(By.TAG_NAME, "td")[2].text for row in console.find_elements(By.CSS_SELECTOR, "tr.task")}
+    assert agents == {f"{mesh.org}/{mesh.unit}/reviewer"}, "a skill keeps the tasks of the agents offering it"
 
 
 def test_live_page_shows_events_as_they_happen(mesh: Stack, console: WebDriver, screenshots: Path) -> None:
