@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql
+APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
 .PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench
@@ -10,12 +10,14 @@ export UV_LINK_MODE ?= copy
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## install mosquitto (broker and clients), redis-server and postgresql through apt-get when missing
+system-deps: ## install mosquitto (broker and clients), redis-server, postgresql, chromium and chromium-driver (the console's browser test) through apt-get when missing
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -49,6 +49,7 @@ from pydantic import BaseModel
 from a2amesh.mqtt import make_client
 from a2amesh.settings import (
     AgentSettings,
+    ConsoleSettings,
     CoordinatorSettings,
     MqttSettings,
     RegistrySettings,
@@ -85,6 +86,7 @@ DEVSTACK_PORT_OF = {
     "registry": "registry",
     "taskstore": "taskstore",
     "coordinator": "coordinator",
+    "console": "console",
 }
 
 # the settings class each mesh service builds (a2amesh.settings); every agent builds AgentSettings
@@ -92,6 +94,12 @@ SETTINGS_OF: dict[str, type[ServiceSettings]] = {
     "registry": RegistrySettings,
     "taskstore": TaskStoreSettings,
     "coordinator": CoordinatorSettings,
+    "console": ConsoleSettings,
+}
+
+# mesh services that never connect to the broker, and why (no identity, no PKI files, no a2a-mesh.dev/mqtt label)
+BROKERLESS = {
+    "console": "the web console is an HTTP client of the coordinator, registry and task store, as any client is",
 }
 
 # settings that Compose and Kubernetes give a service but the dev runner does not, and why
@@ -962,7 +970,8 @@ def test_network_policy_ports_are_the_services_ports(overlay: str, devstack: Dev
         for name, w in workloads(docs).items()
     }
     mqtt_clients = {name for name, w in workloads(docs).items() if "a2a-mesh.dev/mqtt" in labels_of(w)}
-    assert mqtt_clients == set(mesh_services(devstack)), f"{overlay}: every mesh service, and only they, speak MQTT"
+    speakers = set(mesh_services(devstack)) - set(BROKERLESS)
+    assert mqtt_clients == speakers, f"{overlay}: every mesh service but BROKERLESS ones, and only they, speak MQTT"
     for name, policy in objects(docs, "NetworkPolicy").items():
         selected = policy["spec"]["podSelector"].get("matchLabels", {})
         targets = selected_workloads(docs, selected)
@@ -1032,6 +1041,10 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
         local = devstack.processes[service].env
         compose = compose_services()[service].env
         prefixes = [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in local]
+        if service in BROKERLESS:
+            assert not prefixes, f"make dev {service}: {BROKERLESS[service]}; yet it has a broker identity"
+            assert not compose_pki_files(compose_services()[service], pki.root), f"compose {service} mounts PKI files"
+            continue
         assert "MESH_MQTT__" in prefixes, f"make dev {service}: no broker identity"
         files = compose_pki_files(compose_services()[service], pki.root)
         overlays = {overlay: rendered(overlay) for overlay in OVERLAYS}
@@ -1110,7 +1123,7 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
     stack = devstack.stack
     pki = stack.pki.root
     issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
-    for service in [*mesh_services(devstack), "broker"]:
+    for service in [*(name for name in mesh_services(devstack) if name not in BROKERLESS), "broker"]:
         compose = compose_pki_files(compose_services()[service], pki)
         needed = broker_files_read() if service == "broker" else service_files_read(compose_services()[service].env)
         assert needed, f"{service} reads no file of the PKI"

@@ -121,3 +121,23 @@ class CoordinatorSettings(ServiceSettings):
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")
+
+
+class ConsoleSettings(ServiceSettings):
+    """The web console: where it reaches the coordinator, registry and task store, as any client would (it holds no
+    broker credentials), and the coordinator's URL as people's browsers open it (the links to agent endpoints)."""
+
+    http_port: int = 8003
+    coordinator_url: str = "http://127.0.0.1:8000"
+    public_url: str | None = Field(
+        default=None,
+        description="the coordinator as browsers reach it, for links (MESH_PUBLIC_URL, as the coordinator's own "
+        "card says; default: coordinator_url)",
+    )
+    registry_url: str = "http://127.0.0.1:8001"
+    taskstore_url: str = "http://127.0.0.1:8002"
+    request_timeout: float = Field(default=10.0, description="seconds a call to a mesh service may take")
+    key_check_ttl: float = Field(default=30.0, description="seconds a key the coordinator accepted counts as valid")
+    live_poll_interval: float = Field(default=1.0, description="seconds between the Live page's task-store polls")
+    live_stream_seconds: float = Field(default=300.0, description="longest life of one Live event stream")
+    secure_cookie: bool = Field(default=False, description="mark the session cookie Secure (serve over HTTPS)")

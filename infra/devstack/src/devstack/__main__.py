@@ -50,6 +50,7 @@ The mesh is up.
   A2A endpoint  {stack.coordinator_url}/   agent card: {stack.coordinator_url}/.well-known/agent-card.json
   Registry      {stack.registry_url}/agents
   Task store    {stack.taskstore_url}/tasks
+  Console       {stack.console_url}/   (sign in with the API key below)
   Broker        mqtts://127.0.0.1:{stack.ports.mqtt}  (TLS; identities and certificates in {DEV_PKI})
 
 Try a first task:

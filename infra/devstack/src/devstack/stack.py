@@ -94,16 +94,17 @@ class Ports:
     registry: int
     taskstore: int
     coordinator: int
+    console: int = 8003
 
     @classmethod
     def fixed(cls) -> Ports:
         """The documented ports of `make dev`."""
-        return cls(mqtt=8883, redis=6379, registry=8001, taskstore=8002, coordinator=8000)
+        return cls(mqtt=8883, redis=6379, registry=8001, taskstore=8002, coordinator=8000, console=8003)
 
     @classmethod
     def random(cls) -> Ports:
         """Free ports, so tests never collide with a running `make dev` or with each other."""
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), console=free_port())
 
 
 @dataclass
@@ -210,6 +211,10 @@ class Stack:
     @property
     def taskstore_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.taskstore}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.console}"
 
     @property
     def api_key(self) -> str:
@@ -328,6 +333,24 @@ class Stack:
         self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
 
+    def console(self) -> ManagedProcess:
+        """The web console: a plain HTTP client of the coordinator, registry and task store (no broker identity)."""
+        env = {
+            **self.base_env(),
+            "MESH_HTTP_PORT": str(self.ports.console),
+            "MESH_COORDINATOR_URL": self.coordinator_url,
+            "MESH_PUBLIC_URL": self.coordinator_url,
+            "MESH_REGISTRY_URL": self.registry_url,
+            "MESH_TASKSTORE_URL": self.taskstore_url,
+        }
+        return ManagedProcess(
+            "console",
+            [sys.executable, "-m", "mesh_console"],
+            self.run_dir / "logs" / "console.log",
+            http_ready(f"{self.console_url}/livez"),
+            env=env,
+        )
+
     def agent(self, agent_id: str, package: str, **env: str) -> ManagedProcess:
         """An agent process; ready once the registry lists it online."""
         settings = {"MESH_AGENT_ID": agent_id, "MESH_HTTP_PORT": str(free_port()), **env}
@@ -353,6 +376,7 @@ class Stack:
         order = [self.broker(), self.redis(), self.registry(), self.taskstore()]
         order += [self.agent(agent_id, package) for agent_id, package in self.agents.items()]
         order.append(self.coordinator())
+        order.append(self.console())
         try:
             for process in order:
                 self.launch(process, timeout)
