@@ -47,7 +47,8 @@ def main() -> None:
             app = build_app(handler, registry, public_url)
             link_stop = asyncio.Event()
             link = asyncio.create_task(requester.run(link_stop))
-            workflows = workflow_responder(settings, Delegate(requester, registry, retry_profile(settings)))
+            delegate = Delegate(requester, registry, retry_profile(settings), handler.hub.note)
+            workflows = workflow_responder(settings, delegate)
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
             # the hosted workflows agent drains like any agent before it goes offline
             await serve_until(stop, server, workflows.run(stop), handler.reconciler.run(stop), grace=SHUTDOWN_GRACE + 5)
