@@ -125,7 +125,7 @@ class LiveTask:
                     log.warning("task %s: relay lost (%s); picking it up again", self.id, error)
                     self.recoveries += 1
                     assert self.resume is not None
-                    again = await self.resume.reattach(self)
+                    again = await self.resume.reattach(self, error)
                     if again is None:
                         raise
                     if isinstance(again, Task):
@@ -158,6 +158,8 @@ class LiveTask:
         if self.recoveries >= RECOVERIES:
             return False
         if isinstance(error, RemoteError):
+            if handed_back(error):  # mid-stream only: refused at the start is overload, answered at submit
+                return self.first_item.done()
             return self.recoveries > 0 and error.code == ErrorCode.UNSUPPORTED_OPERATION
         return True
 
@@ -283,6 +285,14 @@ class TaskHub:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+
+
+def handed_back(error: Exception) -> bool:
+    """Whether the agent gave a running task back (a stopping pool replica answers -32004 mid-stream): another
+    member should run it, under the same task id."""
+    if not isinstance(error, RemoteError) or error.binding_error is None:
+        return False
+    return error.binding_error.retryable
 
 
 def new_context_id() -> str:

@@ -18,6 +18,7 @@ from a2amesh.models import ErrorCode, Task
 from a2amesh.mqtt import NotConnectedError
 from a2amesh.topics import AgentAddress, PoolAddress
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient
+from mesh_coordinator.live import handed_back
 
 if TYPE_CHECKING:
     from mesh_coordinator.live import LiveTask
@@ -51,9 +52,12 @@ class Resume:
         """One attempt: a holder that does not answer a GetTask within the first-reply timeout is taken as gone."""
         return RetryProfile(self.profile.first_reply_timeout, self.profile.stream_idle_timeout, attempts=1)
 
-    async def reattach(self, live: LiveTask) -> ReplyStream | Task | None:
+    async def reattach(self, live: LiveTask, error: Exception) -> ReplyStream | Task | None:
         """A new stream to relay the task from, or the task as it ended, or None when nothing can be done."""
         holder = live.agent if (live.answered_by or self.pool is None) else None
+        if holder is not None and handed_back(error):  # a stopping replica gave it back: a peer takes it
+            self.gone.add(holder.agent)
+            holder = None
         deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
         while holder is not None:
             remaining = deadline - asyncio.get_running_loop().time()

@@ -29,7 +29,13 @@ from a2amesh.binding.tasks import (
     TaskRejectedError,
     agent_message,
 )
-from a2amesh.binding.wire import MAX_PACKET_BYTES, encode, is_valid_task_id
+from a2amesh.binding.wire import (
+    MAX_PACKET_BYTES,
+    SKILL_METADATA_KEY,
+    encode,
+    is_valid_task_id,
+    rerunnable_skills,
+)
 from a2amesh.models import (
     AgentCard,
     BindingError,
@@ -38,6 +44,7 @@ from a2amesh.models import (
     GetTaskRequest,
     JsonRpcRequest,
     JsonRpcResponse,
+    Role,
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
@@ -79,7 +86,7 @@ LOAD_REPORT_INTERVAL = 1.0
 """Seconds between checks of whether the agent's load changed enough to republish its presence."""
 
 SHUTDOWN_GRACE = 10.0
-"""Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
+"""Seconds in-flight tasks get to finish on SIGTERM before they are handed to a pool peer or ended FAILED."""
 
 
 class Responder:
@@ -186,6 +193,7 @@ class Responder:
         load_task = asyncio.create_task(self._report_load(stop))
         await stop.wait()
         self.accepting = False
+        await self._leave_pool()
         await load_task
         await self._drain()
         client = self.link.client
@@ -201,6 +209,16 @@ class Responder:
         link_stop.set()
         await link_task
 
+    async def _leave_pool(self) -> None:
+        """Stopping: take no more pool work, so the broker gives it (and any task handed over) to the peers."""
+        client = self.link.client
+        if self.pool is None or self.pool.shared_subscription not in self.link.subscriptions:
+            return
+        self.link.subscriptions.remove(self.pool.shared_subscription)
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(self.pool.shared_subscription, timeout=5)
+
     async def _drain(self) -> None:
         runners = [record.runner for record in self.tasks.values() if record.active and record.runner]
         if runners:
@@ -208,10 +226,42 @@ class Responder:
             await asyncio.wait(runners, timeout=SHUTDOWN_GRACE)
         for record in list(self.tasks.values()):
             if record.active and record.runner:
-                record.state["shutdown"] = True
+                handed = await self._hand_over(record)
+                record.state["handed_over" if handed else "shutdown"] = True
                 record.runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await record.runner
+
+    def _may_hand_over(self, record: TaskRecord) -> bool:
+        """Whether a peer may run this task again from the start: a pool to hand it to, a skill the card declares
+        re-runnable, one turn only (a resumed task's later turns would be lost), someone waiting for the result,
+        and no per-request authorization (its token is never kept, so it cannot go along)."""
+        if self.pool is None or self._token_digests or not record.subscribers:
+            return False
+        if record.request.method not in ("SendMessage", "SendStreamingMessage"):
+            return False
+        skills = rerunnable_skills(self.card)
+        skill = record.request_metadata.get(SKILL_METADATA_KEY)
+        if not skills or (skill is not None and skill not in skills):
+            return False
+        return sum(1 for message in record.task.history or [] if message.role == Role.USER) <= 1
+
+    async def _hand_over(self, record: TaskRecord) -> bool:
+        """Give the task back to its requesters: each gets the retryable -32004 (responder unavailable), on which a
+        requester sends it again to a live pool member under the same task id (the coordinator does). False when
+        it may not be run again (it then ends FAILED)."""
+        if not self._may_hand_over(record):
+            return False
+        reason = "agent stopping before the task finished; send it again to the pool under the same task id"
+        try:
+            for subscriber in record.subscribers:
+                refusal = binding_error_response(subscriber.request_id, BindingError.RESPONDER_UNAVAILABLE, reason)
+                await self._publish_reply(subscriber.reply_topic, subscriber.correlation, refusal)
+        except NotConnectedError:
+            return False
+        log.info("task %s: handed back to its requester(s) for a pool peer", record.id)
+        record.subscribers.clear()
+        return True
 
     # -- requests ----------------------------------------------------------------------------------------
     async def _on_message(self, envelope: Envelope) -> None:
@@ -442,6 +492,8 @@ class Responder:
             if not record.current_state.ends_stream:
                 await context.complete()
         except asyncio.CancelledError:
+            if record.state.pop("handed_over", False):
+                return  # a pool peer runs it now, under the same task id, and reports its events
             if record.state.pop("shutdown", False):
                 await self._end(record, TaskState.FAILED, "agent stopped before the task finished")
             else:
