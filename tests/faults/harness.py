@@ -32,8 +32,14 @@ CANCELED = "TASK_STATE_CANCELED"
 REJECTED = "TASK_STATE_REJECTED"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED, REJECTED})
 
-QUICK_RETRIES = {"MESH_FIRST_REPLY_TIMEOUT": "2", "MESH_STREAM_IDLE_TIMEOUT": "4", "MESH_REQUEST_ATTEMPTS": "2"}
-"""The coordinator's retry profile in fault stacks: a dead agent's task ends FAILED (with the reason) in seconds."""
+QUICK_RETRIES = {
+    "MESH_FIRST_REPLY_TIMEOUT": "2",
+    "MESH_STREAM_IDLE_TIMEOUT": "4",
+    "MESH_REQUEST_ATTEMPTS": "2",
+    "MESH_KEEPALIVE_INTERVAL": "1",
+}
+"""The retry profile in fault stacks: a dead agent is noticed in seconds (and its task picked up again, or ended
+FAILED with the reason); agents' keepalives come well within the shorter idle timeout."""
 
 UNTHROTTLED = {"MESH_RATE_LIMIT": "100000", "MESH_RATE_BURST": "100000"}
 """The load generator is one client; the coordinator's per-client rate limit is not what these tests measure."""

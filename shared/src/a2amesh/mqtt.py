@@ -31,6 +31,9 @@ LOAD_PROPERTY = "a2a-load"
 """On a presence publish: the agent's in-flight tasks per concurrent slot (0 idle, 1 saturated, above 1 queueing)."""
 EVENT_ID_PROPERTY = "a2a-event-id"
 """On a task event: an id unique to the event, by which the task store recognises a redelivered one."""
+KEEPALIVE_PROPERTY = "a2a-keepalive"
+"""On a streaming reply that only says the task is still running (its current status again): activity for the
+requester's idle timeout, not an event to relay."""
 TASK_AGENT_PROPERTY = "a2a-task-agent"
 """On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
 

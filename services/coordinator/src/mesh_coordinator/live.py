@@ -142,9 +142,11 @@ class LiveTask:
                 await self._give_up(f"agent {self.agent} did not answer: {error}", recorded_by_agent=False)
             else:
                 await self._give_up(f"agent {self.agent} stopped responding: {error}", recorded_by_agent=True)
+                await self._cancel_at_agent()
         except Exception as error:  # the relay must never die silently with the task open
             log.exception("task %s: relay failed", self.id)
             await self._give_up(f"coordinator relay failed: {type(error).__name__}", recorded_by_agent=True)
+            await self._cancel_at_agent()
         finally:
             self.ended.set()
             for queue in list(self._queues):
@@ -173,6 +175,15 @@ class LiveTask:
                 # A stream is a Task followed by updates; agents that start with an update get the Task first.
                 await self._relay(StreamResponse(task=self.task))
             await self._relay(item)
+
+    async def _cancel_at_agent(self) -> None:
+        """The coordinator gave up on the task: cancel it where it may still run, so no agent works for a task
+        nobody follows (best effort, one bounded attempt; the FAILED outcome is already recorded and stays)."""
+        if self.resume is not None and self.answered_by:
+            try:
+                await self.resume.cancel(self)
+            except Exception:
+                log.info("task %s: could not cancel it at %s", self.id, self.agent)
 
     async def _relay(self, item: StreamResponse) -> None:
         self._broadcast(item)

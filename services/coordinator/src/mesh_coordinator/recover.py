@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 RECONNECT_WAIT = 30.0
 """Seconds a relay waits for the coordinator's broker connection to come back before giving up."""
 
+PROBE_TIMEOUT = 5.0
+"""Seconds, at most, the holder gets to answer GetTask (served at once by a live agent, whatever its load)."""
+
 
 @dataclass
 class Resume:
@@ -50,7 +53,8 @@ class Resume:
     @property
     def probe(self) -> RetryProfile:
         """One attempt: a holder that does not answer a GetTask within the first-reply timeout is taken as gone."""
-        return RetryProfile(self.profile.first_reply_timeout, self.profile.stream_idle_timeout, attempts=1)
+        first_reply = min(self.profile.first_reply_timeout, PROBE_TIMEOUT)
+        return RetryProfile(first_reply, self.profile.stream_idle_timeout, attempts=1)
 
     async def reattach(self, live: LiveTask, error: Exception) -> ReplyStream | Task | None:
         """A new stream to relay the task from, or the task as it ended, or None when nothing can be done."""
@@ -106,6 +110,10 @@ class Resume:
         return self.requester.request(
             holder.request_topic, "SubscribeToTask", params, profile=self.profile, authorization=self.authorization
         )
+
+    async def cancel(self, live: LiveTask) -> None:
+        """CancelTask at the agent holding the task (one attempt; errors are the caller's to ignore)."""
+        await self.requester.call(live.agent.request_topic, "CancelTask", {"id": live.id}, profile=self.probe)
 
     async def _live_member(self) -> AgentChoice | None:
         """The least-loaded online member of the pool that has not gone silent on this task."""

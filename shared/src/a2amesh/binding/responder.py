@@ -60,6 +60,7 @@ from a2amesh.models import (
 )
 from a2amesh.mqtt import (
     AUTHORIZATION_PROPERTY,
+    KEEPALIVE_PROPERTY,
     LOAD_PROPERTY,
     RESPONDER_PROPERTY,
     STATUS_PROPERTY,
@@ -191,6 +192,7 @@ class Responder:
         link_stop = asyncio.Event()
         link_task = asyncio.create_task(self.link.run(link_stop))
         load_task = asyncio.create_task(self._report_load(stop))
+        keepalive_task = asyncio.create_task(self._keep_alive(link_stop))  # through the drain too
         await stop.wait()
         self.accepting = False
         await self._leave_pool()
@@ -207,7 +209,37 @@ class Responder:
                     properties=self._presence("offline"),
                 )
         link_stop.set()
+        await keepalive_task
         await link_task
+
+    async def _keep_alive(self, stop: asyncio.Event) -> None:
+        """Every keepalive_interval, re-send each running task's current status to the requesters streaming it,
+        marked as a keepalive: a task that reports nothing for long stays followed instead of timing out."""
+        interval = self.settings.keepalive_interval
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            if stop.is_set() or not self.link.connected.is_set():
+                continue
+            for record in list(self.tasks.values()):
+                if isinstance(record, TaskRecord) and record.active and record.subscribers:
+                    with contextlib.suppress(NotConnectedError):
+                        await self._send_keepalive(record)
+
+    async def _send_keepalive(self, record: TaskRecord) -> None:
+        event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=record.task.status)
+        body = StreamResponse(status_update=event).to_json().encode()
+        for subscriber in list(record.subscribers):
+            if not subscriber.streaming:
+                continue
+            payload = (
+                b'{"jsonrpc":"2.0","id":' + json.dumps(subscriber.request_id).encode() + b',"result":' + body + b"}"
+            )
+            user = [(RESPONDER_PROPERTY, self.address.agent), (KEEPALIVE_PROPERTY, "1")]
+            properties = publish_properties(correlation_data=subscriber.correlation, user=user)
+            await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=properties, wait=1.0)
 
     async def _leave_pool(self) -> None:
         """Stopping: take no more pool work, so the broker gives it (and any task handed over) to the peers."""
