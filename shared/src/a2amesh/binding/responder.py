@@ -86,6 +86,9 @@ FINISHED_TASKS_KEPT = 10_000
 LOAD_REPORT_INTERVAL = 1.0
 """Seconds between checks of whether the agent's load changed enough to republish its presence."""
 
+REPORT_WAIT = 60.0
+"""Seconds a running task's event or streamed reply waits for the broker (a restart) before the task gives up."""
+
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight tasks get to finish on SIGTERM before they are handed to a pool peer or ended FAILED."""
 
@@ -535,7 +538,18 @@ class Responder:
         except TaskFailedError as error:
             await self._end(record, TaskState.FAILED, str(error) or "failed")
         except NotConnectedError:
-            log.error("task %s: lost the broker while reporting; the requester will time out", record.id)
+            # Say so where it can still be read (GetTask, SubscribeToTask): a task left WORKING with nothing running
+            # it would be followed for nothing. The requester ends it FAILED with its own reason.
+            log.error("task %s: lost the broker while reporting", record.id)
+            if not record.current_state.is_terminal:
+                reason = "agent lost the broker while reporting the task"
+                status = TaskStatus(
+                    state=TaskState.FAILED,
+                    message=agent_message(reason, record.id, record.context_id),
+                    timestamp=utc_now(),
+                )
+                event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=status)
+                record.apply(StreamResponse(status_update=event))
         except Exception as error:
             log.exception("task %s: handler raised", record.id, extra={"task_id": record.id})
             await self._end(record, TaskState.FAILED, f"agent error: {type(error).__name__}: {error}")
@@ -563,7 +577,7 @@ class Responder:
                 extra = {"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id}
                 log.log(level, "task %s %s", record.id, state.name, extra=extra)
         body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
-        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties())
+        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties(), wait=REPORT_WAIT)
         ends = item.ends_stream
         for subscriber in list(record.subscribers):
             if subscriber.streaming:
@@ -594,7 +608,9 @@ class Responder:
             return
         if subscriber.properties is None:  # the same for every reply to this subscriber, and slow to build
             subscriber.properties = self._reply_properties(subscriber.correlation, reused=True)
-        await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=subscriber.properties)
+        await self.link.publish(
+            subscriber.reply_topic, payload, qos=1, properties=subscriber.properties, wait=REPORT_WAIT
+        )
 
     def _reply_properties(self, correlation: bytes, reused: bool = False) -> Any:
         user = [(RESPONDER_PROPERTY, self.address.agent)]
@@ -603,7 +619,7 @@ class Responder:
     async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
         properties = self._reply_properties(correlation)
         limit = MAX_PACKET_BYTES - len(topic.encode()) - len(correlation) - 1024  # room for the header and properties
-        await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties)
+        await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties, wait=REPORT_WAIT)
 
     def _remember(self, record: TaskRecord) -> None:
         """Keep the task; forget the oldest finished ones past FINISHED_TASKS_KEPT (running ones go to the back)."""
