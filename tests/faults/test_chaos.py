@@ -21,12 +21,12 @@ from tests.faults.harness import Load, Tally, await_terminal, blocking, diagnost
 
 REPLICAS = ("echo-c1", "echo-c2", "echo-c3")
 POOL = "echo-chaos"
-SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "50"))
 """How long the load (and the fault schedule) runs."""
 SEED = int(os.environ.get("CHAOS_SEED", "13"))
 RATE = 8.0
 """Tasks a second: modest, so the shared machine's load is not what is measured."""
-SETTLE = (6.0, 10.0)
+SETTLE = (4.0, 6.0)
 """Seconds between the end of one fault and the next (random within): time for the mesh to pick tasks up again."""
 
 
