@@ -172,7 +172,10 @@ class Load:
         self.started = time.monotonic()
         limit = asyncio.Semaphore(self.concurrency)
         headers = {**auth_headers(self.stack), **JSONRPC_HEADERS}
-        pool = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        # idle connections go before the server's keep-alive timeout (uvicorn: 5 s) can close one under a request
+        pool = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(timeout=self.request_timeout, headers=headers, limits=pool) as client:
 
             async def one(index: int) -> None:
