@@ -106,7 +106,9 @@ async def test_chaos_loses_and_fails_nothing(stack: Stack) -> None:
     tally.notes.update(
         {
             "faults, in order": injected,
-            "fault kinds": dict(Counter(name.split(" ")[0] for name in injected)),
+            "fault kinds": dict(
+                Counter(name.split(" echo-")[0] + (" replica" if " echo-" in name else "") for name in injected)
+            ),
             "refused while the coordinator was down (transport)": len(door_closed),
         }
     )
