@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -134,6 +134,11 @@ loadtest: deps ## headless Locust run against a local mesh; reports in reports/l
 
 bench: deps ## side-by-side benchmark (floor, binding, HTTP face, peers, pools); report in reports/bench/
 	@$(UV) run --locked python -m loadtests bench
+
+CHAOS_SECONDS ?= 180
+CHAOS_SEED ?= 13
+chaos: deps certs ## load under a seeded kill/restart schedule (CHAOS_SECONDS, CHAOS_SEED); prints the tally
+	@CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) $(UV) run --locked pytest tests/faults/test_chaos.py -s
 
 clean: ## remove local run data
 	rm -rf run reports .pytest_cache

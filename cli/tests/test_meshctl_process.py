@@ -9,6 +9,7 @@ import sys
 import time
 
 from devstack.pki import Identity, Role
+from devstack.processes import default_signal_dispositions
 from devstack.stack import Stack
 
 
@@ -22,7 +23,14 @@ def start(mesh: Stack, *args: str) -> subprocess.Popen[str]:
         "MESH_UNIT": mesh.unit,
     }
     command = [sys.executable, "-m", "meshctl", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signal_dispositions,
+    )
 
 
 def interrupt_when(process: subprocess.Popen[str], ready: str, timeout: float = 20) -> tuple[str, str]:

@@ -32,8 +32,14 @@ CANCELED = "TASK_STATE_CANCELED"
 REJECTED = "TASK_STATE_REJECTED"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED, REJECTED})
 
-QUICK_RETRIES = {"MESH_FIRST_REPLY_TIMEOUT": "2", "MESH_STREAM_IDLE_TIMEOUT": "4", "MESH_REQUEST_ATTEMPTS": "2"}
-"""The coordinator's retry profile in fault stacks: a dead agent's task ends FAILED (with the reason) in seconds."""
+QUICK_RETRIES = {
+    "MESH_FIRST_REPLY_TIMEOUT": "2",
+    "MESH_STREAM_IDLE_TIMEOUT": "4",
+    "MESH_REQUEST_ATTEMPTS": "2",
+    "MESH_KEEPALIVE_INTERVAL": "1",
+}
+"""The retry profile in fault stacks: a dead agent is noticed in seconds (and its task picked up again, or ended
+FAILED with the reason); agents' keepalives come well within the shorter idle timeout."""
 
 UNTHROTTLED = {"MESH_RATE_LIMIT": "100000", "MESH_RATE_BURST": "100000"}
 """The load generator is one client; the coordinator's per-client rate limit is not what these tests measure."""
@@ -166,7 +172,10 @@ class Load:
         self.started = time.monotonic()
         limit = asyncio.Semaphore(self.concurrency)
         headers = {**auth_headers(self.stack), **JSONRPC_HEADERS}
-        pool = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        # idle connections go before the server's keep-alive timeout (uvicorn: 5 s) can close one under a request
+        pool = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(timeout=self.request_timeout, headers=headers, limits=pool) as client:
 
             async def one(index: int) -> None:

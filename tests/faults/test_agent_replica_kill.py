@@ -1,5 +1,6 @@
-"""Fault: one of three pooled echo replicas is SIGKILLed in the middle of a load. Its tasks complete on another
-replica under the same task id, or end FAILED with the reason; none stays SUBMITTED/WORKING; lost = 0."""
+"""Fault: one of three pooled echo replicas is SIGKILLed in the middle of a load. The echo skill is re-runnable (its
+card says so), so the tasks the victim held run again on a live replica under the same task id, and requests
+left in its session are sent to a live member: every task completes, none is refused, lost = 0."""
 
 from __future__ import annotations
 
@@ -98,3 +99,8 @@ async def test_a_replica_killed_mid_load_loses_no_task(pooled: Stack) -> None:
         f"{tally.render()}\n{diagnostics(pooled, ['coordinator', *REPLICAS])}"
     )
     assert tally.completed > 0 and set(finishers) >= set(REPLICAS) - {VICTIM}, tally.render()
+    # the dead replica's tasks, and the requests that sat in its session, run on live members: nothing fails
+    assert tally.failed_with_reason == 0 and tally.rejected_at_submit == 0, (
+        f"a replica's death failed or refused tasks\n{tally.render()}\n{diagnostics(pooled, ['coordinator'])}"
+    )
+    assert set(moved) == set(orphaned), tally.render()

@@ -12,7 +12,13 @@ from starlette.applications import Starlette
 
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
-from a2amesh.binding.wire import MQTT_BINDING, POOL_EXTENSION, SKILL_METADATA_KEY, TASK_EVENTS_EXTENSION
+from a2amesh.binding.wire import (
+    MQTT_BINDING,
+    POOL_EXTENSION,
+    RERUN_EXTENSION,
+    SKILL_METADATA_KEY,
+    TASK_EVENTS_EXTENSION,
+)
 from a2amesh.models import (
     AgentCapabilities,
     AgentCard,
@@ -78,6 +84,9 @@ class MeshAgent:
     version: ClassVar[str] = "0.1.0"
     input_modes: ClassVar[list[str]] = ["text/plain"]
     output_modes: ClassVar[list[str]] = ["text/plain"]
+    rerunnable: ClassVar[bool] = False
+    """Whether every skill may run again from the start under the same task id, on another replica, when the one
+    running it dies (no side effect outside the task's own result). Declared on the card (RERUN_EXTENSION)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,6 +159,14 @@ class MeshAgent:
                     uri=POOL_EXTENSION,
                     description="serves a pool of replicas",
                     params={"pool": pool.pool, "topic": pool.topic},
+                )
+            )
+        if self.rerunnable:
+            extensions.append(
+                AgentExtension(
+                    uri=RERUN_EXTENSION,
+                    description="skills that may run again under the same task id",
+                    params={"skills": [skill.id for skill in self.skills]},
                 )
             )
         return extensions

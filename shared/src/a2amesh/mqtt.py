@@ -31,6 +31,9 @@ LOAD_PROPERTY = "a2a-load"
 """On a presence publish: the agent's in-flight tasks per concurrent slot (0 idle, 1 saturated, above 1 queueing)."""
 EVENT_ID_PROPERTY = "a2a-event-id"
 """On a task event: an id unique to the event, by which the task store recognises a redelivered one."""
+KEEPALIVE_PROPERTY = "a2a-keepalive"
+"""On a streaming reply that only says the task is still running (its current status again): activity for the
+requester's idle timeout, not an event to relay."""
 TASK_AGENT_PROPERTY = "a2a-task-agent"
 """On an event the coordinator records for another agent: the address (org/unit/agent) of the agent holding it."""
 
@@ -350,27 +353,31 @@ class MqttLink:
         properties: Properties | None = None,
         wait: float = 10.0,
     ) -> None:
-        """Publish, waiting up to `wait` seconds for a connection and retrying once if it drops mid-publish."""
-        deadline = asyncio.get_running_loop().time() + wait
-        for _ in range(2):
+        """Publish, waiting up to `wait` seconds for a connection, and retrying within that time if the connection
+        drops mid-publish (a broker restart: the run loop reconnects meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        failures = 0
+        while True:
             if not self.connected.is_set():  # only then wait: wait_for costs a task per publish even when set
-                remaining = deadline - asyncio.get_running_loop().time()
+                remaining = deadline - loop.time()
                 try:
                     await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
                 except TimeoutError:
                     raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
             client = self._client
-            if client is None:
-                continue
-            try:
-                await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-                return
-            except aiomqtt.MqttError as error:
-                # Retry on whatever connection is current: a stale connection's publish can time out after the
-                # link reconnected, and must not mark the new one down (the run loop notices real drops itself).
-                log.warning("publish to %s failed (%s); retrying", topic, error)
-                await asyncio.sleep(0.05)
-        raise NotConnectedError(f"{self.client_id}: publish to {topic} failed twice")
+            if client is not None:
+                try:
+                    await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+                    return
+                except aiomqtt.MqttError as error:
+                    # Retry on whatever connection is current: a stale connection's publish can time out after the
+                    # link reconnected, and must not mark the new one down (the run loop notices real drops itself).
+                    failures += 1
+                    log.warning("publish to %s failed (%s); retrying", topic, error)
+            if loop.time() >= deadline:
+                raise NotConnectedError(f"{self.client_id}: publish to {topic} failed {failures} time(s) in {wait}s")
+            await asyncio.sleep(min(0.05 * 2**failures, 1.0))
 
     async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """One consumer task reads the messages in order; `stop` cancels it. A dropped connection surfaces as the

@@ -74,6 +74,11 @@ class AgentSettings(ServiceSettings):
     auth_tokens_file: Path | None = Field(default=None, description="more tokens, one per line (a mounted secret)")
     max_concurrent: int = 8
     max_queued: int = 64
+    keepalive_interval: float = Field(
+        default=10.0,
+        description="seconds between keepalives (the current WORKING status, re-sent) to requesters following a "
+        "running task, so a silent long task outlives their stream idle timeout; 0 sends none",
+    )
 
 
 class RegistrySettings(ServiceSettings):

@@ -17,6 +17,17 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
+def default_signal_dispositions() -> None:
+    """Run in a new child before exec: give SIGINT and SIGTERM their default handlers back.
+
+    A child inherits ignored signals from its parent; a test suite started from a background shell job has SIGINT
+    ignored, so a Python child would never see KeyboardInterrupt and a Ctrl-C test would hang or fail. Passing this
+    as `preexec_fn` makes every process the tests start behave as one started from a terminal.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -73,6 +84,7 @@ class ManagedProcess:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_signal_dispositions,
         )
         log_file.close()
 

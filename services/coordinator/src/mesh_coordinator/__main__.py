@@ -47,7 +47,9 @@ def main() -> None:
             app = build_app(handler, registry, public_url)
             link_stop = asyncio.Event()
             link = asyncio.create_task(requester.run(link_stop))
-            delegate = Delegate(requester, handler.router, retry_profile(settings), handler.credentials)
+            delegate = Delegate(
+                requester, handler.router, retry_profile(settings), handler.credentials, handler.hub.note
+            )
             workflows = workflow_responder(settings, delegate)
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
             # the hosted workflows agent drains like any agent before it goes offline

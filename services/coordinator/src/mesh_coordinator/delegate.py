@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +77,14 @@ class Delegate:
         router: MeshRouter,
         profile: RetryProfile | None = None,
         credentials: CallerCredentials | None = None,
+        on_update: Callable[[Task], None] | None = None,
     ) -> None:
         self.requester = requester
         self.router = router
         self.profile = profile or RetryProfile()
         self.credentials = credentials or CallerCredentials()
+        self.on_update = on_update
+        """Told each child's latest state (the coordinator answers GetTask on a child id from it at once)."""
 
     async def start(
         self, parent: TaskContext, step: str, skill: str, parts: list[Part], metadata: dict[str, Any] | None = None
@@ -175,6 +179,8 @@ class Delegate:
             record.apply(StreamResponse.from_wire(result))
             if stream.responder and child.agent and stream.responder != child.agent.agent:
                 child.agent = AgentAddress(child.agent.org, child.agent.unit, stream.responder)
+            if self.on_update is not None:
+                self.on_update(record.task)
         child.task = record.task
 
     async def cancel_all(self, parent: TaskContext) -> None:

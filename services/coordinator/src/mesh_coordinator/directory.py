@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,12 +11,24 @@ from urllib.parse import quote
 
 import httpx
 
-from a2amesh.binding.wire import pool_of, records_own_events
+from a2amesh.binding.wire import pool_of, records_own_events, rerunnable_skills
 from a2amesh.models import AgentCard, ListTasksResponse, Task
 from a2amesh.topics import AgentAddress, PoolAddress
 
+log = logging.getLogger(__name__)
+
 CANDIDATES_TTL = 1.0
 """Seconds a skill's candidate agents are reused; the coordinator's own in-flight counts keep the choice current."""
+
+LAST_KNOWN_KEPT = 600.0
+"""Seconds the last non-empty candidate list of a skill stands in for the registry while it cannot answer or
+answers nothing (Redis restarted, the index rebuilding from the retained cards): a transient registry condition
+must not turn into a client error."""
+
+REBUILD_WAIT = 6.0
+"""Seconds routing waits, at most, for a skill nothing is known of while the registry is down or empty."""
+
+REBUILD_POLL = 0.25
 
 
 class DependencyError(RuntimeError):
@@ -32,6 +46,8 @@ class AgentChoice:
     pool: str | None = None
     wants_auth: bool = False
     """The card asks for per-request authorization (a2a-authorization), so the caller's token is passed on."""
+    rerunnable: frozenset[str] = frozenset()
+    """The skills the card lets run again under the same task id on another pool member (RERUN_EXTENSION)."""
 
     @property
     def request_topic(self) -> str:
@@ -48,6 +64,7 @@ class RegistryClient:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self._candidates: dict[str, tuple[float, list[AgentChoice]]] = {}
+        self._last_known: dict[str, tuple[float, list[AgentChoice]]] = {}
 
     async def agents(self, **filters: str) -> list[dict[str, Any]]:
         """Agent records matching the filters (skill=, tag=, status=)."""
@@ -69,17 +86,62 @@ class RegistryClient:
             records_own_events(card),
             pool_of(card),
             bool(card.security_requirements),
+            rerunnable_skills(card),
         )
 
     async def candidates(self, skill: str) -> list[AgentChoice]:
         """The online agents offering `skill`, least loaded first, remembered for CANDIDATES_TTL seconds: asking
-        the registry on every task would double the cost of routing one."""
+        the registry on every task would double the cost of routing one.
+
+        While the registry is unreachable or answers nothing (its index rebuilding), the last known candidates
+        serve (for LAST_KNOWN_KEPT seconds); a skill never seen waits for the registry, at most REBUILD_WAIT
+        seconds. DependencyError only when the registry stays unreachable and nothing is known."""
         cached = self._candidates.get(skill)
         if cached is not None and time.monotonic() - cached[0] < CANDIDATES_TTL:
             return cached[1]
-        choices = [self.choice_of(record) for record in await self.agents(skill=skill, status="online")]
-        self._candidates[skill] = (time.monotonic(), choices)
-        return choices
+        deadline = time.monotonic() + REBUILD_WAIT
+        while True:
+            try:
+                choices = [self.choice_of(record) for record in await self.agents(skill=skill, status="online")]
+                # none online: believed only if the registry does list the skill's agents (offline), or lists
+                # agents at all (an index being rebuilt from the retained cards lists nothing yet)
+                settled = bool(choices) or bool(await self.agents(skill=skill))
+            except DependencyError:
+                if (fallback := self._fallback(skill)) is not None:
+                    return fallback
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if settled:
+                    now = time.monotonic()
+                    self._candidates[skill] = (now, choices)
+                    if choices:
+                        self._last_known[skill] = (now, choices)
+                    else:
+                        self._last_known.pop(skill, None)
+                    return choices
+                if (fallback := self._fallback(skill)) is not None:
+                    return fallback
+                if time.monotonic() >= deadline or await self._index_complete():
+                    self._candidates[skill] = (time.monotonic(), choices)
+                    return choices
+            await asyncio.sleep(REBUILD_POLL)
+
+    def _fallback(self, skill: str) -> list[AgentChoice] | None:
+        """The last non-empty candidates of `skill`, if recent enough to stand in for the registry."""
+        known = self._last_known.get(skill)
+        if known is None or time.monotonic() - known[0] > LAST_KNOWN_KEPT:
+            return None
+        log.info("registry has no candidates for %r right now; routing to the last known ones", skill)
+        return known[1]
+
+    async def _index_complete(self) -> bool:
+        """Whether the registry lists any agent at all: an empty index means it is rebuilding (or nothing ever
+        registered), so an empty answer for one skill is not yet worth believing."""
+        try:
+            return bool(await self.agents())
+        except DependencyError:
+            return False
 
     async def agent(self, address: AgentAddress) -> dict[str, Any] | None:
         """One agent's record, or None."""

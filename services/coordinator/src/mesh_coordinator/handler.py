@@ -32,12 +32,13 @@ from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, new_event_id, p
 from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
-from a2amesh.topics import AgentAddress, TopicError
+from a2amesh.topics import AgentAddress, PoolAddress, TopicError
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.reconcile import Reconciler
+from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,17 @@ class MeshRequestHandler(RequestHandler):
         except RequestTooLargeError as error:  # published, it would get the coordinator disconnected
             raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
+        skill = _skill_of(request, self.settings.default_skill)
+        live.resume = Resume(
+            self.requester,
+            self.registry,
+            self.profile,
+            params,
+            skill=skill,
+            pool=PoolAddress(agent.org, agent.unit, route.pool) if route.pool else None,
+            rerunnable=skill in route.rerunnable,
+            authorization=authorization,
+        )
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         self.hub.start(live, stream)
         live.ended_callback(self._count)
@@ -307,10 +319,15 @@ class MeshRequestHandler(RequestHandler):
         live = self.hub.get(params.id)
         if live is not None:
             return to_proto(live.task.with_history(history_length), pb.Task)
+        seen = self.hub.latest(params.id)  # a workflow's child, followed here: its end may not be stored yet
+        if seen is not None and seen.status.state.is_terminal:
+            return to_proto(seen.with_history(history_length), pb.Task)
         try:
             task = await self.store.get_task(params.id, history_length)
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
+        if task is None and seen is not None:
+            task = seen.with_history(history_length)
         if task is None:
             raise sdk_errors.TaskNotFoundError(message=f"Task {params.id} not found")
         return to_proto(task, pb.Task)
@@ -329,7 +346,18 @@ class MeshRequestHandler(RequestHandler):
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
+        tasks = [self._fresher(task, request) for task in page.tasks]
+        if any(new is not old for new, old in zip(tasks, page.tasks, strict=True)):
+            page = page.model_copy(update={"tasks": tasks})
         return to_proto(page, pb.ListTasksResponse)
+
+    def _fresher(self, stored: Task, request: ListTasksRequest) -> Task:
+        """A listed task as this coordinator last saw it, when the store has not caught up with its end yet."""
+        seen = self.hub.fresher(stored)
+        if seen is stored:
+            return stored
+        seen = seen.with_history(request.history_length)
+        return seen if request.include_artifacts else seen.model_copy(update={"artifacts": None})
 
     async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
         agent, task = await self._agent_holding(require_id(params.id), endpoint_of(context))
@@ -384,6 +412,7 @@ class MeshRequestHandler(RequestHandler):
                 profile=self.profile,
                 authorization=_authorization_for(route.wants_auth, caller_headers(context)),
             )
+            live.resume = Resume(self.requester, self.registry, self.profile, None)
             self.hub.start(live, stream)
             queue = live.listen()
         else:
@@ -417,6 +446,13 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> pb.AgentCard:
         raise sdk_errors.ExtendedAgentCardNotConfiguredError
+
+
+def _skill_of(request: SendMessageRequest, default: str) -> str | None:
+    """The skill a request asks for (metadata `skill`, else the default), as routing read it."""
+    metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
+    skill = metadata.get(SKILL_METADATA_KEY, default)
+    return skill if isinstance(skill, str) and skill else None
 
 
 def caller_headers(context: ServerCallContext) -> Mapping[str, str]:

@@ -9,12 +9,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from a2amesh.binding import RemoteError, ReplyStream, RequestTimeoutError
 from a2amesh.binding.tasks import TaskRecord, agent_message
 from a2amesh.models import (
+    ErrorCode,
     JsonRpcRequest,
     StreamResponse,
     Task,
@@ -23,12 +25,19 @@ from a2amesh.models import (
     TaskStatusUpdateEvent,
     utc_now,
 )
+from a2amesh.mqtt import NotConnectedError
 from a2amesh.topics import AgentAddress
+
+if TYPE_CHECKING:
+    from mesh_coordinator.recover import Resume
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[["LiveTask", StreamResponse], Awaitable[None]]
 _END = object()
+
+RECOVERIES = 4
+"""Times one task's relay is picked up again (mesh_coordinator.recover) before the coordinator gives up on it."""
 
 RECENT_TASKS_KEPT = 2_000
 """Finished tasks kept in memory so GetTask right after a task ends does not depend on the store's lag."""
@@ -51,6 +60,11 @@ class LiveTask:
         self.ended = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+        self.answered_by: str | None = None
+        """The agent that answered (a pool member, or the agent addressed), once any reply arrived."""
+        self.resume: Resume | None = None
+        """How to pick the task up again when the relay loses it (None: end it FAILED at once)."""
+        self.recoveries = 0
 
     @property
     def task(self) -> Task:
@@ -101,14 +115,23 @@ class LiveTask:
 
     async def _pump(self, stream: ReplyStream) -> None:
         try:
-            async for item in stream.items():
-                if stream.responder and stream.responder != self.agent.agent:
-                    # a pool member answered: follow-ups and cancels go to that member's own topic
-                    self.agent = AgentAddress(self.agent.org, self.agent.unit, stream.responder)
-                if not self.first_item.done() and item.task is None:
-                    # A stream is a Task followed by updates; agents that start with an update get the Task first.
-                    await self._relay(StreamResponse(task=self.task))
-                await self._relay(item)
+            while True:
+                try:
+                    await self._follow(stream)
+                    return
+                except (RequestTimeoutError, NotConnectedError, RemoteError) as error:
+                    if not self._recoverable(error):
+                        raise
+                    log.warning("task %s: relay lost (%s); picking it up again", self.id, error)
+                    self.recoveries += 1
+                    assert self.resume is not None
+                    again = await self.resume.reattach(self, error)
+                    if again is None:
+                        raise
+                    if isinstance(again, Task):
+                        await self._relay(StreamResponse(task=again))
+                        return
+                    stream = again
         except RemoteError as error:
             if self.first_item.done():
                 await self._give_up(f"agent {self.agent} answered with an error: {error}", recorded_by_agent=True)
@@ -119,13 +142,48 @@ class LiveTask:
                 await self._give_up(f"agent {self.agent} did not answer: {error}", recorded_by_agent=False)
             else:
                 await self._give_up(f"agent {self.agent} stopped responding: {error}", recorded_by_agent=True)
+                await self._cancel_at_agent()
         except Exception as error:  # the relay must never die silently with the task open
             log.exception("task %s: relay failed", self.id)
             await self._give_up(f"coordinator relay failed: {type(error).__name__}", recorded_by_agent=True)
+            await self._cancel_at_agent()
         finally:
             self.ended.set()
             for queue in list(self._queues):
                 queue.put_nowait(_END)
+
+    def _recoverable(self, error: Exception) -> bool:
+        """Whether to pick the task up again: a lost connection or a silent agent, or a re-attach that found the
+        task just ended (SubscribeToTask on a finished task), within the bounded number of recoveries."""
+        if self.resume is None or self.task.status.state.ends_stream:
+            return False
+        if self.recoveries >= RECOVERIES:
+            return False
+        if isinstance(error, RemoteError):
+            if handed_back(error):  # mid-stream only: refused at the start is overload, answered at submit
+                return self.first_item.done()
+            return self.recoveries > 0 and error.code == ErrorCode.UNSUPPORTED_OPERATION
+        return True
+
+    async def _follow(self, stream: ReplyStream) -> None:
+        async for item in stream.items():
+            if stream.responder and stream.responder != self.agent.agent:
+                # a pool member answered: follow-ups and cancels go to that member's own topic
+                self.agent = AgentAddress(self.agent.org, self.agent.unit, stream.responder)
+            self.answered_by = stream.responder or self.agent.agent
+            if not self.first_item.done() and item.task is None:
+                # A stream is a Task followed by updates; agents that start with an update get the Task first.
+                await self._relay(StreamResponse(task=self.task))
+            await self._relay(item)
+
+    async def _cancel_at_agent(self) -> None:
+        """The coordinator gave up on the task: cancel it where it may still run, so no agent works for a task
+        nobody follows (best effort, one bounded attempt; the FAILED outcome is already recorded and stays)."""
+        if self.resume is not None and self.answered_by:
+            try:
+                await self.resume.cancel(self)
+            except Exception:
+                log.info("task %s: could not cancel it at %s", self.id, self.agent)
 
     async def _relay(self, item: StreamResponse) -> None:
         self._broadcast(item)
@@ -171,9 +229,31 @@ class TaskHub:
     def __init__(self) -> None:
         self._tasks: dict[str, LiveTask] = {}
         self._in_flight: Counter[AgentAddress] = Counter()
+        self._noted: OrderedDict[str, Task] = OrderedDict()
 
     def get(self, task_id: str) -> LiveTask | None:
         return self._tasks.get(task_id)
+
+    def note(self, task: Task) -> None:
+        """Remember the latest state of a task this coordinator followed without relaying it (a workflow's child),
+        so reading its id right after the workflow named it does not depend on the store's lag."""
+        self._noted[task.id] = task
+        self._noted.move_to_end(task.id)
+        while len(self._noted) > RECENT_TASKS_KEPT:
+            self._noted.popitem(last=False)
+
+    def latest(self, task_id: str) -> Task | None:
+        """The task as this coordinator last saw it (relayed or followed), or None."""
+        live = self._tasks.get(task_id)
+        return live.task if live is not None else self._noted.get(task_id)
+
+    def fresher(self, stored: Task) -> Task:
+        """The stored task, or what this coordinator saw of it if that is further along (terminal where the store
+        still says otherwise): a task id the mesh handed out reads back its latest state at once."""
+        seen = self.latest(stored.id)
+        if seen is not None and seen.status.state.is_terminal and not stored.status.state.is_terminal:
+            return seen
+        return stored
 
     def start(self, live: LiveTask, stream: ReplyStream) -> None:
         """Start relaying `stream` and track the relay, in flight until it ends; past RECENT_TASKS_KEPT the oldest
@@ -216,6 +296,14 @@ class TaskHub:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+
+
+def handed_back(error: Exception) -> bool:
+    """Whether the agent gave a running task back (a stopping pool replica answers -32004 mid-stream): another
+    member should run it, under the same task id."""
+    if not isinstance(error, RemoteError) or error.binding_error is None:
+        return False
+    return error.binding_error.retryable
 
 
 def new_context_id() -> str:

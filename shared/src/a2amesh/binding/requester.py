@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS, new_correlation
 from a2amesh.models import BindingError, JsonRpcErrorBody, JsonRpcResponse, StreamResponse
 from a2amesh.models.jsonrpc import JsonRpcId
-from a2amesh.mqtt import AUTHORIZATION_PROPERTY, RESPONDER_PROPERTY, Envelope, MqttLink, publish_properties
+from a2amesh.mqtt import (
+    AUTHORIZATION_PROPERTY,
+    KEEPALIVE_PROPERTY,
+    RESPONDER_PROPERTY,
+    Envelope,
+    MqttLink,
+    publish_properties,
+)
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, new_reply_suffix
 
@@ -138,6 +145,8 @@ class ReplyStream:
                         ) from None
                     refused = None
                     break  # no reply at all: retry with new correlation data
+                if KEEPALIVE_PROPERTY in envelope.user_properties:
+                    continue  # the agent still runs the task: the idle clock starts again, nothing to relay
                 item = _stream_item(envelope.payload) if typed else None
                 if item is not None:  # the common case: one parse, and the item says whether it ends the stream
                     result, ends = item, item.ends_stream

@@ -29,7 +29,14 @@ from a2amesh.binding.tasks import (
     TaskRejectedError,
     agent_message,
 )
-from a2amesh.binding.wire import MAX_PACKET_BYTES, ROUTING_METADATA_KEY, encode, is_valid_task_id
+from a2amesh.binding.wire import (
+    MAX_PACKET_BYTES,
+    ROUTING_METADATA_KEY,
+    SKILL_METADATA_KEY,
+    encode,
+    is_valid_task_id,
+    rerunnable_skills,
+)
 from a2amesh.models import (
     AgentCard,
     BindingError,
@@ -38,6 +45,7 @@ from a2amesh.models import (
     GetTaskRequest,
     JsonRpcRequest,
     JsonRpcResponse,
+    Role,
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
@@ -53,6 +61,7 @@ from a2amesh.models import (
 )
 from a2amesh.mqtt import (
     AUTHORIZATION_PROPERTY,
+    KEEPALIVE_PROPERTY,
     LOAD_PROPERTY,
     RESPONDER_PROPERTY,
     STATUS_PROPERTY,
@@ -78,8 +87,11 @@ FINISHED_TASKS_KEPT = 10_000
 LOAD_REPORT_INTERVAL = 1.0
 """Seconds between checks of whether the agent's load changed enough to republish its presence."""
 
+REPORT_WAIT = 60.0
+"""Seconds a running task's event or streamed reply waits for the broker (a restart) before the task gives up."""
+
 SHUTDOWN_GRACE = 10.0
-"""Seconds in-flight tasks get to finish on SIGTERM before they are ended FAILED."""
+"""Seconds in-flight tasks get to finish on SIGTERM before they are handed to a pool peer or ended FAILED."""
 
 
 class Responder:
@@ -184,8 +196,10 @@ class Responder:
         link_stop = asyncio.Event()
         link_task = asyncio.create_task(self.link.run(link_stop))
         load_task = asyncio.create_task(self._report_load(stop))
+        keepalive_task = asyncio.create_task(self._keep_alive(link_stop))  # through the drain too
         await stop.wait()
         self.accepting = False
+        await self._leave_pool()
         await load_task
         await self._drain()
         client = self.link.client
@@ -199,7 +213,47 @@ class Responder:
                     properties=self._presence("offline"),
                 )
         link_stop.set()
+        await keepalive_task
         await link_task
+
+    async def _keep_alive(self, stop: asyncio.Event) -> None:
+        """Every keepalive_interval, re-send each running task's current status to the requesters streaming it,
+        marked as a keepalive: a task that reports nothing for long stays followed instead of timing out."""
+        interval = self.settings.keepalive_interval
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            if stop.is_set() or not self.link.connected.is_set():
+                continue
+            for record in list(self.tasks.values()):
+                if isinstance(record, TaskRecord) and record.active and record.subscribers:
+                    with contextlib.suppress(NotConnectedError):
+                        await self._send_keepalive(record)
+
+    async def _send_keepalive(self, record: TaskRecord) -> None:
+        event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=record.task.status)
+        body = StreamResponse(status_update=event).to_json().encode()
+        for subscriber in list(record.subscribers):
+            if not subscriber.streaming:
+                continue
+            payload = (
+                b'{"jsonrpc":"2.0","id":' + json.dumps(subscriber.request_id).encode() + b',"result":' + body + b"}"
+            )
+            user = [(RESPONDER_PROPERTY, self.address.agent), (KEEPALIVE_PROPERTY, "1")]
+            properties = publish_properties(correlation_data=subscriber.correlation, user=user)
+            await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=properties, wait=1.0)
+
+    async def _leave_pool(self) -> None:
+        """Stopping: take no more pool work, so the broker gives it (and any task handed over) to the peers."""
+        client = self.link.client
+        if self.pool is None or self.pool.shared_subscription not in self.link.subscriptions:
+            return
+        self.link.subscriptions.remove(self.pool.shared_subscription)
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(self.pool.shared_subscription, timeout=5)
 
     async def _drain(self) -> None:
         runners = [record.runner for record in self.tasks.values() if record.active and record.runner]
@@ -208,10 +262,42 @@ class Responder:
             await asyncio.wait(runners, timeout=SHUTDOWN_GRACE)
         for record in list(self.tasks.values()):
             if record.active and record.runner:
-                record.state["shutdown"] = True
+                handed = await self._hand_over(record)
+                record.state["handed_over" if handed else "shutdown"] = True
                 record.runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await record.runner
+
+    def _may_hand_over(self, record: TaskRecord) -> bool:
+        """Whether a peer may run this task again from the start: a pool to hand it to, a skill the card declares
+        re-runnable, one turn only (a resumed task's later turns would be lost), someone waiting for the result,
+        and no per-request authorization (its token is never kept, so it cannot go along)."""
+        if self.pool is None or self._token_digests or not record.subscribers:
+            return False
+        if record.request.method not in ("SendMessage", "SendStreamingMessage"):
+            return False
+        skills = rerunnable_skills(self.card)
+        skill = record.request_metadata.get(SKILL_METADATA_KEY)
+        if not skills or (skill is not None and skill not in skills):
+            return False
+        return sum(1 for message in record.task.history or [] if message.role == Role.USER) <= 1
+
+    async def _hand_over(self, record: TaskRecord) -> bool:
+        """Give the task back to its requesters: each gets the retryable -32004 (responder unavailable), on which a
+        requester sends it again to a live pool member under the same task id (the coordinator does). False when
+        it may not be run again (it then ends FAILED)."""
+        if not self._may_hand_over(record):
+            return False
+        reason = "agent stopping before the task finished; send it again to the pool under the same task id"
+        try:
+            for subscriber in record.subscribers:
+                refusal = binding_error_response(subscriber.request_id, BindingError.RESPONDER_UNAVAILABLE, reason)
+                await self._publish_reply(subscriber.reply_topic, subscriber.correlation, refusal)
+        except NotConnectedError:
+            return False
+        log.info("task %s: handed back to its requester(s) for a pool peer", record.id)
+        record.subscribers.clear()
+        return True
 
     # -- requests ----------------------------------------------------------------------------------------
     async def _on_message(self, envelope: Envelope) -> None:
@@ -443,6 +529,8 @@ class Responder:
             if not record.current_state.ends_stream:
                 await context.complete()
         except asyncio.CancelledError:
+            if record.state.pop("handed_over", False):
+                return  # a pool peer runs it now, under the same task id, and reports its events
             if record.state.pop("shutdown", False):
                 await self._end(record, TaskState.FAILED, "agent stopped before the task finished")
             else:
@@ -452,7 +540,18 @@ class Responder:
         except TaskFailedError as error:
             await self._end(record, TaskState.FAILED, str(error) or "failed")
         except NotConnectedError:
-            log.error("task %s: lost the broker while reporting; the requester will time out", record.id)
+            # Say so where it can still be read (GetTask, SubscribeToTask): a task left WORKING with nothing running
+            # it would be followed for nothing. The requester ends it FAILED with its own reason.
+            log.error("task %s: lost the broker while reporting", record.id)
+            if not record.current_state.is_terminal:
+                reason = "agent lost the broker while reporting the task"
+                status = TaskStatus(
+                    state=TaskState.FAILED,
+                    message=agent_message(reason, record.id, record.context_id),
+                    timestamp=utc_now(),
+                )
+                event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=status)
+                record.apply(StreamResponse(status_update=event))
         except Exception as error:
             log.exception("task %s: handler raised", record.id, extra={"task_id": record.id})
             await self._end(record, TaskState.FAILED, f"agent error: {type(error).__name__}: {error}")
@@ -480,7 +579,7 @@ class Responder:
                 extra = {"task_id": record.id, "agent": self.address.agent, "context_id": record.context_id}
                 log.log(level, "task %s %s", record.id, state.name, extra=extra)
         body = item.to_json().encode()  # serialized once: the event and every streaming reply carry the same item
-        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties())
+        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties(), wait=REPORT_WAIT)
         ends = item.ends_stream
         for subscriber in list(record.subscribers):
             if subscriber.streaming:
@@ -511,7 +610,9 @@ class Responder:
             return
         if subscriber.properties is None:  # the same for every reply to this subscriber, and slow to build
             subscriber.properties = self._reply_properties(subscriber.correlation, reused=True)
-        await self.link.publish(subscriber.reply_topic, payload, qos=1, properties=subscriber.properties)
+        await self.link.publish(
+            subscriber.reply_topic, payload, qos=1, properties=subscriber.properties, wait=REPORT_WAIT
+        )
 
     def _reply_properties(self, correlation: bytes, reused: bool = False) -> Any:
         user = [(RESPONDER_PROPERTY, self.address.agent)]
@@ -520,7 +621,7 @@ class Responder:
     async def _publish_reply(self, topic: str, correlation: bytes, response: JsonRpcResponse) -> None:
         properties = self._reply_properties(correlation)
         limit = MAX_PACKET_BYTES - len(topic.encode()) - len(correlation) - 1024  # room for the header and properties
-        await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties)
+        await self.link.publish(topic, _fitted(response, limit), qos=1, properties=properties, wait=REPORT_WAIT)
 
     def _remember(self, record: TaskRecord) -> None:
         """Keep the task; forget the oldest finished ones past FINISHED_TASKS_KEPT (running ones go to the back)."""

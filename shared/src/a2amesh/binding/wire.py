@@ -24,6 +24,11 @@ POOL_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/pool/v1"
 Requesters may publish to the pool topic (the broker balances across members) and send follow-ups to the
 answering member's direct topic (User Property a2a-responder-agent-id)."""
 
+RERUN_EXTENSION = "https://a2a-mqtt-mesh.dev/extensions/rerunnable/v1"
+"""Declared by an agent whose skills may run again from the start under the same task id (params {"skills": [ids]}):
+when the replica running such a task dies, the requester may hand the task to a live member of its pool. Without
+it, a task whose agent died ends FAILED rather than risk doing its work twice."""
+
 SKILL_METADATA_KEY = "skill"
 """Request metadata naming the skill wanted; the coordinator routes on it and agents with several skills read it."""
 
@@ -59,6 +64,16 @@ def pool_of(card: AgentCard) -> str | None:
         if extension.uri == POOL_EXTENSION and extension.params and isinstance(extension.params.get("pool"), str):
             return extension.params["pool"]
     return None
+
+
+def rerunnable_skills(card: AgentCard) -> frozenset[str]:
+    """The skills the card says may be re-run under the same task id (see RERUN_EXTENSION)."""
+    for extension in card.capabilities.extensions or []:
+        if extension.uri == RERUN_EXTENSION and extension.params:
+            skills = extension.params.get("skills")
+            if isinstance(skills, list):
+                return frozenset(skill for skill in skills if isinstance(skill, str))
+    return frozenset()
 
 
 def new_correlation() -> bytes:

@@ -108,6 +108,7 @@ class AnalystAgent(MeshAgent):
         "statistics as a data part: row count, and per column count, missing, mean, median, min, max and standard "
         "deviation for numbers, or distinct values and the most frequent ones for text."
     )
+    rerunnable = True  # its work has no effect outside the task: a pool peer may redo it
     input_modes = ["application/json", "text/csv", "text/plain"]
     output_modes = ["application/json", "text/plain"]
 

@@ -14,6 +14,7 @@ class EchoAgent(MeshAgent):
 
     name = "Echo Agent"
     description = "Echoes back the text and data it is sent. The smallest mesh agent and the template for new ones."
+    rerunnable = True  # its work has no effect outside the task: a pool peer may redo it
 
     @skill(
         id="echo",

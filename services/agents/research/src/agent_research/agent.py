@@ -94,6 +94,7 @@ class ResearchAgent(MeshAgent):
         "Searches a bundled corpus on MQTT 5, A2A, broker security, Redis, SQL persistence, Kubernetes, load "
         "testing and retries with Okapi BM25, and streams the best matching passages with their sources."
     )
+    rerunnable = True  # its work has no effect outside the task: a pool peer may redo it
     input_modes = ["text/plain"]
     output_modes = ["application/json", "text/plain"]
 

@@ -90,6 +90,7 @@ class ReviewerAgent(MeshAgent):
         "present and resolvable against its Sources list, and readability (Flesch reading ease). Returns a 0-100 "
         "score, the checks and an accept/revise verdict; asks for the audience when the request does not say."
     )
+    rerunnable = True  # its work has no effect outside the task: a pool peer may redo it
     input_modes = ["text/markdown", "text/plain"]
     output_modes = ["application/json", "text/plain"]
 

@@ -98,6 +98,7 @@ class WriterAgent(MeshAgent):
         "Turns research passages (the research agent's hits, or plain-text paragraphs) into a structured Markdown "
         "report: title, summary, one section per source and a numbered Sources list that every citation resolves to."
     )
+    rerunnable = True  # its work has no effect outside the task: a pool peer may redo it
     input_modes = ["application/json", "text/plain"]
     output_modes = [MARKDOWN, "application/json"]
 
