@@ -76,7 +76,7 @@ DCLINT_CONFIG = REPO / "infra" / "validate" / "dclintrc.yaml"
 KUBERNETES_VERSION = "1.32.0"
 
 # .env keys that only Compose reads; every other key is a service setting that Kubernetes gets too
-COMPOSE_ONLY_PREFIXES = ("COMPOSE_", "IMAGE_")
+COMPOSE_ONLY_PREFIXES = ("COMPOSE_", "IMAGE_", "PUBLISH_")
 
 # service -> its field of devstack's Ports (which names the broker's port after the protocol)
 DEVSTACK_PORT_OF = {
