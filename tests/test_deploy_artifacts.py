@@ -1224,8 +1224,9 @@ def health_commands() -> dict[str, str]:
     docs = rendered("dev")
     probe = main_container(workloads(docs)["broker"])["readinessProbe"]["exec"]["command"]
     image = dockerfile(BROKER_DIR / "Dockerfile")["health"]
-    compose = compose_services()["broker"].resolved["healthcheck"]["test"]
-    commands = {"Dockerfile HEALTHCHECK": image, "compose healthcheck": compose[1:], "k8s readinessProbe": probe}
+    test = compose_services()["broker"].resolved["healthcheck"]["test"]
+    compose = ["sh", "-c", *test[1:]] if test[0] == "CMD-SHELL" else test[1:]  # CMD-SHELL runs /bin/sh -c <command>
+    commands = {"Dockerfile HEALTHCHECK": image, "compose healthcheck": compose, "k8s readinessProbe": probe}
     for where, argv in commands.items():
         assert argv[:2] == ["sh", "-c"] and len(argv) == 3, f"{where}: sh -c <command>"
     return {where: argv[2] for where, argv in commands.items()}

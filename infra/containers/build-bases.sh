@@ -5,7 +5,7 @@
 #   python     debian + Debian's python3 (3.11, as python:3.11-slim-bookworm) and the host's CA store
 #   mosquitto  debian + Debian's mosquitto, laid out like eclipse-mosquitto
 #   redis      debian + Debian's redis-server
-#   uv         the uv binary of the version the Dockerfiles name, from its PyPI wheel
+#   uv         the uv binary of the version the Dockerfiles name, from its wheel on PyPI
 # Each tag is a digest of its recipe (this script, the Containerfiles, the mirror, the uv version, the host's CAs),
 # so a second run finds them all and builds nothing. Prints the build arguments as IMAGE_*=... lines (the names .env
 # uses) and writes them to $BASES_ENV when set. Needs root (debootstrap) and podman (infra/containers/setup-podman.sh).
@@ -85,12 +85,10 @@ done
 uv_image="$prefix/uv:$uv_version-$(recipe_digest uv "$uv_version")"
 if ! have "$uv_image"; then
   echo "build-bases: $uv_image from the uv $uv_version wheel" >&2
-  mkdir -p "$work/uv" "$work/wheel"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$work/wheel" "uv==$uv_version"
-  python3 -c 'import sys, zipfile
-archive = zipfile.ZipFile(sys.argv[1])
-name = next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))
-open(sys.argv[2], "wb").write(archive.read(name))' "$(ls "$work"/wheel/uv-*.whl)" "$work/uv/uv"
+  mkdir -p "$work/uv"
+  # uv itself fetches its own wheel, from the index it is set up for on this host
+  ${UV:-uv} pip install --quiet --no-deps --target "$work/uv-wheel" "uv==$uv_version"
+  cp "$work/uv-wheel/bin/uv" "$work/uv/uv"
   chmod 0755 "$work/uv/uv"
   "$engine" build --quiet -f "$here/bases/uv.Containerfile" -t "$uv_image" "$work/uv" >/dev/null
   prune_others uv "$uv_image"

@@ -88,7 +88,7 @@ def dotenv_lines(text: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def images(engine_env: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
-    """Every image compose.yaml builds, built as its `build:` says (Dockerfile, context, arguments): service -> image."""
+    """Every image compose.yaml builds, built as its `build:` says (Dockerfile, context, arguments), by service."""
     built: dict[str, str] = {}
     for name, service in yaml.safe_load((REPO / "compose.yaml").read_text())["services"].items():
         if "build" not in service:
@@ -132,18 +132,23 @@ class ComposeStack:
     def remove_everything(self) -> None:
         """Whatever a failed run may have left: containers, then the project's volumes and networks."""
         label = f"label=com.docker.compose.project={self.project}"
-        for kind, listing in (("container", ["ps", "-a"]), ("volume", ["volume", "ls"]), ("network", ["network", "ls"])):
-            names = subprocess.run(
-                [ENGINE, *listing, f"--filter={label}", "--format", "{{.Name}}" if kind != "container" else "{{.Names}}"],
-                env=self.env, capture_output=True, text=True, timeout=60, check=False,
-            ).stdout.split()  # fmt: skip
+        listings = {"container": ["ps", "-a"], "volume": ["volume", "ls"], "network": ["network", "ls"]}
+        for kind, listing in listings.items():
+            name_field = "{{.Names}}" if kind == "container" else "{{.Name}}"
+            argv = [ENGINE, *listing, f"--filter={label}", "--format", name_field]
+            names = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60).stdout.split()
             if names:
-                subprocess.run([ENGINE, kind, "rm", "-f", *names], env=self.env, capture_output=True, timeout=120)
+                anonymous_volumes_too = ["-v"] if kind == "container" else []
+                argv = [ENGINE, kind, "rm", "-f", *anonymous_volumes_too, *names]
+                subprocess.run(argv, env=self.env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def stack(
-    engine_env: dict[str, str], settings: dict[str, str], images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    engine_env: dict[str, str],
+    settings: dict[str, str],
+    images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ComposeStack]:
     # the identities every container mounts, readable by the containers' own users, as `make up` makes them
     run([sys.executable, "-m", "devstack", "certs"], env=engine_env)
@@ -156,8 +161,8 @@ def stack(
         shutil.copy(REPO / name, folder / name)
     for name in ("infra", "services"):  # the bind mounts' sources, where compose.yaml names them
         (folder / name).symlink_to(REPO / name)
-    published = {f"PUBLISH_{name}_PORT": str(free_port()) for name in ("BROKER", "COORDINATOR", "REGISTRY", "TASKSTORE")}
-    published["PUBLISH_REDIS_PORT"] = str(free_port())
+    publishing = ("BROKER", "COORDINATOR", "REGISTRY", "TASKSTORE", "REDIS")
+    published = {f"PUBLISH_{name}_PORT": str(free_port()) for name in publishing}
     own = settings | published | {"MESH_PUBLIC_URL": f"http://127.0.0.1:{published['PUBLISH_COORDINATOR_PORT']}"}
     (folder / ".env").write_text("".join(f"{key}={value}\n" for key, value in own.items()))
 
@@ -168,8 +173,11 @@ def stack(
         compose_stack.wait_healthy()
         yield compose_stack
     finally:
-        compose_stack.compose("down", "-v", timeout=300) if compose_stack.containers() else None
-        compose_stack.remove_everything()
+        try:
+            if compose_stack.containers():
+                compose_stack.compose("down", "-v", timeout=300)
+        finally:
+            compose_stack.remove_everything()
 
 
 def api_key() -> str:
