@@ -2,6 +2,7 @@
 # Wait until every container of a Compose project is healthy (running, for one without a health check), for the
 # engines that cannot wait by themselves (podman-compose has no `up --wait`). Bounded: fails after TIMEOUT seconds,
 # or at once when a container has exited, printing each container's state and the last log lines of the bad ones.
+# A container left created but not started (podman-compose goes on when a start fails) is started again.
 #   wait-healthy.sh ENGINE PROJECT [TIMEOUT_SECONDS] [SERVICE...]      ENGINE: docker or podman
 # Podman without systemd runs no health check on its own schedule: here each pending check is run explicitly
 # (`podman healthcheck run`), which also records the result where `podman ps` and `inspect` show it.
@@ -12,6 +13,8 @@ timeout=${3:-300}
 shift $(( $# < 3 ? $# : 3 ))
 services=("$@")
 deadline=$(( SECONDS + timeout ))
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
 
 containers() {
   local filters=(--filter "label=com.docker.compose.project=$project")
@@ -46,7 +49,12 @@ while :; do
     read -r status health <<<"$(state_of "$name")"
     case "$status" in
       running) ;;
-      created|restarting|configured|initialized) pending+=("$name"); continue ;;
+      restarting|configured|initialized) pending+=("$name"); continue ;;
+      created)
+        # created but not started: podman-compose's start failed (say, a port taken for a moment); start it again
+        echo "wait-healthy: starting $name, created but not running" >&2
+        "$engine" start "$name" >/dev/null 2>"$errors" || cat "$errors" >&2
+        pending+=("$name"); continue ;;
       *) dead+=("$name"); continue ;;
     esac
     [ -z "${health:-}" ] || [ "$health" = healthy ] && continue
