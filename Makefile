@@ -77,6 +77,8 @@ service ?=
 export COMPOSE_FILE ?= $(shell sed -n 's/^COMPOSE_FILE=//p' .env)
 # the engine that runs the containers, for the health wait: docker, or podman for podman-compose / podman compose
 ENGINE := $(if $(findstring podman,$(firstword $(COMPOSE))),podman,docker)
+# Buildah's own (OCI) image format has no HEALTHCHECK: build Docker's, as Docker does
+export BUILDAH_FORMAT ?= docker
 
 up: certs ## build and start the stack in containers, waiting until every one is healthy (service=x for one)
 	@# containers run as their own users and read their identity's files through bind mounts: make the files
