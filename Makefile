@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps k8s-secrets k8s-pin-images loadtest bench chaos
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -100,25 +100,41 @@ format: python-deps
 test: deps validate-deps lint certs ## install what is missing, lint, run every test over real processes
 	@$(UV) run --locked pytest
 
-# -- containers (Docker Compose; see docs/operations.md) ---------------------------------------------------------
+# -- containers (Docker Compose or Podman; see docs/operations.md) ------------------------------------------------
+# COMPOSE="podman-compose" (or "podman compose") runs the same stack with Podman. Compose reads .env from here; its
+# COMPOSE_FILE (compose.extend.yaml after compose.yaml) is exported too, for podman-compose, which reads it only from
+# the environment. The project name is given explicitly, since podman-compose 1.0 ignores compose.yaml's `name:`.
 COMPOSE ?= docker compose
+COMPOSE_PROJECT ?= a2a-mesh
+UP_TIMEOUT ?= 300
 service ?=
+export COMPOSE_FILE ?= $(shell sed -n 's/^COMPOSE_FILE=//p' .env)
+# the engine that runs the containers, for the health wait: docker, or podman for podman-compose / podman compose
+ENGINE := $(if $(findstring podman,$(firstword $(COMPOSE))),podman,docker)
+# Buildah's own (OCI) image format has no HEALTHCHECK: build Docker's, as Docker does
+export BUILDAH_FORMAT ?= docker
 
-# Compose reads .env from here, and COMPOSE_FILE there loads compose.extend.yaml after compose.yaml.
 up: certs ## build and start the stack in containers, waiting until every one is healthy (service=x for one)
 	@# containers run as their own users and read their identity's files through bind mounts: make the files
 	@# readable (infra/broker-certs itself stays 0700, so no other user of this machine can reach them; ca.key stays 0600)
 	@find infra/broker-certs -type f ! -name ca.key ! -perm -004 -exec chmod a+r {} +
-	$(COMPOSE) up -d --build --wait $(service)
+	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --build $(service)
+	@# the engine may not wait by itself (podman-compose has no --wait): poll every container's health, bounded
+	@bash infra/containers/wait-healthy.sh $(ENGINE) $(COMPOSE_PROJECT) $(UP_TIMEOUT) $(service)
 
 down: ## stop and remove the containers (service=x for one); the volumes, and so the data, stay
-	$(COMPOSE) down $(service)
+	$(COMPOSE) -p $(COMPOSE_PROJECT) down $(service)
 
 logs: ## follow container logs (service=x for one)
-	$(COMPOSE) logs -f $(service)
+	$(COMPOSE) -p $(COMPOSE_PROJECT) logs -f $(service)
 
 ps: ## list the containers and their health
-	$(COMPOSE) ps
+	$(COMPOSE) -p $(COMPOSE_PROJECT) ps
+
+# Podman from Debian's packages, base images built locally from Debian's packages (debootstrap; cached by recipe),
+# every image built and the stack run and checked on free ports: tests/containers/test_compose_stack.py
+container-test: python-deps certs ## build every image with Podman and test the Compose stack (no registry needed)
+	@$(UV) run --locked pytest tests/containers
 
 # -- Kubernetes (see docs/operations.md) ---------------------------------------------------------------------------
 k8s-secrets: certs ## create or update the Kubernetes Secrets (TLS, identities, API keys) from infra/broker-certs

@@ -77,7 +77,7 @@ DCLINT_CONFIG = REPO / "infra" / "validate" / "dclintrc.yaml"
 KUBERNETES_VERSION = "1.32.0"
 
 # .env keys that only Compose reads; every other key is a service setting that Kubernetes gets too
-COMPOSE_ONLY_PREFIXES = ("COMPOSE_", "IMAGE_")
+COMPOSE_ONLY_PREFIXES = ("COMPOSE_", "IMAGE_", "PUBLISH_")
 
 # service -> its field of devstack's Ports (which names the broker's port after the protocol)
 DEVSTACK_PORT_OF = {
@@ -1237,8 +1237,9 @@ def health_commands() -> dict[str, str]:
     docs = rendered("dev")
     probe = main_container(workloads(docs)["broker"])["readinessProbe"]["exec"]["command"]
     image = dockerfile(BROKER_DIR / "Dockerfile")["health"]
-    compose = compose_services()["broker"].resolved["healthcheck"]["test"]
-    commands = {"Dockerfile HEALTHCHECK": image, "compose healthcheck": compose[1:], "k8s readinessProbe": probe}
+    test = compose_services()["broker"].resolved["healthcheck"]["test"]
+    compose = ["sh", "-c", *test[1:]] if test[0] == "CMD-SHELL" else test[1:]  # CMD-SHELL runs /bin/sh -c <command>
+    commands = {"Dockerfile HEALTHCHECK": image, "compose healthcheck": compose, "k8s readinessProbe": probe}
     for where, argv in commands.items():
         assert argv[:2] == ["sh", "-c"] and len(argv) == 3, f"{where}: sh -c <command>"
     return {where: argv[2] for where, argv in commands.items()}
