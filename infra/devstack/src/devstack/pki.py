@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from a2amesh.topics import AgentAddress, PoolAddress, replies_filter
+
 DYNSEC_ITERATIONS = 101
 ADMIN = "mesh-admin"
 TESTER = "mesh-tester"
@@ -37,6 +39,7 @@ class Role(StrEnum):
     TASKSTORE = "taskstore"  # read the events
     OBSERVER = "observer"  # read cards and events (meshctl events)
     HEALTH = "health"  # read the broker's uptime, nothing else
+    BRIDGE = "bridge"  # an edge broker's link: carries its agents' cards, replies and events in, their requests out
     TESTER = "tester"  # tests only: everything, any client id (never issued by `make certs`)
 
 
@@ -47,6 +50,10 @@ class Identity:
     name: str
     role: Role
     pool: str | None = None
+    site_agents: tuple[str, ...] = ()
+    """A bridge only: the agents connected to its edge broker (the only ones whose topics it may carry)."""
+    site_pools: tuple[str, ...] = ()
+    """A bridge only: the pools served at its edge site."""
 
     def username(self, org: str, unit: str) -> str:
         """The MQTT username (for a pinned identity also its only client id)."""
@@ -61,7 +68,10 @@ class Identity:
     def acls(self, org: str, unit: str) -> list[dict[str, object]]:
         """The dynamic-security ACLs of this identity (explicit topics: 2.0's dynsec substitutes no %c)."""
         me = self.username(org, unit)
-        send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
+        if self.role is Role.BRIDGE:
+            send, subscribe = _bridge(org, unit, self.site_agents, self.site_pools)
+        else:
+            send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
         acls = [_acl("publishClientSend", t) for t in send] + [_acl("subscribePattern", t) for t in subscribe]
         if self.role is Role.REQUESTER:
             # free to choose its client id, a requester could take over another client's session (and its
@@ -94,6 +104,16 @@ def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str
 def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
     send, _ = _requester(me, org, unit, pool)  # it finds agents through the registry, not the cards
     return [*send, f"$a2a/v1/event/{me}"], [f"$a2a/v1/reply/{me}/+"]
+
+
+def _bridge(org: str, unit: str, agents: tuple[str, ...], pools: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """What an edge site's bridge may do on the central broker: publish its own agents' cards and events and replies
+    to the org's requesters; take only requests addressed to its own agents and pools (plain subscriptions: a pool
+    bridged to an edge site is served there only, docs/operations.md)."""
+    addresses = [AgentAddress(org, unit, agent) for agent in agents]
+    send = [a.discovery_topic for a in addresses] + [a.event_topic for a in addresses] + [replies_filter(org)]
+    subscribe = [a.request_topic for a in addresses] + [PoolAddress(org, unit, pool).topic for pool in pools]
+    return send, subscribe
 
 
 _ROLE_RIGHTS = {

@@ -126,6 +126,8 @@ class Stack:
     provisioned: dict[str, Identity] = field(default_factory=dict)
     broker_of: Stack | None = None
     """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
+    broker_extra: str = ""
+    """More broker configuration after the project's policy (an edge site's bridge section: devstack.bridge)."""
 
     # -- identities ------------------------------------------------------------------------------------------
     @property
@@ -253,7 +255,9 @@ class Stack:
             f"keyfile {pki.broker_key}\n"
             "require_certificate true\n"
             f"include_dir {BROKER_POLICY_DIR}\n"
+            f"{self.broker_extra}"
         )
+        os.chmod(config, 0o600)  # a bridge section holds a password
         return ManagedProcess(
             "broker",
             [find_binary("mosquitto"), "-c", str(config)],
