@@ -22,8 +22,11 @@ from paho.mqtt.properties import Properties
 from a2amesh.mqtt import make_client
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, PoolAddress
+from devstack.__main__ import bridge_command
 from devstack.bridge import EdgeSite
+from devstack.identities import Broker
 from devstack.pki import Identity, Role
+from devstack.processes import free_port
 from devstack.stack import Ports, Stack
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
@@ -47,24 +50,26 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
     central = Stack(run_dir=tmp_path_factory.mktemp("central"), ports=Ports.random(), agents={}, tester=True)
     central.start()
     site = EdgeSite("edge1", central.org, central.unit, agents=(EDGE_AGENT,), pools=(EDGE_POOL,))
-    central.provision(site.identity)
-    files = central.pki.client(site.identity)
     # one CA for both sites: the edge broker's certificate and its clients' are issued by the same one
     edge_root = tmp_path_factory.mktemp("edge-pki")
     for name in ("ca.crt", "ca.key"):
         shutil.copy2(central.pki.root / name, edge_root / name)
-    bridge = site.bridge_config(f"127.0.0.1:{central.ports.mqtt}", central.pki.ca_cert, files, files.password)
+    # what an operator runs (`make bridge`): admit the site's bridge centrally, write the edge broker's folder
+    bridge_dir = tmp_path_factory.mktemp("edge-bridge")
+    central_broker = Broker("127.0.0.1", central.ports.mqtt)
+    address = f"127.0.0.1:{central.ports.mqtt}"
+    assert bridge_command(central.pki.root, site, address, bridge_dir, None, central_broker) == 0
     edge = Stack(
         run_dir=tmp_path_factory.mktemp("edge"),
         ports=Ports.random(),
         agents={},
         tester=True,
         pki_dir=edge_root,
-        broker_extra=bridge,
+        broker_extra=f"include_dir {bridge_dir}\n",
     )
     try:
         edge.launch(edge.broker())
-        env = {"MESH_AGENT_ID": EDGE_AGENT, "MESH_HTTP_PORT": str(Ports.random().mqtt)}
+        env = {"MESH_AGENT_ID": EDGE_AGENT, "MESH_HTTP_PORT": str(free_port())}
         identity = Identity(EDGE_AGENT, Role.AGENT)
         edge.launch(edge.service(EDGE_AGENT, "agent_echo", env, central.agent_online(EDGE_AGENT), identity), 60)
         yield Sites(central, edge, site)
@@ -210,3 +215,17 @@ async def test_topics_outside_the_bridge_list_do_not_cross(sites: Sites) -> None
             seen = await topics_until(receiver, sentinel)
         assert sentinel in seen
         assert not seen & set(forbidden), f"crossed the bridge: {seen & set(forbidden)}"
+
+
+async def test_an_edge_agent_that_dies_is_marked_offline_centrally_by_its_will(sites: Sites) -> None:
+    """Last: it kills the edge agent. The edge broker publishes its Will (the card, `offline`/`lwt`, retained), which
+    crosses the bridge like the card did."""
+    sites.edge[EDGE_AGENT].kill()
+    url = f"{sites.central.registry_url}/agents/{sites.central.org}/{sites.central.unit}/{EDGE_AGENT}"
+
+    async def offline() -> bool:
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(url)
+        return response.status_code == 200 and response.json().get("status") == "offline"
+
+    await eventually(offline, timeout=30, what="the edge agent's Will seen by the central registry")

@@ -40,6 +40,7 @@ from a2amesh.mqtt import (
 )
 from a2amesh.settings import AgentSettings, MqttSettings
 from agent_echo.agent import EchoAgent
+from devstack.bridge import EdgeSite
 from devstack.fixtures import BrokerHandle
 from devstack.identities import Broker, IdentityError
 from devstack.identities import admit as admit_identity
@@ -277,6 +278,35 @@ async def test_an_agent_cannot_publish_events_as_another(broker: BrokerHandle) -
     assert [(m.topic.value, payload_of(m)) for m in seen if m.topic.value in theirs] == [
         (alice.address.event_topic, own)
     ]
+
+
+async def test_an_edge_bridge_carries_only_its_own_sites_topics(broker: BrokerHandle) -> None:
+    """The bridge identity an edge broker connects as (devstack.bridge): its own agents' cards and events and the
+    org's replies in, its own agents' requests and pools out, nothing of another agent, pool or site."""
+    prefix = f"b-{short_id()}"
+    edge_agent, other = admit_many(broker.stack, prefix, Role.AGENT, 2, pools=True)
+    site = EdgeSite(prefix, broker.stack.org, broker.stack.unit, (edge_agent.name,), (edge_agent.identity.pool or "",))
+    bridge = admit(broker.stack, site.identity)
+    assert await connect_error(bridge.settings, f"{bridge.client_id}-2") is not None, "the bridge is pinned"
+    async with connected(bridge) as (link, send):
+        for topic_filter in (edge_agent.address.request_topic, edge_agent.pool.topic):
+            assert await suback(link, topic_filter) in GRANTED
+        for topic_filter in (
+            other.address.request_topic,
+            other.pool.topic,
+            other.pool.shared_subscription,
+            "$a2a/v1/request/#",
+            "$a2a/v1/discovery/#",
+            "$a2a/v1/event/#",
+            other.address.reply_filter(),
+            "#",
+        ):
+            assert await suback(link, topic_filter) == NOT_AUTHORIZED, topic_filter
+        for topic in (edge_agent.address.event_topic, other.address.reply_topic(short_id())):
+            assert await send.publish(topic, b"{}") in DELIVERED
+        for topic in (other.address.discovery_topic, other.address.event_topic, other.address.request_topic, "x/y"):
+            assert await send.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+        assert await send.publish(edge_agent.address.discovery_topic, b"", retain=True) in DELIVERED
 
 
 async def test_streams_are_read_only_by_the_roles_made_for_them(broker: BrokerHandle, reports: _Reports) -> None:

@@ -10,11 +10,14 @@ docs/operations.md "Past one broker" says when to bridge and when to move to a c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from a2amesh.topics import AgentAddress, PoolAddress, replies_filter
-from devstack.pki import ClientFiles, Identity, Role
+from devstack.dynsec import add_identity, remove_identity
+from devstack.identities import Broker
+from devstack.pki import ClientFiles, Identity, Pki, Role
 
 QOS = 1
 """Every mesh topic is QoS 1 (docs/topics.md); the bridge keeps it."""
@@ -71,3 +74,24 @@ class EdgeSite:
         ]
         lines += [f"topic {topic} {direction} {QOS}" for topic, direction in self.topics()]
         return "\n".join(lines) + "\n"
+
+
+def admit_site(pki: Pki, site: EdgeSite, central: Broker | None) -> ClientFiles:
+    """Issue the site's bridge identity in the central PKI, keep it across `make certs` (as an outside identity) and
+    in the broker's seed, and admit it on the running central broker (None: a broker started later)."""
+    files = pki.client(site.identity)
+    pki.record_outside(site.identity)
+    pki.update_seed(site.identity)
+    if central is not None:  # replaced whole: a site whose agents changed gets its new role (its link reconnects)
+        remove_identity(central.admin(pki), pki, site.identity)
+        add_identity(central.admin(pki), pki, site.identity)
+    return files
+
+
+def write_bridge_config(path: Path, text: str) -> Path:
+    """Write a bridge section 0600 (it holds the bridge's password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    os.chmod(path, 0o600)
+    path.write_text(text)
+    return path

@@ -22,8 +22,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from a2amesh.topics import AgentAddress, PoolAddress, replies_filter
-
 DYNSEC_ITERATIONS = 101
 ADMIN = "mesh-admin"
 TESTER = "mesh-tester"
@@ -110,10 +108,9 @@ def _bridge(org: str, unit: str, agents: tuple[str, ...], pools: tuple[str, ...]
     """What an edge site's bridge may do on the central broker: publish its own agents' cards and events and replies
     to the org's requesters; take only requests addressed to its own agents and pools (plain subscriptions: a pool
     bridged to an edge site is served there only, docs/operations.md)."""
-    addresses = [AgentAddress(org, unit, agent) for agent in agents]
-    send = [a.discovery_topic for a in addresses] + [a.event_topic for a in addresses] + [replies_filter(org)]
-    subscribe = [a.request_topic for a in addresses] + [PoolAddress(org, unit, pool).topic for pool in pools]
-    return send, subscribe
+    send = [f"$a2a/v1/{kind}/{org}/{unit}/{agent}" for kind in ("discovery", "event") for agent in agents]
+    subscribe = [f"$a2a/v1/request/{org}/{unit}/{agent}" for agent in agents]
+    return [*send, f"$a2a/v1/reply/{org}/#"], subscribe + [f"a2a/v1/pool/{org}/{unit}/{pool}" for pool in pools]
 
 
 _ROLE_RIGHTS = {
@@ -181,13 +178,22 @@ class Pki:
         if not self.outside_file.exists():
             return []
         entries = json.loads(self.outside_file.read_text())
-        return [Identity(name, Role(entry["role"]), entry.get("pool")) for name, entry in sorted(entries.items())]
+        return [
+            Identity(
+                name,
+                Role(entry["role"]),
+                entry.get("pool"),
+                tuple(entry.get("site_agents", ())),
+                tuple(entry.get("site_pools", ())),
+            )
+            for name, entry in sorted(entries.items())
+        ]
 
     def record_outside(self, identity: Identity | None, *, forget: str | None = None) -> None:
         """Add an identity to the outside list, or `forget` one by name."""
-        entries = {i.name: {"role": i.role.value, "pool": i.pool} for i in self.outside_identities()}
+        entries = {i.name: _outside_entry(i) for i in self.outside_identities()}
         if identity is not None:
-            entries[identity.name] = {"role": identity.role.value, "pool": identity.pool}
+            entries[identity.name] = _outside_entry(identity)
         if forget is not None:
             entries.pop(forget, None)
         self.outside_file.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
@@ -333,6 +339,13 @@ _ADMIN_ACLS = [
     {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
     {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
 ]
+
+
+def _outside_entry(identity: Identity) -> dict[str, object]:
+    entry: dict[str, object] = {"role": identity.role.value, "pool": identity.pool}
+    if identity.role is Role.BRIDGE:
+        entry |= {"site_agents": list(identity.site_agents), "site_pools": list(identity.site_pools)}
+    return entry
 
 
 def dynsec_password(password: str) -> dict[str, object]:
