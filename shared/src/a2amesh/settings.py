@@ -121,3 +121,15 @@ class CoordinatorSettings(ServiceSettings):
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")
+
+
+class EnrollSettings(AgentSettings):
+    """An agent replica enrolling itself as its pod starts (`python -m a2amesh.enroll`, a Kubernetes init container):
+    its name (MESH_AGENT_ID, the pod's) and pool, the pool's role template, and the enroller's broker identity."""
+
+    enroll_template: Path = Field(description="the pool's role template `make certs` writes (enroll/<pool>.json)")
+    enroll_mqtt: MqttSettings = Field(description="the enroller: may create identities on the broker (dynsec)")
+    enroll_out: Path = Field(description="folder the replica's files go to: password, and the copied ones")
+    enroll_files_from: Path | None = Field(
+        default=None, description="folder with the pool's ca.crt, client.crt, client.key, copied into enroll_out"
+    )

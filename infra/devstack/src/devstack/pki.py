@@ -25,6 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 DYNSEC_ITERATIONS = 101
 ADMIN = "mesh-admin"
 TESTER = "mesh-tester"
+ENROLLER = "mesh-enroller"
+"""Creates agent replicas' identities as their pods start (`python -m a2amesh.enroll`): the admin's rights (dynsec
+cannot confine control commands), but not pinned, so replicas starting together each connect under their own id."""
+REPLICA_PLACEHOLDER = "{replica}"
 
 
 class Role(StrEnum):
@@ -173,6 +177,27 @@ class Pki:
         """The identities admitted one at a time (`make identity`): `make certs` keeps them in the broker's seed."""
         return self.root / "outside-identities.json"
 
+    def enroll_template(self, pool: str) -> Path:
+        """The file a replica of `pool` enrolls from: its dynsec role and client with the replica's name left as
+        REPLICA_PLACEHOLDER (written from `Identity.acls`, the one place rights are defined)."""
+        return self.root / "enroll" / f"{pool}.json"
+
+    def write_enroll_template(self, pool: str) -> Path:
+        """Write (or refresh) the pool's enrollment template."""
+        identity = Identity(REPLICA_PLACEHOLDER, Role.AGENT, pool)
+        username = identity.username(self.org, self.unit)
+        template = {
+            "pool": pool,
+            "username": username,
+            "clientid": username,
+            "rolename": f"id:{username}",
+            "acls": identity.acls(self.org, self.unit),
+        }
+        path = self.enroll_template(pool)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(template, indent=1) + "\n")
+        return path
+
     def outside_identities(self) -> list[Identity]:
         """Every identity admitted with `make identity` and not removed since."""
         if not self.outside_file.exists():
@@ -234,8 +259,10 @@ class Pki:
         self._ensure_ca()
         if not self.broker_cert.exists():
             self.issue("broker", server_names=broker_hosts)
-        for identity in [Identity(ADMIN, Role.TESTER), *identities]:
+        for identity in [Identity(ADMIN, Role.TESTER), Identity(ENROLLER, Role.TESTER), *identities]:
             self.client(identity)
+        for pool in sorted({identity.pool for identity in identities if identity.pool}):
+            self.write_enroll_template(pool)
         self.write_dynsec(identities)
         self.api_key()
 
@@ -309,8 +336,10 @@ class Pki:
         """The broker's dynamic-security configuration: deny by default, one role per identity (those given, and
         those admitted with `make identity`)."""
         admin = self.client(Identity(ADMIN, Role.TESTER))
+        enroller = self.client(Identity(ENROLLER, Role.TESTER))
         clients: list[dict[str, object]] = [
-            {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)}
+            {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)},
+            {"username": ENROLLER, "roles": [{"rolename": "admin"}], **dynsec_password(enroller.password)},
         ]
         roles: list[dict[str, object]] = [{"rolename": "admin", "acls": _ADMIN_ACLS}]
         names = {identity.name for identity in identities}
