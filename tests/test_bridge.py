@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 import httpx
@@ -25,7 +27,7 @@ from a2amesh.topics import AgentAddress, PoolAddress
 from devstack.__main__ import bridge_command
 from devstack.bridge import EdgeSite
 from devstack.identities import Broker
-from devstack.pki import Identity, Role
+from devstack.pki import Identity, Pki, Role
 from devstack.processes import free_port
 from devstack.stack import Ports, Stack
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
@@ -229,3 +231,25 @@ async def test_an_edge_agent_that_dies_is_marked_offline_centrally_by_its_will(s
         return response.status_code == 200 and response.json().get("status") == "offline"
 
     await eventually(offline, timeout=30, what="the edge agent's Will seen by the central registry")
+
+
+def test_make_certs_keeps_a_bridge_with_its_sites_agents_and_pools(tmp_path: Path) -> None:
+    """A bridge is recorded like an outside identity, and its rights (its site's agents and pools) survive the record:
+    `make certs` rewrites the seed with the same role."""
+    pki = Pki(tmp_path / "pki")
+    site = EdgeSite("plant1", pki.org, pki.unit, agents=("a1", "a2"), pools=("p1",))
+    pki.ensure([])
+    pki.record_outside(site.identity)
+    assert pki.outside_identities() == [site.identity]
+    pki.write_dynsec([])
+    roles = {role["rolename"]: role for role in json.loads(pki.dynsec_file.read_text())["roles"]}
+    acls = roles[f"id:{pki.org}/{pki.unit}/bridge-plant1"]["acls"]
+    assert {acl["topic"] for acl in acls if acl["acltype"] == "subscribePattern"} == {
+        AgentAddress(pki.org, pki.unit, "a1").request_topic,
+        AgentAddress(pki.org, pki.unit, "a2").request_topic,
+        PoolAddress(pki.org, pki.unit, "p1").topic,
+    }
+    lines = site.bridge_config("central:8883", pki.ca_cert, pki.client(site.identity), "pw").splitlines()
+    topics = [line.split()[1:] for line in lines if line.startswith("topic ")]
+    assert [direction for _, direction, _ in topics].count("in") == 3
+    assert all(qos == "1" for _, _, qos in topics)
