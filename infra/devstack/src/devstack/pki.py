@@ -254,14 +254,19 @@ class Pki:
             os.chmod(self.api_keys_file, 0o600)
         return self.api_keys_file.read_text().split()[0]
 
-    def ensure(self, identities: list[Identity], broker_hosts: tuple[str, ...] = ("localhost", "broker")) -> None:
+    def ensure(
+        self,
+        identities: list[Identity],
+        broker_hosts: tuple[str, ...] = ("localhost", "broker"),
+        pools: list[str] | tuple[str, ...] = (),
+    ) -> None:
         """Create whatever is missing (idempotent: existing keys, certificates and passwords are kept)."""
         self._ensure_ca()
         if not self.broker_cert.exists():
             self.issue("broker", server_names=broker_hosts)
         for identity in [Identity(ADMIN, Role.TESTER), Identity(ENROLLER, Role.TESTER), *identities]:
             self.client(identity)
-        for pool in sorted({identity.pool for identity in identities if identity.pool}):
+        for pool in sorted({*pools, *(identity.pool for identity in identities if identity.pool)}):
             self.write_enroll_template(pool)
         self.write_dynsec(identities)
         self.api_key()
