@@ -1215,6 +1215,10 @@ def broker_configs(devstack: DevStack) -> dict[str, list[tuple[str, str]]]:
             *policy,
         ],
         "make dev (devstack Stack.broker)": [*mosquitto_directives(written.read_text()), *policy],
+        "infra/bridge/mosquitto-edge.conf (an edge site's broker)": [
+            *mosquitto_directives((REPO / "infra" / "bridge" / "mosquitto-edge.conf").read_text()),
+            *policy,
+        ],
     }
 
 
