@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove bridge dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -74,6 +74,19 @@ identity: python-deps ## admit an outside participant on the running broker (mak
 identity-remove: python-deps ## revoke an outside identity at once (make identity-remove NAME=x)
 	@test -n "$(NAME)" || { echo "usage: make identity-remove NAME=x" >&2; exit 2; }
 	@$(UV) run --locked python -m devstack identity-remove "$(NAME)" --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
+
+# An edge site's broker bridged to this (central) one: docs/operations.md "Past one broker".
+SITE ?=
+AGENTS ?=
+POOLS ?=
+CENTRAL ?=
+BRIDGE_DIR ?= run/bridge-$(SITE)
+
+bridge: python-deps ## admit an edge site's bridge centrally, write its broker's folder (make bridge SITE=x AGENTS=a,b CENTRAL=host:port)
+	@test -n "$(SITE)" -a -n "$(AGENTS)" -a -n "$(CENTRAL)" || { echo "usage: make bridge SITE=x AGENTS=a,b CENTRAL=host:port [POOLS=p]" >&2; exit 2; }
+	@$(UV) run --locked python -m devstack certs >/dev/null
+	@$(UV) run --locked python -m devstack bridge "$(SITE)" --agents "$(AGENTS)" --pools "$(POOLS)" --central "$(CENTRAL)" \
+	  --out "$(BRIDGE_DIR)" --mount /mosquitto/bridge --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
 
 dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
 	@$(UV) run --locked python -m devstack up

@@ -11,9 +11,10 @@
 #   broker-certs          ca.crt broker.crt broker.key dynamic-security.json   the broker: TLS, and the plugin's seed
 #   mqtt-<name>           ca.crt client.crt client.key password                the identity {org}/{unit}/<name>
 #                                                                              (mqtt-health: the identity `health`)
-#   mqtt-<agent>          ca.crt <agent>-<i>.crt <agent>-<i>.key <agent>-<i>.password, for every ordinal <i> the
-#                         agent's StatefulSet mounts (its volume's items): the replica identities
-#                         {org}/{unit}/<agent>-<i> of its pods <agent>-<i>
+#   mqtt-<agent>          ca.crt client.crt client.key enroll.json             an agent's pool: the certificate its pods
+#                                                                              share and its role template (each pod
+#                                                                              enrolls its own identity as it starts)
+#   mesh-enroller         ca.crt client.crt client.key password                what the pods' init containers enroll as
 #   coordinator-api-keys  api-keys                                             the keys HTTP clients present
 # {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
 # infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
@@ -52,20 +53,20 @@ for name in $names; do
       secret "$name" ca.crt="$pki/ca.crt" broker.crt="$pki/broker.crt" broker.key="$pki/broker.key" \
         dynamic-security.json="$pki/dynamic-security.json"
       ;;
+    mesh-enroller)
+      stem=$pki/clients/mesh-enroller
+      secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" password="$stem.password"
+      ;;
     coordinator-api-keys)
       secret "$name" api-keys="$pki/coordinator-api-keys"
       ;;
     mqtt-*)
       id=${name#mqtt-}
       stem=$pki/clients/$org/$unit/$id
-      # an agent's pods mount one folder <agent>-<i>/ per replica identity (k8s/base/agents/<agent>.yaml)
-      ordinals=$(sed -n "s|^ *path: $id-\([0-9][0-9]*\)/client\.crt\$|\1|p" <<<"$rendered" | sort -n -u)
-      if [ -n "$ordinals" ]; then
-        pairs=(ca.crt="$pki/ca.crt")
-        for i in $ordinals; do
-          pairs+=("$id-$i.crt=$stem-$i.crt" "$id-$i.key=$stem-$i.key" "$id-$i.password=$stem-$i.password")
-        done
-        secret "$name" "${pairs[@]}"
+      # an agent's pool (k8s/base/agents/<agent>.yaml): no password, its pods enroll their own identities
+      if [ -f "$pki/enroll/$id.json" ]; then
+        secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" \
+          enroll.json="$pki/enroll/$id.json"
         continue
       fi
       # identities that belong to no org/unit (the health probe) live directly in clients/

@@ -330,6 +330,8 @@ def role_table() -> str:
     ]
     for role in Role:
         identity = Identity("{name}", role, "{pool}" if role is Role.AGENT else None)
+        if role is Role.BRIDGE:
+            identity = Identity("{name}", role, site_agents=("{agent}",), site_pools=("{pool}",))
         acls = identity.acls("{org}", "{unit}")
         send = [str(acl["topic"]) for acl in acls if acl["acltype"] == "publishClientSend"]
         subscribe = [str(acl["topic"]) for acl in acls if acl["acltype"] == "subscribePattern"]

@@ -34,6 +34,7 @@ import sys
 import time
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -46,11 +47,13 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel
 
+from a2amesh.enroll import enroll
 from a2amesh.mqtt import make_client
 from a2amesh.settings import (
     AgentSettings,
     ConsoleSettings,
     CoordinatorSettings,
+    EnrollSettings,
     MqttSettings,
     RegistrySettings,
     ServiceSettings,
@@ -58,7 +61,7 @@ from a2amesh.settings import (
 )
 from devstack.pki import Identity, Role
 from devstack.processes import ManagedProcess, free_port
-from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_identities
+from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_names
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / ".env"
@@ -303,9 +306,22 @@ def main_container(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def k8s_pods(service: str) -> list[str | None]:
-    """The pods whose view of a workload the tests check: an agent's replicas by name (each connects as the replica
-    identity of its name), one pod of any other workload (all alike)."""
-    return [identity.name for identity in replica_identities(service)] if service in AGENTS else [None]
+    """The pods whose view of a workload the tests check: an agent's first two replicas and its last (each enrolls
+    the identity of its name), one pod of any other workload (all alike)."""
+    if service not in AGENTS:
+        return [None]
+    names = replica_names(service)
+    return [*names[:2], names[-1]]
+
+
+ENROLLED = b"(the password the init container enrolls)"
+"""What k8s_secret_files shows for a file an agent pod's init container writes: no Secret holds it."""
+
+
+def enroll_container(workload: dict[str, Any]) -> dict[str, Any] | None:
+    """An agent pod's init container that enrolls its identity (python -m a2amesh.enroll), if any."""
+    found = [c for c in pod_spec(workload).get("initContainers", []) if c.get("command", [])[-1:] == ["a2amesh.enroll"]]
+    return found[0] if found else None
 
 
 def container_port(container: dict[str, Any], port: int | str) -> int:
@@ -434,17 +450,35 @@ def compose_pki_files(service: ComposeService, pki: Path) -> dict[str, bytes]:
 
 
 def k8s_secret_files(
-    docs: list[dict[str, Any]], workload: dict[str, Any], script: SecretsScript, pod: str | None = None
+    docs: list[dict[str, Any]],
+    workload: dict[str, Any],
+    script: SecretsScript,
+    pod: str | None = None,
+    container: dict[str, Any] | None = None,
 ) -> dict[str, bytes]:
-    """The files a pod's main container (in the pod named `pod`) sees from Secrets (those of k8s/secrets.sh, or
-    rendered ones): container path -> content. A mount of a subPath (or subPathExpr, expanded as Kubernetes does
-    with the container's environment) shows only that folder of the volume."""
+    """The files a pod's main container (or `container`; in the pod named `pod`) sees from Secrets (those of
+    k8s/secrets.sh, or rendered ones): container path -> content. A mount of a subPath (or subPathExpr, expanded as
+    Kubernetes does with the container's environment) shows only that folder of the volume. For the main container,
+    also what an enrolling init container leaves in a volume both mount: the pool's files it copies, and the
+    password it enrolls (ENROLLED)."""
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     rendered_secrets = {name: secret_data(doc) for name, doc in objects(docs, "Secret").items()}
     where = workload["metadata"]["name"]
-    env = k8s_env(docs, main_container(workload), pod)
+    main = container is None
+    container = container or main_container(workload)
+    env = k8s_env(docs, container, pod)
     files: dict[str, bytes] = {}
-    for mount in main_container(workload).get("volumeMounts", []):
+    enroll = enroll_container(workload) if main else None
+    if enroll is not None:
+        enroll_env = k8s_env(docs, enroll, pod)
+        out, source = enroll_env["MESH_ENROLL_OUT"], enroll_env["MESH_ENROLL_FILES_FROM"]
+        shared = k8s_secret_files(docs, workload, script, pod, enroll)
+        for mount in container.get("volumeMounts", []):
+            if mount["mountPath"] == out and "emptyDir" in volumes.get(mount["name"], {}):
+                for name in ("ca.crt", "client.crt", "client.key"):
+                    files[f"{out}/{name}"] = shared[f"{source}/{name}"]
+                files[f"{out}/password"] = ENROLLED
+    for mount in container.get("volumeMounts", []):
         source = volumes.get(mount["name"], {}).get("secret")
         if source is None:
             continue
@@ -682,21 +716,28 @@ def test_each_agent_is_a_pool_of_replica_identities_with_an_autoscaler_and_a_dis
         target = autoscalers[agent]["spec"]
         assert (target["scaleTargetRef"]["kind"], target["scaleTargetRef"]["name"]) == ("StatefulSet", agent), where
         assert (target["minReplicas"], target["maxReplicas"]) == (1, AGENT_REPLICAS), (
-            f"{where}: the HPA scales from 1 to the {AGENT_REPLICAS} replica identities `make certs` issues "
-            f"(devstack.stack.AGENT_REPLICAS)"
+            f"{where}: the HPA scales from 1 to {AGENT_REPLICAS} pods (devstack.stack.AGENT_REPLICAS)"
         )
         container = main_container(workload)
         assert k8s_env(docs, container)["MESH_AGENT_ID"] is FROM_POD, f"{where}: the pod's name is its agent id"
+        enroll = enroll_container(workload)
+        assert enroll is not None, f"{where}: an init container enrolls the pod's identity (python -m a2amesh.enroll)"
         for pod in k8s_pods(agent):
-            env = k8s_env(docs, container, pod)
+            env, enroll_env = k8s_env(docs, container, pod), k8s_env(docs, enroll, pod)
             assert env["MESH_AGENT_ID"] == pod and env["MESH_POOL"] == agent, f"{where}: {pod} in the pool {agent}"
+            assert (enroll_env["MESH_AGENT_ID"], enroll_env["MESH_POOL"]) == (pod, agent), f"{where}: enrolls {pod}"
         volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
         [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/run/secrets/mesh/mqtt"]
-        assert mount.get("subPathExpr") == "$(MESH_AGENT_ID)", f"{where}: each pod sees its own identity's folder"
-        folders = {item["path"].split("/")[0] for item in volumes[mount["name"]]["secret"]["items"]}
-        assert folders == {f"{agent}-{ordinal}" for ordinal in range(AGENT_REPLICAS)}, (
-            f"{where}: the Secret volume holds a folder per replica identity, {agent}-0 to {agent}-{AGENT_REPLICAS - 1}"
-        )
+        assert volumes[mount["name"]].get("emptyDir", {}).get("medium") == "Memory", f"{where}: enrolled, in memory"
+        assert k8s_env(docs, enroll)["MESH_ENROLL_OUT"] == mount["mountPath"], f"{where}: enrolled where it reads"
+        secrets_of = {
+            name: {
+                volumes[m["name"]]["secret"]["secretName"] for m in c["volumeMounts"] if "secret" in volumes[m["name"]]
+            }
+            for name, c in (("agent", container), ("init", enroll))
+        }
+        assert "mesh-enroller" in secrets_of["init"], f"{where}: the init container enrolls as mesh-enroller"
+        assert not secrets_of["agent"], f"{where}: the agent container mounts no Secret (the enroller's least of all)"
         selector = budgets[agent]["spec"]["selector"]["matchLabels"]
         pod_labels = workload["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= pod_labels.items(), f"{overlay}: {agent}'s PDB selects its pods"
@@ -1079,12 +1120,12 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
     assert [(acl["acltype"], acl["topic"]) for acl in acls] == [("subscribePattern", "$SYS/broker/uptime")]
 
 
-def replica_identity(stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str) -> Identity | None:
-    """The identity an agent's pod connects as under `prefix`, its replica identity of the pod's name (None: the
-    process's own identity everywhere)."""
+def pool_identity(stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str) -> Identity | None:
+    """The identity whose certificate an agent's pod holds under `prefix`: its pool's, the agent's plain identity
+    (None: the process's own identity everywhere). The pod enrolls its own username and password as it starts."""
     if pod is None or prefix != "MESH_MQTT__":
         return None
-    return issued.get(Identity(pod, Role.AGENT).username(stack.org, stack.unit))
+    return issued.get(Identity(pod.rpartition("-")[0], Role.AGENT).username(stack.org, stack.unit))
 
 
 def check_k8s_identity(
@@ -1098,16 +1139,18 @@ def check_k8s_identity(
     where: str,
 ) -> None:
     """A pod's broker identity under `prefix`: Compose's `settings`, except that an agent's pod <agent>-<i> is the
-    replica identity <agent>-<i> of the pool <agent>, which Stack.identities() issues."""
+    identity <agent>-<i> of the pool <agent>, which it enrolls as it starts from the pool's template (`make certs`
+    writes it)."""
     workload = workloads(docs)[service]
     env = k8s_env(docs, main_container(workload), pod)
     if pod is not None:
         where = f"{where} (pod {pod})"
-    replica = replica_identity(stack, issued, pod, prefix)
+    pool = pool_identity(stack, issued, pod, prefix)
     if pod is not None and prefix == "MESH_MQTT__":
         username = Identity(pod, Role.AGENT).username(stack.org, stack.unit)
-        assert replica is not None, f"{where}: {username} is no identity Stack.identities() issues"
-        assert replica.role is Role.AGENT and replica.pool == service, f"{where}: an agent of the pool {service}"
+        assert pool is not None and pool.name == service, f"{where}: {pod} is no replica of {service}"
+        template = json.loads(stack.pki.enroll_template(service).read_text())
+        assert template["pool"] == service, f"{where}: `make certs` writes no role template for the pool {service}"
         assert env["MESH_POOL"] == service, f"{where}: MESH_POOL is its identity's pool"
         settings["USERNAME"] = username
     assert {name: env[prefix + name] for name in settings} == settings, where
@@ -1118,8 +1161,8 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
 ) -> None:
     """Every file a process reads from the PKI (its identity's *_FILE settings, the coordinator's API keys; the
     broker's TLS files, dynamic-security seed and health identity) is mounted at that path in Compose and in every
-    overlay, with the same content: the PKI of `make certs`, never a second copy (an agent's pod holds its replica
-    identity's certificate, key and password there, and no other replica's). Compose mounts nothing else."""
+    overlay, with the same content: the PKI of `make certs`, never a second copy (an agent's pod holds its pool's
+    certificate and key there, and the password it enrolled as it started). Compose mounts nothing else."""
     stack = devstack.stack
     pki = stack.pki.root
     issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
@@ -1139,16 +1182,18 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
             if service != "broker":
                 env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
                 assert service_files_read(env) == needed, f"{where}: other file settings than Compose's"
-                replica = replica_identity(stack, issued, pod, "MESH_MQTT__")
-                if replica is not None:
-                    files = stack.pki.client(replica)
-                    for name, source in (("CERT", files.cert), ("KEY", files.key), ("PASSWORD", files.password_file)):
+                pool = pool_identity(stack, issued, pod, "MESH_MQTT__")
+                if pool is not None:  # the pool's certificate, and the password it enrolls
+                    files = stack.pki.client(pool)
+                    for name, source in (("CERT", files.cert), ("KEY", files.key)):
                         expected[env[f"MESH_MQTT__{name}_FILE"]] = source.read_bytes()
-            if service in AGENTS:  # its own replica identity's files, never a sibling's
+                    expected[env["MESH_MQTT__PASSWORD_FILE"]] = ENROLLED
+            if service in AGENTS:  # the pool's certificate only, never a password issued in advance
                 names = {common_name(content) for content in k8s.values() if content.startswith(b"-----BEGIN CERT")}
-                assert names == {common_name(compose[env["MESH_MQTT__CA_FILE"]]), env["MESH_MQTT__USERNAME"]}, (
-                    f"{where}: mounts the certificates of {sorted(names)}"
-                )
+                assert names == {
+                    common_name(compose[env["MESH_MQTT__CA_FILE"]]),
+                    compose_services()[service].env["MESH_MQTT__USERNAME"],
+                }, f"{where}: mounts the certificates of {sorted(names)}"
             for path in sorted(needed):
                 assert path in k8s, f"{where}: nothing mounted at {path}"
                 assert digest(k8s[path]) == digest(expected[path]), f"{where}: {path} is not the identity's file"
@@ -1183,6 +1228,10 @@ def broker_configs(devstack: DevStack) -> dict[str, list[tuple[str, str]]]:
             *policy,
         ],
         "make dev (devstack Stack.broker)": [*mosquitto_directives(written.read_text()), *policy],
+        "infra/bridge/mosquitto-edge.conf (an edge site's broker)": [
+            *mosquitto_directives((REPO / "infra" / "bridge" / "mosquitto-edge.conf").read_text()),
+            *policy,
+        ],
     }
 
 
@@ -1256,6 +1305,32 @@ async def connect_once(settings: MqttSettings) -> None:
         pass
 
 
+def enroll_pod(env: dict[str, Any], port: int, inside: Callable[[str], Path]) -> None:
+    """What an agent pod's init container does (a2amesh.enroll), with its environment and its files."""
+    mqtt = "MESH_ENROLL_MQTT__"
+    enroller = MqttSettings(
+        host="127.0.0.1",
+        port=port,
+        tls=env[f"{mqtt}TLS"] == "true",
+        ca_file=inside(env[f"{mqtt}CA_FILE"]),
+        cert_file=inside(env[f"{mqtt}CERT_FILE"]),
+        key_file=inside(env[f"{mqtt}KEY_FILE"]),
+        username=env[f"{mqtt}USERNAME"],
+        password_file=inside(env[f"{mqtt}PASSWORD_FILE"]),
+    )
+    settings = EnrollSettings(
+        org=env["MESH_ORG"],
+        unit=env["MESH_UNIT"],
+        agent_id=env["MESH_AGENT_ID"],
+        pool=env["MESH_POOL"],
+        enroll_template=inside(env["MESH_ENROLL_TEMPLATE"]),
+        enroll_mqtt=enroller,
+        enroll_out=inside(env["MESH_ENROLL_OUT"]),
+        enroll_files_from=inside(env["MESH_ENROLL_FILES_FROM"]),
+    )
+    enroll(settings)
+
+
 def sh(command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -1288,8 +1363,14 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
 
     docs = rendered("dev")
     for service in ["broker", *mesh_services(devstack)]:
+        workload = workloads(docs)[service]
         for pod in k8s_pods(service):
-            for path, content in k8s_secret_files(docs, workloads(docs)[service], k8s_secrets, pod).items():
+            mounted = k8s_secret_files(docs, workload, k8s_secrets, pod)
+            enroll = enroll_container(workload)
+            if enroll is not None:  # the init container's Secrets too; the password is its to write
+                mounted = {path: content for path, content in mounted.items() if content != ENROLLED}
+                mounted |= k8s_secret_files(docs, workload, k8s_secrets, pod, enroll)
+            for path, content in mounted.items():
                 inside(path, service, pod).parent.mkdir(parents=True, exist_ok=True)
                 inside(path, service, pod).write_bytes(content)
     (root / "mosquitto" / "data").mkdir(parents=True)
@@ -1337,6 +1418,9 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
             assert attempt != health, f"{what}: the attempt did not change the command"
             assert sh(attempt).returncode != 0, f"{what}: the broker let it through"
         for service, pod in [(name, pod) for name in mesh_services(devstack) for pod in k8s_pods(name)]:
+            enroll = enroll_container(workloads(docs)[service])
+            if enroll is not None:  # the pod's init container enrolls its identity on the broker first
+                enroll_pod(k8s_env(docs, enroll, pod), port, lambda path, s=service, p=pod: inside(path, s, p))
             env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
             for prefix in [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in env]:
                 settings = MqttSettings(

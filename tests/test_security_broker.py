@@ -30,6 +30,8 @@ import pytest
 from a2amesh.binding import MeshRequester
 from a2amesh.binding.requester import RemoteError, RequestTimeoutError, RetryProfile
 from a2amesh.binding.responder import Responder
+from a2amesh.enroll import EnrollError, replica_entries
+from a2amesh.enroll import enroll as enroll_replica
 from a2amesh.mqtt import (
     AUTHORIZATION_PROPERTY,
     RESPONDER_PROPERTY,
@@ -38,13 +40,14 @@ from a2amesh.mqtt import (
     make_client,
     publish_properties,
 )
-from a2amesh.settings import AgentSettings, MqttSettings
+from a2amesh.settings import AgentSettings, EnrollSettings, MqttSettings
 from agent_echo.agent import EchoAgent
+from devstack.bridge import EdgeSite
 from devstack.fixtures import BrokerHandle
 from devstack.identities import Broker, IdentityError
 from devstack.identities import admit as admit_identity
 from devstack.identities import revoke as revoke_identity
-from devstack.pki import ADMIN, Identity, Pki, Role
+from devstack.pki import ADMIN, ENROLLER, Identity, Pki, Role
 from devstack.processes import ManagedProcess, free_port, tcp_ready
 from devstack.stack import REPO_ROOT, find_binary
 from tests.security_helpers import (
@@ -277,6 +280,103 @@ async def test_an_agent_cannot_publish_events_as_another(broker: BrokerHandle) -
     assert [(m.topic.value, payload_of(m)) for m in seen if m.topic.value in theirs] == [
         (alice.address.event_topic, own)
     ]
+
+
+async def test_an_edge_bridge_carries_only_its_own_sites_topics(broker: BrokerHandle) -> None:
+    """The bridge identity an edge broker connects as (devstack.bridge): its own agents' cards and events and the
+    org's replies in, its own agents' requests and pools out, nothing of another agent, pool or site."""
+    prefix = f"b-{short_id()}"
+    edge_agent, other = admit_many(broker.stack, prefix, Role.AGENT, 2, pools=True)
+    site = EdgeSite(prefix, broker.stack.org, broker.stack.unit, (edge_agent.name,), (edge_agent.identity.pool or "",))
+    bridge = admit(broker.stack, site.identity)
+    assert await connect_error(bridge.settings, f"{bridge.client_id}-2") is not None, "the bridge is pinned"
+    async with connected(bridge) as (link, send):
+        for topic_filter in (edge_agent.address.request_topic, edge_agent.pool.topic):
+            assert await suback(link, topic_filter) in GRANTED
+        for topic_filter in (
+            other.address.request_topic,
+            other.pool.topic,
+            other.pool.shared_subscription,
+            "$a2a/v1/request/#",
+            "$a2a/v1/discovery/#",
+            "$a2a/v1/event/#",
+            other.address.reply_filter(),
+            "#",
+        ):
+            assert await suback(link, topic_filter) == NOT_AUTHORIZED, topic_filter
+        for topic in (edge_agent.address.event_topic, other.address.reply_topic(short_id())):
+            assert await send.publish(topic, b"{}") in DELIVERED
+        for topic in (other.address.discovery_topic, other.address.event_topic, other.address.request_topic, "x/y"):
+            assert await send.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+        assert await send.publish(edge_agent.address.discovery_topic, b"", retain=True) in DELIVERED
+
+
+def enrolled(broker: BrokerHandle, replica: str, pool: str, out: Path) -> Actor:
+    """A replica enrolled as its pod's init container does it (a2amesh.enroll), with the pool's shared certificate."""
+    stack = broker.stack
+    stack.pki.write_enroll_template(pool)
+    shared = stack.pki.client(Identity(pool, Role.AGENT, pool))  # the pool's certificate; never admitted itself
+    for source, name in ((stack.pki.ca_cert, "ca.crt"), (shared.cert, "client.crt"), (shared.key, "client.key")):
+        (out / "shared").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out / "shared" / name)
+    enroller = stack.mqtt_settings(stack.pki.client(Identity(ENROLLER, Role.TESTER)))
+    settings = EnrollSettings(
+        org=stack.org,
+        unit=stack.unit,
+        agent_id=replica,
+        pool=pool,
+        enroll_template=stack.pki.enroll_template(pool),
+        enroll_mqtt=enroller,
+        enroll_out=out / replica,
+        enroll_files_from=out / "shared",
+    )
+    password_file = enroll_replica(settings)
+    files = out / replica
+    mqtt = stack.mqtt_settings(stack.pki.client(Identity(pool, Role.AGENT, pool))).model_copy(
+        update={
+            "ca_file": files / "ca.crt",
+            "cert_file": files / "client.crt",
+            "key_file": files / "client.key",
+            "username": f"{stack.org}/{stack.unit}/{replica}",
+            "password_file": password_file,
+        }
+    )
+    return Actor(Identity(replica, Role.AGENT, pool), mqtt, stack.org, stack.unit)
+
+
+async def test_an_enrolled_replica_acts_only_as_itself_and_reads_only_its_own_pool(
+    broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Replicas enroll their own identities (no ceiling, docs/security.md "Pools without a ceiling"), all with one
+    pool certificate: still each is pinned to its own name, holds only its own topics and its own pool's share, and a
+    re-enrolled replica's old password stops working. A name outside the pool is refused before the broker is asked."""
+    pool, other_pool = f"w{short_id()}", f"v{short_id()}"
+    first, second = enrolled(broker, f"{pool}-0", pool, tmp_path), enrolled(broker, f"{pool}-1", pool, tmp_path)
+    stranger = enrolled(broker, f"{other_pool}-0", other_pool, tmp_path)
+    assert await connect_error(first.settings, second.client_id) is not None, "connected under another replica's id"
+    assert await connect_error(first.settings, f"{first.client_id}-x") is not None
+    assert await connect_error(first.settings.model_copy(update={"username": second.client_id}), second.client_id)
+    async with connected(first) as (mine, send):
+        assert await suback(mine, first.address.request_topic) in GRANTED
+        assert await suback(mine, first.pool.shared_subscription) in GRANTED
+        for topic_filter in (
+            second.address.request_topic,
+            stranger.address.request_topic,
+            stranger.pool.shared_subscription,
+            stranger.pool.topic,
+            first.pool.topic,  # a plain subscription would copy every request of the pool
+            *WIDE_FILTERS,
+        ):
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        for topic in (second.address.discovery_topic, second.address.event_topic, stranger.address.event_topic):
+            assert await send.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+        assert await send.publish(first.address.event_topic, b"{}") in DELIVERED
+    old = first.settings
+    again = enrolled(broker, first.name, pool, tmp_path / "again")
+    assert await connect_error(old, first.client_id) is not None, "the old password still works after re-enrolling"
+    assert await connect_error(again.settings, first.client_id) is None
+    with pytest.raises(EnrollError):
+        replica_entries(json.loads(broker.stack.pki.enroll_template(pool).read_text()), "analyst", "x")
 
 
 async def test_streams_are_read_only_by_the_roles_made_for_them(broker: BrokerHandle, reports: _Reports) -> None:

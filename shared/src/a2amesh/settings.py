@@ -146,3 +146,15 @@ class ConsoleSettings(ServiceSettings):
     live_poll_interval: float = Field(default=1.0, description="seconds between the Live page's task-store polls")
     live_stream_seconds: float = Field(default=300.0, description="longest life of one Live event stream")
     secure_cookie: bool = Field(default=False, description="mark the session cookie Secure (serve over HTTPS)")
+
+
+class EnrollSettings(AgentSettings):
+    """An agent replica enrolling itself as its pod starts (`python -m a2amesh.enroll`, a Kubernetes init container):
+    its name (MESH_AGENT_ID, the pod's) and pool, the pool's role template, and the enroller's broker identity."""
+
+    enroll_template: Path = Field(description="the pool's role template `make certs` writes (enroll/<pool>.json)")
+    enroll_mqtt: MqttSettings = Field(description="the enroller: may create identities on the broker (dynsec)")
+    enroll_out: Path = Field(description="folder the replica's files go to: password, and the copied ones")
+    enroll_files_from: Path | None = Field(
+        default=None, description="folder with the pool's ca.crt, client.crt, client.key, copied into enroll_out"
+    )

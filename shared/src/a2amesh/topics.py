@@ -193,3 +193,8 @@ def discovery_filter(org: str | None = None, unit: str | None = None) -> str:
     if unit is None:
         return f"{PREFIX}/discovery/{org}/#"
     return f"{PREFIX}/discovery/{org}/{check_id(unit, 'unit id')}/+"
+
+
+def replies_filter(org: str) -> str:
+    """Every reply inbox of one org (what an agent may answer on, and what an edge site's bridge carries back)."""
+    return f"{PREFIX}/reply/{check_id(org, 'org id')}/#"

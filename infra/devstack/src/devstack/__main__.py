@@ -1,16 +1,20 @@
 """`python -m devstack up`: run the whole mesh as local processes until Ctrl-C (what `make dev` does).
 `python -m devstack new-agent NAME`: scaffold a new agent (what `make new-agent NAME=...` does).
 `python -m devstack identity NAME --role R` / `identity-remove NAME`: admit or revoke an outside participant on the
-running broker (what `make identity` / `make identity-remove` do)."""
+running broker (what `make identity` / `make identity-remove` do).
+`python -m devstack bridge SITE --agents a,b --central HOST:PORT`: admit an edge site's bridge on the central broker
+and write the edge broker's bridge folder (what `make bridge` does)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from devstack.bridge import EdgeSite, admit_site, write_bridge_config
 from devstack.identities import Broker, DynsecError, IdentityError, admit, parse_identity, revoke
 from devstack.pki import Pki
 from devstack.processes import REPO_ROOT
@@ -75,7 +79,7 @@ Press Ctrl-C to stop.""",
 def certs_command(pki_dir: Path) -> int:
     """Create the dev PKI and every identity's credentials (idempotent)."""
     stack = Stack(run_dir=REPO_ROOT / "run", pki_dir=pki_dir)
-    stack.pki.ensure(stack.identities())
+    stack.pki.ensure(stack.identities(), pools=stack.pools())
     print(f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json and, per identity, clients/<org>/<unit>/")
     for identity in stack.identities():
         print(f"  {identity.username(stack.org, stack.unit):<32} {identity.role}")
@@ -127,6 +131,31 @@ def identity_remove_command(pki_dir: Path, name: str, broker: Broker) -> int:
     return 0
 
 
+def bridge_command(pki_dir: Path, site: EdgeSite, central: str, out: Path, mount: Path | None, broker: Broker) -> int:
+    """Admit an edge site's bridge identity centrally and write what the edge broker mounts: the bridge section and
+    the files it names (CA, the bridge's certificate and key), all 0600."""
+    pki = Pki(pki_dir, site.org, site.unit)
+    try:
+        files = admit_site(pki, site, None)
+        admit_site(pki, site, broker)
+    except DynsecError as error:
+        print(f"bridge: {site.identity.name} issued, but not admitted on the central broker: {error}", file=sys.stderr)
+        print("  start the central broker and run the same command again", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    for source, name in ((pki.ca_cert, "ca.crt"), (files.cert, "bridge.crt"), (files.key, "bridge.key")):
+        shutil.copyfile(source, out / name)
+        (out / name).chmod(0o600)
+    at = mount or out.resolve()
+    config = site.bridge_config(central, at / "ca.crt", files, files.password)
+    config = config.replace(str(files.cert), str(at / "bridge.crt")).replace(str(files.key), str(at / "bridge.key"))
+    write_bridge_config(out / "bridge.conf", config)
+    print(f"{files.username} admitted on the central broker {broker.host}:{broker.port} (bridge of {site.name})")
+    print(f"  edge broker files in {out}: bridge.conf (0600: it holds the password), ca.crt, bridge.crt, bridge.key")
+    print(f"  carries: {len(site.topics())} topics (see bridge.conf); the edge broker includes the folder at {at}")
+    return 0
+
+
 def new_agent_command(name: str, skill_id: str, skill_name: str, description: str, lock: bool) -> int:
     """Scaffold an agent and say what was written and what to do next."""
     try:
@@ -170,7 +199,14 @@ def main() -> None:
     identity_parser.add_argument("--pool", help="an agent's pool (its share group), if it joins one")
     remove_parser = commands.add_parser("identity-remove", help="revoke an outside identity at once")
     remove_parser.add_argument("name")
-    for sub in (identity_parser, remove_parser):
+    bridge_parser = commands.add_parser("bridge", help="admit an edge site's bridge and write its config")
+    bridge_parser.add_argument("site", help="the edge site's name (its identity is bridge-<site>)")
+    bridge_parser.add_argument("--agents", required=True, help="comma-separated agents connected to the edge broker")
+    bridge_parser.add_argument("--pools", default="", help="comma-separated pools served at the edge site")
+    bridge_parser.add_argument("--central", required=True, help="the central broker as the edge reaches it, HOST:PORT")
+    bridge_parser.add_argument("--out", type=Path, default=REPO_ROOT / "run" / "bridge", help="where to write")
+    bridge_parser.add_argument("--mount", type=Path, help="where the edge broker sees that folder (/mosquitto/bridge)")
+    for sub in (identity_parser, remove_parser, bridge_parser):
         sub.add_argument("--dir", type=Path, default=DEV_PKI, help="the PKI folder (default infra/broker-certs)")
         sub.add_argument("--host", default="127.0.0.1", help="the running broker (default: make dev's)")
         sub.add_argument("--port", type=int, default=8883)
@@ -179,6 +215,12 @@ def main() -> None:
         sys.exit(identity_command(args.dir, args.name, args.role, args.pool, Broker(args.host, args.port)))
     if args.command == "identity-remove":
         sys.exit(identity_remove_command(args.dir, args.name, Broker(args.host, args.port)))
+    if args.command == "bridge":
+        names = [name.strip() for name in args.agents.split(",") if name.strip()]
+        pools = [name.strip() for name in args.pools.split(",") if name.strip()]
+        site = EdgeSite(args.site, "acme", "default", tuple(names), tuple(pools))
+        broker = Broker(args.host, args.port)
+        sys.exit(bridge_command(args.dir, site, args.central, args.out, args.mount, broker))
     if args.command == "up":
         sys.exit(up(args.run_dir))
     if args.command == "certs":

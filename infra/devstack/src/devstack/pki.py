@@ -25,6 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 DYNSEC_ITERATIONS = 101
 ADMIN = "mesh-admin"
 TESTER = "mesh-tester"
+ENROLLER = "mesh-enroller"
+"""Creates agent replicas' identities as their pods start (`python -m a2amesh.enroll`): the admin's rights (dynsec
+cannot confine control commands), but not pinned, so replicas starting together each connect under their own id."""
+REPLICA_PLACEHOLDER = "{replica}"
 
 
 class Role(StrEnum):
@@ -37,6 +41,7 @@ class Role(StrEnum):
     TASKSTORE = "taskstore"  # read the events
     OBSERVER = "observer"  # read cards and events (meshctl events)
     HEALTH = "health"  # read the broker's uptime, nothing else
+    BRIDGE = "bridge"  # an edge broker's link: carries its agents' cards, replies and events in, their requests out
     TESTER = "tester"  # tests only: everything, any client id (never issued by `make certs`)
 
 
@@ -47,6 +52,10 @@ class Identity:
     name: str
     role: Role
     pool: str | None = None
+    site_agents: tuple[str, ...] = ()
+    """A bridge only: the agents connected to its edge broker (the only ones whose topics it may carry)."""
+    site_pools: tuple[str, ...] = ()
+    """A bridge only: the pools served at its edge site."""
 
     def username(self, org: str, unit: str) -> str:
         """The MQTT username (for a pinned identity also its only client id)."""
@@ -61,7 +70,10 @@ class Identity:
     def acls(self, org: str, unit: str) -> list[dict[str, object]]:
         """The dynamic-security ACLs of this identity (explicit topics: 2.0's dynsec substitutes no %c)."""
         me = self.username(org, unit)
-        send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
+        if self.role is Role.BRIDGE:
+            send, subscribe = _bridge(org, unit, self.site_agents, self.site_pools)
+        else:
+            send, subscribe = _ROLE_RIGHTS[self.role](me, org, unit, self.pool)
         acls = [_acl("publishClientSend", t) for t in send] + [_acl("subscribePattern", t) for t in subscribe]
         if self.role is Role.REQUESTER:
             # free to choose its client id, a requester could take over another client's session (and its
@@ -94,6 +106,15 @@ def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str
 def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
     send, _ = _requester(me, org, unit, pool)  # it finds agents through the registry, not the cards
     return [*send, f"$a2a/v1/event/{me}"], [f"$a2a/v1/reply/{me}/+"]
+
+
+def _bridge(org: str, unit: str, agents: tuple[str, ...], pools: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """What an edge site's bridge may do on the central broker: publish its own agents' cards and events and replies
+    to the org's requesters; take only requests addressed to its own agents and pools (plain subscriptions: a pool
+    bridged to an edge site is served there only, docs/operations.md)."""
+    send = [f"$a2a/v1/{kind}/{org}/{unit}/{agent}" for kind in ("discovery", "event") for agent in agents]
+    subscribe = [f"$a2a/v1/request/{org}/{unit}/{agent}" for agent in agents]
+    return [*send, f"$a2a/v1/reply/{org}/#"], subscribe + [f"a2a/v1/pool/{org}/{unit}/{pool}" for pool in pools]
 
 
 _ROLE_RIGHTS = {
@@ -156,18 +177,48 @@ class Pki:
         """The identities admitted one at a time (`make identity`): `make certs` keeps them in the broker's seed."""
         return self.root / "outside-identities.json"
 
+    def enroll_template(self, pool: str) -> Path:
+        """The file a replica of `pool` enrolls from: its dynsec role and client with the replica's name left as
+        REPLICA_PLACEHOLDER (written from `Identity.acls`, the one place rights are defined)."""
+        return self.root / "enroll" / f"{pool}.json"
+
+    def write_enroll_template(self, pool: str) -> Path:
+        """Write (or refresh) the pool's enrollment template."""
+        identity = Identity(REPLICA_PLACEHOLDER, Role.AGENT, pool)
+        username = identity.username(self.org, self.unit)
+        template = {
+            "pool": pool,
+            "username": username,
+            "clientid": username,
+            "rolename": f"id:{username}",
+            "acls": identity.acls(self.org, self.unit),
+        }
+        path = self.enroll_template(pool)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(template, indent=1) + "\n")
+        return path
+
     def outside_identities(self) -> list[Identity]:
         """Every identity admitted with `make identity` and not removed since."""
         if not self.outside_file.exists():
             return []
         entries = json.loads(self.outside_file.read_text())
-        return [Identity(name, Role(entry["role"]), entry.get("pool")) for name, entry in sorted(entries.items())]
+        return [
+            Identity(
+                name,
+                Role(entry["role"]),
+                entry.get("pool"),
+                tuple(entry.get("site_agents", ())),
+                tuple(entry.get("site_pools", ())),
+            )
+            for name, entry in sorted(entries.items())
+        ]
 
     def record_outside(self, identity: Identity | None, *, forget: str | None = None) -> None:
         """Add an identity to the outside list, or `forget` one by name."""
-        entries = {i.name: {"role": i.role.value, "pool": i.pool} for i in self.outside_identities()}
+        entries = {i.name: _outside_entry(i) for i in self.outside_identities()}
         if identity is not None:
-            entries[identity.name] = {"role": identity.role.value, "pool": identity.pool}
+            entries[identity.name] = _outside_entry(identity)
         if forget is not None:
             entries.pop(forget, None)
         self.outside_file.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
@@ -203,13 +254,20 @@ class Pki:
             os.chmod(self.api_keys_file, 0o600)
         return self.api_keys_file.read_text().split()[0]
 
-    def ensure(self, identities: list[Identity], broker_hosts: tuple[str, ...] = ("localhost", "broker")) -> None:
+    def ensure(
+        self,
+        identities: list[Identity],
+        broker_hosts: tuple[str, ...] = ("localhost", "broker"),
+        pools: list[str] | tuple[str, ...] = (),
+    ) -> None:
         """Create whatever is missing (idempotent: existing keys, certificates and passwords are kept)."""
         self._ensure_ca()
         if not self.broker_cert.exists():
             self.issue("broker", server_names=broker_hosts)
-        for identity in [Identity(ADMIN, Role.TESTER), *identities]:
+        for identity in [Identity(ADMIN, Role.TESTER), Identity(ENROLLER, Role.TESTER), *identities]:
             self.client(identity)
+        for pool in sorted({*pools, *(identity.pool for identity in identities if identity.pool)}):
+            self.write_enroll_template(pool)
         self.write_dynsec(identities)
         self.api_key()
 
@@ -283,8 +341,10 @@ class Pki:
         """The broker's dynamic-security configuration: deny by default, one role per identity (those given, and
         those admitted with `make identity`)."""
         admin = self.client(Identity(ADMIN, Role.TESTER))
+        enroller = self.client(Identity(ENROLLER, Role.TESTER))
         clients: list[dict[str, object]] = [
-            {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)}
+            {"username": ADMIN, "clientid": ADMIN, "roles": [{"rolename": "admin"}], **dynsec_password(admin.password)},
+            {"username": ENROLLER, "roles": [{"rolename": "admin"}], **dynsec_password(enroller.password)},
         ]
         roles: list[dict[str, object]] = [{"rolename": "admin", "acls": _ADMIN_ACLS}]
         names = {identity.name for identity in identities}
@@ -313,6 +373,13 @@ _ADMIN_ACLS = [
     {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
     {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},
 ]
+
+
+def _outside_entry(identity: Identity) -> dict[str, object]:
+    entry: dict[str, object] = {"role": identity.role.value, "pool": identity.pool}
+    if identity.role is Role.BRIDGE:
+        entry |= {"site_agents": list(identity.site_agents), "site_pools": list(identity.site_pools)}
+    return entry
 
 
 def dynsec_password(password: str) -> dict[str, object]:

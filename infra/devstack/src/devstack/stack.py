@@ -48,15 +48,15 @@ def selected_agents() -> dict[str, str]:
 AGENTS: dict[str, str] = discover_agents()
 """Every agent of the repository."""
 
-AGENT_REPLICAS = 4
-"""How many pooled replica identities `make certs` issues per agent: the most pods of one agent Kubernetes may run
-(its StatefulSet's HorizontalPodAutoscaler stops there; k8s/base/agents/*.yaml, docs/operations.md "Scale")."""
+AGENT_REPLICAS = 16
+"""The most pods of one agent Kubernetes runs (its StatefulSet's HorizontalPodAutoscaler stops there;
+k8s/base/agents/*.yaml). Not a ceiling of identities: each pod enrolls its own as it starts (a2amesh.enroll)."""
 
 
-def replica_identities(agent_id: str, replicas: int = AGENT_REPLICAS) -> list[Identity]:
-    """The identities of an agent's replicas, `<agent>-0` ... `<agent>-<replicas-1>`, all in the pool `<agent>`: the
-    names of a StatefulSet's pods, so each pod connects as its own name (the broker pins each to one client id)."""
-    return [Identity(f"{agent_id}-{ordinal}", Role.AGENT, pool=agent_id) for ordinal in range(replicas)]
+def replica_names(agent_id: str, replicas: int = AGENT_REPLICAS) -> list[str]:
+    """The names of an agent's pods, `<agent>-0` ... `<agent>-<replicas-1>`: each enrolls the identity of its name
+    in the pool `<agent>` (docs/security.md, "Pools without a ceiling")."""
+    return [f"{agent_id}-{ordinal}" for ordinal in range(replicas)]
 
 
 _SERVICE_IDENTITIES = {
@@ -127,6 +127,8 @@ class Stack:
     provisioned: dict[str, Identity] = field(default_factory=dict)
     broker_of: Stack | None = None
     """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
+    broker_extra: str = ""
+    """More broker configuration after the project's policy (an edge site's bridge section: devstack.bridge)."""
 
     # -- identities ------------------------------------------------------------------------------------------
     @property
@@ -147,11 +149,15 @@ class Stack:
             Identity("health", Role.HEALTH),
         ]
         fixed += [Identity(agent_id, Role.AGENT) for agent_id in self.agents]
-        # Kubernetes runs each agent as pods <agent>-0, -1, ... of one pool (make dev and Compose: the plain identity)
-        fixed += [replica for agent_id in self.agents for replica in replica_identities(agent_id)]
+        # Kubernetes runs each agent as pods <agent>-0, -1, ... of the pool <agent>, which enroll their identities as
+        # they start from the pool's template (`pools`); make dev and Compose run the plain identity
         if self.tester:
             fixed.append(Identity(TESTER, Role.TESTER))
         return [*fixed, *self.provisioned.values()]
+
+    def pools(self) -> list[str]:
+        """The pools whose replicas enroll themselves (one per agent: its Kubernetes pods)."""
+        return list(self.agents)
 
     def provision(self, identity: Identity) -> None:
         """Admit an identity: in the initial broker configuration, or at once on a running broker."""
@@ -240,7 +246,7 @@ class Stack:
         data_dir = self.run_dir / "broker"
         data_dir.mkdir(parents=True, exist_ok=True)
         pki = self.pki
-        pki.ensure(self.identities())
+        pki.ensure(self.identities(), pools=self.pools())
         dynsec = data_dir / "dynamic-security.json"  # the broker's own copy: it writes runtime changes back
         if not dynsec.exists():
             shutil.copyfile(pki.dynsec_file, dynsec)
@@ -258,7 +264,9 @@ class Stack:
             f"keyfile {pki.broker_key}\n"
             "require_certificate true\n"
             f"include_dir {BROKER_POLICY_DIR}\n"
+            f"{self.broker_extra}"
         )
+        os.chmod(config, 0o600)  # a bridge section holds a password
         return ManagedProcess(
             "broker",
             [find_binary("mosquitto"), "-c", str(config)],
