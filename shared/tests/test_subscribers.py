@@ -15,7 +15,7 @@ from faststream.mqtt import MQTTBroker, MQTTMessage
 
 from a2amesh.mqtt import EVENT_ID_PROPERTY, Envelope, make_client, publish_properties
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, raw_body, stop_keeping_session
+from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, stop_keeping_session, the_message
 from devstack.fixtures import BrokerHandle
 
 Handler = Callable[[MQTTMessage], Awaitable[None]]
@@ -24,7 +24,7 @@ Handler = Callable[[MQTTMessage], Awaitable[None]]
 def subscribed(settings: MqttSettings, client_id: str, topic: str, handle: Handler) -> MQTTBroker:
     """A persistent consumer of `topic` that acknowledges only when `handle` says so."""
     broker = mqtt_broker(settings, client_id, persistent=True, graceful_timeout=1.0)
-    broker.subscriber(topic, qos=1, ack_policy=AckPolicy.MANUAL, decoder=raw_body)(handle)
+    broker.subscriber(topic, qos=1, ack_policy=AckPolicy.MANUAL, decoder=the_message)(handle)
     return broker
 
 

@@ -36,7 +36,8 @@ def _security(settings: MqttSettings) -> BaseSecurity | None:
 def mqtt_broker(settings: MqttSettings, client_id: str, *, persistent: bool = False, **options: object) -> MQTTBroker:
     """A FastStream MQTT 5 broker connecting as `client_id` with the mesh's TLS client certificate and credentials.
     A persistent one resumes its session (clean start off, session expiry set), as `a2amesh.mqtt.make_client` does.
-    FastStream's per-message access log is kept at DEBUG: a consumer handles thousands of events a second."""
+    FastStream's per-message access log is kept at DEBUG: a consumer handles thousands of events a second.
+    Subscribers take `decoder=the_message`: with `apply_types=False` a handler gets what the decoder returns."""
     return MQTTBroker(
         host=settings.host,
         port=settings.port,
@@ -49,6 +50,7 @@ def mqtt_broker(settings: MqttSettings, client_id: str, *, persistent: bool = Fa
         security=_security(settings),
         logger=log,
         log_level=logging.DEBUG,
+        apply_types=False,
         **options,  # type: ignore[arg-type]
     )
 
@@ -70,9 +72,11 @@ async def stop_keeping_session(broker: MQTTBroker) -> None:
     await broker.stop()
 
 
-async def raw_body(message: MQTTMessage) -> bytes:
-    """A decoder that hands handlers the payload as bytes: the mesh validates payloads with its own models."""
-    return message.body
+async def the_message(message: MQTTMessage) -> MQTTMessage:
+    """A decoder that hands handlers the message itself (payload, properties, ack): the mesh validates payloads
+    with its own models, so FastStream's per-message argument validation is off (`apply_types=False`), which
+    saves about 150 us of CPU per message (docs/architecture.md, "FastStream where it fits")."""
+    return message
 
 
 def envelope_of(message: MQTTMessage) -> Envelope:

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from a2amesh.models import AgentCard
 from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, raw_body
+from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, the_message
 from a2amesh.topics import DISCOVERY_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_registry.index import AgentIndex, AgentRecord, Status, StatusSource, parse_load
 
@@ -87,7 +87,7 @@ class CardConsumer:
         broker.subscriber(
             DISCOVERY_ALL,
             qos=1,
-            decoder=raw_body,
+            decoder=the_message,
             title="registry.cards",
             description="Every retained Agent Card, indexed in Redis (an empty payload removes the agent).",
         )(self._receive)

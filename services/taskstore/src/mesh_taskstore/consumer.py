@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from a2amesh.models import StreamResponse
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, raw_body, stop_keeping_session
+from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, stop_keeping_session, the_message
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.store import Incoming, Outcome, TaskStore
@@ -109,7 +109,7 @@ class EventConsumer:
             EVENTS_ALL,
             qos=1,
             ack_policy=AckPolicy.MANUAL,  # PUBACK after the write: an event the store never wrote comes again
-            decoder=raw_body,
+            decoder=the_message,
             title="taskstore.events",
             description="Every agent's task events, recorded in order and acknowledged once written.",
         )(self.handle)
