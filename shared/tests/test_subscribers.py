@@ -15,8 +15,17 @@ from faststream.mqtt import MQTTBroker, MQTTMessage
 
 from a2amesh.mqtt import EVENT_ID_PROPERTY, Envelope, make_client, publish_properties
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, stop_keeping_session, the_message
+from a2amesh.subscribers import (
+    envelope_of,
+    is_connected,
+    mqtt_broker,
+    start_until_stopped,
+    stop_keeping_session,
+    the_message,
+)
+from a2amesh.topics import EVENTS_ALL, AgentAddress
 from devstack.fixtures import BrokerHandle
+from devstack.pki import Identity, Role
 
 Handler = Callable[[MQTTMessage], Awaitable[None]]
 
@@ -108,3 +117,21 @@ async def test_a_graceful_stop_keeps_the_persistent_subscription_only_with_the_w
             assert received == [b"after"], "FastStream's stop kept the subscription: drop the workaround"
     finally:
         await stop_keeping_session(resumed)
+
+
+async def test_a_refused_subscription_keeps_the_consumer_down_and_retrying(broker: BrokerHandle) -> None:
+    """An identity without the right to a topic must not look healthy while hearing nothing: the start fails on
+    the refused SUBACK, the consumer stays disconnected, and it retries until stopped."""
+    name = f"fs-registry-{uuid.uuid4().hex[:6]}"
+    identity = Identity(name, Role.REGISTRY)  # may read cards, not task events
+    broker.stack.provision(identity)
+    settings = broker.stack.mqtt_settings(broker.stack.pki.client(identity))
+    client_id = AgentAddress(broker.stack.org, broker.stack.unit, name).client_id
+    consumer = subscribed(settings, client_id, EVENTS_ALL, lambda message: asyncio.sleep(0))
+    stop = asyncio.Event()
+    starting = asyncio.create_task(start_until_stopped(consumer, stop))
+    await asyncio.sleep(2.0)  # several attempts
+    assert not starting.done() and not is_connected(consumer)
+    stop.set()
+    assert await asyncio.wait_for(starting, timeout=15) is False
+    await stop_keeping_session(consumer)

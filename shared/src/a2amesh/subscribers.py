@@ -10,6 +10,8 @@ to unsubscribe on (shared/tests/test_subscribers.py shows both behaviours agains
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import zmqtt
@@ -70,6 +72,42 @@ async def stop_keeping_session(broker: MQTTBroker) -> None:
     if is_connected(broker):
         await broker.config.client.disconnect()
     await broker.stop()
+
+
+START_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between attempts to start a broker whose start failed; the last value repeats."""
+
+
+async def start_until_stopped(broker: MQTTBroker, stop: asyncio.Event) -> bool:
+    """Start `broker`, retrying until it is up or `stop` is set; True once started. A start fails when the broker
+    refuses a subscription (an identity without the right): the consumer then stays disconnected, so its health
+    check says so, and retries (hearing nothing must not look healthy). Connection losses after the start are
+    FastStream's (zmqtt's) to recover, for ever (`RECONNECT`)."""
+    attempt = 0
+    while not stop.is_set():
+        starting = asyncio.ensure_future(broker.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+        if starting.cancelled():
+            return False
+        error = starting.exception()
+        if error is None:
+            return True
+        delay = START_DELAYS[min(attempt, len(START_DELAYS) - 1)]
+        attempt += 1
+        log.warning("consumer start failed (%s); retrying in %.1fs", error, delay)
+        with contextlib.suppress(Exception):
+            await stop_keeping_session(broker)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+    return False
 
 
 async def the_message(message: MQTTMessage) -> MQTTMessage:

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from a2amesh.models import AgentCard
 from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, the_message
+from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, start_until_stopped, the_message
 from a2amesh.topics import DISCOVERY_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_registry.index import AgentIndex, AgentRecord, Status, StatusSource, parse_load
 
@@ -102,23 +102,10 @@ class CardConsumer:
         that arrive on subscribing are the whole truth, so the index is prepared before the first subscribe."""
         await self._prepare_index()
         try:
-            await self._until_stopped(self.broker.start())
+            await start_until_stopped(self.broker, self.stop)
             await self.stop.wait()
         finally:
             await self.broker.stop()
-
-    async def _until_stopped(self, starting: Awaitable[None]) -> None:
-        """Await a broker start (which retries until the broker answers) unless the service stops first."""
-        task = asyncio.ensure_future(starting)
-        stopping = asyncio.create_task(self.stop.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _receive(self, message: MQTTMessage) -> None:
         await self.handle(envelope_of(message))
@@ -165,7 +152,7 @@ class CardConsumer:
             self.broker = self._subscribed()
             await self._prepare_index()
             if not self.stop.is_set():
-                await self._until_stopped(self.broker.start())
+                await start_until_stopped(self.broker, self.stop)
 
     async def _prepare_index(self) -> None:
         """Before subscribing: on the first connect (or after Redis lost the index) start from an empty index."""

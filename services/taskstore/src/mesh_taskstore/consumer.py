@@ -21,7 +21,14 @@ from sqlalchemy.exc import OperationalError
 from a2amesh.models import StreamResponse
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, stop_keeping_session, the_message
+from a2amesh.subscribers import (
+    envelope_of,
+    is_connected,
+    mqtt_broker,
+    start_until_stopped,
+    stop_keeping_session,
+    the_message,
+)
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.store import Incoming, Outcome, TaskStore
@@ -131,7 +138,7 @@ class EventConsumer:
         redelivery on a graceful stop. The broker never has more than its max_inflight_messages unacknowledged
         events out to us, which bounds our memory too."""
         writer = asyncio.create_task(self._write_loop())
-        starting = asyncio.create_task(self.broker.start())  # retries until the broker answers
+        starting = asyncio.create_task(start_until_stopped(self.broker, self._halt))  # until the broker answers
         try:
             await stop.wait()
             deadline = asyncio.get_running_loop().time() + self.drain_timeout
