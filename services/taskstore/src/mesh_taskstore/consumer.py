@@ -146,6 +146,8 @@ class EventConsumer:
             log.info("stopping: recording the %d received events still waiting, then disconnecting", waiting)
             await self._until(self._idle, deadline)
             self._halt.set()
+            with contextlib.suppress(Exception):  # receive no more; the session keeps queueing for our return
+                await stop_keeping_session(self.broker)
             await self._until(lambda: self._pending.empty() and not self._writing, deadline)
         finally:
             self._halt.set()
@@ -212,8 +214,11 @@ class EventConsumer:
                 attempt += 1
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
-        for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
-            await incoming.ack()
+        try:
+            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                await incoming.ack()
+        except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
+            log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
         for incoming, outcome in zip(batch, outcomes, strict=True):
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(
