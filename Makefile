@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove bridge dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove bridge dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos asyncapi
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,13 +33,13 @@ deps: system-deps python-deps
 
 # The deployment validators the tests run (tests/test_deploy_artifacts.py, tests/test_k8s_policy.py). check-jsonschema,
 # kubernetes-validate and hadolint come locked with the workspace (python-deps); checkov has an environment of its
-# own (below); dclint comes from npm, pinned by
+# own (below); dclint and @asyncapi/specs (the AsyncAPI 3.0 JSON schema) come from npm, pinned by
 # infra/validate/package-lock.json and installed with `npm ci` whenever that lock is newer than node_modules;
 # kubectl (with kustomize built in) and Node.js come with the machine.
 VALIDATE_DIR := infra/validate
 CHECKOV_ENV := $(VALIDATE_DIR)/checkov-env
 
-validate-deps: $(VALIDATE_DIR)/node_modules/.package-lock.json $(CHECKOV_ENV)/.installed ## install the deployment validators (dclint via npm ci, checkov)
+validate-deps: $(VALIDATE_DIR)/node_modules/.package-lock.json $(CHECKOV_ENV)/.installed ## install the deployment validators (dclint and the AsyncAPI schema via npm ci, checkov)
 	@command -v kubectl >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 || true; }
@@ -109,6 +109,9 @@ lint: python-deps ## ruff
 format: python-deps
 	@$(UV) run --locked ruff check --fix .
 	@$(UV) run --locked ruff format .
+
+asyncapi: python-deps ## regenerate docs/asyncapi.yaml and docs/asyncapi.md from the code (tests/test_asyncapi.py holds them so)
+	@$(UV) run --locked python -m devstack.asyncapi docs
 
 test: deps validate-deps lint certs ## install what is missing, lint, run every test over real processes
 	@$(UV) run --locked pytest

@@ -59,30 +59,30 @@ class BindingClient:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._subscribed = threading.Event()
-        self._client = paho.Client(
+        self._paho = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=self.identity.client_id, protocol=paho.MQTTv5
         )
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        self._paho.on_connect = self._on_connect
+        self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_message = self._on_message
         context = tls_context(settings)
         if context is not None:
-            self._client.tls_set_context(context)
+            self._paho.tls_set_context(context)
         if settings.username:
-            self._client.username_pw_set(settings.username, settings.secret())
+            self._paho.username_pw_set(settings.username, settings.secret())
         self._host, self._port = settings.host, settings.port
 
     def connect(self, timeout: float = 10.0) -> None:
         """Connect, subscribe to the reply inbox and wait until both are acknowledged."""
-        self._client.connect(self._host, self._port, keepalive=30, clean_start=True)
-        self._client.loop_start()
+        self._paho.connect(self._host, self._port, keepalive=30, clean_start=True)
+        self._paho.loop_start()
         if not self._subscribed.wait(timeout):
             self.close()
             raise TimeoutError(f"no MQTT connection to {self._host}:{self._port} within {timeout}s")
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._paho.disconnect()
+        self._paho.loop_stop()
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         if not reason.is_failure:
@@ -129,7 +129,7 @@ class BindingClient:
         properties.CorrelationData = correlation
         properties.ContentType = "application/json"
         try:
-            self._client.publish(topic, rpc_bytes(method, params, uuid.uuid4().hex), qos=1, properties=properties)
+            self._paho.publish(topic, rpc_bytes(method, params, uuid.uuid4().hex), qos=1, properties=properties)
             if not pending.done.wait(timeout):
                 got = len(pending.results)
                 raise TimeoutError(f"{method} to {topic}: stream not ended after {timeout}s ({got} replies)")

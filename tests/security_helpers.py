@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from a2amesh.mqtt import make_client, tls_context
+from a2amesh.mqtt_compat import paho_client
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, PoolAddress
 from devstack.pki import Identity, Role
@@ -151,7 +152,7 @@ async def leave_with_will(mqtt_client: aiomqtt.Client) -> None:
     """Disconnect with reason 0x04 (Disconnect with Will Message): the broker publishes the client's Will, exactly as
     if the connection had broken."""
     reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
-    mqtt_client._client.disconnect(reasoncode=reason)
+    paho_client(mqtt_client).disconnect(reasoncode=reason)
     await asyncio.sleep(0.3)  # let the DISCONNECT go out before the context manager closes the socket
 
 
@@ -169,7 +170,7 @@ class Pubacks:
     (callbacks run on the event loop: the PUBACK cannot be read before the publish is registered here)."""
 
     def __init__(self, mqtt_client: aiomqtt.Client) -> None:
-        self._paho = mqtt_client._client
+        self._paho = paho_client(mqtt_client)
         self._waiting: dict[int, asyncio.Future[int]] = {}
         inner = self._paho.on_publish
 

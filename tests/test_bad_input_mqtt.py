@@ -139,14 +139,14 @@ class Inbox:
         self.streams: dict[bytes, bool] = {}
         self.other: list[Envelope] = []
         self._arrived = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Inbox:
-        self._client = make_client(self.mesh.tester_settings(), f"{self.identity.client_id}-{uuid.uuid4().hex[:6]}")
-        await self._client.__aenter__()
-        await self._client.subscribe(self.topic, qos=1)
-        self._reader = asyncio.create_task(self._read(self._client))
+        self._mqtt = make_client(self.mesh.tester_settings(), f"{self.identity.client_id}-{uuid.uuid4().hex[:6]}")
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(self.topic, qos=1)
+        self._reader = asyncio.create_task(self._read(self._mqtt))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -154,14 +154,14 @@ class Inbox:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        if self._client is not None:
+        if self._mqtt is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(None, None, None)
+                await self._mqtt.__aexit__(None, None, None)
 
     @property
     def client(self) -> aiomqtt.Client:
-        assert self._client is not None
-        return self._client
+        assert self._mqtt is not None
+        return self._mqtt
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

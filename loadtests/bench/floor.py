@@ -90,12 +90,12 @@ class FloorClient:
         self.request_topic = request_topic
         self.reply_topic = f"bench/floor/reply/{secrets.token_hex(8)}"
         self._waiting: dict[bytes, tuple[asyncio.Future[None], list[int]]] = {}
-        self._client = make_client(settings, f"floor-requester-{secrets.token_hex(4)}")
+        self._mqtt = make_client(settings, f"floor-requester-{secrets.token_hex(4)}")
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FloorClient:
-        await self._client.__aenter__()
-        await self._client.subscribe(self.reply_topic, qos=1)
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(self.reply_topic, qos=1)
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -104,10 +104,10 @@ class FloorClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._client.__aexit__(None, None, None)
+        await self._mqtt.__aexit__(None, None, None)
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
+        async for message in self._mqtt.messages:
             correlation = getattr(message.properties, "CorrelationData", None)
             entry = self._waiting.get(bytes(correlation)) if correlation is not None else None
             if entry is None:
@@ -127,7 +127,7 @@ class FloorClient:
         properties.CorrelationData = correlation
         properties.ContentType = "application/json"
         try:
-            await self._client.publish(self.request_topic, payload, qos=1, properties=properties)
+            await self._mqtt.publish(self.request_topic, payload, qos=1, properties=properties)
             await asyncio.wait_for(future, timeout=30)
         finally:
             self._waiting.pop(correlation, None)

@@ -9,15 +9,22 @@ import logging
 import os
 import socket
 import ssl
-import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties
 
+from a2amesh.mqtt_compat import (
+    LeanProperties,
+    PackedProperties,
+    acknowledge,
+    connection_lost,
+    enable_manual_ack,
+    packed_event_properties,
+)
 from a2amesh.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -90,97 +97,6 @@ def make_client(
     return client
 
 
-_TABLES = Properties(PacketTypes.PUBLISH)  # paho's property tables; they do not depend on the packet type
-_IDENTIFIERS = {name.replace(" ", ""): identifier for name, identifier in _TABLES.names.items()}
-_REPEATABLE = frozenset({11, 38})  # Subscription Identifier, User Property
-_RANGE_CHECKED = frozenset(
-    {
-        "ReceiveMaximum",
-        "TopicAlias",
-        "TopicAliasMaximum",
-        "MaximumPacketSize",
-        "SubscriptionIdentifier",
-        "RequestResponseInformation",
-        "RequestProblemInformation",
-        "PayloadFormatIndicator",
-    }
-)  # the names whose values paho checks when they are set: left to paho
-_INT16 = struct.Struct("!H").pack
-_INT32 = struct.Struct("!L").pack
-
-
-def _utf8(value: str | bytes) -> bytes:
-    data = value if isinstance(value, bytes) else value.encode("utf-8")
-    return _INT16(len(data)) + data
-
-
-_WRITERS: dict[str, Callable[[Any], bytes]] = {
-    "Byte": lambda value: bytes((value,)),
-    "Two Byte Integer": _INT16,
-    "Four Byte Integer": _INT32,
-    "Variable Byte Integer": VariableByteIntegers.encode,
-    "Binary Data": lambda value: _INT16(len(value)) + bytes(value),
-    "UTF-8 Encoded String": _utf8,
-    "UTF-8 String Pair": lambda pair: _utf8(pair[0]) + _utf8(pair[1]),
-}
-_WRITER_OF = {  # identifier -> (its byte on the wire, how its value is written); every identifier is below 128
-    identifier: (bytes((identifier,)), _WRITERS[_TABLES.types[kind]])
-    for identifier, (kind, _packets) in _TABLES.properties.items()
-}
-
-
-class LeanProperties(Properties):
-    """paho's Properties for what the mesh publishes, without paho's per-object cost: paho rebuilds its tables of
-    every MQTT property in each object, finds a name by scanning all of them (twice per property set) and looks
-    each value's type up by name while packing; that was a tenth of an agent's CPU. Here the tables are shared,
-    names and writers are found in dicts, and only the properties set are packed, in the order paho packs them
-    (the bytes are the same; shared/tests/test_mqtt_properties.py holds them so). Setting a property is checked
-    as paho checks it."""
-
-    names = _TABLES.names
-    types = _TABLES.types
-    properties = _TABLES.properties
-
-    def __init__(self, packetType: int) -> None:
-        object.__setattr__(self, "packetType", packetType)
-
-    def getIdentFromName(self, compressedName: str) -> int:
-        return _IDENTIFIERS.get(compressedName, -1)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        name = name.replace(" ", "")
-        identifier = _IDENTIFIERS.get(name)
-        if identifier is None or name in _RANGE_CHECKED:  # unknown names are refused by paho, with its message
-            super().__setattr__(name, value)
-            return
-        if self.packetType not in self.properties[identifier][1]:
-            packet = PacketTypes.Names[self.packetType]
-            raise MQTTException(f"Property {name} does not apply to packet type {packet}")
-        if identifier in _REPEATABLE:
-            value = [*self.__dict__.get(name, ()), *(value if isinstance(value, list) else [value])]
-        object.__setattr__(self, name, value)
-
-    def pack(self) -> bytes:
-        present = sorted((_IDENTIFIERS[name], value) for name, value in vars(self).items() if name in _IDENTIFIERS)
-        buffer = b""
-        for identifier, value in present:
-            prefix, write = _WRITER_OF[identifier]
-            for item in value if identifier in _REPEATABLE else (value,):
-                buffer += prefix + write(item)
-        return VariableByteIntegers.encode(len(buffer)) + buffer
-
-
-class PackedProperties(LeanProperties):
-    """PUBLISH properties packed once rather than on every publish: for properties sent many times, such as the
-    responder's reply properties to one subscriber. Not to be changed after the first publish."""
-
-    def pack(self) -> bytes:
-        packed = self.__dict__.get("_packed")  # __dict__: paho's __setattr__ only takes MQTT property names
-        if packed is None:
-            packed = self.__dict__["_packed"] = super().pack()
-        return packed
-
-
 def publish_properties(
     *,
     response_topic: str | None = None,
@@ -207,20 +123,10 @@ def publish_properties(
     return properties
 
 
-_EVENT_HEAD = bytes((3,)) + _utf8(JSON) + bytes((38,)) + _utf8(EVENT_ID_PROPERTY)  # Content Type, then the id's key
-
-
 def event_properties(event_id: str | None = None) -> Properties:
     """The properties of one task event: JSON, and its event id (a fresh one by default). Every event an agent
-    publishes has them, so they are packed here at once, as publish_properties would pack them."""
-    event_id = event_id or new_event_id()
-    properties = PackedProperties(PacketTypes.PUBLISH)
-    fields = properties.__dict__  # set directly: the values are known to be valid
-    fields["ContentType"] = JSON
-    fields["UserProperty"] = [(EVENT_ID_PROPERTY, event_id)]
-    body = _EVENT_HEAD + _utf8(event_id)
-    fields["_packed"] = VariableByteIntegers.encode(len(body)) + body
-    return properties
+    publishes has them, so they are packed at once, as publish_properties would pack them."""
+    return packed_event_properties(JSON, EVENT_ID_PROPERTY, event_id or new_event_id())
 
 
 @dataclass(frozen=True)
@@ -300,7 +206,7 @@ class MqttLink:
         self.on_connect = on_connect
         self.connected = asyncio.Event()
         self.reconnects = 0
-        self._client: aiomqtt.Client | None = None
+        self._live: aiomqtt.Client | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until `stop` is set."""
@@ -309,7 +215,7 @@ class MqttLink:
             try:
                 client = make_client(self.settings, self.client_id, will=self.will, persistent=self.persistent)
                 if self.manual_ack:
-                    client._client.manual_ack_set(True)  # PUBACK only when the handler's work is durable
+                    enable_manual_ack(client)  # PUBACK only when the handler's work is durable
                 async with client:
                     attempt = 0
                     for topic_filter in self.subscriptions:
@@ -319,7 +225,7 @@ class MqttLink:
                             raise SubscriptionRefusedError(
                                 f"{self.client_id}: subscription to {topic_filter} refused ({refused[0]})"
                             )
-                    self._client = client
+                    self._live = client
                     if self.on_connect is not None:
                         await self.on_connect(client)
                     self.connected.set()
@@ -336,12 +242,12 @@ class MqttLink:
                 await _sleep_unless(stop, delay)
             finally:
                 self.connected.clear()
-                self._client = None
+                self._live = None
 
     @property
     def client(self) -> aiomqtt.Client | None:
         """The live client, while connected (for a last publish during shutdown)."""
-        return self._client
+        return self._live
 
     async def publish(
         self,
@@ -365,7 +271,7 @@ class MqttLink:
                     await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
                 except TimeoutError:
                     raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
-            client = self._client
+            client = self._live
             if client is not None:
                 try:
                     await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -399,9 +305,9 @@ class MqttLink:
         consumer = asyncio.create_task(consume())
         stopper = asyncio.create_task(stop.wait())
         # a dropped connection must end the pump even while a handler is busy (it may be waiting on this very link)
-        dropped = getattr(client, "_disconnected", None)  # aiomqtt resolves it when the connection drops
+        dropped = connection_lost(client)
         watched: set[asyncio.Future[Any]] = {consumer, stopper}
-        if isinstance(dropped, asyncio.Future):
+        if dropped is not None:
             watched.add(dropped)
         try:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -413,7 +319,7 @@ class MqttLink:
                     await consumer
         if not consumer.cancelled() and consumer.exception() is not None:
             raise consumer.exception()  # type: ignore[misc]
-        if isinstance(dropped, asyncio.Future) and dropped.done() and not stop.is_set():
+        if dropped is not None and dropped.done() and not stop.is_set():
             raise aiomqtt.MqttError("connection lost")
 
 
@@ -426,7 +332,7 @@ def _acknowledger(client: aiomqtt.Client, message: aiomqtt.Message) -> Callable[
         nonlocal done
         if not done:
             done = True
-            client._client.ack(message.mid, message.qos)
+            acknowledge(client, message)
 
     return ack
 

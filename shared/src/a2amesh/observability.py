@@ -4,7 +4,7 @@ connections are up), GET /metrics (Prometheus text). Each process has its own me
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,9 +15,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.routing import Route
 
 ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool]]]
 """Returns each dependency's state, e.g. {"broker": True, "database": False}; ready when all are True."""
@@ -80,6 +81,8 @@ class ServiceMetrics:
 def health_routes(metrics: ServiceMetrics, ready: ReadinessCheck | None = None) -> list[Route]:
     """The operational endpoints for a Starlette app: /livez and /metrics, and /healthz when `ready` is given
     (services with a richer readiness answer of their own keep it)."""
+    from starlette.responses import JSONResponse, Response  # the HTTP side: a2amesh[http]
+    from starlette.routing import Route
 
     async def livez(request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive"})

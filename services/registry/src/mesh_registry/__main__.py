@@ -32,7 +32,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     consumer = CardConsumer(
         settings.mqtt, settings.address("registry").client_id, index, stop, settings.index_check_interval
     )
-    server = http_server(create_app(index, consumer.connected), settings.http_host, settings.http_port)
+    server = http_server(create_app(index, consumer.is_connected), settings.http_host, settings.http_port)
     log.info("registry on http://%s:%d, redis %s", settings.http_host, settings.http_port, settings.redis_url)
     try:
         await serve_until(stop, server, consumer.run(), consumer.watch_index())

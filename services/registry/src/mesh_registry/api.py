@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -33,11 +34,13 @@ def _single(request: Request, name: str) -> str | None:
     return values[0]
 
 
-def create_app(index: AgentIndex, mqtt_connected: asyncio.Event, metrics: ServiceMetrics | None = None) -> Starlette:
-    """The Starlette app over `index`; `mqtt_connected` is the consumer's connection flag, for /healthz."""
+def create_app(
+    index: AgentIndex, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None
+) -> Starlette:
+    """The Starlette app over `index`; `mqtt_connected` tells whether the consumer is connected, for /healthz."""
 
     async def healthz(request: Request) -> JSONResponse:
-        down = [] if mqtt_connected.is_set() else ["mqtt"]
+        down = [] if mqtt_connected() else ["mqtt"]
         try:
             await asyncio.wait_for(index.redis.ping(), timeout=PING_TIMEOUT)
         except (RedisError, OSError, TimeoutError):

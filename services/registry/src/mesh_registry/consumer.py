@@ -13,15 +13,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import aiomqtt
+from faststream.mqtt import MQTTBroker, MQTTMessage
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from a2amesh.models import AgentCard
-from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope, consume
+from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
+from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, start_until_stopped, the_message
 from a2amesh.topics import DISCOVERY_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_registry.index import AgentIndex, AgentRecord, Status, StatusSource, parse_load
 
@@ -67,7 +68,8 @@ def record_of(envelope: Envelope, address: AgentAddress) -> AgentRecord:
 
 
 class CardConsumer:
-    """Keeps the index in step with the broker's retained cards, and the index complete across Redis losses."""
+    """Keeps the index in step with the broker's retained cards, and the index complete across Redis losses.
+    A FastStream subscriber on a clean session: every (re)subscribe re-delivers every retained card."""
 
     def __init__(
         self, settings: MqttSettings, client_id: str, index: AgentIndex, stop: asyncio.Event, check_interval: float
@@ -77,22 +79,36 @@ class CardConsumer:
         self.index = index
         self.stop = stop
         self.check_interval = check_interval
-        self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self.broker = self._subscribed()
         self._rebuild_pending = True  # the first connect rebuilds: cards cleared while we were away must go
 
+    def _subscribed(self) -> MQTTBroker:
+        broker = mqtt_broker(self.settings, self.client_id, graceful_timeout=1.0)
+        broker.subscriber(
+            DISCOVERY_ALL,
+            qos=1,
+            decoder=the_message,
+            title="registry.cards",
+            description="Every retained Agent Card, indexed in Redis (an empty payload removes the agent).",
+        )(self._receive)
+        return broker
+
+    def is_connected(self) -> bool:
+        """Whether the consumer holds a broker connection (the health check reads it)."""
+        return is_connected(self.broker)
+
     async def run(self) -> None:
-        """Consume discovery messages until `stop` is set (reconnecting as needed)."""
-        await consume(
-            self.settings,
-            self.client_id,
-            [DISCOVERY_ALL],
-            self.handle,
-            self.stop,
-            persistent=False,
-            on_connect=self._on_connect,
-            connected=self.connected,
-        )
+        """Consume discovery messages until `stop` is set (FastStream reconnects as needed). The retained cards
+        that arrive on subscribing are the whole truth, so the index is prepared before the first subscribe."""
+        await self._prepare_index()
+        try:
+            await start_until_stopped(self.broker, self.stop)
+            await self.stop.wait()
+        finally:
+            await self.broker.stop()
+
+    async def _receive(self, message: MQTTMessage) -> None:
+        await self.handle(envelope_of(message))
 
     async def handle(self, envelope: Envelope) -> None:
         """Apply one discovery message to the index; a message that is not a valid card is logged and dropped."""
@@ -118,28 +134,28 @@ class CardConsumer:
 
     async def watch_index(self) -> None:
         """Every `check_interval` seconds, check that the index still has its marker; if Redis lost it (or a
-        rebuild is pending), rebuild: clear, mark, and have the broker re-deliver every retained card."""
+        rebuild is pending), rebuild: disconnect, clear, mark, and subscribe afresh so the broker re-delivers
+        every retained card."""
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=self.check_interval)
-            client = self._client
-            if self.stop.is_set() or client is None or not self.connected.is_set():
-                continue  # not connected: the next connect re-delivers the retained cards anyway
+            if self.stop.is_set() or not self.is_connected():
+                continue  # not connected: the reconnect re-delivers the retained cards anyway
             try:
                 if not self._rebuild_pending and await self.index.is_marked():
                     continue
-                log.warning("index incomplete (Redis flushed, restarted or unreachable): re-reading retained cards")
-                await self._reset_index()
-                await client.subscribe(DISCOVERY_ALL, qos=1)
             except (RedisError, OSError) as error:
                 log.warning("index check failed: %s", error)
-            except aiomqtt.MqttError as error:
-                log.warning("re-subscribe failed (%s); the reconnect will re-deliver the cards", error)
+                continue
+            log.warning("index incomplete (Redis flushed, restarted or unreachable): re-reading retained cards")
+            await self.broker.stop()
+            self.broker = self._subscribed()
+            await self._prepare_index()
+            if not self.stop.is_set():
+                await start_until_stopped(self.broker, self.stop)
 
-    async def _on_connect(self, client: aiomqtt.Client) -> None:
-        """Runs after subscribing and before any message is handled: the retained cards about to arrive are the
-        whole truth, so on the first connect (or after Redis lost the index) start from an empty index."""
-        self._client = client
+    async def _prepare_index(self) -> None:
+        """Before subscribing: on the first connect (or after Redis lost the index) start from an empty index."""
         try:
             if self._rebuild_pending or not await self.index.is_marked():
                 await self._reset_index()

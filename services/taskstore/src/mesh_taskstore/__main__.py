@@ -49,7 +49,7 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             settings.address("taskstore").client_id,
             trusted_recorders=frozenset(settings.trusted_recorders),
         )
-        app = build_app(store, consumer.connected.is_set)
+        app = build_app(store, consumer.is_connected)
         server = http_server(app, settings.http_host, settings.http_port)
         log.info(
             "task store on http://%s:%d, database %s",

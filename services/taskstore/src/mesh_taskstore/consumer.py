@@ -1,7 +1,7 @@
 """Taking task events off the broker: decode and validate each one, then hand it to the store off the event loop.
 
-There is one writer, fed in the order the broker delivers (`consume` hands messages over one at a time), so the
-events of a task are applied in order and no write ever races another."""
+There is one writer, fed in the order the broker delivers (the FastStream subscriber hands messages over one at a
+time), so the events of a task are applied in order and no write ever races another."""
 
 from __future__ import annotations
 
@@ -13,13 +13,22 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import aiomqtt
+from faststream import AckPolicy
+from faststream.mqtt import MQTTMessage
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from a2amesh.models import StreamResponse
-from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope, consume
+from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
+from a2amesh.subscribers import (
+    envelope_of,
+    is_connected,
+    mqtt_broker,
+    start_until_stopped,
+    stop_keeping_session,
+    the_message,
+)
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.store import Incoming, Outcome, TaskStore
@@ -84,8 +93,8 @@ def _short(error: ValidationError) -> str:
 class EventConsumer:
     """Consumes `$a2a/v1/event/#` with a persistent session and records every event in the store.
 
-    The MQTT handler only decodes and queues; one writer task records the queue in order, in batches of up to
-    `batch_size` per transaction. Batching is what lets a backlog (the broker keeps up to 10,000 events for us
+    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches of up
+    to `batch_size` per transaction. Batching is what lets a backlog (the broker keeps up to 10,000 events for us
     while we are down) be written in seconds, and what lets a stop drain everything already received."""
 
     def __init__(
@@ -100,17 +109,25 @@ class EventConsumer:
     ) -> None:
         self.trusted_recorders = trusted_recorders
         self.store = store
-        self.settings = settings
-        self.client_id = client_id
         self.batch_size = batch_size
         self.drain_timeout = drain_timeout
-        self.connected = asyncio.Event()
-        """Set while the consumer holds a broker connection (the health check reads it)."""
-        self._client: aiomqtt.Client | None = None
+        self.broker = mqtt_broker(settings, client_id, persistent=True, graceful_timeout=1.0)
+        self.broker.subscriber(
+            EVENTS_ALL,
+            qos=1,
+            ack_policy=AckPolicy.MANUAL,  # PUBACK after the write: an event the store never wrote comes again
+            decoder=the_message,
+            title="taskstore.events",
+            description="Every agent's task events, recorded in order and acknowledged once written.",
+        )(self.handle)
         self._pending: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=2 * batch_size)
         self._writing = 0
         self._last_received = 0.0
         self._halt = asyncio.Event()
+
+    def is_connected(self) -> bool:
+        """Whether the consumer holds a broker connection (the health check reads it)."""
+        return is_connected(self.broker)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then stop receiving, record what was received, and disconnect.
@@ -121,70 +138,54 @@ class EventConsumer:
         redelivery on a graceful stop. The broker never has more than its max_inflight_messages unacknowledged
         events out to us, which bounds our memory too."""
         writer = asyncio.create_task(self._write_loop())
-        receiver = asyncio.create_task(
-            consume(
-                self.settings,
-                self.client_id,
-                [EVENTS_ALL],
-                self.handle,
-                self._halt,
-                persistent=True,
-                on_connect=self._remember,
-                connected=self.connected,
-                manual_ack=True,  # PUBACK after the write: an event the store never wrote comes again
-            )
-        )
+        starting = asyncio.create_task(start_until_stopped(self.broker, self._halt))  # until the broker answers
         try:
             await stop.wait()
             deadline = asyncio.get_running_loop().time() + self.drain_timeout
-            waiting = self._pending.qsize() + self._writing + self._queued_in_client()
+            waiting = self._pending.qsize() + self._writing
             log.info("stopping: recording the %d received events still waiting, then disconnecting", waiting)
             await self._until(self._idle, deadline)
             self._halt.set()
-            await asyncio.wait({receiver}, timeout=max(deadline - asyncio.get_running_loop().time(), 0.5))
+            with contextlib.suppress(Exception):  # receive no more; the session keeps queueing for our return
+                await stop_keeping_session(self.broker)
             await self._until(lambda: self._pending.empty() and not self._writing, deadline)
         finally:
             self._halt.set()
-            for task in (receiver, writer):  # the receiver may be waiting for room in the queue: cancel it too
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        unwritten = self._pending.qsize() + self._writing + self._queued_in_client()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            with contextlib.suppress(Exception):
+                await stop_keeping_session(self.broker)  # a graceful stop must not end the persistent session
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        unwritten = self._pending.qsize() + self._writing
         if unwritten:
             log.error("stopped with %d received events not recorded", unwritten)
         log.info("consumer stopped")
 
-    async def _remember(self, client: aiomqtt.Client) -> None:
-        self._client = client
-
-    def _queued_in_client(self) -> int:
-        """Messages the client has received (and acknowledged) that the handler has not taken yet."""
-        return len(self._client.messages) if self._client is not None else 0
-
     def _idle(self) -> bool:
-        """Nothing received is waiting (not in the client, not in our queue, not in a write) and nothing has
-        arrived for a moment, so a backlog still streaming in from the broker is not cut off in a lull. (A client
-        that lost its connection will never hand its queue over, so it does not count.)"""
-        in_client = self._queued_in_client() if self.connected.is_set() else 0
+        """Nothing received is waiting (not in our queue, not in a write) and nothing has arrived for a moment, so
+        a backlog still streaming in from the broker is not cut off in a lull."""
         quiet = asyncio.get_running_loop().time() - self._last_received >= QUIET_BEFORE_STOP
-        return quiet and in_client == 0 and self._pending.empty() and not self._writing
+        return quiet and self._pending.empty() and not self._writing
 
     @staticmethod
     async def _until(condition: Callable[[], bool], deadline: float) -> None:
-        """Poll: the client's queue has no event to wait on, only a length."""
+        """Poll: the queue and the writer have no event to wait on for both at once."""
         loop = asyncio.get_running_loop()
         while not condition() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def handle(self, envelope: Envelope) -> None:
+    async def handle(self, message: MQTTMessage) -> None:
         """Decode one message and queue it for the writer; malformed ones are logged and dropped. A full queue
         makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
-        incoming = decode(envelope, datetime.now(UTC), self.trusted_recorders)
+        incoming = decode(envelope_of(message), datetime.now(UTC), self.trusted_recorders)
         if incoming is None:
-            envelope.ack()  # dropped for good: nothing to redeliver
+            await message.ack()  # dropped for good: nothing to redeliver
             return
-        await self._pending.put(replace(incoming, ack=envelope.ack))
+        await self._pending.put(replace(incoming, ack=message.ack))
 
     async def _write_loop(self) -> None:
         while True:
@@ -213,8 +214,11 @@ class EventConsumer:
                 attempt += 1
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
-        for incoming in batch:
-            incoming.ack()
+        try:
+            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                await incoming.ack()
+        except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
+            log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
         for incoming, outcome in zip(batch, outcomes, strict=True):
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(

@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -28,6 +28,10 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
 
 
+async def _nothing() -> None:
+    """The acknowledgement of an event that came from no broker (tests, imports)."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One event as taken off the broker: its id, the agent whose topic it came on, the event, its arrival."""
@@ -36,8 +40,8 @@ class Incoming:
     agent: str
     event: StreamResponse
     received_at: datetime
-    ack: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
-    """Tells the broker the event is recorded (called after its batch commits; unacknowledged ones come again)."""
+    ack: Callable[[], Awaitable[None]] = field(default=lambda: _nothing(), compare=False, repr=False)
+    """Tells the broker the event is recorded (awaited after its batch commits; unacknowledged ones come again)."""
 
     @property
     def task_id(self) -> str:

@@ -1,0 +1,72 @@
+"""The workarounds in a2amesh.mqtt_compat still work with the installed aiomqtt and paho, against the real broker.
+An upgrade that breaks one fails here by name, rather than as a lost event or a hung consumer elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from importlib.metadata import version
+
+import paho.mqtt.client as paho
+
+from a2amesh.mqtt import Envelope, MqttLink, make_client
+from a2amesh.mqtt_compat import VERIFIED_WITH, connection_lost, paho_client
+from a2amesh.settings import MqttSettings
+from devstack.fixtures import BrokerHandle
+
+
+def test_installed_versions_are_the_verified_ones() -> None:
+    for package, verified in VERIFIED_WITH.items():
+        installed = version(package)
+        assert installed in verified, (
+            f"{package} {installed} is not among the versions a2amesh.mqtt_compat was verified with {verified}: "
+            "run shared/tests/test_mqtt_compat.py and test_mqtt_properties.py, then add it to VERIFIED_WITH"
+        )
+
+
+async def test_aiomqtt_still_wraps_a_paho_client() -> None:
+    assert isinstance(paho_client(make_client(MqttSettings(), "compat-unconnected")), paho.Client)
+
+
+async def test_connection_lost_resolves_when_the_broker_drops_the_client(broker: BrokerHandle) -> None:
+    client_id = f"compat-{uuid.uuid4().hex[:8]}"
+    async with make_client(broker.settings, client_id) as client:
+        lost = connection_lost(client)
+        assert lost is not None, "aiomqtt no longer has the _disconnected future a2amesh.mqtt_compat relies on"
+        assert not lost.done()
+        async with make_client(broker.settings, client_id):  # the same client id: the broker drops the first
+            await asyncio.wait({lost}, timeout=15)  # it resolves with the reason as its exception
+        assert lost.done()
+
+
+async def test_manual_ack_holds_back_the_puback_until_acknowledged(broker: BrokerHandle) -> None:
+    """A message not acknowledged comes again on the persistent session; one acknowledged does not."""
+    client_id, topic = f"compat-{uuid.uuid4().hex[:8]}", f"test/compat/{uuid.uuid4().hex[:8]}"
+
+    async def session(publish: list[bytes], acknowledged: bytes | None, expect: int) -> list[bytes]:
+        received: list[bytes] = []
+
+        async def handle(envelope: Envelope) -> None:
+            received.append(envelope.payload)
+            if envelope.payload == acknowledged:
+                envelope.ack()
+
+        stop = asyncio.Event()
+        link = MqttLink(broker.settings, client_id, [topic], handle, persistent=True, manual_ack=True)
+        running = asyncio.create_task(link.run(stop))
+        try:
+            await asyncio.wait_for(link.connected.wait(), timeout=15)
+            for body in publish:
+                await link.publish(topic, body)
+            deadline = asyncio.get_running_loop().time() + 15
+            while len(received) < expect and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # anything more would be here by now (and the ack has gone out)
+            return received
+        finally:
+            stop.set()
+            await running
+
+    assert await session([b"m0", b"m1"], acknowledged=b"m0", expect=2) == [b"m0", b"m1"]
+    redelivered = await session([], acknowledged=b"m1", expect=1)
+    assert redelivered == [b"m1"], "manual ack did not hold back the PUBACK of the unacknowledged message"
