@@ -182,7 +182,7 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
 
     async def task_page(request: Request, key: str) -> Response:
         task_id = request.path_params["task_id"]
-        task, events = await asyncio.gather(mesh.task(task_id), mesh.task_events(task_id))
+        task, events = await asyncio.gather(mesh.get_task(key, task_id), mesh.recorded_events(task_id))
         named = views.child_ids(task)
         # steps of a workflow share its context and name it as their parent (named in artifacts once they end)
         context_tasks = await mesh.tasks({"contextId": task.get("contextId", ""), "pageSize": "100"})
@@ -235,30 +235,30 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
         if not text:
             notice = "write an answer first"
         else:
-            task = await mesh.task(task_id)
+            task = await mesh.get_task(key, task_id)
             try:
                 await mesh.reply(key, task, text)
                 notice = "answer sent"
-                await wait_for_news(task_id, task["status"].get("timestamp", ""))
+                await wait_for_news(key, task_id, task["status"].get("timestamp", ""))
             except Unauthorized:
                 raise
             except MeshError as error:
                 notice = f"answer refused: {error}"
         return RedirectResponse(f"/tasks/{task_id}?{urlencode({'notice': notice})}", status_code=303)
 
-    async def wait_for_news(task_id: str, since: str) -> None:
+    async def wait_for_news(key: str, task_id: str, since: str) -> None:
         """Give the task store a moment to record what an answer started, so the page shown next is not the
         question again (bounded: the page follows the task by itself once it shows it running)."""
         for _ in range(ANSWER_FOLLOW_POLLS):
             await asyncio.sleep(0.25)
             with suppress(MeshError):
-                if (await mesh.task(task_id))["status"].get("timestamp", "") != since:
+                if (await mesh.get_task(key, task_id))["status"].get("timestamp", "") != since:
                     return
 
     async def part_download(request: Request, key: str) -> Response:
         """A file part's inline bytes, always as an attachment (never rendered in the console's origin)."""
         params = request.path_params
-        task = await mesh.task(params["task_id"])
+        task = await mesh.get_task(key, params["task_id"])
         for artifact in task.get("artifacts") or []:
             if artifact.get("artifactId") != params["artifact_id"]:
                 continue

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -86,12 +87,18 @@ class Mesh:
         """One page of ListTasks from the task store (its query parameters, passed on as given)."""
         return await self._get(f"{self.taskstore}/tasks", {k: v for k, v in params.items() if v}, "task store")
 
-    async def task(self, task_id: str) -> dict[str, Any]:
-        return await self._get(f"{self.taskstore}/tasks/{task_id}", what=f"task {task_id}")
-
     async def task_events(self, task_id: str) -> dict[str, Any]:
         """The task's event log, status history and the agent holding it."""
         return await self._get(f"{self.taskstore}/tasks/{task_id}/events", what=f"events of task {task_id}")
+
+    async def recorded_events(self, task_id: str) -> dict[str, Any]:
+        """The task's event log, or an empty one while the store has not recorded the task yet."""
+        try:
+            return await self.task_events(task_id)
+        except MeshError as error:
+            if error.status == 404:
+                return {}
+            raise
 
     async def agents_of(self, task_ids: list[str]) -> dict[str, str]:
         """Task id -> the agent holding it (from each task's event log), for a page of tasks."""
@@ -136,6 +143,22 @@ class Mesh:
             raise MeshError(f"coordinator unreachable: {error}") from None
         if response.status_code == 401:
             raise Unauthorized()
+        if response.status_code != 200:
+            raise MeshError(_error_text(response), 400 if response.status_code < 500 else 502)
+        return response.json()
+
+    async def get_task(self, key: str, task_id: str) -> dict[str, Any]:
+        """GetTask through the coordinator with the person's key: it answers every task id it handed out at once
+        (the store may lag a moment behind a task just started), and only tasks that key may read."""
+        try:
+            url = f"{self.coordinator}/tasks/{quote(task_id, safe='')}"
+            response = await self.http.get(url, headers=self._headers(key))
+        except httpx.HTTPError as error:
+            raise MeshError(f"coordinator unreachable: {error}") from None
+        if response.status_code == 401:
+            raise Unauthorized()
+        if response.status_code == 404:
+            raise MeshError(f"task {task_id} not found", 404)
         if response.status_code != 200:
             raise MeshError(_error_text(response), 400 if response.status_code < 500 else 502)
         return response.json()
