@@ -57,7 +57,7 @@ def refuses(rules: FoldRules, current: Task | None, event: StreamResponse) -> bo
     """Whether `rules` refuse `event` for `current` (it would reopen or rewrite a finished task)."""
     if not rules.keep_terminal or current is None:
         return False
-    new = _state_set_by(event)
+    new = state_set_by(event)
     return new is not None and blocks_transition(current.status.state, new)
 
 
@@ -87,7 +87,7 @@ def fold(task: Task | None, event: StreamResponse, rules: FoldRules = FOLLOW) ->
     if event.artifact_update is not None:
         update = event.artifact_update
         base = task or _placeholder(update.task_id, update.context_id, TaskState.WORKING)
-        return _replace(base, update.context_id, artifacts=_apply_artifact(base.artifacts, update))
+        return _replace(base, update.context_id, artifacts=apply_artifact(base.artifacts, update))
     if event.task is not None:
         return _apply_snapshot(task, event.task, rules)
     message = event.message
@@ -99,7 +99,8 @@ def fold(task: Task | None, event: StreamResponse, rules: FoldRules = FOLLOW) ->
     return _replace(base, message.context_id, history=_add_message(base.history, message, rules))
 
 
-def _state_set_by(event: StreamResponse) -> TaskState | None:
+def state_set_by(event: StreamResponse) -> TaskState | None:
+    """The state a snapshot or status update moves its task to (None for the other events)."""
     if event.status_update is not None:
         return event.status_update.status.state
     if event.task is not None:
@@ -162,7 +163,7 @@ def merge_artifacts(known: list[Artifact] | None, incoming: list[Artifact] | Non
     return merged + [artifact for artifact in incoming if artifact.artifact_id not in known_ids]
 
 
-def _apply_artifact(artifacts: list[Artifact] | None, update: TaskArtifactUpdateEvent) -> list[Artifact]:
+def apply_artifact(artifacts: list[Artifact] | None, update: TaskArtifactUpdateEvent) -> list[Artifact]:
     """`artifacts` after one artifact update (a new list; the artifacts in it are shared, never changed)."""
     incoming = update.artifact
     result = list(artifacts or [])
