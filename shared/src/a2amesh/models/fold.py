@@ -121,7 +121,7 @@ def _replace(task: Task, context_id: str | None, **changes: Any) -> Task:
 
 
 def _apply_snapshot(current: Task | None, snapshot: Task, rules: FoldRules) -> Task:
-    if current is None or not (rules.merge_snapshots or rules.keep_terminal):
+    if current is None:
         return snapshot
     if rules.keep_terminal and blocks_transition(current.status.state, snapshot.status.state):
         return current
