@@ -4,10 +4,12 @@ snapshots'. Pure: no mesh needed."""
 
 from __future__ import annotations
 
+import pytest
 from a2a.types import a2a_pb2 as pb
 from google.protobuf.json_format import MessageToDict, ParseDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshctl.client import CliError
 from meshctl.send import fold
 
 from a2amesh.models import (
@@ -115,3 +117,11 @@ def test_a_status_message_stays_out_of_the_history() -> None:
 def test_a_direct_reply_leaves_no_task() -> None:
     reply = Message(message_id="m", role=Role.AGENT, parts=[Part(text="hi")])
     assert fold(None, as_pb(StreamResponse(message=reply))) is None
+
+
+def test_an_event_that_is_not_valid_a2a_is_a_clear_error() -> None:
+    """An artifact without its required id cannot be read as the mesh's model: one line, no traceback."""
+    start = fold(None, as_pb(StreamResponse(task=Task(id=TASK_ID, status=TaskStatus(state=TaskState.WORKING)))))
+    event = pb.StreamResponse(artifact_update=pb.TaskArtifactUpdateEvent(task_id=TASK_ID, artifact=pb.Artifact()))
+    with pytest.raises(CliError, match="not valid A2A"):
+        fold(start, event)

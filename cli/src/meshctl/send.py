@@ -11,6 +11,7 @@ from typing import Any
 
 from a2a.types import a2a_pb2 as pb
 from google.protobuf.json_format import MessageToDict, ParseDict
+from pydantic import ValidationError
 
 from a2amesh.models import StreamResponse, Task
 from a2amesh.models.fold import FoldRules
@@ -91,8 +92,11 @@ SHOWN = FoldRules(status_messages=False)
 def fold(task: pb.Task | None, event: pb.StreamResponse) -> pb.Task | None:
     """The task as known after one more stream event (status replaces, artifact chunks extend by id): the
     mesh's one fold (`a2amesh.models.fold`), over the SDK's messages read as the mesh's models."""
-    known = None if task is None else Task.from_wire(MessageToDict(task))
-    folded = fold_event(known, StreamResponse.from_wire(MessageToDict(event)), SHOWN)
+    try:
+        known = None if task is None else Task.from_wire(MessageToDict(task))
+        folded = fold_event(known, StreamResponse.from_wire(MessageToDict(event)), SHOWN)
+    except ValidationError as error:  # e.g. an artifact without an artifactId, which A2A requires
+        raise CliError(f"the coordinator sent an event that is not valid A2A: {error}") from None
     return None if folded is None else ParseDict(folded.to_wire(), pb.Task())
 
 
