@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from a2a.types import a2a_pb2 as pb
-from google.protobuf.json_format import ParseDict
+from google.protobuf.json_format import MessageToDict, ParseDict
+from pydantic import ValidationError
 
+from a2amesh.models import StreamResponse, Task
+from a2amesh.models.fold import FoldRules
+from a2amesh.models.fold import fold as fold_event
 from meshctl.client import CliError, coordinator
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT_REQUIRED = 0, 1, 3
@@ -81,29 +85,19 @@ class SendOptions:
         return request
 
 
+SHOWN = FoldRules(status_messages=False)
+"""How meshctl folds a stream: as it comes, with the history as the agent's snapshots had it."""
+
+
 def fold(task: pb.Task | None, event: pb.StreamResponse) -> pb.Task | None:
-    """The task as known after one more stream event (status replaces, artifact chunks extend by id)."""
-    kind = event.WhichOneof("payload")
-    if kind == "task":
-        folded = pb.Task()
-        folded.CopyFrom(event.task)
-        return folded
-    if kind not in ("status_update", "artifact_update"):
-        return task
-    update = getattr(event, kind)
-    task = task or pb.Task(id=update.task_id, context_id=update.context_id)
-    if kind == "status_update":
-        task.status.CopyFrom(update.status)
-        return task
-    artifact = update.artifact
-    existing = next((a for a in task.artifacts if a.artifact_id and a.artifact_id == artifact.artifact_id), None)
-    if existing is None:
-        task.artifacts.add().CopyFrom(artifact)
-    elif update.append:
-        existing.parts.extend(artifact.parts)
-    else:
-        existing.CopyFrom(artifact)
-    return task
+    """The task as known after one more stream event (status replaces, artifact chunks extend by id): the
+    mesh's one fold (`a2amesh.models.fold`), over the SDK's messages read as the mesh's models."""
+    try:
+        known = None if task is None else Task.from_wire(MessageToDict(task))
+        folded = fold_event(known, StreamResponse.from_wire(MessageToDict(event)), SHOWN)
+    except ValidationError as error:  # e.g. an artifact without an artifactId, which A2A requires
+        raise CliError(f"the coordinator sent an event that is not valid A2A: {error}") from None
+    return None if folded is None else ParseDict(folded.to_wire(), pb.Task())
 
 
 @dataclass

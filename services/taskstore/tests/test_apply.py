@@ -16,7 +16,8 @@ from a2amesh.models import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
-from mesh_taskstore.apply import EventKind, apply_artifact, apply_event, kind_of, merge_history, trim
+from a2amesh.models.fold import apply_artifact, merge_history
+from mesh_taskstore.apply import EventKind, apply_event, kind_of, trim
 
 
 def msg(message_id: str, text: str = "hi", role: Role = Role.AGENT) -> Message:

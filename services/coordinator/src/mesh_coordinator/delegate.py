@@ -14,9 +14,9 @@ from typing import Any
 
 from a2amesh.agent import TaskContext, TaskFailedError
 from a2amesh.binding import MeshRequester, RemoteError, RequestTimeoutError, RetryProfile
-from a2amesh.binding.tasks import TaskRecord
 from a2amesh.binding.wire import SKILL_METADATA_KEY
-from a2amesh.models import JsonRpcRequest, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus
+from a2amesh.models import Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus
+from a2amesh.models.fold import fold
 from a2amesh.topics import AgentAddress
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError
@@ -174,14 +174,14 @@ class Delegate:
         stream = self.requester.request(
             topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
         )
-        record = TaskRecord(task=child.task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
+        task = child.task
         async for result in stream.results():
-            record.apply(StreamResponse.from_wire(result))
+            task = fold(task, StreamResponse.from_wire(result))
             if stream.responder and child.agent and stream.responder != child.agent.agent:
                 child.agent = AgentAddress(child.agent.org, child.agent.unit, stream.responder)
             if self.on_update is not None:
-                self.on_update(record.task)
-        child.task = record.task
+                self.on_update(task)
+        child.task = task
 
     async def cancel_all(self, parent: TaskContext) -> None:
         """Cancel every child of `parent` that has not ended (best effort, bounded in time)."""

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from a2amesh.binding import RemoteError, ReplyStream, RequestTimeoutError
-from a2amesh.binding.tasks import TaskRecord, agent_message
+from a2amesh.binding.tasks import agent_message
 from a2amesh.models import (
     ErrorCode,
-    JsonRpcRequest,
     StreamResponse,
     Task,
     TaskState,
@@ -25,6 +24,7 @@ from a2amesh.models import (
     TaskStatusUpdateEvent,
     utc_now,
 )
+from a2amesh.models.fold import fold
 from a2amesh.mqtt import NotConnectedError
 from a2amesh.topics import AgentAddress
 
@@ -49,7 +49,8 @@ class LiveTask:
     def __init__(
         self, task: Task, agent: AgentAddress, record_event: Publish, *, mirror: bool, wants_auth: bool = False
     ) -> None:
-        self._record = TaskRecord(task=task, request=JsonRpcRequest(jsonrpc="2.0", method="SendStreamingMessage"))
+        self._task = task
+        """The task as it stands: replaced with each event folded in, never changed in place."""
         self.agent = agent
         self.mirror = mirror
         self.wants_auth = wants_auth
@@ -69,11 +70,15 @@ class LiveTask:
     @property
     def task(self) -> Task:
         """The task as it stands, from the events relayed so far."""
-        return self._record.task
+        return self._task
 
     @property
     def id(self) -> str:
-        return self._record.id
+        return self._task.id
+
+    @property
+    def _context_id(self) -> str:
+        return self._task.context_id or ""
 
     def listen(self) -> asyncio.Queue[object]:
         """A queue receiving every further event (then an end marker, or an exception)."""
@@ -191,7 +196,7 @@ class LiveTask:
             await self._record_event(self, item)
 
     def _broadcast(self, item: StreamResponse) -> None:
-        self._record.apply(item)
+        self._task = fold(self._task, item)
         if not self.first_item.done():
             self.first_item.set_result(item)
         for queue in list(self._queues):
@@ -208,11 +213,11 @@ class LiveTask:
         """End the task FAILED with the reason, and record that outcome so nothing is left WORKING."""
         log.warning("task %s: %s", self.id, reason)
         status = TaskStatus(
-            state=TaskState.FAILED, message=agent_message(reason, self.id, self._record.context_id), timestamp=utc_now()
+            state=TaskState.FAILED, message=agent_message(reason, self.id, self._context_id), timestamp=utc_now()
         )
         if recorded_by_agent:
             item = StreamResponse(
-                status_update=TaskStatusUpdateEvent(task_id=self.id, context_id=self._record.context_id, status=status)
+                status_update=TaskStatusUpdateEvent(task_id=self.id, context_id=self._context_id, status=status)
             )
         else:
             item = StreamResponse(task=self.task.model_copy(update={"status": status}))

@@ -23,6 +23,7 @@ from a2amesh.models import (
     TaskStatusUpdateEvent,
     utc_now,
 )
+from a2amesh.models.fold import fold
 
 Emit = Callable[["TaskRecord", StreamResponse], Awaitable[None]]
 
@@ -80,30 +81,8 @@ class TaskRecord:
         return self.runner is not None and not self.runner.done()
 
     def apply(self, item: StreamResponse) -> None:
-        """Fold one event into the snapshot, as a task store would."""
-        task = self.task
-        if item.status_update is not None:
-            status = item.status_update.status
-            history = task.history if status.message is None else [*(task.history or []), status.message]
-            self.task = task.model_copy(update={"status": status, "history": history})
-        elif item.artifact_update is not None:
-            self.task = task.model_copy(update={"artifacts": self._merged_artifacts(item.artifact_update)})
-        elif item.task is not None:
-            self.task = item.task
-
-    def _merged_artifacts(self, update: TaskArtifactUpdateEvent) -> list[Artifact]:
-        artifacts = list(self.task.artifacts or [])
-        for index, existing in enumerate(artifacts):
-            if existing.artifact_id == update.artifact.artifact_id:
-                if update.append:
-                    merged = existing.model_copy(update={"parts": [*existing.parts, *update.artifact.parts]})
-                    artifacts[index] = merged
-                else:
-                    artifacts[index] = update.artifact
-                break
-        else:
-            artifacts.append(update.artifact)
-        return artifacts
+        """Fold one event into the snapshot (`a2amesh.models.fold`, following the stream as it comes)."""
+        self.task = fold(self.task, item)
 
 
 @dataclass(frozen=True)
