@@ -50,8 +50,8 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(scaffolded: Path) -> None:
     folder = scaffolded / "services" / "agents" / NAME
-    assert (folder / "src" / PACKAGE / "agent.py").is_file() and (folder / "Dockerfile").is_file()
-    assert f'-m", "{PACKAGE}"' in (folder / "Dockerfile").read_text()
+    assert (folder / "src" / PACKAGE / "agent.py").is_file()
+    assert not (folder / "Dockerfile").exists(), "its image builds from services/Dockerfile, the one for every service"
 
     project = tomllib.loads((scaffolded / "pyproject.toml").read_text())
     assert f"agent-{NAME}" in project["project"]["dependencies"]
@@ -60,7 +60,9 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     compose = yaml.safe_load((scaffolded / "compose.yaml").read_text())
     service = compose["services"][NAME]
     assert service["environment"]["MESH_AGENT_ID"] == NAME
-    assert service["build"]["dockerfile"] == f"services/agents/{NAME}/Dockerfile"
+    assert service["build"]["dockerfile"] == "services/Dockerfile"
+    assert service["build"]["args"]["SERVICE_PACKAGE"] == f"agent-{NAME}"
+    assert service["build"]["args"]["SERVICE_MODULE"] == PACKAGE
 
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(scaffolded / "k8s" / "overlays" / "dev")],
@@ -98,7 +100,7 @@ print(skill.id, skill.name, skill.description, card.description, sep="\\n")
 def test_no_placeholder_survives_in_a_generated_file(scaffolded: Path) -> None:
     folder = scaffolded / "services" / "agents" / NAME
     files = [path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
-    assert len(files) == 7
+    assert len(files) == 6
     for path in files:
         text = path.read_text()
         assert not LEFTOVER.search(text), path  # a template placeholder (__NAME__...) left unfilled

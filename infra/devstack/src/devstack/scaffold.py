@@ -2,9 +2,11 @@
 
 The agent's own code comes from templates/agent/, filled with its skill's id, name and description (options of
 `make new-agent`, derived from the name when not given), then formatted with ruff so it passes the project's lint.
-Its Dockerfile, Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so
-they follow whatever the project's deployment conventions are today. The dev runner and the tests need no edit:
-they discover agents by folder (devstack.stack.discover_agents)."""
+Its Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so they follow
+whatever the project's deployment conventions are today; its image builds from services/Dockerfile, the one
+Dockerfile of every Python service, with the agent's package and module as build arguments (in its Compose service),
+so the agent has no Dockerfile of its own. The dev runner and the tests need no edit: they discover agents by folder
+(devstack.stack.discover_agents)."""
 
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ class AgentName:
         return filled
 
     def derive(self, text: str) -> str:
-        """The template agent's text (Dockerfile, Compose block, manifest) rewritten for this agent."""
+        """The template agent's text (Compose block, manifest) rewritten for this agent."""
         text = text.replace(f"agent_{TEMPLATE_AGENT}", self.package).replace(
             f"agent-{TEMPLATE_AGENT}", f"agent-{self.name}"
         )
@@ -131,12 +133,6 @@ def new_agent(
     agent = _check(name, root, skill_id, skill_name, description)
     written = _render_code(agent, root)
     _format(root / "services/agents" / agent.name)
-    written.append(
-        _write(
-            root / "services/agents" / agent.name / "Dockerfile",
-            agent.derive((root / "services/agents" / TEMPLATE_AGENT / "Dockerfile").read_text()),
-        )
-    )
     written += [_add_workspace_dependency(agent, root), _add_compose_service(agent, root)]
     written += _add_kubernetes_manifest(agent, root)
     if lock:
