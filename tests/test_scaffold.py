@@ -4,6 +4,7 @@ memory and as a process), and joins a running mesh where the coordinator deliver
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -72,6 +73,17 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     ).stdout
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered) if doc}
     assert ("StatefulSet", NAME) in kinds and ("ServiceAccount", NAME) in kinds
+
+
+@pytest.mark.parametrize("shared", ["compose.yaml", "k8s/base/kustomization.yaml", "pyproject.toml"])
+def test_the_shared_files_only_gain_the_agents_lines(scaffolded: Path, shared: str) -> None:
+    """The scaffold edits shared files structurally (ruamel.yaml, tomlkit), never by rewriting text: every line of
+    the file as it was stays, in order, with its comments, anchors and quotes; the new agent's lines are added."""
+    before = (REPO_ROOT / shared).read_text().splitlines()
+    after = (scaffolded / shared).read_text().splitlines()
+    changes = [line for line in difflib.ndiff(before, after) if line[:1] in "+-?"]
+    assert changes and all(line.startswith("+ ") for line in changes), "\n".join(changes)
+    assert any(NAME in line for line in changes), "\n".join(changes)
 
 
 def test_the_skill_given_is_on_the_card_and_in_the_project(scaffolded: Path) -> None:
