@@ -70,6 +70,8 @@ COMPOSE_FILE = REPO / "compose.yaml"
 COMPOSE_EXTEND_FILE = REPO / "compose.extend.yaml"
 OVERLAYS = sorted(path.parent.name for path in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
 BROKER_DIR = REPO / "services" / "broker"
+# the one Dockerfile of every Python service, told which one by build arguments (compose.yaml's build.args)
+PYTHON_DOCKERFILE = REPO / "services" / "Dockerfile"
 SECRETS_SCRIPT = REPO / "k8s" / "secrets.sh"
 # where Compose bind-mounts every key, certificate and password from: the PKI `make certs` writes
 COMPOSE_PKI = "./infra/broker-certs"
@@ -350,10 +352,26 @@ def dockerfile(path: Path) -> dict[str, Any]:
         "entrypoint": json.loads(entry[-1]) if entry else None,
         "cmd": json.loads(instruction("CMD")[-1]) if instruction("CMD") else None,
         "health": json.loads(health[health.index(" CMD ") + 5 :]) if " CMD " in health else None,
-        "expose": {int(port.split("/")[0]) for line in instruction("EXPOSE") for port in line.split()},
+        # a literal port; services/Dockerfile's EXPOSE ${SERVICE_PORT} is read from each service's build arguments
+        "expose": {int(p.split("/")[0]) for line in instruction("EXPOSE") for p in line.split() if p[0].isdigit()},
         "package": package[1] if package else None,
         "extras": re.findall(r"--extra\s+(\S+)", sync),
         "healthcheck": " ".join(instruction("HEALTHCHECK")),
+    }
+
+
+def service_image(service: str) -> dict[str, Any]:
+    """How a Python service's image is built: services/Dockerfile's instructions, with the build arguments
+    compose.yaml gives that service (the workspace member, its extras, the module `python -m` runs, its port)."""
+    build = compose_services()[service].resolved["build"]
+    args = {key: str(value) for key, value in build.get("args", {}).items()}
+    return {
+        **dockerfile(REPO / build["dockerfile"]),
+        "dockerfile": (REPO / build["dockerfile"]).resolve(),
+        "package": args.get("SERVICE_PACKAGE"),
+        "module": args.get("SERVICE_MODULE"),
+        "extras": args.get("SERVICE_EXTRAS", "").split(),
+        "port": int(args["SERVICE_PORT"]) if "SERVICE_PORT" in args else None,
     }
 
 
@@ -641,11 +659,12 @@ def uv() -> str:
 
 @pytest.mark.parametrize("service", mesh_service_names())
 def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path) -> None:
-    """Build the service's virtual environment exactly as its Dockerfile does (uv sync --locked --no-dev
-    --no-editable --package ...), then import the module its ENTRYPOINT runs: a dependency that only the
-    workspace's dev environment happens to provide shows up here, not in a crash-looping container."""
-    instructions = dockerfile(service_folder(service) / "Dockerfile")
-    assert instructions["package"], f"{service}: its Dockerfile runs no `uv sync --package`"
+    """Build the service's virtual environment exactly as services/Dockerfile does with the service's build
+    arguments (uv sync --locked --no-dev --no-editable --package ...), then import the module its ENTRYPOINT runs:
+    a dependency that only the workspace's dev environment happens to provide shows up here, not in a
+    crash-looping container."""
+    instructions = service_image(service)
+    assert instructions["package"], f"compose {service}: no build argument SERVICE_PACKAGE"
     sync = [uv(), "sync", "--locked", "--no-dev", "--no-editable", "--package", instructions["package"]]
     sync += [arg for extra in instructions["extras"] for arg in ("--extra", extra)]
     venv = tmp_path / "venv"
@@ -664,7 +683,7 @@ def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path)
         },
     )
     assert result.returncode == 0, explain(result)
-    module = instructions["entrypoint"][-1]
+    module = instructions["module"]
     result = run([str(venv / "bin" / "python"), "-c", f"import {module}.__main__"], cwd=tmp_path)
     assert result.returncode == 0, f"the {service} image could not start: {explain(result)}"
 
@@ -800,18 +819,22 @@ def test_the_same_services_everywhere(devstack: DevStack) -> None:
         )
 
 
-def test_every_service_of_ours_has_a_dockerfile_running_what_make_dev_runs(devstack: DevStack) -> None:
-    built = {path.parent.name for path in DOCKERFILES}
-    assert built == set(devstack.processes) - THIRD_PARTY, "one Dockerfile per service folder"
+def test_every_service_of_ours_builds_from_the_one_dockerfile_running_what_make_dev_runs(devstack: DevStack) -> None:
+    """One Dockerfile for every Python service (services/Dockerfile), the broker's its own: each service's build
+    arguments name its workspace member and the module make dev runs, which the ENTRYPOINT runs."""
+    assert set(DOCKERFILES) == {PYTHON_DOCKERFILE, BROKER_DIR / "Dockerfile"}, "one Dockerfile for Python services"
+    entrypoint = dockerfile(PYTHON_DOCKERFILE)["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"] and entrypoint[2].startswith('exec python -m "$SERVICE_MODULE"')
+    assert "/healthz" in dockerfile(PYTHON_DOCKERFILE)["healthcheck"], "services/Dockerfile: HEALTHCHECK on /healthz"
     for service in mesh_services(devstack):
         folder = service_folder(service)
-        instructions = dockerfile(folder / "Dockerfile")
+        instructions = service_image(service)
+        assert instructions["dockerfile"] == PYTHON_DOCKERFILE, f"compose {service}: build from services/Dockerfile"
         project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"]
-        assert instructions["package"] == project, f"{folder}/Dockerfile: uv sync --package {project}"
-        assert instructions["entrypoint"] == ["python", "-m", devstack.package(service)], (
-            f"{folder}/Dockerfile: ENTRYPOINT must run what make dev runs: python -m {devstack.package(service)}"
+        assert instructions["package"] == project, f"compose {service}: SERVICE_PACKAGE={project}"
+        assert instructions["module"] == devstack.package(service), (
+            f"compose {service}: SERVICE_MODULE must be what make dev runs: {devstack.package(service)}"
         )
-        assert "/healthz" in instructions["healthcheck"], f"{folder}/Dockerfile: HEALTHCHECK on /healthz"
 
 
 def test_the_same_images_everywhere() -> None:
@@ -825,7 +848,8 @@ def test_the_same_images_everywhere() -> None:
         assert image == f"{prefix}/{name}:{tag}", f"compose {name}: image ${{IMAGE_PREFIX}}/{name}:${{IMAGE_TAG}}"
         build = service.resolved["build"]
         assert build["context"] == ".", f"compose {name}: the repository root is every image's build context"
-        assert (REPO / build["dockerfile"]).resolve() == service_folder(name) / "Dockerfile", f"compose {name}"
+        own = BROKER_DIR / "Dockerfile" if name == "broker" else PYTHON_DOCKERFILE
+        assert (REPO / build["dockerfile"]).resolve() == own, f"compose {name}: built from {own.relative_to(REPO)}"
     for overlay in OVERLAYS:
         for name, workload in workloads(rendered(overlay)).items():
             image = main_container(workload)["image"]
@@ -848,7 +872,9 @@ def test_the_same_ports_everywhere(devstack: DevStack) -> None:
                 assert devstack.processes[service].env["MESH_HTTP_PORT"] == str(port), f"make dev {where}"
                 assert env[f"{service.upper()}_PORT"] == str(port), f".env {service.upper()}_PORT, {where}"
             assert compose_services()[service].env["MESH_HTTP_PORT"] == str(port), f"compose MESH_HTTP_PORT, {where}"
-        if service not in THIRD_PARTY:
+        if service in mesh:
+            assert service_image(service)["port"] == port, f"compose build argument SERVICE_PORT (EXPOSE), {where}"
+        elif service not in THIRD_PARTY:
             assert port in dockerfile(service_folder(service) / "Dockerfile")["expose"], f"Dockerfile EXPOSE, {where}"
         assert port in compose_services()[service].container_ports, f"compose ports/expose, {where}"
         for overlay in OVERLAYS:
@@ -999,7 +1025,7 @@ def test_postgres_credentials_agree_with_the_database_url() -> None:
     assert (url.hostname, url.port) == ("postgres", postgres)
     taskstore = k8s_env(docs, main_container(workloads(docs)["taskstore"]))
     assert taskstore["MESH_DATABASE_URL"] == data["MESH_DATABASE_URL"], "prod: the task store uses PostgreSQL"
-    assert "postgres" in dockerfile(service_folder("taskstore") / "Dockerfile")["extras"]
+    assert "postgres" in service_image("taskstore")["extras"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -4,6 +4,7 @@ memory and as a process), and joins a running mesh where the coordinator deliver
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -50,8 +51,8 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(scaffolded: Path) -> None:
     folder = scaffolded / "services" / "agents" / NAME
-    assert (folder / "src" / PACKAGE / "agent.py").is_file() and (folder / "Dockerfile").is_file()
-    assert f'-m", "{PACKAGE}"' in (folder / "Dockerfile").read_text()
+    assert (folder / "src" / PACKAGE / "agent.py").is_file()
+    assert not (folder / "Dockerfile").exists(), "its image builds from services/Dockerfile, the one for every service"
 
     project = tomllib.loads((scaffolded / "pyproject.toml").read_text())
     assert f"agent-{NAME}" in project["project"]["dependencies"]
@@ -60,7 +61,9 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     compose = yaml.safe_load((scaffolded / "compose.yaml").read_text())
     service = compose["services"][NAME]
     assert service["environment"]["MESH_AGENT_ID"] == NAME
-    assert service["build"]["dockerfile"] == f"services/agents/{NAME}/Dockerfile"
+    assert service["build"]["dockerfile"] == "services/Dockerfile"
+    assert service["build"]["args"]["SERVICE_PACKAGE"] == f"agent-{NAME}"
+    assert service["build"]["args"]["SERVICE_MODULE"] == PACKAGE
 
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(scaffolded / "k8s" / "overlays" / "dev")],
@@ -70,6 +73,17 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     ).stdout
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered) if doc}
     assert ("StatefulSet", NAME) in kinds and ("ServiceAccount", NAME) in kinds
+
+
+@pytest.mark.parametrize("shared", ["compose.yaml", "k8s/base/kustomization.yaml", "pyproject.toml"])
+def test_the_shared_files_only_gain_the_agents_lines(scaffolded: Path, shared: str) -> None:
+    """The scaffold edits shared files structurally (ruamel.yaml, tomlkit), never by rewriting text: every line of
+    the file as it was stays, in order, with its comments, anchors and quotes; the new agent's lines are added."""
+    before = (REPO_ROOT / shared).read_text().splitlines()
+    after = (scaffolded / shared).read_text().splitlines()
+    changes = [line for line in difflib.ndiff(before, after) if line[:1] in "+-?"]
+    assert changes and all(line.startswith("+ ") for line in changes), "\n".join(changes)
+    assert any(NAME in line for line in changes), "\n".join(changes)
 
 
 def test_the_skill_given_is_on_the_card_and_in_the_project(scaffolded: Path) -> None:
@@ -98,7 +112,7 @@ print(skill.id, skill.name, skill.description, card.description, sep="\\n")
 def test_no_placeholder_survives_in_a_generated_file(scaffolded: Path) -> None:
     folder = scaffolded / "services" / "agents" / NAME
     files = [path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
-    assert len(files) == 7
+    assert len(files) == 6
     for path in files:
         text = path.read_text()
         assert not LEFTOVER.search(text), path  # a template placeholder (__NAME__...) left unfilled

@@ -21,8 +21,8 @@ host_ca=${HOST_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}
 mirror=${DEBIAN_MIRROR:-$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
   2>/dev/null | head -1 | awk '{print $2}' || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
-uv_version=$(sed -nE 's/^ARG UV_IMAGE=.*:([0-9][0-9.]*)$/\1/p' "$repo/services/coordinator/Dockerfile")
-[ -n "$uv_version" ] || { echo "build-bases: no ARG UV_IMAGE=...:<version> in services/coordinator/Dockerfile" >&2; exit 1; }
+uv_version=$(sed -nE 's/^ARG UV_IMAGE=.*:([0-9][0-9.]*)$/\1/p' "$repo/services/Dockerfile")
+[ -n "$uv_version" ] || { echo "build-bases: no ARG UV_IMAGE=...:<version> in services/Dockerfile" >&2; exit 1; }
 [ -r "$host_ca" ] || { echo "build-bases: no CA store at $host_ca (set HOST_CA_FILE)" >&2; exit 1; }
 
 work=$(mktemp -d)

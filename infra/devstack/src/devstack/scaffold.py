@@ -2,12 +2,16 @@
 
 The agent's own code comes from templates/agent/, filled with its skill's id, name and description (options of
 `make new-agent`, derived from the name when not given), then formatted with ruff so it passes the project's lint.
-Its Dockerfile, Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so
-they follow whatever the project's deployment conventions are today. The dev runner and the tests need no edit:
-they discover agents by folder (devstack.stack.discover_agents)."""
+Its Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so they follow
+whatever the project's deployment conventions are today; its image builds from services/Dockerfile, the one
+Dockerfile of every Python service, with the agent's package and module as build arguments (in its Compose service),
+so the agent has no Dockerfile of its own. The dev runner and the tests need no edit: they discover agents by folder
+(devstack.stack.discover_agents)."""
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import keyword
 import re
@@ -16,6 +20,13 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import tomlkit
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, merge_attrib
+from ruamel.yaml.mergevalue import MergeValue
+from ruamel.yaml.tokens import CommentToken
 
 from a2amesh.agent import MeshAgent
 from devstack.processes import REPO_ROOT
@@ -102,7 +113,7 @@ class AgentName:
         return filled
 
     def derive(self, text: str) -> str:
-        """The template agent's text (Dockerfile, Compose block, manifest) rewritten for this agent."""
+        """The template agent's text (Compose block, manifest) rewritten for this agent."""
         text = text.replace(f"agent_{TEMPLATE_AGENT}", self.package).replace(
             f"agent-{TEMPLATE_AGENT}", f"agent-{self.name}"
         )
@@ -131,12 +142,6 @@ def new_agent(
     agent = _check(name, root, skill_id, skill_name, description)
     written = _render_code(agent, root)
     _format(root / "services/agents" / agent.name)
-    written.append(
-        _write(
-            root / "services/agents" / agent.name / "Dockerfile",
-            agent.derive((root / "services/agents" / TEMPLATE_AGENT / "Dockerfile").read_text()),
-        )
-    )
     written += [_add_workspace_dependency(agent, root), _add_compose_service(agent, root)]
     written += _add_kubernetes_manifest(agent, root)
     if lock:
@@ -183,37 +188,104 @@ def _format(folder: Path) -> None:
     subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", str(folder)], check=True)
 
 
-def _insert_after_last(text: str, pattern: str, addition: str, what: str) -> str:
-    matches = list(re.finditer(pattern, text, flags=re.MULTILINE))
-    if not matches:
-        raise ScaffoldError(f"cannot find where to add the agent in {what}")
-    end = matches[-1].end()
-    return text[:end] + addition + text[end:]
-
-
 def _add_workspace_dependency(agent: AgentName, root: Path) -> Path:
+    """The root project depends on the new member (so `uv sync` installs it) from the workspace: a structured edit
+    (tomlkit keeps the file's comments and layout), after the last agent in each list."""
     path = root / "pyproject.toml"
-    text = path.read_text()
-    text = _insert_after_last(
-        text, r'^    "agent-[a-z0-9-]+",$', f'\n    "agent-{agent.name}",', "pyproject dependencies"
-    )
-    text = _insert_after_last(
-        text,
-        r"^agent-[a-z0-9-]+ = \{ workspace = true \}$",
-        f"\nagent-{agent.name} = {{ workspace = true }}",
-        "pyproject sources",
-    )
-    return _write(path, text)
+    project = tomlkit.parse(path.read_text())
+    dependencies = project["project"]["dependencies"]
+    agents = [index for index, name in enumerate(dependencies) if str(name).startswith("agent-")]
+    if not agents:
+        raise ScaffoldError("pyproject.toml's dependencies list no agent to add this one after")
+    dependencies.insert(agents[-1] + 1, f"agent-{agent.name}")
+    sources = project["tool"]["uv"]["sources"]
+    # the template agent's own entry, copied, so the new line is written as the others are ({ workspace = true })
+    sources[f"agent-{agent.name}"] = copy.deepcopy(sources[f"agent-{TEMPLATE_AGENT}"])
+    return _write(path, tomlkit.dumps(project))
+
+
+def _round_trip_yaml() -> YAML:
+    """A YAML loader/dumper that writes the project's files back as they were (comments, anchors, merges, quotes
+    and indentation kept: compose.yaml and the kustomization round-trip byte for byte), so an edit is structured."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _derived_node(agent: AgentName, node: Any) -> Any:
+    """A copy of the template agent's YAML node for this agent: every string and comment derived, every anchored
+    node (a shared anchor such as *mqtt-ca or a `<<:` merge of one) kept as the same node, so it stays an alias."""
+    if getattr(getattr(node, "anchor", None), "value", None):
+        return node
+    if isinstance(node, CommentedMap):
+        derived = CommentedMap()
+        merged = getattr(node, merge_attrib, None)
+        if merged:
+            derived.add_yaml_merge(_merge_of(merged))
+        for key, value in node.non_merged_items():
+            derived[key] = _derived_node(agent, value)
+    elif isinstance(node, CommentedSeq):
+        derived = CommentedSeq(_derived_node(agent, item) for item in node)
+    elif isinstance(node, str):
+        return type(node)(agent.derive(str(node)))  # its kind of scalar (quoted or plain) kept
+    else:
+        return node
+    if node.fa.flow_style():
+        derived.fa.set_flow_style()
+    derived.ca.comment = _derived_comments(agent, node.ca.comment)
+    derived.ca.items.update({key: _derived_comments(agent, tokens) for key, tokens in node.ca.items.items()})
+    return derived
+
+
+def _merge_of(template: MergeValue) -> MergeValue:
+    """A `<<:` of the same anchored maps (`<<: *a` or `<<: [*a, *b]`): the copy merges them as aliases, and the
+    template's own merge stays as written (sharing its sequence would give that sequence an anchor of its own)."""
+    maps = list(template)
+    merge = MergeValue()
+    merge.extend(maps)
+    merge.merge_pos = template.merge_pos
+    if template.sequence is not None:
+        sequence = CommentedSeq(maps)
+        if template.sequence.fa.flow_style():
+            sequence.fa.set_flow_style()
+        merge.set_sequence(sequence)
+    return merge
+
+
+def _derived_comments(agent: AgentName, tokens: Any) -> Any:
+    """Comment tokens (lists of them, nested as ruamel keeps them) copied with their text derived."""
+    if isinstance(tokens, list):
+        return [_derived_comments(agent, token) for token in tokens]
+    if isinstance(tokens, CommentToken):
+        return CommentToken(agent.derive(tokens.value), tokens.start_mark, tokens.end_mark)
+    return tokens
+
+
+def _insert_sorted(mapping: CommentedMap, key: str, value: Any, after: str) -> None:
+    """Put `key` where it sorts among the keys (which are sorted), or right after `after` if they are not."""
+    keys = list(mapping)
+    position = keys.index(after) + 1 if keys != sorted(keys) else sum(1 for existing in keys if existing < key)
+    mapping.insert(position, key, value)
+
+
+def _dump(yaml: YAML, data: Any, path: Path) -> Path:
+    """Write the edited document whole, or not at all (a failed dump leaves the file as it was)."""
+    text = io.StringIO()
+    yaml.dump(data, text)
+    return _write(path, text.getvalue())
 
 
 def _add_compose_service(agent: AgentName, root: Path) -> Path:
     path = root / "compose.yaml"
-    text = path.read_text()
-    block = re.search(rf"^  {TEMPLATE_AGENT}:\n(?:(?:    .*)?\n)*?(?=\n  \S|\Z)", text, flags=re.MULTILINE)
-    if block is None:
+    yaml = _round_trip_yaml()
+    compose = yaml.load(path.read_text())
+    template = compose["services"].get(TEMPLATE_AGENT)
+    if template is None:
         raise ScaffoldError(f"compose.yaml has no '{TEMPLATE_AGENT}' service to derive from")
-    addition = "\n" + agent.derive(block.group(0))
-    return _write(path, text[: block.end()] + addition + text[block.end() :])
+    _insert_sorted(compose["services"], agent.name, _derived_node(agent, template), after=TEMPLATE_AGENT)
+    return _dump(yaml, compose, path)
 
 
 def _add_kubernetes_manifest(agent: AgentName, root: Path) -> list[Path]:
@@ -221,16 +293,18 @@ def _add_kubernetes_manifest(agent: AgentName, root: Path) -> list[Path]:
     manifest = _write(
         base / "agents" / f"{agent.name}.yaml", agent.derive((base / "agents" / f"{TEMPLATE_AGENT}.yaml").read_text())
     )
-    kustomization = base / "kustomization.yaml"
-    text = kustomization.read_text()
-    text = _insert_after_last(
-        text,
-        r"^  - agents/[a-z0-9-]+\.yaml$",
-        f"\n  - agents/{agent.name}.yaml",
-        "k8s/base/kustomization.yaml resources",
-    )
-    image = re.search(rf"^  - name: a2a-mesh/{TEMPLATE_AGENT}\n(    .*\n)*", text, flags=re.MULTILINE)
-    if image is None:
+    path = base / "kustomization.yaml"
+    yaml = _round_trip_yaml()
+    kustomization = yaml.load(path.read_text())
+    resources = kustomization["resources"]
+    entry = f"agents/{agent.name}.yaml"
+    agents = [index for index, existing in enumerate(resources) if str(existing).startswith("agents/")]
+    if not agents:
+        raise ScaffoldError("k8s/base/kustomization.yaml lists no agent manifest among its resources")
+    resources.insert(agents[0] + sum(1 for index in agents if str(resources[index]) < entry), entry)
+    images = kustomization.get("images") or []
+    template = [index for index, entry in enumerate(images) if entry.get("name") == f"a2a-mesh/{TEMPLATE_AGENT}"]
+    if not template:
         raise ScaffoldError("k8s/base/kustomization.yaml lists no image for the template agent")
-    text = text[: image.end()] + agent.derive(image.group(0)) + text[image.end() :]
-    return [manifest, _write(kustomization, text)]
+    images.insert(template[0] + 1, _derived_node(agent, images[template[0]]))
+    return [manifest, _dump(yaml, kustomization, path)]

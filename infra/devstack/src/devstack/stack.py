@@ -60,6 +60,8 @@ def replica_names(agent_id: str, replicas: int = AGENT_REPLICAS) -> list[str]:
 
 
 _SERVICE_IDENTITIES = {
+    # the mesh services' broker identities, by the module that runs each: the one list of them (identities() and
+    # service() read it; tests/test_deploy_artifacts.py checks Compose and Kubernetes mount the same)
     "mesh_registry": Identity("registry", Role.REGISTRY),
     "mesh_taskstore": Identity("taskstore", Role.TASKSTORE),
     "mesh_coordinator": Identity("coordinator", Role.COORDINATOR),
@@ -141,9 +143,7 @@ class Stack:
         """Everyone the broker admits from the start: services, agents (and their replicas), meshctl, the health probe
         (and tester)."""
         fixed = [
-            Identity("registry", Role.REGISTRY),
-            Identity("taskstore", Role.TASKSTORE),
-            Identity("coordinator", Role.COORDINATOR),
+            *_SERVICE_IDENTITIES.values(),
             Identity("workflows", Role.AGENT),
             Identity("meshctl", Role.OBSERVER),
             Identity("health", Role.HEALTH),
