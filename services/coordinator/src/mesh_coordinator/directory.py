@@ -112,6 +112,11 @@ class RegistryClient:
                 if time.monotonic() >= deadline:
                     raise
             else:
+                # a skill that had online agents a moment ago and has none now is asked again until REBUILD_WAIT
+                # runs out: while the registry re-reads the retained cards it may list them before their status
+                if settled and not choices and skill in self._last_known and time.monotonic() < deadline:
+                    await asyncio.sleep(REBUILD_POLL)
+                    continue
                 if settled:
                     now = time.monotonic()
                     self._candidates[skill] = (now, choices)
