@@ -650,6 +650,12 @@ def mesh_service_names() -> list[str]:
     return sorted({path.parent.name for path in REPO.glob("services/*/pyproject.toml")} | set(AGENTS))
 
 
+def workspace_packages() -> list[str]:
+    """The names of the workspace's own packages (the root pyproject's workspace sources)."""
+    sources = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"]["sources"]
+    return sorted(name for name, source in sources.items() if source.get("workspace"))
+
+
 def uv() -> str:
     """uv itself: `uv run` tells its children where it is (UV), else the PATH."""
     found = os.environ.get("UV") or shutil.which("uv")
@@ -667,6 +673,9 @@ def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path)
     assert instructions["package"], f"compose {service}: no build argument SERVICE_PACKAGE"
     sync = [uv(), "sync", "--locked", "--no-dev", "--no-editable", "--package", instructions["package"]]
     sync += [arg for extra in instructions["extras"] for arg in ("--extra", extra)]
+    # uv keys its cache of a local package's build on its pyproject.toml, so a wheel built before a module was added
+    # could be reused: rebuild the workspace's own packages every time, as a fresh image build does
+    sync += [arg for package in workspace_packages() for arg in ("--reinstall-package", package)]
     venv = tmp_path / "venv"
     result = subprocess.run(
         [*sync, "--quiet"],
