@@ -337,6 +337,7 @@ class Stack:
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
             "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
+            "MESH_CARD_SIGNING_KEY_FILE": str(self.pki.card_signing_key()),
         }
         self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))

@@ -1,0 +1,126 @@
+"""The rest of the A2A surface the coordinator serves, at the root and at each agent's endpoint: signed cards
+(verified with the a2a-sdk's verifier against the published JWKS), the authenticated extended card, A2A 0.3
+clients, and the gRPC binding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.types import a2a_pb2 as pb
+from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
+from google.protobuf.json_format import MessageToDict, ParseDict
+from jwt import PyJWK
+
+from devstack.stack import Stack
+
+EXAMPLE_AGENTS = {"echo", "research", "writer", "reviewer", "analyst", "workflows"}
+CARD_PATHS = ["/", "/agents/echo/", "/agents/workflows/"]
+"""The root's card and two agents' cards (one an example agent, one the coordinator's hosted agent)."""
+
+
+def jwks_verifier(jwks: dict[str, Any], expected_jku: str):
+    """The SDK's verifier, finding keys in `jwks` by kid (and only for the JWKS URL the test fetched)."""
+    keys = {key["kid"]: PyJWK(key) for key in jwks["keys"]}
+
+    def key_for(kid: str | None, jku: str | None) -> PyJWK:
+        assert jku == expected_jku, f"signature points at {jku}, not {expected_jku}"
+        return keys[kid or ""]
+
+    return create_signature_verifier(key_for, ["ES256"])
+
+
+@pytest.mark.parametrize("base", CARD_PATHS)
+async def test_every_served_card_is_signed_and_verifies_with_the_published_key(mesh: Stack, base: str) -> None:
+    url = mesh.coordinator_url
+    async with httpx.AsyncClient(timeout=30.0) as anonymous:  # both are public, like the card
+        jwks_response = await anonymous.get(f"{url}/.well-known/jwks.json")
+        assert jwks_response.status_code == 200
+        jwks = jwks_response.json()
+        assert [key["kty"] for key in jwks["keys"]] == ["EC"] and "d" not in jwks["keys"][0]  # public half only
+        card = await A2ACardResolver(anonymous, f"{url}{base}").get_agent_card()
+    assert len(card.signatures) == 1
+    verify = jwks_verifier(jwks, f"{url}/.well-known/jwks.json")
+    verify(card)  # raises when no signature verifies
+
+    tampered = pb.AgentCard()
+    tampered.CopyFrom(card)
+    tampered.description += " (and it also wires money)"
+    with pytest.raises(InvalidSignaturesError):
+        verify(tampered)
+    moved = pb.AgentCard()
+    moved.CopyFrom(card)
+    moved.supported_interfaces[0].url = "https://attacker.example/"
+    with pytest.raises(InvalidSignaturesError):
+        verify(moved)
+
+
+async def test_a_card_signed_with_another_key_does_not_verify(mesh: Stack, tmp_path) -> None:
+    """The verifier really checks the key: the served card against a JWKS of a fresh key with the same kid."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    async with httpx.AsyncClient(timeout=30.0) as anonymous:
+        jwks = (await anonymous.get(f"{mesh.coordinator_url}/.well-known/jwks.json")).json()
+        card_json = (await anonymous.get(f"{mesh.coordinator_url}/.well-known/agent-card.json")).json()
+    card = ParseDict(card_json, pb.AgentCard(), ignore_unknown_fields=True)
+    other = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
+    forged = {"keys": [{**other, "kid": jwks["keys"][0]["kid"]}]}
+    with pytest.raises(InvalidSignaturesError):
+        jwks_verifier(forged, f"{mesh.coordinator_url}/.well-known/jwks.json")(card)
+
+
+# -- the extended card --------------------------------------------------------------------------------------------
+def mesh_state(card: pb.AgentCard) -> dict[str, Any]:
+    """The live state the extended card carries (its mesh-status extension's params)."""
+    [extension] = [e for e in card.capabilities.extensions if e.uri.endswith("/mesh-status/v1")]
+    return MessageToDict(extension.params)
+
+
+@pytest.mark.parametrize("transport", ["JSONRPC", "HTTP+JSON"])
+async def test_the_extended_card_shows_every_agents_status_and_load_signed(
+    mesh: Stack, http: httpx.AsyncClient, transport: str
+) -> None:
+    url = mesh.coordinator_url
+    public = await A2ACardResolver(http, url).get_agent_card()
+    assert public.capabilities.extended_agent_card is True
+    assert not [e for e in public.capabilities.extensions if e.uri.endswith("/mesh-status/v1")]  # not in public
+    jwks = (await http.get(f"{url}/.well-known/jwks.json")).json()
+    config = ClientConfig(httpx_client=http, supported_protocol_bindings=[transport])
+    client = ClientFactory(config).create(public)
+    verify = jwks_verifier(jwks, f"{url}/.well-known/jwks.json")
+    extended = await client.get_extended_agent_card(pb.GetExtendedAgentCardRequest(), signature_verifier=verify)
+    assert extended.name == public.name and [s.id for s in extended.skills] == [s.id for s in public.skills]
+    agents = {entry["name"]: entry for entry in mesh_state(extended)["agents"]}
+    assert set(agents) >= EXAMPLE_AGENTS
+    echo = agents["echo"]
+    assert echo["size"] >= 1 and echo["online"] >= 1
+    [instance] = [i for i in echo["instances"] if i["agent"] == f"{mesh.org}/{mesh.unit}/echo"]
+    assert instance["status"] == "online" and "inFlight" in instance and "load" in instance
+
+
+async def test_an_agents_extended_card_covers_only_that_agent(mesh: Stack, http: httpx.AsyncClient) -> None:
+    base = f"{mesh.coordinator_url}/agents/echo"
+    response = await http.get(f"{base}/extendedAgentCard", headers={"A2A-Version": "1.0"})
+    assert response.status_code == 200, response.text
+    card = ParseDict(response.json(), pb.AgentCard(), ignore_unknown_fields=True)
+    assert [entry["name"] for entry in mesh_state(card)["agents"]] == ["echo"]
+    assert card.supported_interfaces[0].url == f"{base}/"
+
+
+@pytest.mark.parametrize("base", ["", "/agents/echo"])
+@pytest.mark.parametrize("credentials", [{}, {"Authorization": "Bearer not-a-key"}, {"X-API-Key": "wrong"}])
+async def test_the_extended_card_is_never_served_without_credentials(
+    mesh: Stack, base: str, credentials: dict[str, str]
+) -> None:
+    url = f"{mesh.coordinator_url}{base}"
+    headers = {"A2A-Version": "1.0", **credentials}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "GetExtendedAgentCard", "params": {}}
+    async with httpx.AsyncClient(timeout=30.0, headers=headers) as anonymous:
+        rest = await anonymous.get(f"{url}/extendedAgentCard")
+        rpc = await anonymous.post(f"{url}/", json=call)
+    for response in (rest, rpc):
+        assert response.status_code == 401, response.text
+        assert "mesh-status" not in response.text and "instances" not in response.text
