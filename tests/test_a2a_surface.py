@@ -8,13 +8,16 @@ from typing import Any
 
 import httpx
 import pytest
-from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
+from a2a.compat.v0_3 import types as types_v03
+from a2a.compat.v0_3.conversions import to_core_agent_card
 from a2a.types import a2a_pb2 as pb
 from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
 from google.protobuf.json_format import MessageToDict, ParseDict
 from jwt import PyJWK
 
 from devstack.stack import Stack
+from tests.conftest import auth_headers, collect, send_request, user_message
 
 EXAMPLE_AGENTS = {"echo", "research", "writer", "reviewer", "analyst", "workflows"}
 CARD_PATHS = ["/", "/agents/echo/", "/agents/workflows/"]
@@ -124,3 +127,62 @@ async def test_the_extended_card_is_never_served_without_credentials(
     for response in (rest, rpc):
         assert response.status_code == 401, response.text
         assert "mesh-status" not in response.text and "instances" not in response.text
+
+
+# -- A2A 0.3 clients --------------------------------------------------------------------------------------------
+async def legacy_client(http: httpx.AsyncClient, base_url: str, transport: str, streaming: bool) -> Client:
+    """A client as a 0.3-era client sees the agent: the card at `/.well-known/agent.json` read as a 0.3 card (its
+    `url`, `preferredTransport`, `additionalInterfaces`), so the SDK picks its 0.3 transports (0.3 method names
+    and paths, 0.3 JSON with `kind`), as an a2a-sdk 0.3 client would speak."""
+    response = await http.get(f"{base_url}/.well-known/agent.json")
+    assert response.status_code == 200, response.text
+    legacy = types_v03.AgentCard.model_validate(response.json())
+    assert legacy.protocol_version == "0.3" and legacy.url == f"{base_url}/"
+    card = to_core_agent_card(legacy)
+    assert {i.protocol_version for i in card.supported_interfaces} == {"0.3"}  # nothing of 1.0 left in this view
+    config = ClientConfig(httpx_client=http, supported_protocol_bindings=[transport], streaming=streaming)
+    return ClientFactory(config).create(card)
+
+
+@pytest.mark.parametrize("transport", ["JSONRPC", "HTTP+JSON"])
+@pytest.mark.parametrize("base", ["", "/agents/echo"])
+async def test_a_0_3_client_sends_and_gets_tasks(mesh: Stack, http: httpx.AsyncClient, base: str, transport) -> None:
+    """Over JSON-RPC the 0.3 client streams (message/stream), over HTTP+JSON it sends (/v1/message:send)."""
+    streaming = transport == "JSONRPC"
+    client = await legacy_client(http, f"{mesh.coordinator_url}{base}", transport, streaming)
+    events = await collect(client, send_request(user_message("hello from 0.3"), skill="echo"))
+    assert events[0].HasField("task")
+    if streaming:
+        assert events[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+    else:
+        assert len(events) == 1 and events[0].task.status.state == pb.TASK_STATE_COMPLETED
+    fetched = await client.get_task(pb.GetTaskRequest(id=events[0].task.id))
+    assert fetched.status.state == pb.TASK_STATE_COMPLETED
+    assert "hello from 0.3" in repr(MessageToDict(fetched)["artifacts"])
+
+
+@pytest.mark.parametrize("base", ["", "/agents/echo"])
+async def test_raw_0_3_json_rpc_without_a_version_header(mesh: Stack, base: str) -> None:
+    """What 0.3 clients put on the wire: 0.3 method names and `kind`s, no A2A-Version header (so not the fast
+    path's 1.0 SendMessage)."""
+    url = f"{mesh.coordinator_url}{base}/"
+    message = {"kind": "message", "messageId": "m-03", "role": "user", "parts": [{"kind": "text", "text": "ping 03"}]}
+    message["metadata"] = {"skill": "echo"}
+    async with httpx.AsyncClient(timeout=60.0, headers=auth_headers(mesh)) as legacy:
+        sent = await legacy.post(
+            url, json={"jsonrpc": "2.0", "id": 7, "method": "message/send", "params": {"message": message}}
+        )
+        assert sent.status_code == 200, sent.text
+        result = sent.json()["result"]
+        assert result["kind"] == "task" and result["status"]["state"] == "completed", result
+        got = await legacy.post(
+            url, json={"jsonrpc": "2.0", "id": 8, "method": "tasks/get", "params": {"id": result["id"]}}
+        )
+        assert got.json()["result"]["id"] == result["id"] and got.json()["result"]["status"]["state"] == "completed"
+        missing = await legacy.post(
+            url, json={"jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {"id": "nope"}}
+        )
+        assert missing.json()["error"]["code"] == -32001
+        # a 1.0 method without the 1.0 header is still refused clearly, as the SDK does (VersionNotSupported)
+        one = await legacy.post(url, json={"jsonrpc": "2.0", "id": 10, "method": "GetTask", "params": {"id": "x"}})
+        assert one.json()["error"]["code"] == -32009

@@ -112,7 +112,7 @@ def card_finisher(settings: CoordinatorSettings, public_url: str) -> CardFinishe
     """Signs with the configured key (cards go unsigned without one), its JWKS published at JWKS_PATH."""
     key_file = settings.card_signing_key_file
     key = CardKey(key_file, f"{public_url.rstrip('/')}{JWKS_PATH}") if key_file is not None else None
-    return CardFinisher(key, extended_card=True)
+    return CardFinisher(key, extended_card=True, legacy_interfaces=True)
 
 
 def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> RequestGuard:
@@ -150,8 +150,10 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
                 cache_control="public, max-age=5",
             )
         ],
-        *create_jsonrpc_routes(handler, rpc_url=JSONRPC_PATH, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
-        *create_rest_routes(handler, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+        *create_jsonrpc_routes(
+            handler, rpc_url=JSONRPC_PATH, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+        ),
+        *create_rest_routes(handler, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
     ]
     policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
     app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
@@ -186,8 +188,14 @@ def agent_mount(
                 )
             ],
             *create_jsonrpc_routes(
-                handler, rpc_url="/", context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+                handler,
+                rpc_url="/",
+                context_builder=context,
+                enable_v0_3_compat=True,
+                shutdown_grace_period=SSE_SHUTDOWN_GRACE,
             ),
-            *create_rest_routes(handler, context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+            *create_rest_routes(
+                handler, context_builder=context, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+            ),
         ],
     )

@@ -27,6 +27,9 @@ JWKS_PATH = "/.well-known/jwks.json"
 LEGACY_CARD_PATH = "/.well-known/agent.json"
 """Where A2A 0.3 clients look for the card."""
 
+LEGACY_BINDINGS = ("JSONRPC", "HTTP+JSON")
+"""The bindings whose routes the SDK's compat mode also serves to A2A 0.3 clients."""
+
 SIGNING_ALGORITHM = "ES256"
 SIGNED_CACHE_SIZE = 256
 """Signed cards remembered by content: the card routes are public, so an unchanged card is not signed again."""
@@ -85,17 +88,22 @@ class CardFinisher:
     key: CardKey | None
     extended_card: bool = False
     """Whether GetExtendedAgentCard is served (mesh_coordinator.extended): the cards then say so."""
-    legacy_jsonrpc: bool = False
-    """Whether the JSON-RPC routes also serve A2A 0.3 (then each 1.0 JSON-RPC interface gets a 0.3 twin)."""
+    legacy_interfaces: bool = False
+    """Whether the JSON-RPC and HTTP+JSON routes also serve A2A 0.3 (the SDK's compat mode): each 1.0 interface of
+    those bindings then gets a 0.3 twin at the same URL, which the SDK turns into the 0.3 card's `url`,
+    `preferredTransport` and `additionalInterfaces` (served at /.well-known/agent.json too)."""
 
     def finish(self, card: pb.AgentCard) -> pb.AgentCard:
         finished = pb.AgentCard()
         finished.CopyFrom(card)
         finished.capabilities.extended_agent_card = self.extended_card
-        for interface in list(card.supported_interfaces) if self.legacy_jsonrpc else []:
-            if interface.protocol_binding == "JSONRPC" and interface.protocol_version == "1.0":
+        for interface in list(card.supported_interfaces) if self.legacy_interfaces else []:
+            if interface.protocol_binding in LEGACY_BINDINGS and interface.protocol_version == "1.0":
                 finished.supported_interfaces.add(
-                    url=interface.url, protocol_binding="JSONRPC", protocol_version="0.3", tenant=interface.tenant
+                    url=interface.url,
+                    protocol_binding=interface.protocol_binding,
+                    protocol_version="0.3",
+                    tenant=interface.tenant,
                 )
         return self.key.sign(finished) if self.key is not None else finished
 
