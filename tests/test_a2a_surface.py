@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
+import grpc.aio
 import httpx
 import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.compat.v0_3 import types as types_v03
 from a2a.compat.v0_3.conversions import to_core_agent_card
 from a2a.types import a2a_pb2 as pb
+from a2a.types import a2a_pb2_grpc
+from a2a.utils.errors import A2AError
 from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
 from google.protobuf.json_format import MessageToDict, ParseDict
 from jwt import PyJWK
@@ -186,3 +190,90 @@ async def test_raw_0_3_json_rpc_without_a_version_header(mesh: Stack, base: str)
         # a 1.0 method without the 1.0 header is still refused clearly, as the SDK does (VersionNotSupported)
         one = await legacy.post(url, json={"jsonrpc": "2.0", "id": 10, "method": "GetTask", "params": {"id": "x"}})
         assert one.json()["error"]["code"] == -32009
+
+
+# -- gRPC ---------------------------------------------------------------------------------------------------------
+def with_key(details: grpc.aio.ClientCallDetails, key: str) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), ("authorization", f"Bearer {key}"))
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(with_key(client_call_details, self.key), request)
+
+
+class StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(with_key(client_call_details, self.key), request)
+
+
+def bearer(key: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that put `authorization: Bearer <key>` on every call of a channel, as a configured gRPC client
+    does (grpc.aio takes one interceptor object per call shape)."""
+    return [UnaryBearer(key), StreamBearer(key)]
+
+
+async def grpc_client(mesh: Stack, http: httpx.AsyncClient, base: str, streaming: bool = False) -> Client:
+    """The SDK's gRPC client transport, chosen from the card's GRPC interface (an agent's carries its tenant)."""
+    card = await A2ACardResolver(http, f"{mesh.coordinator_url}{base}").get_agent_card()
+    [interface] = [i for i in card.supported_interfaces if i.protocol_binding == "GRPC"]
+    assert interface.url == f"127.0.0.1:{mesh.ports.coordinator_grpc}"
+    assert interface.tenant == base.strip("/").removeprefix("agents/")
+    config = ClientConfig(
+        streaming=streaming,
+        supported_protocol_bindings=["GRPC"],
+        grpc_channel_factory=lambda url: grpc.aio.insecure_channel(url, interceptors=bearer(mesh.api_key)),
+    )
+    return ClientFactory(config).create(card)
+
+
+@pytest.mark.parametrize("base", ["/", "/agents/echo/"])
+async def test_grpc_send_stream_get_and_cancel(mesh: Stack, http: httpx.AsyncClient, base: str) -> None:
+    client = await grpc_client(mesh, http, base)
+    [sent] = await collect(client, send_request(user_message("over grpc"), skill="echo"))
+    assert sent.task.status.state == pb.TASK_STATE_COMPLETED
+    assert sent.task.artifacts[0].parts[0].text == "over grpc"
+    assert (await client.get_task(pb.GetTaskRequest(id=sent.task.id))).status.state == pb.TASK_STATE_COMPLETED
+
+    streaming = await grpc_client(mesh, http, base, streaming=True)
+    events = await collect(streaming, send_request(user_message("streamed over grpc"), skill="echo"))
+    assert events[0].HasField("task") and events[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+
+    slow_request = send_request(user_message("slow"), skill="echo", return_immediately=True, delayMs=30_000)
+    [slow] = await collect(client, slow_request)
+    canceled = await client.cancel_task(pb.CancelTaskRequest(id=slow.task.id))
+    assert canceled.status.state == pb.TASK_STATE_CANCELED
+    with pytest.raises(A2AError, match="not found"):
+        await client.get_task(pb.GetTaskRequest(id="no-such-task"))
+
+
+async def test_an_agents_grpc_endpoint_sees_only_its_tasks(mesh: Stack, http: httpx.AsyncClient) -> None:
+    echo, research = await grpc_client(mesh, http, "/agents/echo/"), await grpc_client(mesh, http, "/agents/research/")
+    [sent] = await collect(echo, send_request(user_message("mine")))
+    assert sent.task.status.state == pb.TASK_STATE_COMPLETED
+    with pytest.raises(A2AError, match="not found"):
+        await research.get_task(pb.GetTaskRequest(id=sent.task.id))
+
+
+async def test_grpc_refuses_calls_without_a_known_key(mesh: Stack) -> None:
+    target = f"127.0.0.1:{mesh.ports.coordinator_grpc}"
+    for interceptors in ([], bearer("not-a-key")):
+        async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
+            stub = a2a_pb2_grpc.A2AServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetExtendedAgentCard(pb.GetExtendedAgentCardRequest(), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            request = pb.SendMessageRequest(message=user_message("x"))
+            with pytest.raises(grpc.aio.AioRpcError) as refused_stream:
+                async for _ in stub.SendStreamingMessage(request, timeout=30):
+                    pass
+            assert refused_stream.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -111,6 +111,10 @@ class CoordinatorSettings(ServiceSettings):
 
     http_port: int = 8000
     public_url: str | None = None
+    grpc_port: int | None = Field(default=8010, description="the A2A gRPC binding's port (unset: no gRPC)")
+    grpc_public_url: str | None = Field(
+        default=None, description="host:port clients reach gRPC at, for the cards (default: MESH_PUBLIC_URL's host)"
+    )
     registry_url: str = "http://127.0.0.1:8001"
     taskstore_url: str = "http://127.0.0.1:8002"
     default_skill: str = "echo"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit
 
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
@@ -112,7 +113,17 @@ def card_finisher(settings: CoordinatorSettings, public_url: str) -> CardFinishe
     """Signs with the configured key (cards go unsigned without one), its JWKS published at JWKS_PATH."""
     key_file = settings.card_signing_key_file
     key = CardKey(key_file, f"{public_url.rstrip('/')}{JWKS_PATH}") if key_file is not None else None
-    return CardFinisher(key, extended_card=True, legacy_interfaces=True)
+    return CardFinisher(key, grpc_url(settings, public_url), extended_card=True, legacy_interfaces=True)
+
+
+def grpc_url(settings: CoordinatorSettings, public_url: str) -> str | None:
+    """Where clients reach the gRPC binding: MESH_GRPC_PUBLIC_URL, else the public URL's host on MESH_GRPC_PORT."""
+    if settings.grpc_port is None:
+        return None
+    if settings.grpc_public_url:
+        return settings.grpc_public_url
+    host = urlsplit(public_url).hostname or settings.http_host
+    return f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
 
 
 def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> RequestGuard:
@@ -171,7 +182,8 @@ def agent_mount(
         endpoint = current_endpoint.get()
         if endpoint is None:
             raise HTTPException(404, "no such agent")
-        return finisher.finish(to_proto(agent_card(endpoint, public_url, root_card), pb.AgentCard))
+        card = to_proto(agent_card(endpoint, public_url, root_card), pb.AgentCard)
+        return finisher.finish(card, endpoint.name)
 
     context = EndpointContextBuilder()
     return Mount(

@@ -86,6 +86,8 @@ class CardFinisher:
     covers everything)."""
 
     key: CardKey | None
+    grpc_url: str | None = None
+    """host:port of the gRPC binding, listed in every card (an agent's with its name as `tenant`)."""
     extended_card: bool = False
     """Whether GetExtendedAgentCard is served (mesh_coordinator.extended): the cards then say so."""
     legacy_interfaces: bool = False
@@ -93,9 +95,14 @@ class CardFinisher:
     those bindings then gets a 0.3 twin at the same URL, which the SDK turns into the 0.3 card's `url`,
     `preferredTransport` and `additionalInterfaces` (served at /.well-known/agent.json too)."""
 
-    def finish(self, card: pb.AgentCard) -> pb.AgentCard:
+    def finish(self, card: pb.AgentCard, tenant: str = "") -> pb.AgentCard:
+        """`card` finished; `tenant` is the agent endpoint's name (the gRPC requests' tenant), "" at the root."""
         finished = pb.AgentCard()
         finished.CopyFrom(card)
+        if self.grpc_url is not None:
+            finished.supported_interfaces.add(
+                url=self.grpc_url, protocol_binding="GRPC", protocol_version="1.0", tenant=tenant
+            )
         finished.capabilities.extended_agent_card = self.extended_card
         for interface in list(card.supported_interfaces) if self.legacy_interfaces else []:
             if interface.protocol_binding in LEGACY_BINDINGS and interface.protocol_version == "1.0":

@@ -75,4 +75,6 @@ class ExtendedCards:
             description="the mesh's live state: every agent's status, load and tasks in flight, each pool's size",
             params=params,
         )
-        return self.finisher.finish(extended)  # signed like the public card, the extension covered
+        return self.finisher.finish(
+            extended, endpoint.name if endpoint is not None else ""
+        )  # signed like the public card, the extension covered
