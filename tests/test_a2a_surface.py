@@ -277,3 +277,13 @@ async def test_grpc_refuses_calls_without_a_known_key(mesh: Stack) -> None:
                 async for _ in stub.SendStreamingMessage(request, timeout=30):
                     pass
             assert refused_stream.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("base", ["/", "/agents/echo/"])
+async def test_grpc_serves_the_signed_extended_card(mesh: Stack, http: httpx.AsyncClient, base: str) -> None:
+    client = await grpc_client(mesh, http, base)
+    jwks = (await http.get(f"{mesh.coordinator_url}/.well-known/jwks.json")).json()
+    verify = jwks_verifier(jwks, f"{mesh.coordinator_url}/.well-known/jwks.json")
+    card = await client.get_extended_agent_card(pb.GetExtendedAgentCardRequest(), signature_verifier=verify)
+    names = [entry["name"] for entry in mesh_state(card)["agents"]]
+    assert names == ["echo"] if base != "/" else set(names) >= EXAMPLE_AGENTS
