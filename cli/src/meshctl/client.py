@@ -84,9 +84,10 @@ def list_agents(registry_url: str, *, skill: str | None, tag: str | None, status
 
 
 def task_record(store_url: str, task_id: str) -> dict[str, Any]:
-    """The task store's record of a task: the agent that held it, every event and the status history."""
+    """The task store's record of a task: the agent that held it, every event and the status history. meshctl is
+    an operator's tool, so it reads across callers (scope=all)."""
     try:
-        return dict(_get_json("task store", store_url, f"/tasks/{task_id}/events"))
+        return dict(_get_json("task store", store_url, f"/tasks/{task_id}/events", {"scope": "all"}))
     except CliError as error:
         if error.message.endswith("task not found"):
             raise CliError(f"Task {task_id} is not recorded in the task store") from None
