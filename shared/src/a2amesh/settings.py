@@ -36,6 +36,20 @@ class MqttSettings(BaseModel):
         return self.password
 
 
+class InternalTlsSettings(BaseModel):
+    """Mutual TLS on the internal HTTP APIs (registry, task store), with the broker's PKI (a2amesh.internal)."""
+
+    enabled: bool = Field(default=False, description="serve (registry, task store) or call them over mutual TLS")
+    ca_file: Path | None = Field(default=None, description="the mesh CA (default: MESH_MQTT__CA_FILE)")
+    cert_file: Path | None = Field(default=None, description="this client's certificate (default: its broker one)")
+    key_file: Path | None = Field(default=None, description="this client's key (default: its broker one)")
+    server_cert_file: Path | None = Field(default=None, description="a server's certificate (registry, task store)")
+    server_key_file: Path | None = None
+    readers: list[str] = Field(
+        default_factory=lambda: ["coordinator", "meshctl"], description="identities that may read (a server's list)"
+    )
+
+
 def read_keys(given: list[str], file: Path | None) -> frozenset[str]:
     """Secrets given inline plus those in a file, one per line (blank lines and # comments skipped)."""
     keys = {key.strip() for key in given if key.strip()}
@@ -56,6 +70,7 @@ class ServiceSettings(BaseSettings):
     log_json: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    internal: InternalTlsSettings = Field(default_factory=InternalTlsSettings)
 
     def address(self, name: str) -> AgentAddress:
         """The mesh address of a component called `name` in this org/unit."""

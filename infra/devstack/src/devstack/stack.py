@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -124,6 +125,8 @@ class Stack:
     tester: bool = False
     """Also issue the `mesh-tester` identity (any topic, any client id): for test harnesses only."""
     provisioned: dict[str, Identity] = field(default_factory=dict)
+    internal_tls: bool = False
+    """Serve the registry's and task store's APIs over mutual TLS with the mesh's certificates (a2amesh.internal)."""
     broker_of: Stack | None = None
     """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
 
@@ -204,12 +207,39 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.coordinator}"
 
     @property
+    def internal_scheme(self) -> str:
+        return "https" if self.internal_tls else "http"
+
+    @property
     def registry_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.registry}"
+        return f"{self.internal_scheme}://127.0.0.1:{self.ports.registry}"
 
     @property
     def taskstore_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.taskstore}"
+        return f"{self.internal_scheme}://127.0.0.1:{self.ports.taskstore}"
+
+    def internal_verify(self) -> ssl.SSLContext | bool:
+        """How the harness reads the internal APIs: with internal TLS, as meshctl (a reader), trusting the mesh CA."""
+        if not self.internal_tls:
+            return True
+        files = self.pki.client(Identity("meshctl", Role.OBSERVER))
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(files.cert), str(files.key))
+        return context
+
+    def internal_server_env(self, name: str) -> dict[str, str]:
+        """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""
+        if not self.internal_tls:
+            return {}
+        stem = f"servers/{name}"
+        if not (self.pki.root / f"{stem}.crt").exists():
+            self.pki.issue(stem, server_names=("localhost", name))
+        return {
+            "MESH_INTERNAL__ENABLED": "true",
+            "MESH_INTERNAL__CA_FILE": str(self.pki.ca_cert),
+            "MESH_INTERNAL__SERVER_CERT_FILE": str(self.pki.root / f"{stem}.crt"),
+            "MESH_INTERNAL__SERVER_KEY_FILE": str(self.pki.root / f"{stem}.key"),
+        }
 
     @property
     def api_key(self) -> str:
@@ -309,13 +339,23 @@ class Stack:
         )
 
     def registry(self) -> ManagedProcess:
-        env = {"MESH_REDIS_URL": self.redis_url, "MESH_HTTP_PORT": str(self.ports.registry)}
-        return self.service("registry", "mesh_registry", env, http_ready(f"{self.registry_url}/healthz"))
+        env = {
+            "MESH_REDIS_URL": self.redis_url,
+            "MESH_HTTP_PORT": str(self.ports.registry),
+            **self.internal_server_env("registry"),
+        }
+        ready = http_ready(f"{self.registry_url}/healthz", ca_file=str(self.pki.ca_cert))
+        return self.service("registry", "mesh_registry", env, ready)
 
     def taskstore(self) -> ManagedProcess:
         database_url = self.database_url or f"sqlite:///{self.run_dir / 'taskstore.db'}"
-        env = {"MESH_DATABASE_URL": database_url, "MESH_HTTP_PORT": str(self.ports.taskstore)}
-        return self.service("taskstore", "mesh_taskstore", env, http_ready(f"{self.taskstore_url}/healthz"))
+        env = {
+            "MESH_DATABASE_URL": database_url,
+            "MESH_HTTP_PORT": str(self.ports.taskstore),
+            **self.internal_server_env("taskstore"),
+        }
+        ready = http_ready(f"{self.taskstore_url}/healthz", ca_file=str(self.pki.ca_cert))
+        return self.service("taskstore", "mesh_taskstore", env, ready)
 
     def coordinator(self) -> ManagedProcess:
         env = {
@@ -324,6 +364,7 @@ class Stack:
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
             "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
+            **({"MESH_INTERNAL__ENABLED": "true"} if self.internal_tls else {}),
         }
         self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
@@ -339,7 +380,7 @@ class Stack:
 
         def check() -> bool:
             try:
-                response = httpx.get(url, timeout=1.0)
+                response = httpx.get(url, timeout=1.0, verify=self.internal_verify())
             except httpx.HTTPError:
                 return False
             return response.status_code == 200 and response.json().get("status") == "online"
