@@ -137,3 +137,39 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
         print("\n" + tally.report("internal APIs x identities"))
     assert not tally.leaks, tally.report("leaks")
     assert not tally.failures, tally.report("controls")
+
+
+async def test_redis_admits_only_its_acl_users_and_the_registry_only_to_its_keys(sealed: Stack) -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    tally = Tally()
+    port = sealed.ports.redis
+    refused = (AuthenticationError, NoPermissionError, ResponseError, ConnectionError)
+    attempts = {
+        "no password": f"redis://127.0.0.1:{port}/0",
+        "the default user, any password": f"redis://default:guess@127.0.0.1:{port}/0",
+        "the registry user, a wrong password": f"redis://registry:wrong@127.0.0.1:{port}/0",
+    }
+    for what, url in attempts.items():
+        redis = Redis.from_url(url)
+        try:
+            await redis.get("x")
+            tally.attack(f"redis with {what}", "anyone", False, "GET answered")
+        except refused as error:
+            tally.attack(f"redis with {what}", "anyone", True, type(error).__name__)
+        finally:
+            await redis.aclose()
+    registry = Redis.from_url(sealed.redis_url)
+    try:
+        for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"), ("DEBUG", "SLEEP", "0")):
+            try:
+                await registry.execute_command(*command)
+                tally.attack(f"redis {command[0]} as the registry", "registry", False, "allowed")
+            except refused as error:
+                tally.attack(f"redis {command[0]} as the registry", "registry", True, type(error).__name__)
+        tally.control("redis GET/SET as the registry", "registry", await registry.set("probe", "1") is True)
+    finally:
+        await registry.aclose()
+    print(tally.report("redis users"))
+    assert not tally.leaks and not tally.failures, tally.report("redis")

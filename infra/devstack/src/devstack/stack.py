@@ -4,7 +4,9 @@ every service started the way its container starts it (`python -m <package>`), o
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
+import secrets
 import shutil
 import ssl
 import sys
@@ -19,6 +21,9 @@ from a2amesh.settings import MqttSettings
 from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
+
+REDIS_REGISTRY_USER = "registry"
+REDIS_ADMIN_USER = "mesh-admin"
 
 BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
 
@@ -248,7 +253,36 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports.redis}/0"
+        """The registry's Redis, as the registry's own ACL user."""
+        return self.redis_url_for(REDIS_REGISTRY_USER)
+
+    def redis_url_for(self, user: str, db: int = 0) -> str:
+        """Redis as one of its ACL users (`registry`, or `mesh-admin` for tests that flush), password included."""
+        return f"redis://{user}:{self.redis_password(user)}@127.0.0.1:{self.ports.redis}/{db}"
+
+    def redis_password(self, user: str) -> str:
+        """A Redis user's password, kept beside the mesh's other secrets (created once)."""
+        path = self.pki.root / "redis" / f"{user}.password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            os.chmod(path, 0o600)
+        return path.read_text().strip()
+
+    def redis_acl(self) -> str:
+        """Redis's users: no default (passwordless) user; the registry may read, write and run transactions on
+        keys, nothing dangerous (no FLUSH*, CONFIG, KEYS, DEBUG); mesh-admin may do anything. Passwords are
+        stored as SHA-256 digests."""
+
+        def digest(user: str) -> str:
+            return hashlib.sha256(self.redis_password(user).encode()).hexdigest()
+
+        return (
+            "user default off\n"
+            f"user {REDIS_REGISTRY_USER} on #{digest(REDIS_REGISTRY_USER)} ~* resetchannels -@all "
+            "+@read +@write +@transaction +@connection -@dangerous\n"
+            f"user {REDIS_ADMIN_USER} on #{digest(REDIS_ADMIN_USER)} ~* &* +@all\n"
+        )
 
     def base_env(self) -> dict[str, str]:
         """Settings every mesh process reads (see a2amesh.settings)."""
@@ -295,6 +329,9 @@ class Stack:
         """redis-server on loopback; the registry's index is rebuilt from retained cards, so no persistence."""
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
+        acl_file = data_dir / "users.acl"
+        acl_file.write_text(self.redis_acl())
+        os.chmod(acl_file, 0o600)
         argv = [
             find_binary("redis-server"),
             "--port",
@@ -307,6 +344,8 @@ class Stack:
             "no",
             "--dir",
             str(data_dir),
+            "--aclfile",
+            str(acl_file),
         ]
         return ManagedProcess("redis", argv, self.run_dir / "logs" / "redis.log", tcp_ready(self.ports.redis))
 
