@@ -173,3 +173,28 @@ async def test_redis_admits_only_its_acl_users_and_the_registry_only_to_its_keys
         await registry.aclose()
     print(tally.report("redis users"))
     assert not tally.leaks and not tally.failures, tally.report("redis")
+
+
+def test_meshctl_reads_the_internal_apis_as_its_own_identity(sealed: Stack, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        **sealed.base_env(),
+        **sealed.identity_env(Identity("meshctl", Role.OBSERVER)),
+        "MESH_REGISTRY_URL": sealed.registry_url,
+        "MESH_TASKSTORE_URL": sealed.taskstore_url,
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "meshctl", "agents", "--json"], env=env, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert f"{sealed.org}/{sealed.unit}/echo" in json.dumps(json.loads(listed.stdout))
+    as_agent = {**env, **sealed.identity_env(Identity("echo", Role.AGENT))}
+    refused = subprocess.run(
+        [sys.executable, "-m", "meshctl", "agents"], env=as_agent, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert refused.returncode != 0 and b"may not GET /agents" in refused.stderr, refused.stderr.decode()
