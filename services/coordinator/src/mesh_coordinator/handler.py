@@ -333,10 +333,10 @@ class MeshRequestHandler(RequestHandler):
     async def _get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
         require_id(params.id)
         principal = caller("read")
-        await self.owners.check(params.id, principal)
         history_length = params.history_length if params.HasField("history_length") else None
         if history_length is not None and history_length < 0:
             raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
+        await self.owners.check(params.id, principal)  # after the params: a bad call is invalid whoever owns what
         endpoint = endpoint_of(context)
         if endpoint is not None:
             await self._agent_holding(params.id, endpoint)
