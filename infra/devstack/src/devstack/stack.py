@@ -22,6 +22,12 @@ from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
 
+SERVER_NAMES: dict[str, tuple[str, ...]] = {
+    name: (name, f"{name}.a2a-mesh.svc", f"{name}.a2a-mesh.svc.cluster.local", "localhost")
+    for name in ("registry", "taskstore", "postgres")
+}
+"""The DNS names each server certificate carries (Compose service names, Kubernetes Services, loopback)."""
+
 REDIS_REGISTRY_USER = "registry"
 REDIS_ADMIN_USER = "mesh-admin"
 
@@ -232,13 +238,21 @@ class Stack:
         context.load_cert_chain(str(files.cert), str(files.key))
         return context
 
+    def ensure_pki(self) -> None:
+        """Every identity's credentials, and the server certificates of the internal services and of PostgreSQL
+        (`servers/<name>.crt/.key`; Kubernetes mounts the PostgreSQL one as the Secret postgres-tls)."""
+        self.pki.ensure(self.identities())
+        for name, hosts in SERVER_NAMES.items():
+            if not (self.pki.root / "servers" / f"{name}.crt").exists():
+                self.pki.issue(f"servers/{name}", server_names=hosts)
+
     def internal_server_env(self, name: str) -> dict[str, str]:
         """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""
         if not self.internal_tls:
             return {}
         stem = f"servers/{name}"
         if not (self.pki.root / f"{stem}.crt").exists():
-            self.pki.issue(stem, server_names=("localhost", name))
+            self.pki.issue(stem, server_names=SERVER_NAMES[name])
         return {
             "MESH_INTERNAL__ENABLED": "true",
             "MESH_INTERNAL__CA_FILE": str(self.pki.ca_cert),
@@ -299,7 +313,7 @@ class Stack:
         data_dir = self.run_dir / "broker"
         data_dir.mkdir(parents=True, exist_ok=True)
         pki = self.pki
-        pki.ensure(self.identities())
+        self.ensure_pki()
         dynsec = data_dir / "dynamic-security.json"  # the broker's own copy: it writes runtime changes back
         if not dynsec.exists():
             shutil.copyfile(pki.dynsec_file, dynsec)
