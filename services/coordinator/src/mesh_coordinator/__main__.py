@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from a2amesh.binding import MeshRequester
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
+from a2amesh.internal import internal_client
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import build_app
@@ -39,7 +38,7 @@ def main() -> None:
 
     async def serve(stop: asyncio.Event) -> None:
         requester = MeshRequester(settings.mqtt, settings.address("coordinator"))
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with internal_client(settings, timeout=10.0) as client:  # mutual TLS when MESH_INTERNAL__ENABLED
             registry = RegistryClient(settings.registry_url, client)
             store = TaskStoreClient(settings.taskstore_url, client)
             handler = MeshRequestHandler(settings, requester, registry, store)
