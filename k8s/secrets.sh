@@ -15,7 +15,8 @@
 #                                                                              share and its role template (each pod
 #                                                                              enrolls its own identity as it starts)
 #   mesh-enroller         ca.crt client.crt client.key password                what the pods' init containers enroll as
-#   coordinator-api-keys  api-keys                                             the keys HTTP clients present
+#   coordinator-api-keys  api-keys card-signing.key                            the keys HTTP clients present, and the
+#                                                                              one the served agent cards are signed with
 # {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
 # infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
 set -euo pipefail
@@ -58,7 +59,7 @@ for name in $names; do
       secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" password="$stem.password"
       ;;
     coordinator-api-keys)
-      secret "$name" api-keys="$pki/coordinator-api-keys"
+      secret "$name" api-keys="$pki/coordinator-api-keys" card-signing.key="$pki/coordinator-card-signing.key"
       ;;
     mqtt-*)
       id=${name#mqtt-}

@@ -52,10 +52,12 @@ async def test_the_catalogue_lists_every_online_agent_with_a_card_url_that_serve
             registered = (await anonymous.get(f"{mesh.registry_url}/agents/{mesh.org}/{mesh.unit}/{name}")).json()
             assert card["name"] == registered["card"]["name"] == entry["title"]
             assert [skill["id"] for skill in card["skills"]] == entry["skills"] == registered["skills"]
-            # the coordinator's URLs for this agent, exactly: its host, the path once, every binding it serves
-            assert {(i["protocolBinding"], i["url"]) for i in card["supportedInterfaces"]} == {
-                ("JSONRPC", f"{base}/"),
-                ("HTTP+JSON", base),
+            # the coordinator's URLs for this agent, exactly: its host, the path once, every binding it serves (gRPC
+            # on its own port, the agent named by the requests' tenant)
+            assert {(i["protocolBinding"], i["url"], i.get("tenant")) for i in card["supportedInterfaces"]} == {
+                ("JSONRPC", f"{base}/", None),
+                ("HTTP+JSON", base, None),
+                ("GRPC", f"127.0.0.1:{mesh.ports.coordinator_grpc}", name),
             }
             root = (await anonymous.get(f"{mesh.coordinator_url}/.well-known/agent-card.json")).json()
             assert card["securitySchemes"] == root["securitySchemes"]

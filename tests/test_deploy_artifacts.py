@@ -524,9 +524,10 @@ def broker_files_read() -> set[str]:
 
 
 def service_files_read(env: dict[str, Any]) -> set[str]:
-    """The mounted files a mesh service reads: every *_FILE setting of its identities, and its API keys."""
+    """The mounted files a mesh service reads: every *_FILE setting of its identities, its API keys and its
+    card-signing key."""
     files = {env[f"{prefix}{name}"] for prefix in IDENTITY_PREFIXES for name in IDENTITY_FILES if prefix + name in env}
-    return files | ({env["MESH_API_KEYS_FILE"]} if "MESH_API_KEYS_FILE" in env else set())
+    return files | {env[name] for name in ("MESH_API_KEYS_FILE", "MESH_CARD_SIGNING_KEY_FILE") if name in env}
 
 
 def common_name(pem: bytes) -> str:

@@ -217,4 +217,5 @@ async def test_agent_card_is_served_with_the_meshs_live_skills(mesh: Stack, http
     assert response.status_code == 200 and response.headers.get("etag")
     card = response.json()
     assert {"echo", "research"} <= {skill["id"] for skill in card["skills"]}
-    assert {interface["protocolBinding"] for interface in card["supportedInterfaces"]} == {"JSONRPC", "HTTP+JSON"}
+    bindings = {(i["protocolBinding"], i["protocolVersion"]) for i in card["supportedInterfaces"]}
+    assert bindings == {(b, v) for b in ("JSONRPC", "HTTP+JSON") for v in ("1.0", "0.3")} | {("GRPC", "1.0")}

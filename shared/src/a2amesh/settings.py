@@ -111,12 +111,19 @@ class CoordinatorSettings(ServiceSettings):
 
     http_port: int = 8000
     public_url: str | None = None
+    grpc_port: int | None = Field(default=8010, description="the A2A gRPC binding's port (unset: no gRPC)")
+    grpc_public_url: str | None = Field(
+        default=None, description="host:port clients reach gRPC at, for the cards (default: MESH_PUBLIC_URL's host)"
+    )
     registry_url: str = "http://127.0.0.1:8001"
     taskstore_url: str = "http://127.0.0.1:8002"
     default_skill: str = "echo"
     task_timeout: float = 300.0
     api_keys: list[str] = Field(default_factory=list, description="keys clients present (Bearer or X-API-Key)")
     api_keys_file: Path | None = Field(default=None, description="more keys, one per line (a mounted secret)")
+    card_signing_key_file: Path | None = Field(
+        default=None, description="EC P-256 private key (PEM) the served agent cards are signed with (none: unsigned)"
+    )
     max_body_bytes: int = Field(default=1_048_576, description="largest request body accepted (413 above)")
     rate_limit: float = Field(default=50.0, description="requests per second per client, on average (429 above)")
     rate_burst: int = Field(default=100, description="requests a client may send at once")

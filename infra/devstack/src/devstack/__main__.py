@@ -53,6 +53,7 @@ def up(run_dir: Path) -> int:
 The mesh is up.
   A2A endpoint  {stack.coordinator_url}/   agent card: {stack.coordinator_url}/.well-known/agent-card.json
   Each agent    {stack.coordinator_url}/agents/<name>/   catalogue: {stack.coordinator_url}/agents
+  A2A gRPC      127.0.0.1:{stack.ports.coordinator_grpc}   (an agent: its name as the requests' tenant)
   Registry      {stack.registry_url}/agents
   Task store    {stack.taskstore_url}/tasks
   Console       {stack.console_url}/   (sign in with the API key below)

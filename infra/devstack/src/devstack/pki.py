@@ -173,6 +173,11 @@ class Pki:
         return self.root / "coordinator-api-keys"
 
     @property
+    def card_signing_key_file(self) -> Path:
+        """The coordinator's EC P-256 key that signs the agent cards it serves (PEM, PKCS#8)."""
+        return self.root / "coordinator-card-signing.key"
+
+    @property
     def outside_file(self) -> Path:
         """The identities admitted one at a time (`make identity`): `make certs` keeps them in the broker's seed."""
         return self.root / "outside-identities.json"
@@ -254,6 +259,17 @@ class Pki:
             os.chmod(self.api_keys_file, 0o600)
         return self.api_keys_file.read_text().split()[0]
 
+    def card_signing_key(self) -> Path:
+        """The card-signing key (created when missing): its public half is the coordinator's JWKS."""
+        self._ensure_ca()
+        if not self.card_signing_key_file.exists():
+            key = _new_key().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            self.card_signing_key_file.write_bytes(key)
+            os.chmod(self.card_signing_key_file, 0o600)
+        return self.card_signing_key_file
+
     def ensure(
         self,
         identities: list[Identity],
@@ -270,6 +286,7 @@ class Pki:
             self.write_enroll_template(pool)
         self.write_dynsec(identities)
         self.api_key()
+        self.card_signing_key()
 
     def _ensure_ca(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,8 @@ class Ports:
     taskstore: int
     coordinator: int
     console: int = 8003
+    coordinator_grpc: int = 8010
+    """The coordinator's A2A gRPC binding."""
 
     @classmethod
     def fixed(cls) -> Ports:
@@ -106,7 +108,15 @@ class Ports:
     @classmethod
     def random(cls) -> Ports:
         """Free ports, so tests never collide with a running `make dev` or with each other."""
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), console=free_port())
+        return cls(
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            console=free_port(),
+            coordinator_grpc=free_port(),
+        )
 
 
 @dataclass
@@ -337,6 +347,8 @@ class Stack:
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
             "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
+            "MESH_CARD_SIGNING_KEY_FILE": str(self.pki.card_signing_key()),
+            "MESH_GRPC_PORT": str(self.ports.coordinator_grpc),
         }
         self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))

@@ -13,6 +13,7 @@ from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import build_app
 from mesh_coordinator.delegate import Delegate
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
+from mesh_coordinator.grpc_face import grpc_server, serve_grpc
 from mesh_coordinator.handler import MeshRequestHandler, retry_profile
 from mesh_coordinator.workflows import WorkflowAgent
 
@@ -52,8 +53,11 @@ def main() -> None:
             )
             workflows = workflow_responder(settings, delegate)
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
+            workers = [workflows.run(stop), handler.reconciler.run(stop)]
+            if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
+                workers.append(serve_grpc(grpc_server(handler, settings), stop))
             # the hosted workflows agent drains like any agent before it goes offline
-            await serve_until(stop, server, workflows.run(stop), handler.reconciler.run(stop), grace=SHUTDOWN_GRACE + 5)
+            await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)
             await handler.hub.close()
             link_stop.set()
             await link

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit
 
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
@@ -25,12 +27,16 @@ from a2amesh.models import (
 )
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
+from a2amesh.settings import CoordinatorSettings
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
+from mesh_coordinator.cards import JWKS_PATH, LEGACY_CARD_PATH, CardFinisher, CardKey
 from mesh_coordinator.directory import DependencyError, RegistryClient
 from mesh_coordinator.endpoints import AgentEndpoints, EndpointContextBuilder, agent_card, current_endpoint
+from mesh_coordinator.extended import ExtendedCards
 from mesh_coordinator.fastpath import FastSendPath
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
+from mesh_coordinator.router import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,33 +109,71 @@ class MeshSkills:
         return self._skills
 
 
+def card_finisher(settings: CoordinatorSettings, public_url: str) -> CardFinisher:
+    """Signs with the configured key (cards go unsigned without one), its JWKS published at JWKS_PATH."""
+    key_file = settings.card_signing_key_file
+    key = CardKey(key_file, f"{public_url.rstrip('/')}{JWKS_PATH}") if key_file is not None else None
+    return CardFinisher(key, grpc_url(settings, public_url), extended_card=True, legacy_interfaces=True)
+
+
+def grpc_url(settings: CoordinatorSettings, public_url: str) -> str | None:
+    """Where clients reach the gRPC binding: MESH_GRPC_PUBLIC_URL, else the public URL's host on MESH_GRPC_PORT."""
+    if settings.grpc_port is None:
+        return None
+    if settings.grpc_public_url:
+        return settings.grpc_public_url
+    host = urlsplit(public_url).hostname or settings.http_host
+    return f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+
+
 def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> RequestGuard:
     """The Starlette app serving A2A v1.0 for the whole mesh."""
     settings = handler.settings
     base_card = coordinator_card(public_url, settings.org, [])
     skills = MeshSkills(registry)
+    finisher = card_finisher(settings, public_url)
 
-    async def card_with_live_skills(card: pb.AgentCard) -> pb.AgentCard:
+    async def built_card(endpoint: Endpoint | None) -> pb.AgentCard:
+        """The root's card with the live skills, or an endpoint's card, before finishing."""
+        if endpoint is not None:
+            return to_proto(agent_card(endpoint, public_url, base_card), pb.AgentCard)
         return to_proto(coordinator_card(public_url, settings.org, await skills.current()), pb.AgentCard)
+
+    async def card_with_live_skills(_card: pb.AgentCard) -> pb.AgentCard:
+        return finisher.finish(await built_card(None))
+
+    handler.extended_cards = ExtendedCards(handler.router, built_card, finisher, handler.hub.in_flight_to).card
 
     async def ready() -> dict[str, bool]:
         return {"broker": handler.requester.link.connected.is_set()}
 
     routes = [
         *health_routes(handler.metrics, ready),
-        agent_mount(handler, public_url, base_card),
-        *create_agent_card_routes(
-            to_proto(base_card, pb.AgentCard), card_modifier=card_with_live_skills, cache_control="public, max-age=5"
+        agent_mount(handler, public_url, base_card, finisher),
+        *finisher.routes(),
+        *[
+            route
+            for path in (AGENT_CARD_WELL_KNOWN_PATH, LEGACY_CARD_PATH)
+            for route in create_agent_card_routes(
+                to_proto(base_card, pb.AgentCard),
+                card_modifier=card_with_live_skills,
+                card_url=path,
+                cache_control="public, max-age=5",
+            )
+        ],
+        *create_jsonrpc_routes(
+            handler, rpc_url=JSONRPC_PATH, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE
         ),
-        *create_jsonrpc_routes(handler, rpc_url=JSONRPC_PATH, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
-        *create_rest_routes(handler, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+        *create_rest_routes(handler, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
     ]
     policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
     app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
     return RequestGuard(StrictJsonBodies(app), policy)
 
 
-def agent_mount(handler: MeshRequestHandler, public_url: str, root_card: AgentCard) -> BaseRoute:
+def agent_mount(
+    handler: MeshRequestHandler, public_url: str, root_card: AgentCard, finisher: CardFinisher
+) -> BaseRoute:
     """`/agents/{agent}`: the a2a-sdk's card, JSON-RPC and HTTP+JSON routes once more, pinned to one agent
     (mesh_coordinator.endpoints resolves it in front of them). Mounted before the root's HTTP+JSON routes, whose
     `/{tenant}` mount would otherwise take these paths."""
@@ -138,18 +182,32 @@ def agent_mount(handler: MeshRequestHandler, public_url: str, root_card: AgentCa
         endpoint = current_endpoint.get()
         if endpoint is None:
             raise HTTPException(404, "no such agent")
-        return to_proto(agent_card(endpoint, public_url, root_card), pb.AgentCard)
+        card = to_proto(agent_card(endpoint, public_url, root_card), pb.AgentCard)
+        return finisher.finish(card, endpoint.name)
 
     context = EndpointContextBuilder()
     return Mount(
         "/agents/{agent}",
         routes=[
-            *create_agent_card_routes(
-                to_proto(root_card, pb.AgentCard), card_modifier=card_of_agent, cache_control="no-cache"
-            ),
+            *[
+                route
+                for path in (AGENT_CARD_WELL_KNOWN_PATH, LEGACY_CARD_PATH)
+                for route in create_agent_card_routes(
+                    to_proto(root_card, pb.AgentCard),
+                    card_modifier=card_of_agent,
+                    card_url=path,
+                    cache_control="no-cache",
+                )
+            ],
             *create_jsonrpc_routes(
-                handler, rpc_url="/", context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+                handler,
+                rpc_url="/",
+                context_builder=context,
+                enable_v0_3_compat=True,
+                shutdown_grace_period=SSE_SHUTDOWN_GRACE,
             ),
-            *create_rest_routes(handler, context_builder=context, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
+            *create_rest_routes(
+                handler, context_builder=context, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE
+            ),
         ],
     )

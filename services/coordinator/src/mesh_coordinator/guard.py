@@ -22,8 +22,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/.well-known/agent-card.json", "/agents", "/livez", "/healthz", "/metrics"})
-_AGENT_CARD_PATH = re.compile(r"^/agents/[^/]+/\.well-known/agent-card\.json$")
+PUBLIC_PATHS = frozenset(
+    {
+        "/.well-known/agent-card.json",
+        "/.well-known/agent.json",  # the card where A2A 0.3 clients look for it
+        "/.well-known/jwks.json",  # the key the cards' signatures verify with
+        "/agents",
+        "/livez",
+        "/healthz",
+        "/metrics",
+    }
+)
+_AGENT_CARD_PATH = re.compile(r"^/agents/[^/]+/\.well-known/agent(?:-card)?\.json$")
 
 
 def is_public(path: str) -> bool:

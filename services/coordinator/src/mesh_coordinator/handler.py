@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from a2a.server.context import ServerCallContext
@@ -104,6 +104,8 @@ class MeshRequestHandler(RequestHandler):
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
         self.reconciler = Reconciler(store, self._record_event)
+        self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
+        """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
 
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
@@ -445,7 +447,14 @@ class MeshRequestHandler(RequestHandler):
     async def on_get_extended_agent_card(
         self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> pb.AgentCard:
-        raise sdk_errors.ExtendedAgentCardNotConfiguredError
+        """The public card plus the mesh's live state (mesh_coordinator.extended); the transports' guards admit
+        only authenticated callers."""
+        if self.extended_cards is None:
+            raise sdk_errors.ExtendedAgentCardNotConfiguredError
+        try:
+            return await self.extended_cards(endpoint_of(context))
+        except DependencyError as error:
+            raise sdk_errors.InternalError(message=f"mesh state unavailable: {error}") from None
 
 
 def _skill_of(request: SendMessageRequest, default: str) -> str | None:
