@@ -79,3 +79,7 @@ for name in $names; do
       ;;
   esac
 done
+
+# PostgreSQL's server certificate (the prod overlay's components/postgres mounts it; `make certs` issues it, SANs
+# postgres and postgres.<namespace>.svc): the task store connects with sslmode=verify-full against the mesh CA
+secret postgres-tls tls.crt="$pki/servers/postgres.crt" tls.key="$pki/servers/postgres.key"

@@ -570,7 +570,7 @@ async def test_an_agent_answering_junk_gets_the_task_ended_not_the_client_hung(
         async with httpx.AsyncClient(timeout=5) as http:
 
             async def recorded_failed() -> bool:
-                got = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}")
+                got = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}?scope=all")
                 return got.status_code == 200 and got.json()["status"]["state"] == TaskState.FAILED.value
 
             await eventually(recorded_failed, timeout=10, what="the store records the task FAILED")
@@ -711,11 +711,11 @@ async def test_events_on_wrong_topics_or_malformed_are_ignored_by_the_store(
     await inbox.publish(source.event_topic, task_event(control), response=False, user=[(EVENT_ID_PROPERTY, control)])
     async with httpx.AsyncClient(timeout=5) as http:
         deadline = time.monotonic() + 15
-        while (await http.get(f"{mesh.taskstore_url}/tasks/{control}")).status_code != 200:
+        while (await http.get(f"{mesh.taskstore_url}/tasks/{control}?scope=all")).status_code != 200:
             assert time.monotonic() < deadline, "the store stopped recording after bad events"
             await asyncio.sleep(0.1)
         for task_id in ignored:
-            response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}")
+            response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}?scope=all")
             assert response.status_code == 404, f"event for {task_id} was recorded: {response.text}"
     await assert_healthy(mesh, inbox)
 

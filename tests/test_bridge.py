@@ -165,7 +165,7 @@ async def test_a_task_sent_centrally_is_served_at_the_edge_and_recorded_centrall
         assert task.artifacts[0].parts[0].text == "across the bridge"
 
         async def recorded() -> dict[str, object] | None:
-            response = await http.get(f"{central.taskstore_url}/tasks/{task.id}/events")
+            response = await http.get(f"{central.taskstore_url}/tasks/{task.id}/events", params={"scope": "all"})
             if response.status_code != 200:
                 return None
             body = response.json()

@@ -52,7 +52,7 @@ async def test_store_records_the_whole_history_and_coordinator_serves_get_and_li
     task_id = event.task.id
 
     async def recorded() -> dict | None:
-        response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}/events")
+        response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}/events?scope=all")
         body = response.json() if response.status_code == 200 else None
         done = body and body["statusHistory"] and body["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED"
         return body if done else None
@@ -120,7 +120,7 @@ async def test_cancel_ends_a_slow_task_canceled_at_the_agent_and_in_the_store(
     assert canceled.status.state == CANCELED
 
     async def stored_state() -> str | None:
-        response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}")
+        response = await http.get(f"{mesh.taskstore_url}/tasks/{task_id}?scope=all")
         state = response.json()["status"]["state"] if response.status_code == 200 else None
         return state if state == "TASK_STATE_CANCELED" else None
 

@@ -50,7 +50,7 @@ async def test_sdk_requester_retry_with_same_task_id_is_deduplicated(mesh: Stack
     assert first[-1] == second[-1] == ("terminal", "only once")
 
     async def recorded() -> dict | None:
-        response = await http.get(f"{mesh.taskstore_url}/tasks/{request.task_id}/events")
+        response = await http.get(f"{mesh.taskstore_url}/tasks/{request.task_id}/events?scope=all")
         return response.json() if response.status_code == 200 else None
 
     record = await eventually(recorded, what="task recorded")
@@ -85,7 +85,7 @@ async def test_sdk_responder_agent_joins_the_registry_and_serves_a_task_through_
         assert streamed[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
 
         async def recorded() -> dict | None:
-            response = await http.get(f"{mesh.taskstore_url}/tasks/{task.id}/events")
+            response = await http.get(f"{mesh.taskstore_url}/tasks/{task.id}/events?scope=all")
             body = response.json() if response.status_code == 200 else None
             done = body and body["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED"
             return body if done else None

@@ -124,7 +124,7 @@ async def test_eight_enrolled_replicas_of_one_pool_all_serve_tasks(wide_pool: St
         async def holders() -> list[str] | None:
             agents = []
             for task in tasks:
-                response = await http.get(f"{wide_pool.taskstore_url}/tasks/{task.id}/events")
+                response = await http.get(f"{wide_pool.taskstore_url}/tasks/{task.id}/events", params={"scope": "all"})
                 if (
                     response.status_code != 200
                     or response.json()["statusHistory"][-1]["state"] != "TASK_STATE_COMPLETED"

@@ -48,7 +48,7 @@ async def test_outcomes_lost_on_the_way_to_the_store_are_republished(small_mesh:
         async def recorded() -> list[dict] | None:
             bodies = []
             for task in tasks:
-                response = await http.get(f"{small_mesh.taskstore_url}/tasks/{task.id}/events")
+                response = await http.get(f"{small_mesh.taskstore_url}/tasks/{task.id}/events?scope=all")
                 if (
                     response.status_code != 200
                     or response.json()["statusHistory"][-1]["state"] != "TASK_STATE_COMPLETED"

@@ -50,7 +50,7 @@ async def test_three_replicas_all_do_work_and_each_task_is_recorded_once(pooled_
         async def holders() -> list[str] | None:
             agents = []
             for task in tasks:
-                response = await http.get(f"{pooled_mesh.taskstore_url}/tasks/{task.id}/events")
+                response = await http.get(f"{pooled_mesh.taskstore_url}/tasks/{task.id}/events?scope=all")
                 if response.status_code != 200:
                     return None
                 body = response.json()
@@ -90,7 +90,7 @@ async def test_a_follow_up_reaches_the_pool_member_that_holds_the_task(pooled_me
             assert [m.role for m in done.task.history].count(pb.ROLE_USER) == 2
 
             async def recorded(task_id: str = done.task.id) -> dict | None:
-                response = await http.get(f"{pooled_mesh.taskstore_url}/tasks/{task_id}/events")
+                response = await http.get(f"{pooled_mesh.taskstore_url}/tasks/{task_id}/events?scope=all")
                 body = response.json() if response.status_code == 200 else None
                 return body if body and body["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED" else None
 

@@ -30,7 +30,7 @@ async def test_a_question_at_the_root_goes_to_research_and_the_task_says_why(
     assert "retain" in routing["matched"] and "research" in routing["reason"]
 
     async def recorded() -> dict | None:  # the durable record keeps why, too
-        response = await http.get(f"{mesh.taskstore_url}/tasks/{task.id}")
+        response = await http.get(f"{mesh.taskstore_url}/tasks/{task.id}?scope=all")
         return response.json() if response.status_code == 200 else None
 
     stored = await eventually(recorded, what="task in the store")

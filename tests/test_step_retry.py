@@ -39,12 +39,14 @@ async def test_a_frozen_agents_step_completes_on_the_other_instance_under_the_sa
 
             async def child_record() -> dict | None:
                 page = (
-                    await http.get(f"{two_echoes.taskstore_url}/tasks", params={"contextId": event.task.context_id})
+                    await http.get(
+                        f"{two_echoes.taskstore_url}/tasks", params={"scope": "all", "contextId": event.task.context_id}
+                    )
                 ).json()
                 child = next((t for t in page["tasks"] if t["id"] != event.task.id), None)
                 if child is None or child["status"]["state"] != "TASK_STATE_COMPLETED":
                     return None
-                return (await http.get(f"{two_echoes.taskstore_url}/tasks/{child['id']}/events")).json()
+                return (await http.get(f"{two_echoes.taskstore_url}/tasks/{child['id']}/events?scope=all")).json()
 
             record = await eventually(child_record, what="the child recorded COMPLETED")
             assert record["agent"] == f"{two_echoes.org}/{two_echoes.unit}/echo-b"

@@ -18,7 +18,9 @@ async def children_of(mesh: Stack, http: httpx.AsyncClient, parent: pb.Task, cou
     """The recorded child tasks of a parent: same context, referencing the parent (waits for the store)."""
 
     async def linked() -> list[dict] | None:
-        page = (await http.get(f"{mesh.taskstore_url}/tasks", params={"contextId": parent.context_id})).json()
+        page = (
+            await http.get(f"{mesh.taskstore_url}/tasks", params={"scope": "all", "contextId": parent.context_id})
+        ).json()
         found = [
             task
             for task in page["tasks"]

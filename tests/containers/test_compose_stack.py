@@ -161,7 +161,7 @@ def stack(
         shutil.copy(REPO / name, folder / name)
     for name in ("infra", "services"):  # the bind mounts' sources, where compose.yaml names them
         (folder / name).symlink_to(REPO / name)
-    publishing = ("BROKER", "COORDINATOR", "REGISTRY", "TASKSTORE", "CONSOLE", "REDIS")
+    publishing = ("BROKER", "COORDINATOR", "CONSOLE")  # the registry, task store and Redis are not published
     published = {f"PUBLISH_{name}_PORT": str(free_port()) for name in publishing}
     own = settings | published | {"MESH_PUBLIC_URL": f"http://127.0.0.1:{published['PUBLISH_COORDINATOR_PORT']}"}
     (folder / ".env").write_text("".join(f"{key}={value}\n" for key, value in own.items()))
@@ -224,23 +224,33 @@ async def test_the_broker_refuses_an_anonymous_client(stack: ComposeStack) -> No
     assert await connect_error(admin, "mesh-admin") is None
 
 
+async def get_task(stack: ComposeStack, task_id: str) -> dict | None:
+    """GetTask through the coordinator with the README's key (the task store's port is not published)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task_id}}
+    headers = {"A2A-Version": "1.0", "Authorization": f"Bearer {api_key()}"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        try:
+            answer = await client.post(f"http://127.0.0.1:{stack.port('coordinator')}/", json=body, headers=headers)
+        except httpx.TransportError:
+            return None
+    return answer.json().get("result") if answer.status_code == 200 else None
+
+
 async def test_a_restarted_task_store_keeps_its_tasks(stack: ComposeStack) -> None:
+    """The task survives a task store restart; the coordinator is restarted after it, so its answer can only come
+    from the store, not from what the coordinator remembers of the task."""
     task = await send_readme_request(stack, "remember me across a restart")
-    url = f"http://127.0.0.1:{stack.port('taskstore')}/tasks/{task['id']}"
 
     async def recorded_completed() -> dict | None:
-        async with httpx.AsyncClient(timeout=10) as client:
-            try:
-                answer = await client.get(url)
-            except httpx.TransportError:
-                return None
-        body = answer.json() if answer.status_code == 200 else None
-        return body if body and body["status"]["state"] == "TASK_STATE_COMPLETED" else None
+        found = await get_task(stack, task["id"])
+        return found if found and found["status"]["state"] == "TASK_STATE_COMPLETED" else None
 
-    before = await eventually(recorded_completed, timeout=60, what="the task recorded COMPLETED in the task store")
+    before = await eventually(recorded_completed, timeout=60, what="the task COMPLETED through GetTask")
     run([ENGINE, "restart", stack.container("taskstore")], env=stack.env, timeout=120)
     stack.wait_healthy("taskstore")
-    after = await eventually(recorded_completed, timeout=60, what="the task still there after the restart")
+    run([ENGINE, "restart", stack.container("coordinator")], env=stack.env, timeout=120)
+    stack.wait_healthy("coordinator")
+    after = await eventually(recorded_completed, timeout=60, what="the task still there after the restarts")
     assert after["id"] == before["id"]
     assert after["artifacts"] == before["artifacts"]
 

@@ -272,7 +272,7 @@ async def await_terminal(
         async def fetch(task_id: str) -> None:
             async with limit:
                 try:
-                    response = await client.get(f"{stack.taskstore_url}/tasks/{task_id}")
+                    response = await client.get(f"{stack.taskstore_url}/tasks/{task_id}?scope=all")
                 except httpx.HTTPError:
                     return  # the store is down or busy: ask again next round
             if response.status_code == 200:
@@ -296,7 +296,7 @@ async def store_events(stack: Stack, task_ids: Iterable[str], concurrency: int =
 
         async def fetch(task_id: str) -> None:
             async with limit:
-                response = await client.get(f"{stack.taskstore_url}/tasks/{task_id}/events")
+                response = await client.get(f"{stack.taskstore_url}/tasks/{task_id}/events?scope=all")
             if response.status_code == 200:
                 found[task_id] = response.json()
 
@@ -310,7 +310,9 @@ async def stored_for_refused(stack: Stack, refused: Iterable[Refused]) -> dict[i
     found: dict[int, list[dict[str, Any]]] = {}
     async with httpx.AsyncClient(timeout=10.0) as client:
         for item in refused:
-            response = await client.get(f"{stack.taskstore_url}/tasks", params={"contextId": item.context_id})
+            response = await client.get(
+                f"{stack.taskstore_url}/tasks", params={"scope": "all", "contextId": item.context_id}
+            )
             tasks = response.json().get("tasks", []) if response.status_code == 200 else []
             if tasks:
                 found[item.index] = tasks

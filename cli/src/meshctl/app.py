@@ -16,6 +16,7 @@ from a2a.types import a2a_pb2 as pb
 from pydantic import ValidationError
 from rich.text import Text
 
+from a2amesh.internal import client_ssl_context
 from a2amesh.settings import MqttSettings, ServiceSettings
 from meshctl import client, identity, render
 from meshctl.events import MeshEvent, follow
@@ -109,6 +110,14 @@ def main_options(
 ) -> None:
     ctx.obj = Options(coordinator, registry, store, mqtt_host, mqtt_port, json_out)
     client.use_api_key(api_key or dev_api_key())
+    if registry.startswith("https:") or store.startswith("https:"):  # internal APIs over the mesh's mutual TLS
+        with reported():
+            settings = ctx.obj.settings()
+            settings.internal = settings.internal.model_copy(update={"enabled": True})
+            try:
+                client.use_internal_tls(client_ssl_context(settings))
+            except (ValueError, OSError) as error:
+                raise client.CliError(f"internal TLS: {error}", code=2) from None
 
 
 def options(ctx: typer.Context, json_out: bool) -> Options:

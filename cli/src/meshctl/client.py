@@ -3,6 +3,7 @@ store through their plain JSON APIs. Every failure leaves here as a `CliError` w
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,7 @@ def _unreachable(what: str, url: str, error: BaseException) -> CliError:
 
 
 _api_key: str | None = None
+_internal_tls: ssl.SSLContext | None = None
 
 
 def use_api_key(key: str | None) -> None:
@@ -61,10 +63,17 @@ async def coordinator(url: str, *, streaming: bool = False, wait_long: bool = Fa
             raise CliError(error.message or str(error)) from None
 
 
+def use_internal_tls(context: ssl.SSLContext | None) -> None:
+    """Read the registry and the task store over the mesh's mutual TLS, as meshctl's own identity."""
+    global _internal_tls
+    _internal_tls = context
+
+
 def _get_json(what: str, base_url: str, path: str, params: dict[str, str] | None = None) -> Any:
     url = base_url.rstrip("/") + path
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
     try:
-        response = httpx.get(url, params=params, timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT))
+        response = httpx.get(url, params=params, timeout=timeout, verify=_internal_tls or True)
     except httpx.RequestError as error:
         raise _unreachable(what, base_url, error) from None
     try:
@@ -84,9 +93,10 @@ def list_agents(registry_url: str, *, skill: str | None, tag: str | None, status
 
 
 def task_record(store_url: str, task_id: str) -> dict[str, Any]:
-    """The task store's record of a task: the agent that held it, every event and the status history."""
+    """The task store's record of a task: the agent that held it, every event and the status history. meshctl is
+    an operator's tool, so it reads across callers (scope=all)."""
     try:
-        return dict(_get_json("task store", store_url, f"/tasks/{task_id}/events"))
+        return dict(_get_json("task store", store_url, f"/tasks/{task_id}/events", {"scope": "all"}))
     except CliError as error:
         if error.message.endswith("task not found"):
             raise CliError(f"Task {task_id} is not recorded in the task store") from None

@@ -29,7 +29,7 @@ def registry(
         unit=f"regtest{uuid.uuid4().hex[:8]}",
         broker_of=broker.stack,
     )
-    redis_url = f"redis://127.0.0.1:{redis_port}/{REGISTRY_DB}"
+    redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{REGISTRY_DB}"  # the registry's ACL user
     process, url = start_registry(stack, redis_url)
     yield Registry(stack, process, url, redis_url)
     stack.stop()

@@ -277,7 +277,8 @@ async def test_index_rebuilt_after_flush(registry: Registry, publisher: Publishe
     await publisher.publish(address, card("Survivor", [skill(survivor_skill, "tough")]), load=0.5)
     await registry.wait_record(address)
 
-    redis = Redis.from_url(registry.redis_url, decode_responses=True)
+    admin = registry.stack.redis_url_for("mesh-admin", int(registry.redis_url.rsplit("/", 1)[1]))
+    redis = Redis.from_url(admin, decode_responses=True)  # flushing is an operator's right, not the registry's
     try:
         await redis.flushdb()
         assert await redis.dbsize() == 0

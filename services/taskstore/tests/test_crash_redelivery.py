@@ -59,7 +59,7 @@ async def test_events_received_but_not_written_are_redelivered_after_a_crash(bro
         recorded: set[str] = set()
         while time.monotonic() < deadline and len(recorded) < EVENTS:
             for task_id in set(task_ids) - recorded:
-                if (await http.get(f"/tasks/{task_id}")).status_code == 200:
+                if (await http.get(f"/tasks/{task_id}?scope=all")).status_code == 200:
                     recorded.add(task_id)
             await asyncio.sleep(0.2)
     stack.stop()

@@ -53,7 +53,7 @@ async def test_the_store_records_a_task_in_postgresql(broker: BrokerHandle, post
         async with httpx.AsyncClient(base_url=stack.taskstore_url, timeout=5) as http:
             deadline, record = time.monotonic() + 15, None
             while time.monotonic() < deadline:
-                response = await http.get(f"/tasks/{task_id}/events")
+                response = await http.get(f"/tasks/{task_id}/events?scope=all")
                 if response.status_code == 200 and len(response.json()["statusHistory"]) == 3:
                     record = response.json()
                     break

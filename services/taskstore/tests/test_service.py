@@ -119,13 +119,13 @@ class StoreClient:
         self.http = httpx.AsyncClient(base_url=base_url, timeout=5.0)
 
     async def task(self, task_id: str, **params: Any) -> httpx.Response:
-        return await self.http.get(f"/tasks/{task_id}", params=params)
+        return await self.http.get(f"/tasks/{task_id}", params={"scope": "all", **(params or {})})
 
     async def events(self, task_id: str) -> httpx.Response:
-        return await self.http.get(f"/tasks/{task_id}/events")
+        return await self.http.get(f"/tasks/{task_id}/events", params={"scope": "all"})
 
     async def list(self, **params: Any) -> httpx.Response:
-        return await self.http.get("/tasks", params=params)
+        return await self.http.get("/tasks", params={"scope": "all", **(params or {})})
 
     async def wait_events(self, task_id: str, count: int, within: float = 10.0) -> dict[str, Any]:
         """The task's event log once it holds at least `count` events."""

@@ -56,10 +56,11 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def http_server(app: Any, host: str, port: int, log_level: str = "warning") -> QuietServer:
-    """A uvicorn server for `app` that the service's own stop event shuts down."""
+def http_server(app: Any, host: str, port: int, log_level: str = "warning", **options: Any) -> QuietServer:
+    """A uvicorn server for `app` that the service's own stop event shuts down (`options`: more uvicorn settings,
+    e.g. a2amesh.internal.tls_server_options)."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level.lower(), lifespan="on", timeout_graceful_shutdown=5
+        app, host=host, port=port, log_level=log_level.lower(), lifespan="on", timeout_graceful_shutdown=5, **options
     )
     return QuietServer(config)
 

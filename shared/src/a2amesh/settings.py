@@ -36,6 +36,20 @@ class MqttSettings(BaseModel):
         return self.password
 
 
+class InternalTlsSettings(BaseModel):
+    """Mutual TLS on the internal HTTP APIs (registry, task store), with the broker's PKI (a2amesh.internal)."""
+
+    enabled: bool = Field(default=False, description="serve (registry, task store) or call them over mutual TLS")
+    ca_file: Path | None = Field(default=None, description="the mesh CA (default: MESH_MQTT__CA_FILE)")
+    cert_file: Path | None = Field(default=None, description="this client's certificate (default: its broker one)")
+    key_file: Path | None = Field(default=None, description="this client's key (default: its broker one)")
+    server_cert_file: Path | None = Field(default=None, description="a server's certificate (registry, task store)")
+    server_key_file: Path | None = None
+    readers: list[str] = Field(
+        default_factory=lambda: ["coordinator", "meshctl"], description="identities that may read (a server's list)"
+    )
+
+
 def read_keys(given: list[str], file: Path | None) -> frozenset[str]:
     """Secrets given inline plus those in a file, one per line (blank lines and # comments skipped)."""
     keys = {key.strip() for key in given if key.strip()}
@@ -56,6 +70,7 @@ class ServiceSettings(BaseSettings):
     log_json: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    internal: InternalTlsSettings = Field(default_factory=InternalTlsSettings)
 
     def address(self, name: str) -> AgentAddress:
         """The mesh address of a component called `name` in this org/unit."""
@@ -105,10 +120,6 @@ class TaskStoreSettings(ServiceSettings):
 class CoordinatorSettings(ServiceSettings):
     """The coordinator: where the registry and task store answer, the URL clients reach it at, and who may call."""
 
-    def all_api_keys(self) -> frozenset[str]:
-        """The keys from MESH_API_KEYS and from MESH_API_KEYS_FILE."""
-        return read_keys(self.api_keys, self.api_keys_file)
-
     http_port: int = 8000
     public_url: str | None = None
     grpc_port: int | None = Field(default=8010, description="the A2A gRPC binding's port (unset: no gRPC)")
@@ -119,8 +130,26 @@ class CoordinatorSettings(ServiceSettings):
     taskstore_url: str = "http://127.0.0.1:8002"
     default_skill: str = "echo"
     task_timeout: float = 300.0
-    api_keys: list[str] = Field(default_factory=list, description="keys clients present (Bearer or X-API-Key)")
-    api_keys_file: Path | None = Field(default=None, description="more keys, one per line (a mounted secret)")
+    api_keys: list[str] = Field(
+        default_factory=list, description="keys clients present (Bearer or X-API-Key): lines of the keys file format"
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="the keys file (docs/security.md): hashed keys with ids, scopes, tenants; re-read on change",
+    )
+    jwt_issuer: str | None = Field(default=None, description="accept bearer JWTs from this issuer (`iss`)")
+    jwt_audience: str | None = Field(default=None, description="the `aud` tokens must name (default: the public URL)")
+    jwt_jwks_url: str | None = Field(
+        default=None, description="the issuer's JWKS (default: <issuer>/.well-known/jwks.json)"
+    )
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], description="allowed signatures")
+    jwt_tenant_claim: str = Field(default="tenant", description="the claim naming the caller's tenant")
+    jwt_openid_config_url: str | None = Field(
+        default=None, description="the issuer's OpenID configuration, declared on the card (openIdConnect scheme)"
+    )
+    audit_file: Path | None = Field(
+        default=None, description="append the audit trail here as JSON lines (always kept in memory, bounded, too)"
+    )
     card_signing_key_file: Path | None = Field(
         default=None, description="EC P-256 private key (PEM) the served agent cards are signed with (none: unsigned)"
     )

@@ -80,7 +80,7 @@ Press Ctrl-C to stop.""",
 def certs_command(pki_dir: Path) -> int:
     """Create the dev PKI and every identity's credentials (idempotent)."""
     stack = Stack(run_dir=REPO_ROOT / "run", pki_dir=pki_dir)
-    stack.pki.ensure(stack.identities(), pools=stack.pools())
+    stack.ensure_pki()
     print(f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json and, per identity, clients/<org>/<unit>/")
     for identity in stack.identities():
         print(f"  {identity.username(stack.org, stack.unit):<32} {identity.role}")

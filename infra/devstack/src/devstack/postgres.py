@@ -29,8 +29,12 @@ def _as_owner(argv: list[str], owner: str | None) -> list[str]:
 
 
 @contextmanager
-def postgres_server(root: Path) -> Iterator[str]:
-    """Run a PostgreSQL cluster under `root` until the block ends; yields a SQLAlchemy URL of an empty database."""
+def postgres_server(
+    root: Path, settings: dict[str, str] | None = None, files: dict[str, bytes] | None = None
+) -> Iterator[str]:
+    """Run a PostgreSQL cluster under `root` until the block ends; yields a SQLAlchemy URL of an empty database.
+    `settings` are more server settings (`-c name=value`); `files` are written under `root` first (owned by the
+    server's account, readable by it alone): certificates or an hba file the settings name as `{root}/...`."""
     owner = "postgres" if os.geteuid() == 0 else None
     data, sockets = root / "data", root / "sockets"
     for folder in (root, data, sockets):
@@ -38,6 +42,12 @@ def postgres_server(root: Path) -> Iterator[str]:
         if owner:
             account = pwd.getpwnam(owner)
             os.chown(folder, account.pw_uid, account.pw_gid)
+    for name, content in (files or {}).items():
+        path = root / name
+        path.write_bytes(content)
+        os.chmod(path, 0o600)
+        if owner:
+            os.chown(path, pwd.getpwnam(owner).pw_uid, pwd.getpwnam(owner).pw_gid)
     port = free_port()
     user = owner or pwd.getpwuid(os.geteuid()).pw_name
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True, "timeout": 60}
@@ -45,6 +55,7 @@ def postgres_server(root: Path) -> Iterator[str]:
         _as_owner([find_pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner), **quiet
     )
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    options += "".join(f" -c {name}={value.replace('{root}', str(root))}" for name, value in (settings or {}).items())
     pg_ctl = find_pg_binary("pg_ctl")
     subprocess.run(
         _as_owner([pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "start"], owner),
@@ -52,7 +63,7 @@ def postgres_server(root: Path) -> Iterator[str]:
     )
     try:
         subprocess.run(
-            _as_owner([find_pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "mesh"], owner),
+            _as_owner([find_pg_binary("createdb"), "-h", str(sockets), "-p", str(port), "-U", user, "mesh"], owner),
             **quiet,
         )
         yield f"postgresql+psycopg://{user}@127.0.0.1:{port}/mesh"

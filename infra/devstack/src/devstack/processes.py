@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -48,12 +49,13 @@ def tcp_ready(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:
     return check
 
 
-def http_ready(url: str) -> Callable[[], bool]:
-    """A health check that passes once `url` answers 200."""
+def http_ready(url: str, ca_file: str | None = None) -> Callable[[], bool]:
+    """A health check that passes once `url` answers 200 (`ca_file`: the CA an https URL's server is checked with)."""
 
     def check() -> bool:
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file and url.startswith("https:") else True
         try:
-            return httpx.get(url, timeout=1.0).status_code == 200
+            return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -4,8 +4,11 @@ every service started the way its container starts it (`python -m <package>`), o
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
+import secrets
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +21,15 @@ from a2amesh.settings import MqttSettings
 from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
+
+SERVER_NAMES: dict[str, tuple[str, ...]] = {
+    name: (name, f"{name}.a2a-mesh.svc", f"{name}.a2a-mesh.svc.cluster.local", "localhost")
+    for name in ("registry", "taskstore", "postgres")
+}
+"""The DNS names each server certificate carries (Compose service names, Kubernetes Services, loopback)."""
+
+REDIS_REGISTRY_USER = "registry"
+REDIS_ADMIN_USER = "mesh-admin"
 
 BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
 
@@ -137,6 +149,8 @@ class Stack:
     tester: bool = False
     """Also issue the `mesh-tester` identity (any topic, any client id): for test harnesses only."""
     provisioned: dict[str, Identity] = field(default_factory=dict)
+    internal_tls: bool = False
+    """Serve the registry's and task store's APIs over mutual TLS with the mesh's certificates (a2amesh.internal)."""
     broker_of: Stack | None = None
     """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
     broker_extra: str = ""
@@ -221,12 +235,47 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.coordinator}"
 
     @property
+    def internal_scheme(self) -> str:
+        return "https" if self.internal_tls else "http"
+
+    @property
     def registry_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.registry}"
+        return f"{self.internal_scheme}://127.0.0.1:{self.ports.registry}"
 
     @property
     def taskstore_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.taskstore}"
+        return f"{self.internal_scheme}://127.0.0.1:{self.ports.taskstore}"
+
+    def internal_verify(self) -> ssl.SSLContext | bool:
+        """How the harness reads the internal APIs: with internal TLS, as meshctl (a reader), trusting the mesh CA."""
+        if not self.internal_tls:
+            return True
+        files = self.pki.client(Identity("meshctl", Role.OBSERVER))
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(files.cert), str(files.key))
+        return context
+
+    def ensure_pki(self) -> None:
+        """Every identity's credentials, and the server certificates of the internal services and of PostgreSQL
+        (`servers/<name>.crt/.key`; Kubernetes mounts the PostgreSQL one as the Secret postgres-tls)."""
+        self.pki.ensure(self.identities(), pools=self.pools())
+        for name, hosts in SERVER_NAMES.items():
+            if not (self.pki.root / "servers" / f"{name}.crt").exists():
+                self.pki.issue(f"servers/{name}", server_names=hosts)
+
+    def internal_server_env(self, name: str) -> dict[str, str]:
+        """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""
+        if not self.internal_tls:
+            return {}
+        stem = f"servers/{name}"
+        if not (self.pki.root / f"{stem}.crt").exists():
+            self.pki.issue(stem, server_names=SERVER_NAMES[name])
+        return {
+            "MESH_INTERNAL__ENABLED": "true",
+            "MESH_INTERNAL__CA_FILE": str(self.pki.ca_cert),
+            "MESH_INTERNAL__SERVER_CERT_FILE": str(self.pki.root / f"{stem}.crt"),
+            "MESH_INTERNAL__SERVER_KEY_FILE": str(self.pki.root / f"{stem}.key"),
+        }
 
     @property
     def console_url(self) -> str:
@@ -239,7 +288,36 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports.redis}/0"
+        """The registry's Redis, as the registry's own ACL user."""
+        return self.redis_url_for(REDIS_REGISTRY_USER)
+
+    def redis_url_for(self, user: str, db: int = 0) -> str:
+        """Redis as one of its ACL users (`registry`, or `mesh-admin` for tests that flush), password included."""
+        return f"redis://{user}:{self.redis_password(user)}@127.0.0.1:{self.ports.redis}/{db}"
+
+    def redis_password(self, user: str) -> str:
+        """A Redis user's password, kept beside the mesh's other secrets (created once)."""
+        path = self.pki.root / "redis" / f"{user}.password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            os.chmod(path, 0o600)
+        return path.read_text().strip()
+
+    def redis_acl(self) -> str:
+        """Redis's users: no default (passwordless) user; the registry may read, write and run transactions on
+        keys, nothing dangerous (no FLUSH*, CONFIG, KEYS, DEBUG); mesh-admin may do anything. Passwords are
+        stored as SHA-256 digests."""
+
+        def digest(user: str) -> str:
+            return hashlib.sha256(self.redis_password(user).encode()).hexdigest()
+
+        return (
+            "user default off\n"
+            f"user {REDIS_REGISTRY_USER} on #{digest(REDIS_REGISTRY_USER)} ~* resetchannels -@all "
+            "+@read +@write +@transaction +@connection -@dangerous\n"
+            f"user {REDIS_ADMIN_USER} on #{digest(REDIS_ADMIN_USER)} ~* &* +@all\n"
+        )
 
     def base_env(self) -> dict[str, str]:
         """Settings every mesh process reads (see a2amesh.settings)."""
@@ -256,7 +334,7 @@ class Stack:
         data_dir = self.run_dir / "broker"
         data_dir.mkdir(parents=True, exist_ok=True)
         pki = self.pki
-        pki.ensure(self.identities(), pools=self.pools())
+        self.ensure_pki()
         dynsec = data_dir / "dynamic-security.json"  # the broker's own copy: it writes runtime changes back
         if not dynsec.exists():
             shutil.copyfile(pki.dynsec_file, dynsec)
@@ -288,6 +366,9 @@ class Stack:
         """redis-server on loopback; the registry's index is rebuilt from retained cards, so no persistence."""
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
+        acl_file = data_dir / "users.acl"
+        acl_file.write_text(self.redis_acl())
+        os.chmod(acl_file, 0o600)
         argv = [
             find_binary("redis-server"),
             "--port",
@@ -300,6 +381,8 @@ class Stack:
             "no",
             "--dir",
             str(data_dir),
+            "--aclfile",
+            str(acl_file),
         ]
         return ManagedProcess("redis", argv, self.run_dir / "logs" / "redis.log", tcp_ready(self.ports.redis))
 
@@ -332,13 +415,23 @@ class Stack:
         )
 
     def registry(self) -> ManagedProcess:
-        env = {"MESH_REDIS_URL": self.redis_url, "MESH_HTTP_PORT": str(self.ports.registry)}
-        return self.service("registry", "mesh_registry", env, http_ready(f"{self.registry_url}/healthz"))
+        env = {
+            "MESH_REDIS_URL": self.redis_url,
+            "MESH_HTTP_PORT": str(self.ports.registry),
+            **self.internal_server_env("registry"),
+        }
+        ready = http_ready(f"{self.registry_url}/healthz", ca_file=str(self.pki.ca_cert))
+        return self.service("registry", "mesh_registry", env, ready)
 
     def taskstore(self) -> ManagedProcess:
         database_url = self.database_url or f"sqlite:///{self.run_dir / 'taskstore.db'}"
-        env = {"MESH_DATABASE_URL": database_url, "MESH_HTTP_PORT": str(self.ports.taskstore)}
-        return self.service("taskstore", "mesh_taskstore", env, http_ready(f"{self.taskstore_url}/healthz"))
+        env = {
+            "MESH_DATABASE_URL": database_url,
+            "MESH_HTTP_PORT": str(self.ports.taskstore),
+            **self.internal_server_env("taskstore"),
+        }
+        ready = http_ready(f"{self.taskstore_url}/healthz", ca_file=str(self.pki.ca_cert))
+        return self.service("taskstore", "mesh_taskstore", env, ready)
 
     def coordinator(self) -> ManagedProcess:
         env = {
@@ -349,6 +442,7 @@ class Stack:
             "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
             "MESH_CARD_SIGNING_KEY_FILE": str(self.pki.card_signing_key()),
             "MESH_GRPC_PORT": str(self.ports.coordinator_grpc),
+            **({"MESH_INTERNAL__ENABLED": "true"} if self.internal_tls else {}),
         }
         self.pki.api_key()  # make sure the key file exists
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
@@ -382,7 +476,7 @@ class Stack:
 
         def check() -> bool:
             try:
-                response = httpx.get(url, timeout=1.0)
+                response = httpx.get(url, timeout=1.0, verify=self.internal_verify())
             except httpx.HTTPError:
                 return False
             return response.status_code == 200 and response.json().get("status") == "online"

@@ -155,7 +155,7 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
         }
         if filters["since"]:
             params["statusTimestampAfter"] = filters["since"]
-        listing, records = await asyncio.gather(mesh.tasks(params), mesh.agents())
+        listing, records = await asyncio.gather(mesh.tasks(key, params), mesh.agents())
         rows = listing.get("tasks", [])
         holders = await mesh.agents_of([task["id"] for task in rows])
         # the store keeps no skill per task: a skill filter keeps the tasks held by agents offering it
@@ -182,10 +182,11 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
 
     async def task_page(request: Request, key: str) -> Response:
         task_id = request.path_params["task_id"]
-        task, events = await asyncio.gather(mesh.get_task(key, task_id), mesh.recorded_events(task_id))
+        task = await mesh.get_task(key, task_id)  # the owner check: the event log is read only once this passed
+        events = await mesh.recorded_events(task_id)
         named = views.child_ids(task)
         # steps of a workflow share its context and name it as their parent (named in artifacts once they end)
-        context_tasks = await mesh.tasks({"contextId": task.get("contextId", ""), "pageSize": "100"})
+        context_tasks = await mesh.tasks(key, {"contextId": task.get("contextId", ""), "pageSize": "100"})
         children = [t for t in context_tasks.get("tasks", []) if views.parent_of(t) == task_id or t["id"] in named]
         children.sort(key=lambda t: t["status"].get("timestamp", ""))
         child_rows = [
@@ -317,7 +318,7 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
             while not stop.is_set() and time.monotonic() < ends and not await request.is_disconnected():
                 try:
                     page = await mesh.tasks(
-                        {"statusTimestampAfter": cursor.isoformat(), "pageSize": "50", "historyLength": "0"}
+                        key, {"statusTimestampAfter": cursor.isoformat(), "pageSize": "50", "historyLength": "0"}
                     )
                 except MeshError as error:
                     yield b"event: problem\ndata: " + json.dumps({"error": str(error)}).encode() + b"\n\n"

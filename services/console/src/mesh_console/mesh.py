@@ -1,7 +1,8 @@
 """The console's view of the mesh: thin HTTP clients of the registry, the task store and the coordinator.
 
-The coordinator is called through its A2A HTTP+JSON binding with the key the person gave; the registry and the task
-store are read through their HTTP read APIs. Nothing here touches the broker."""
+The coordinator is called through its A2A HTTP+JSON binding with the key the person gave, for every task read and
+listing; the registry and the tasks' event logs in the task store are read through their HTTP read APIs. Nothing
+here touches the broker."""
 
 from __future__ import annotations
 
@@ -82,14 +83,29 @@ class Mesh:
         body = await self._get(f"{self.registry}/agents", what="registry")
         return list(body.get("agents", []))
 
-    # -- task store ------------------------------------------------------------------------------------------
-    async def tasks(self, params: dict[str, str]) -> dict[str, Any]:
-        """One page of ListTasks from the task store (its query parameters, passed on as given)."""
-        return await self._get(f"{self.taskstore}/tasks", {k: v for k, v in params.items() if v}, "task store")
+    # -- tasks: listed through the coordinator with the person's key, event logs from the task store ------------
+    async def tasks(self, key: str, params: dict[str, str]) -> dict[str, Any]:
+        """One page of ListTasks through the coordinator with the person's key, so it holds only the tasks that
+        key may read (the task store itself answers only reads that name an owner, docs/security.md)."""
+        try:
+            response = await self.http.get(
+                f"{self.coordinator}/tasks", params={k: v for k, v in params.items() if v}, headers=self._headers(key)
+            )
+        except httpx.HTTPError as error:
+            raise MeshError(f"coordinator unreachable: {error}") from None
+        if response.status_code == 401:
+            raise Unauthorized()
+        if response.status_code != 200:
+            raise MeshError(f"tasks: {_error_text(response)}", 400 if response.status_code < 500 else 502)
+        return response.json()
 
     async def task_events(self, task_id: str) -> dict[str, Any]:
-        """The task's event log, status history and the agent holding it."""
-        return await self._get(f"{self.taskstore}/tasks/{task_id}/events", what=f"events of task {task_id}")
+        """The task's event log, status history and the agent holding it, read with the store's `scope=all`: call
+        it only for a task the person's key was already shown by the coordinator (GetTask or ListTasks with that
+        key), which is where the owner check happens."""
+        return await self._get(
+            f"{self.taskstore}/tasks/{quote(task_id, safe='')}/events", {"scope": "all"}, f"events of task {task_id}"
+        )
 
     async def recorded_events(self, task_id: str) -> dict[str, Any]:
         """The task's event log, or an empty one while the store has not recorded the task yet."""

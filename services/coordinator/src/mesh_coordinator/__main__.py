@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from a2amesh.binding import MeshRequester
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
+from a2amesh.internal import internal_client
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings, CoordinatorSettings
-from mesh_coordinator.app import build_app
+from mesh_coordinator.app import authenticator, build_app
 from mesh_coordinator.delegate import Delegate
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
 from mesh_coordinator.grpc_face import grpc_server, serve_grpc
@@ -40,7 +39,7 @@ def main() -> None:
 
     async def serve(stop: asyncio.Event) -> None:
         requester = MeshRequester(settings.mqtt, settings.address("coordinator"))
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with internal_client(settings, timeout=10.0) as client:  # mutual TLS when MESH_INTERNAL__ENABLED
             registry = RegistryClient(settings.registry_url, client)
             store = TaskStoreClient(settings.taskstore_url, client)
             handler = MeshRequestHandler(settings, requester, registry, store)
@@ -55,7 +54,7 @@ def main() -> None:
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
             workers = [workflows.run(stop), handler.reconciler.run(stop)]
             if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
-                workers.append(serve_grpc(grpc_server(handler, settings), stop))
+                workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))
             # the hosted workflows agent drains like any agent before it goes offline
             await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)
             await handler.hub.close()

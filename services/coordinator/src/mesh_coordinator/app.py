@@ -11,7 +11,9 @@ from a2a.types import a2a_pb2 as pb
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
 
 from a2amesh.models import (
     AgentCapabilities,
@@ -21,6 +23,7 @@ from a2amesh.models import (
     AgentSkill,
     APIKeySecurityScheme,
     HTTPAuthSecurityScheme,
+    OpenIdConnectSecurityScheme,
     SecurityRequirement,
     SecurityScheme,
     StringList,
@@ -28,6 +31,7 @@ from a2amesh.models import (
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from a2amesh.settings import CoordinatorSettings
+from mesh_coordinator.auth import ApiKeys, Authenticator, JwtPolicy, JwtVerifier, current_principal
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.cards import JWKS_PATH, LEGACY_CARD_PATH, CardFinisher, CardKey
 from mesh_coordinator.directory import DependencyError, RegistryClient
@@ -47,9 +51,40 @@ SSE_SHUTDOWN_GRACE = 2.0
 """Seconds an open event stream of the a2a-sdk routes may go on once the server begins to stop."""
 
 
-def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> AgentCard:
+def security_of(settings: CoordinatorSettings | None) -> tuple[dict[str, SecurityScheme], list[SecurityRequirement]]:
+    """The schemes the guard accepts, as the card declares them: a bearer credential (a JWT of the configured issuer
+    when there is one, else an API key), the API key in X-API-Key, and the issuer's OpenID Connect discovery when
+    it is configured. Each requirement is an alternative."""
+    jwt_issuer = settings.jwt_issuer if settings else None
+    bearer = "an API key of the mesh" + (f", or a JWT access token from {jwt_issuer}" if jwt_issuer else "")
+    schemes = {
+        "bearer": SecurityScheme(
+            http_auth_security_scheme=HTTPAuthSecurityScheme(
+                scheme="Bearer", bearer_format="JWT" if jwt_issuer else None, description=bearer
+            )
+        ),
+        "apiKey": SecurityScheme(
+            api_key_security_scheme=APIKeySecurityScheme(
+                location="header", name="X-API-Key", description="the same API key, in a header"
+            )
+        ),
+    }
+    if settings is not None and settings.jwt_openid_config_url:
+        schemes["oidc"] = SecurityScheme(
+            open_id_connect_security_scheme=OpenIdConnectSecurityScheme(
+                open_id_connect_url=settings.jwt_openid_config_url,
+                description="scopes: send, read, cancel, admin",
+            )
+        )
+    return schemes, [SecurityRequirement(schemes={name: StringList()}) for name in schemes]
+
+
+def coordinator_card(
+    public_url: str, org: str, skills: list[AgentSkill], settings: CoordinatorSettings | None = None
+) -> AgentCard:
     """The card of the whole mesh as one A2A agent: its skills are those of the agents online behind it."""
     base = public_url.rstrip("/")
+    schemes, requirements = security_of(settings)
     return AgentCard(
         name="A2A Mesh Coordinator",
         description="Front door of an A2A mesh over MQTT: delegates each task to a live specialist agent by skill "
@@ -65,23 +100,8 @@ def coordinator_card(public_url: str, org: str, skills: list[AgentSkill]) -> Age
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["text/plain", "application/json"],
         skills=skills,
-        security_schemes={
-            "bearer": SecurityScheme(
-                http_auth_security_scheme=HTTPAuthSecurityScheme(
-                    scheme="Bearer", description="an API key of the mesh, as a Bearer token"
-                )
-            ),
-            "apiKey": SecurityScheme(
-                api_key_security_scheme=APIKeySecurityScheme(
-                    location="header", name="X-API-Key", description="the same API key, in a header"
-                )
-            ),
-        },
-        # either scheme will do (each requirement is an alternative)
-        security_requirements=[
-            SecurityRequirement(schemes={"bearer": StringList()}),
-            SecurityRequirement(schemes={"apiKey": StringList()}),
-        ],
+        security_schemes=schemes,
+        security_requirements=requirements,
     )
 
 
@@ -129,7 +149,7 @@ def grpc_url(settings: CoordinatorSettings, public_url: str) -> str | None:
 def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url: str) -> RequestGuard:
     """The Starlette app serving A2A v1.0 for the whole mesh."""
     settings = handler.settings
-    base_card = coordinator_card(public_url, settings.org, [])
+    base_card = coordinator_card(public_url, settings.org, [], settings)
     skills = MeshSkills(registry)
     finisher = card_finisher(settings, public_url)
 
@@ -137,7 +157,7 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         """The root's card with the live skills, or an endpoint's card, before finishing."""
         if endpoint is not None:
             return to_proto(agent_card(endpoint, public_url, base_card), pb.AgentCard)
-        return to_proto(coordinator_card(public_url, settings.org, await skills.current()), pb.AgentCard)
+        return to_proto(coordinator_card(public_url, settings.org, await skills.current(), settings), pb.AgentCard)
 
     async def card_with_live_skills(_card: pb.AgentCard) -> pb.AgentCard:
         return finisher.finish(await built_card(None))
@@ -147,8 +167,20 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
     async def ready() -> dict[str, bool]:
         return {"broker": handler.requester.link.connected.is_set()}
 
+    async def audit(request: Request) -> JSONResponse:
+        """The audit trail, newest first, for operators only (principal=, taskId=, method=, limit=)."""
+        principal = current_principal.get()
+        if principal is None or not principal.is_operator:
+            return JSONResponse({"error": "the audit trail needs the admin scope"}, status_code=403)
+        query = request.query_params
+        limit = int(query["limit"]) if query.get("limit", "").isdigit() else 100
+        records = handler.audit.query(query.get("principal"), query.get("taskId"), query.get("method"), limit)
+        handler.audit.record(principal, "ReadAudit", "ok")
+        return JSONResponse({"records": records})
+
     routes = [
         *health_routes(handler.metrics, ready),
+        Route("/audit", audit, methods=["GET"]),
         agent_mount(handler, public_url, base_card, finisher),
         *finisher.routes(),
         *[
@@ -166,9 +198,25 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         ),
         *create_rest_routes(handler, enable_v0_3_compat=True, shutdown_grace_period=SSE_SHUTDOWN_GRACE),
     ]
-    policy = GuardPolicy(settings.all_api_keys(), settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
+    policy = GuardPolicy(settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
     app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
-    return RequestGuard(StrictJsonBodies(app), policy)
+    return RequestGuard(StrictJsonBodies(app), policy, authenticator(settings, public_url), handler.audit)
+
+
+def authenticator(settings: CoordinatorSettings, public_url: str) -> Authenticator:
+    """API keys from MESH_API_KEYS and MESH_API_KEYS_FILE, and JWTs when an issuer is configured."""
+    verifier = None
+    if settings.jwt_issuer:
+        issuer = settings.jwt_issuer.rstrip("/")
+        policy = JwtPolicy(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience or public_url,
+            jwks_url=settings.jwt_jwks_url or f"{issuer}/.well-known/jwks.json",
+            algorithms=tuple(settings.jwt_algorithms),
+            tenant_claim=settings.jwt_tenant_claim,
+        )
+        verifier = JwtVerifier(policy)
+    return Authenticator(ApiKeys(settings.api_keys, settings.api_keys_file), verifier)
 
 
 def agent_mount(

@@ -7,6 +7,7 @@ here, in memory, and never published for an agent that did not ask for it."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 MAX_REMEMBERED = 10_000
 """Parent tasks whose caller's credentials are kept (the oldest go first): bounded, like every cache here."""
@@ -15,9 +16,15 @@ MAX_REMEMBERED = 10_000
 class CallerCredentials:
     """Parent task id -> the `Bearer <key>` its caller presented (for the latest turn)."""
 
-    def __init__(self, limit: int = MAX_REMEMBERED) -> None:
+    def __init__(self, limit: int = MAX_REMEMBERED, adopt: Callable[[str, str], object] | None = None) -> None:
         self.limit = limit
         self._by_task: OrderedDict[str, str] = OrderedDict()
+        self._adopt = adopt
+
+    def adopt(self, parent_id: str, child_id: str) -> None:
+        """A workflow started a child task for its parent: the child belongs to the parent's owner."""
+        if self._adopt is not None:
+            self._adopt(parent_id, child_id)
 
     def remember(self, task_id: str, authorization: str | None) -> None:
         if authorization is None:

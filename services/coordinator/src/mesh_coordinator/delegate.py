@@ -91,6 +91,7 @@ class Delegate:
     ) -> Child:
         """Run a new child for `step` to its end (terminal or interrupted); returns it whatever the outcome."""
         child_id = str(uuid.uuid4())
+        self.credentials.adopt(parent.id, child_id)  # the child belongs to the parent's owner
         message = Message(
             message_id=uuid.uuid4().hex,
             role=Role.USER,

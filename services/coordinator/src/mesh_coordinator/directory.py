@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -166,8 +167,13 @@ class RegistryClient:
         return bool(await self.agents(skill=skill))
 
 
+EVERY_TASK = {"scope": "all"}
+"""The store's read scope for the coordinator's own bookkeeping and for operators: every caller's tasks."""
+
+
 class TaskStoreClient:
-    """Reads the durable record of tasks."""
+    """Reads the durable record of tasks, each read scoped to a caller (`reader`: the store's owner=/tenant=
+    parameters, or EVERY_TASK), and records who created a task."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
@@ -186,24 +192,41 @@ class TaskStoreClient:
             raise DependencyError(f"task store answered {response.status_code}")
         return response.json()
 
-    async def get_task(self, task_id: str, history_length: int | None = None) -> Task | None:
-        """The recorded task, or None if the store has never seen it."""
-        params = {"historyLength": history_length} if history_length is not None else None
+    async def claim(self, task_id: str, principal: str, tenant: str) -> bool:
+        """Record the task's creator (False: another one already holds it)."""
+        segment = _path_segment(task_id)
+        if segment is None:
+            return False
+        try:
+            response = await self.client.put(
+                f"{self.base_url}/tasks/{segment}/owner", json={"principal": principal, "tenant": tenant}
+            )
+        except httpx.HTTPError as error:
+            raise DependencyError(f"task store unavailable: {error}") from error
+        if response.status_code not in (200, 409):
+            raise DependencyError(f"task store answered {response.status_code}")
+        return response.status_code == 200
+
+    async def get_task(
+        self, task_id: str, history_length: int | None = None, reader: Mapping[str, str] = EVERY_TASK
+    ) -> Task | None:
+        """The recorded task, or None if the store has never seen it (or `reader` may not see it)."""
+        params = {**reader, **({"historyLength": history_length} if history_length is not None else {})}
         segment = _path_segment(task_id)
         body = await self._get(f"/tasks/{segment}", params) if segment else None
         return Task.from_wire(body) if body is not None else None
 
-    async def agent_of(self, task_id: str) -> AgentAddress | None:
+    async def agent_of(self, task_id: str, reader: Mapping[str, str] = EVERY_TASK) -> AgentAddress | None:
         """The agent that ran a recorded task."""
         segment = _path_segment(task_id)
-        body = await self._get(f"/tasks/{segment}/events") if segment else None
+        body = await self._get(f"/tasks/{segment}/events", dict(reader)) if segment else None
         if body is None or not body.get("agent"):
             return None
         return AgentAddress.parse(body["agent"])
 
-    async def list_tasks(self, query: dict[str, Any]) -> ListTasksResponse:
+    async def list_tasks(self, query: dict[str, Any], reader: Mapping[str, str] = EVERY_TASK) -> ListTasksResponse:
         """One page of recorded tasks (query: the A2A ListTasks params, camelCase)."""
-        body = await self._get("/tasks", {k: v for k, v in query.items() if v is not None})
+        body = await self._get("/tasks", {**{k: v for k, v in query.items() if v is not None}, **reader})
         return ListTasksResponse.from_wire(body or {})
 
 

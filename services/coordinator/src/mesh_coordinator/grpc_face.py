@@ -7,8 +7,6 @@ it on every request). An interceptor demands the same API keys the HTTP guard do
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -23,6 +21,7 @@ from a2a.types import a2a_pb2_grpc
 from a2a.utils import errors as sdk_errors
 
 from a2amesh.settings import CoordinatorSettings
+from mesh_coordinator.auth import Authenticator, current_principal
 from mesh_coordinator.directory import DependencyError
 from mesh_coordinator.handler import MeshRequestHandler
 from mesh_coordinator.router import AgentOfflineError, MeshRouter, UnknownAgentError
@@ -34,12 +33,11 @@ GRPC_STOP_GRACE = 5.0
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses (UNAUTHENTICATED) every call that presents no known API key, before any handler runs."""
+    """Refuses (UNAUTHENTICATED) every call that presents no valid credential (an API key of the mesh, or a JWT of
+    the configured issuer: the HTTP guard's Authenticator), before any handler runs."""
 
-    def __init__(self, api_keys: frozenset[str]) -> None:
-        if not api_keys:
-            raise ValueError("the coordinator needs at least one API key (MESH_API_KEYS or MESH_API_KEYS_FILE)")
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in api_keys]
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
 
     async def intercept_service(
         self,
@@ -47,16 +45,11 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         metadata = {key.lower(): value for key, value in handler_call_details.invocation_metadata or ()}
-        if self._known(presented_key(metadata)):
+        credential = presented_key(metadata)
+        if credential and await self.authenticator.authenticate(credential) is not None:
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _refusal(handler)
-
-    def _known(self, key: str | None) -> bool:
-        if not key:
-            return False
-        digest = hashlib.sha256(key.encode()).digest()
-        return any(hmac.compare_digest(digest, known) for known in self._digests)
 
 
 def presented_key(metadata: dict[str, Any]) -> str | None:
@@ -104,11 +97,16 @@ class TenantEndpoints(RequestHandler):
     """Pins a call whose `tenant` names an agent to that agent's endpoint (as `/agents/{name}` does over HTTP),
     then hands it to the mesh's handler; the tenant is the coordinator's routing, not passed on to the agent."""
 
-    def __init__(self, handler: MeshRequestHandler, router: MeshRouter) -> None:
+    def __init__(self, handler: MeshRequestHandler, router: MeshRouter, authenticator: Authenticator) -> None:
         self.handler = handler
         self.router = router
+        self.authenticator = authenticator
 
     async def _pin(self, params: Any, context: ServerCallContext) -> None:
+        # the caller, as the HTTP guard sets it, so every task operation is scoped to its owner here too (each
+        # gRPC call runs in a task of its own; the interceptor already refused calls without a valid credential)
+        credential = presented_key(context.state.get("headers", {}))
+        current_principal.set(await self.authenticator.authenticate(credential) if credential else None)
         name = context.tenant or getattr(params, "tenant", "")
         if hasattr(params, "tenant"):
             params.tenant = ""
@@ -183,11 +181,13 @@ class TenantEndpoints(RequestHandler):
         return await self.handler.on_get_extended_agent_card(params, context)
 
 
-def grpc_server(handler: MeshRequestHandler, settings: CoordinatorSettings) -> grpc.aio.Server:
+def grpc_server(
+    handler: MeshRequestHandler, settings: CoordinatorSettings, authenticator: Authenticator
+) -> grpc.aio.Server:
     """The gRPC server, not yet started, listening on MESH_HTTP_HOST:MESH_GRPC_PORT."""
     limit = settings.max_body_bytes
     server = grpc.aio.server(
-        interceptors=[ApiKeyInterceptor(settings.all_api_keys())],
+        interceptors=[ApiKeyInterceptor(authenticator)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 16 * limit),
@@ -195,7 +195,9 @@ def grpc_server(handler: MeshRequestHandler, settings: CoordinatorSettings) -> g
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = GrpcHandler(TenantEndpoints(handler, handler.router), context_builder=MetadataContextBuilder())
+    servicer = GrpcHandler(
+        TenantEndpoints(handler, handler.router, authenticator), context_builder=MetadataContextBuilder()
+    )
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, server)
     address = f"{settings.http_host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:

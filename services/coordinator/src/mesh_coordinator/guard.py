@@ -1,12 +1,11 @@
 """The coordinator's HTTP guard, in front of every A2A route: credentials (an API key, sent as a Bearer token or in
-X-API-Key), a request-body size limit, and a rate limit per client. Pure ASGI, so SSE streams pass untouched.
+X-API-Key, or a JWT bearer token: mesh_coordinator.auth), a request-body size limit, and a rate limit per client.
+The authenticated caller is set in `current_principal` for the handler. Pure ASGI, so SSE streams pass untouched.
 The agent cards (the root's and each agent's), the catalogue of agents and the health/metrics endpoints stay
 public (clients discover the security schemes from the card)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import re
@@ -15,6 +14,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+from mesh_coordinator.audit import AuditTrail
+from mesh_coordinator.auth import Authenticator, current_principal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,7 +51,6 @@ MAX_TRACKED_CLIENTS = 10_000
 class GuardPolicy:
     """What the guard enforces."""
 
-    api_keys: frozenset[str]
     max_body_bytes: int = 1_048_576
     rate_per_second: float = 50.0
     burst: int = 100
@@ -78,13 +79,14 @@ class TokenBuckets:
 class RequestGuard:
     """ASGI middleware enforcing a GuardPolicy."""
 
-    def __init__(self, app: ASGIApp, policy: GuardPolicy) -> None:
-        if not policy.api_keys:
-            raise ValueError("the coordinator needs at least one API key (MESH_API_KEYS or MESH_API_KEYS_FILE)")
+    def __init__(
+        self, app: ASGIApp, policy: GuardPolicy, authenticator: Authenticator, audit: AuditTrail | None = None
+    ) -> None:
         self.app = app
         self.policy = policy
+        self.authenticator = authenticator
+        self.audit = audit
         self.buckets = TokenBuckets(policy.rate_per_second, policy.burst)
-        self._key_digests = [hashlib.sha256(key.encode()).digest() for key in policy.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
@@ -92,10 +94,13 @@ class RequestGuard:
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         key = self._presented_key(headers)
-        if key is None or not self._known(key):
+        principal = await self.authenticator.authenticate(key) if key is not None else None
+        if principal is None:
+            if self.audit is not None:
+                self.audit.record(None, f"{scope['method']} {scope['path']}", "unauthenticated")
             await _reply(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", b'Bearer realm="a2a-mesh"')])
             return
-        wait = self.buckets.take(hashlib.sha256(key.encode()).hexdigest())
+        wait = self.buckets.take(principal.id)
         if wait > 0:
             retry = str(max(1, math.ceil(wait))).encode()
             await _reply(send, 429, {"error": "rate limit exceeded"}, [(b"retry-after", retry)])
@@ -104,7 +109,11 @@ class RequestGuard:
         if length is not None and (not length.isdigit() or int(length) > self.policy.max_body_bytes):
             await _reply(send, 413, {"error": f"request body over {self.policy.max_body_bytes} bytes"})
             return
-        await self.app(scope, self._limited(receive, send), send)
+        token = current_principal.set(principal)
+        try:
+            await self.app(scope, self._limited(receive, send), send)
+        finally:
+            current_principal.reset(token)
 
     @staticmethod
     def _presented_key(headers: dict[str, str]) -> str | None:
@@ -112,10 +121,6 @@ class RequestGuard:
         if authorization[:7].lower() == "bearer " and authorization[7:].strip():
             return authorization[7:].strip()
         return headers.get(API_KEY_HEADER) or None
-
-    def _known(self, key: str) -> bool:
-        digest = hashlib.sha256(key.encode()).digest()
-        return any(hmac.compare_digest(digest, known) for known in self._key_digests)  # constant time per key
 
     def _limited(self, receive: Receive, send: Send) -> Receive:
         """A body without Content-Length (chunked) is counted as it arrives and cut off past the limit."""

@@ -4,9 +4,10 @@ methods with protobuf requests; each is answered by delegating to an agent over 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from a2a.server.context import ServerCallContext
@@ -33,10 +34,13 @@ from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, PoolAddress, TopicError
+from mesh_coordinator.audit import AuditTrail
+from mesh_coordinator.auth import current_principal
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
+from mesh_coordinator.owners import Owner, TaskOwners, caller, reader_of
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
@@ -96,7 +100,9 @@ class MeshRequestHandler(RequestHandler):
         self.store = store
         self.hub = TaskHub()
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
-        self.credentials = CallerCredentials()
+        self.owners = TaskOwners(store)
+        self.audit = AuditTrail(settings.audit_file)
+        self.credentials = CallerCredentials(adopt=self.owners.adopt)
         self.workflows = settings.address("workflows")
         self.identity = settings.address("coordinator")
         self.profile = retry_profile(settings)
@@ -106,6 +112,18 @@ class MeshRequestHandler(RequestHandler):
         self.reconciler = Reconciler(store, self._record_event)
         self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
         """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
+
+    @contextlib.asynccontextmanager
+    async def audited(self, method: str, task_id: str | None = None) -> AsyncIterator[dict[str, str]]:
+        """Record the call in the audit trail with its outcome: ok, or the error it ended with. The yielded dict
+        takes a task id learnt along the way (a new task's)."""
+        note = {"task_id": task_id or ""}
+        try:
+            yield note
+        except Exception as error:
+            self.audit.record(current_principal.get(), method, type(error).__name__, note["task_id"])
+            raise
+        self.audit.record(current_principal.get(), method, "ok", note["task_id"])
 
     # -- sending ---------------------------------------------------------------------------------------------
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
@@ -153,10 +171,20 @@ class MeshRequestHandler(RequestHandler):
         """Pick the agent, then publish the request; the relay runs on its own from here. `headers` are the
         caller's HTTP headers (lower-case names), whose credentials go on only to agents that ask for them;
         `endpoint` is the agent endpoint the request came to (None at the root), the only agent it may reach."""
+        async with self.audited("SendMessage", request.message.task_id) as note:
+            live = await self._start(request, headers, endpoint)
+            note["task_id"] = live.id
+        return live
+
+    async def _start(
+        self, request: SendMessageRequest, headers: Mapping[str, str], endpoint: Endpoint | None
+    ) -> LiveTask:
+        principal = caller("send")
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
         if message.task_id:
+            await self.owners.check(message.task_id, principal)  # another caller's task is not found
             agent, previous = await self._agent_holding(message.task_id, endpoint)
             route = await self._route_to(agent)
             if previous is not None and previous.status.state.is_terminal:
@@ -185,6 +213,8 @@ class MeshRequestHandler(RequestHandler):
             metadata={ROUTING_METADATA_KEY: decision.to_metadata()} if decision is not None else None,
         )
         authorization = _authorization_for(route.wants_auth, headers)
+        if not request.message.task_id:  # a new task belongs to its caller (a follow-up keeps its owner)
+            await self.owners.claim(task_id, Owner.of(principal))
         if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
             self.credentials.remember(task_id, _authorization_for(True, headers))
         try:
@@ -311,10 +341,16 @@ class MeshRequestHandler(RequestHandler):
 
     # -- reading ---------------------------------------------------------------------------------------------
     async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        async with self.audited("GetTask", params.id):
+            return await self._get_task(params, context)
+
+    async def _get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
         require_id(params.id)
+        principal = caller("read")
         history_length = params.history_length if params.HasField("history_length") else None
         if history_length is not None and history_length < 0:
             raise sdk_errors.InvalidParamsError(message="historyLength must not be negative")
+        await self.owners.check(params.id, principal)  # after the params: a bad call is invalid whoever owns what
         endpoint = endpoint_of(context)
         if endpoint is not None:
             await self._agent_holding(params.id, endpoint)
@@ -325,7 +361,7 @@ class MeshRequestHandler(RequestHandler):
         if seen is not None and seen.status.state.is_terminal:
             return to_proto(seen.with_history(history_length), pb.Task)
         try:
-            task = await self.store.get_task(params.id, history_length)
+            task = await self.store.get_task(params.id, history_length, reader=reader_of(principal))
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if task is None and seen is not None:
@@ -335,6 +371,11 @@ class MeshRequestHandler(RequestHandler):
         return to_proto(task, pb.Task)
 
     async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
+        async with self.audited("ListTasks"):
+            return await self._list_tasks(params, context)
+
+    async def _list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
+        principal = caller("read")
         request = read_params(params, ListTasksRequest)
         query: dict[str, Any] = {k: v for k, v in request.to_wire().items() if k != "tenant"}
         endpoint = endpoint_of(context)
@@ -343,7 +384,7 @@ class MeshRequestHandler(RequestHandler):
                 query["agent"] = [str(address) for address in await self.router.members(endpoint.name)]
                 if not query["agent"]:
                     return pb.ListTasksResponse()
-            page = await self.store.list_tasks(query)
+            page = await self.store.list_tasks(query, reader_of(principal))
         except ValueError as error:
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
         except DependencyError as error:
@@ -362,7 +403,12 @@ class MeshRequestHandler(RequestHandler):
         return seen if request.include_artifacts else seen.model_copy(update={"artifacts": None})
 
     async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
-        agent, task = await self._agent_holding(require_id(params.id), endpoint_of(context))
+        async with self.audited("CancelTask", params.id):
+            return await self._cancel_task(params, context)
+
+    async def _cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        await self.owners.check(require_id(params.id), caller("cancel"))
+        agent, task = await self._agent_holding(params.id, endpoint_of(context))
         if task is not None and task.status.state.is_terminal:
             raise sdk_errors.TaskNotCancelableError(message=f"Task {params.id} is already {task.status.state.name}")
         request: dict[str, Any] = {"id": params.id}
@@ -389,8 +435,10 @@ class MeshRequestHandler(RequestHandler):
     async def on_subscribe_to_task(
         self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
+        async with self.audited("SubscribeToTask", params.id):
+            await self.owners.check(require_id(params.id), caller("read"))
         endpoint = endpoint_of(context)
-        live = self.hub.get(require_id(params.id))
+        live = self.hub.get(params.id)
         if live is not None:
             await self._check_pinned(endpoint, live.agent, params.id)
         if live is None or live.ended.is_set():

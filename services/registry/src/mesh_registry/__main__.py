@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from a2amesh.internal import IdentityGate, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import RegistrySettings
 from mesh_registry.api import create_app
@@ -32,13 +34,24 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     consumer = CardConsumer(
         settings.mqtt, settings.address("registry").client_id, index, stop, settings.index_check_interval
     )
-    server = http_server(create_app(index, consumer.is_connected), settings.http_host, settings.http_port)
-    log.info("registry on http://%s:%d, redis %s", settings.http_host, settings.http_port, settings.redis_url)
+    app, options = guarded(create_app(index, consumer.is_connected), settings)
+    server = http_server(app, settings.http_host, settings.http_port, **options)
+    scheme = "https" if options else "http"
+    log.info("registry on %s://%s:%d, redis %s", scheme, settings.http_host, settings.http_port, settings.redis_url)
     try:
         await serve_until(stop, server, consumer.run(), consumer.watch_index())
     finally:
         await redis.aclose()
     log.info("registry stopped")
+
+
+def guarded(app: Any, settings: RegistrySettings) -> tuple[Any, dict[str, Any]]:
+    """With internal TLS on: the API behind mutual TLS, its listings for the readers only (coordinator, meshctl)."""
+    if not settings.internal.enabled:
+        return app, {}
+    readers = settings.internal.readers
+    rules = [rule("GET", r"/agents(/.*)?", *readers)]
+    return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from sqlalchemy.engine import Engine, make_url
 
+from a2amesh.internal import IdentityGate, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import TaskStoreSettings
 from mesh_taskstore.api import build_app
@@ -49,10 +51,11 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             settings.address("taskstore").client_id,
             trusted_recorders=frozenset(settings.trusted_recorders),
         )
-        app = build_app(store, consumer.is_connected)
-        server = http_server(app, settings.http_host, settings.http_port)
+        app, options = guarded(build_app(store, consumer.is_connected), settings)
+        server = http_server(app, settings.http_host, settings.http_port, **options)
         log.info(
-            "task store on http://%s:%d, database %s",
+            "task store on %s://%s:%d, database %s",
+            "https" if options else "http",
             settings.http_host,
             settings.http_port,
             make_url(settings.database_url).render_as_string(hide_password=True),
@@ -61,6 +64,16 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
     finally:
         engine.dispose()
         log.info("task store stopped")
+
+
+def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]:
+    """With internal TLS on: the API behind mutual TLS; reads for the readers (coordinator, meshctl), recording a
+    task's owner for the coordinator only."""
+    if not settings.internal.enabled:
+        return app, {}
+    readers = settings.internal.readers
+    rules = [rule("GET", r"/tasks(/[^/]+(/events)?)?", *readers), rule("PUT", r"/tasks/[^/]+/owner", "coordinator")]
+    return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
 
 
 def main() -> None:

@@ -21,7 +21,15 @@ from a2amesh.models import ListTasksResponse, TaskState
 from a2amesh.observability import ServiceMetrics, health_routes
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import utc
-from mesh_taskstore.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, TaskQuery, TaskStore, status_history
+from mesh_taskstore.store import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    Cursor,
+    Owner,
+    TaskQuery,
+    TaskStore,
+    status_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +97,21 @@ def _wire_time(value: datetime) -> str:
     return utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+ALL_TASKS = "all"
+"""`scope=all`: an operator's read of every caller's tasks (the coordinator serving an admin, meshctl)."""
+
+
+def read_scope(request: Request) -> Owner | None:
+    """Whose tasks a read may see: `owner=<principal>` (and `tenant=`), or every task with `scope=all`. A read
+    that says neither is refused, so no client reads across callers by forgetting a filter."""
+    principal = request.query_params.get("owner")
+    if principal:
+        return Owner(principal, request.query_params.get("tenant") or "")
+    if request.query_params.get("scope") == ALL_TASKS:
+        return None
+    raise BadRequest("a read must name its owner (owner=, tenant=) or ask for every task (scope=all)")
+
+
 def list_query(request: Request) -> TaskQuery:
     """The ListTasks parameters of a request; BadRequest for any invalid one."""
     token = request.query_params.get("pageToken") or None
@@ -105,6 +128,7 @@ def list_query(request: Request) -> TaskQuery:
         cursor=cursor,
         history_length=_int_param(request, "historyLength", minimum=0),
         include_artifacts=_bool_param(request, "includeArtifacts", default=False),
+        owner=read_scope(request),
     )
 
 
@@ -131,16 +155,21 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
     async def get_task(request: Request) -> JSONResponse:
         try:
             history_length = _int_param(request, "historyLength", minimum=0)
+            owner = read_scope(request)
         except BadRequest as error:
             return _error(400, str(error))
-        stored = await asyncio.to_thread(store.get, request.path_params["task_id"])
+        stored = await asyncio.to_thread(store.get, request.path_params["task_id"], owner)
         if stored is None:
             return _error(404, "task not found")
         return JSONResponse(trim(stored.task, history_length).to_wire())
 
     async def task_events(request: Request) -> JSONResponse:
         task_id = request.path_params["task_id"]
-        stored = await asyncio.to_thread(store.get, task_id)
+        try:
+            owner = read_scope(request)
+        except BadRequest as error:
+            return _error(400, str(error))
+        stored = await asyncio.to_thread(store.get, task_id, owner)
         if stored is None:
             return _error(404, "task not found")
         rows = await asyncio.to_thread(store.events, task_id)
@@ -172,8 +201,22 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
         )
         return JSONResponse(response.to_wire())
 
+    async def claim_task(request: Request) -> JSONResponse:
+        """The coordinator records who created a task, once; a different owner later is a conflict."""
+        try:
+            body = await request.json()
+            owner = Owner(str(body["principal"]), str(body.get("tenant") or ""))
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'body must be {"principal": ..., "tenant": ...}')
+        if not owner.principal:
+            return _error(400, "principal must not be empty")
+        if not await asyncio.to_thread(store.claim, request.path_params["task_id"], owner):
+            return _error(409, "task already has another owner")
+        return JSONResponse({"taskId": request.path_params["task_id"], "claimed": True})
+
     return Starlette(
         routes=[
+            Route("/tasks/{task_id}/owner", claim_task, methods=["PUT"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/tasks", list_tasks, methods=["GET"]),
             Route("/tasks/{task_id}/events", task_events, methods=["GET"]),

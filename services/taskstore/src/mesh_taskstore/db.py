@@ -62,6 +62,19 @@ class TaskEvent(SQLModel, table=True):
     payload: str = Field(sa_type=sa.Text, description="the StreamResponse as A2A wire JSON")
 
 
+class TaskOwner(SQLModel, table=True):
+    """Who created a task through the coordinator (its principal and tenant, "" for none): reads are scoped to it.
+    Written once by the coordinator (PUT /tasks/{id}/owner); a task with no owner row is readable by operators only."""
+
+    __tablename__ = "task_owner"
+    __table_args__ = (sa.Index("ix_task_owner_principal_tenant", "principal", "tenant"),)
+
+    task_id: str = Field(primary_key=True)
+    principal: str
+    tenant: str = ""
+    claimed_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
     worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
@@ -85,7 +98,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def create_tables(engine: Engine) -> None:
     """Create the tables that do not exist yet (no migrations: the schema is additive so far)."""
-    SQLModel.metadata.create_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__, TaskOwner.__table__])  # type: ignore[attr-defined]
 
 
 def ping(engine: Engine) -> None:

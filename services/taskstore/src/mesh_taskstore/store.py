@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
 from mesh_taskstore import db
 from mesh_taskstore.apply import EventKind, apply_event, kind_of, trim
-from mesh_taskstore.db import TaskEvent, TaskRecord, utc
+from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,14 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """A task's creator as the coordinator names it: a principal id and its tenant ("" for none)."""
+
+    principal: str
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
 class TaskQuery:
     """ListTasks filters and page, already validated."""
 
@@ -106,6 +114,8 @@ class TaskQuery:
     cursor: Cursor | None = None
     history_length: int | None = None
     include_artifacts: bool = False
+    owner: Owner | None = None
+    """Only this owner's tasks; None is an operator's read of every task (the API decides who may)."""
 
 
 @dataclass(frozen=True)
@@ -241,13 +251,39 @@ class TaskStore:
         snapshots[task_id] = result.task
         return Outcome.STORED
 
+    def claim(self, task_id: str, owner: Owner) -> bool:
+        """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""
+        with Session(self.engine) as session:
+            existing = session.get(TaskOwner, task_id)
+            if existing is not None:
+                return (existing.principal, existing.tenant) == (owner.principal, owner.tenant)
+            session.add(
+                TaskOwner(task_id=task_id, principal=owner.principal, tenant=owner.tenant, claimed_at=utc_now())
+            )
+            try:
+                session.commit()
+            except IntegrityError:  # claimed at the same moment by another writer: compare with theirs
+                session.rollback()
+                return self.owner_of(task_id) == owner
+        return True
+
+    def owner_of(self, task_id: str) -> Owner | None:
+        with Session(self.engine) as session:
+            row = session.get(TaskOwner, task_id)
+            return Owner(row.principal, row.tenant) if row is not None else None
+
     # -- reads -----------------------------------------------------------------------------------------------
-    def get(self, task_id: str) -> StoredTask | None:
-        """The task's current snapshot, or None if no event about it has arrived."""
+    def get(self, task_id: str, owner: Owner | None = None) -> StoredTask | None:
+        """The task's current snapshot, or None if no event about it has arrived (or, with `owner`, if that owner
+        did not create it: the same None, so a reader cannot tell another caller's task from no task)."""
         with Session(self.engine) as session:
             record = session.get(TaskRecord, task_id)
             if record is None:
                 return None
+            if owner is not None:
+                row = session.get(TaskOwner, task_id)
+                if row is None or (row.principal, row.tenant) != (owner.principal, owner.tenant):
+                    return None
             return StoredTask(Task.from_json(record.snapshot), record.agent)
 
     def events(self, task_id: str) -> list[TaskEvent]:
@@ -267,6 +303,11 @@ class TaskStore:
             filters.append(col(TaskRecord.state) == query.state.value)
         if query.status_after is not None:
             filters.append(col(TaskRecord.status_timestamp) > utc(query.status_after))
+        if query.owner is not None:
+            owned = select(TaskOwner.task_id).where(
+                col(TaskOwner.principal) == query.owner.principal, col(TaskOwner.tenant) == query.owner.tenant
+            )
+            filters.append(col(TaskRecord.task_id).in_(owned))
         page_filters = list(filters)
         if query.cursor is not None:
             updated, task_id = col(TaskRecord.updated_at), col(TaskRecord.task_id)
@@ -288,6 +329,10 @@ class TaskStore:
         token = Cursor(utc(page[-1].updated_at), page[-1].task_id).encode() if more and page else ""
         tasks = [trim(Task.from_json(row.snapshot), query.history_length, query.include_artifacts) for row in page]
         return TaskPage(tasks, token, int(total))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def status_history(events: list[TaskEvent]) -> list[TaskStatus]:
