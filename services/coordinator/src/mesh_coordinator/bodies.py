@@ -10,7 +10,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from mesh_coordinator.guard import BodyTooLargeError
+from mesh_coordinator.guard import BodyTooLargeError, json_reply
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,7 +53,7 @@ class StrictJsonBodies:
         try:
             body, pending = await read_body(receive)
         except BodyTooLargeError as error:
-            await _reply(send, 413, {"error": str(error)})
+            await json_reply(send, 413, {"error": str(error)})
             return
         if pending is not None:  # the client went away mid-body: let the app see that
             await self.app(scope, replay_body(body, receive, pending), send)
@@ -62,9 +62,9 @@ class StrictJsonBodies:
         if problem is None:
             await self.app(scope, replay_body(body, receive), send)
         elif is_jsonrpc_path(scope["path"]):
-            await _reply(send, 200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": problem}})
+            await json_reply(send, 200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": problem}})
         else:
-            await _reply(send, 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": problem}})
+            await json_reply(send, 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": problem}})
 
 
 async def read_body(receive: Receive) -> tuple[bytes, Message | None]:
@@ -91,10 +91,3 @@ def replay_body(body: bytes, receive: Receive, pending: Message | None = None) -
         return pending if pending is not None else await receive()
 
     return replay
-
-
-async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

@@ -10,7 +10,6 @@ method to that agent: sends go only to its instances, and get, list, cancel and 
 
 from __future__ import annotations
 
-import json
 import re
 from contextvars import ContextVar
 from typing import Any
@@ -23,6 +22,7 @@ from a2amesh.binding.wire import POOL_EXTENSION, TASK_EVENTS_EXTENSION
 from a2amesh.models import AgentCapabilities, AgentCard, AgentInterface
 from mesh_coordinator.bodies import ASGIApp, Receive, Scope, Send, is_jsonrpc_path
 from mesh_coordinator.directory import DependencyError
+from mesh_coordinator.guard import json_reply
 from mesh_coordinator.router import AgentOfflineError, Endpoint, MeshRouter, UnknownAgentError
 
 CATALOGUE_PATH = "/agents"
@@ -146,7 +146,7 @@ class AgentEndpoints:
         except DependencyError as error:
             await _refuse(scope, send, 503, str(error), retry_after=RETRY_AFTER_SECONDS)
             return
-        await _reply(send, 200, catalogue(endpoints, self.public_url), [(b"cache-control", b"no-cache")])
+        await json_reply(send, 200, catalogue(endpoints, self.public_url), [(b"cache-control", b"no-cache")])
 
 
 async def _refuse(scope: Scope, send: Send, status: int, message: str, retry_after: int | None = None) -> None:
@@ -160,20 +160,4 @@ async def _refuse(scope: Scope, send: Send, status: int, message: str, retry_aft
     else:
         state = "NOT_FOUND" if status == 404 else "UNAVAILABLE"
         body = {"error": {"code": status, "status": state, "message": message}}
-    await _reply(send, status, body, headers)
-
-
-async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await json_reply(send, status, body, headers)

@@ -98,16 +98,16 @@ class RequestGuard:
         if principal is None:
             if self.audit is not None:
                 self.audit.record(None, f"{scope['method']} {scope['path']}", "unauthenticated")
-            await _reply(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", b'Bearer realm="a2a-mesh"')])
+            await json_reply(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", b'Bearer realm="a2a-mesh"')])
             return
         wait = self.buckets.take(principal.id)
         if wait > 0:
             retry = str(max(1, math.ceil(wait))).encode()
-            await _reply(send, 429, {"error": "rate limit exceeded"}, [(b"retry-after", retry)])
+            await json_reply(send, 429, {"error": "rate limit exceeded"}, [(b"retry-after", retry)])
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.policy.max_body_bytes):
-            await _reply(send, 413, {"error": f"request body over {self.policy.max_body_bytes} bytes"})
+            await json_reply(send, 413, {"error": f"request body over {self.policy.max_body_bytes} bytes"})
             return
         token = current_principal.set(principal)
         try:
@@ -146,7 +146,10 @@ class BodyTooLargeError(Exception):
         super().__init__(f"request body over {limit} bytes")
 
 
-async def _reply(send: Send, status: int, body: dict[str, str], headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def json_reply(
+    send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A whole JSON response, written straight to ASGI (the guard, body checks and endpoints answer before any app)."""
     payload = json.dumps(body).encode()
     await send(
         {
