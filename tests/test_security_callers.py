@@ -23,11 +23,14 @@ from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from a2amesh.models import TaskOwnerRecord, TaskOwnerRecords
+from a2amesh.topics import AgentAddress
+from devstack.pki import Identity, Role
 from devstack.processes import free_port
 from devstack.stack import Ports, Stack
 from mesh_console.security import KEY_COOKIE
-from tests.conftest import collect, send_request, user_message
-from tests.security_helpers import Tally
+from tests.conftest import collect, eventually, send_request, user_message
+from tests.security_helpers import Tally, admit, connected, short_id
 
 VERSION = {"A2A-Version": "1.0"}
 ISSUER = "https://issuer.test"
@@ -124,6 +127,21 @@ async def send(http: httpx.AsyncClient, secret: str, text: str = "hello") -> dic
     return body["result"]["task"]
 
 
+async def claim_over_mqtt(stack: Stack, task_id: str, tally: Tally) -> None:
+    """A compromised agent, and an outside requester, publish owner records naming bob: the broker refuses both
+    (PUBACK 0x87), on the coordinator's owner topic and on their own."""
+    coordinator = AgentAddress(stack.org, stack.unit, "coordinator").owner_topic
+    record = TaskOwnerRecords(owners=[TaskOwnerRecord(task_id=task_id, principal="key:bob", tenant="t1")])
+    for role in (Role.AGENT, Role.REQUESTER):
+        actor = admit(stack, Identity(f"mallory-{role.value}-{short_id()}", role))
+        client_id = actor.client_id if role is Role.AGENT else f"{actor.client_id}-s1"
+        async with connected(actor, client_id) as (_, pubacks):
+            for topic in (coordinator, actor.address.owner_topic):
+                code = await pubacks.publish(topic, record.to_json().encode())
+                where = "the coordinator's" if topic == coordinator else "its own"
+                tally.attack(f"publish owners on {where} owner topic", f"a {role.value}", code == 0x87, hex(code))
+
+
 def not_found(response: httpx.Response) -> bool:
     """The JSON-RPC TaskNotFound error (HTTP 200 with error -32001), or HTTP+JSON's 404."""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -187,9 +205,17 @@ async def test_a_second_caller_sees_nothing_of_the_firsts_tasks(owned: Stack, ca
                 hidden = response.status_code == 404 or task_id not in response.text
                 tally.attack(f"{label} as bob", "bob", hidden)
             stolen = await store.put(f"/tasks/{task_id}/owner", json={"principal": "key:bob", "tenant": "t1"})
-            tally.attack("store: claim alice's task for bob", "bob", stolen.status_code == 409)
-            mine = await store.get(f"/tasks/{task_id}", params={"owner": "key:alice", "tenant": "t1"})
-            tally.control("store GET as the owner", "alice", mine.status_code == 200)
+            tally.attack("store: claim alice's task for bob over HTTP", "bob", stolen.status_code in (404, 405))
+            await claim_over_mqtt(owned, task_id, tally)
+
+            async def owner_reads() -> bool:
+                mine = await store.get(f"/tasks/{task_id}", params={"owner": "key:alice", "tenant": "t1"})
+                return mine.status_code == 200
+
+            landed = await eventually(owner_reads, what="the owner record in the store")
+            tally.control("store GET as the owner (the record came over MQTT)", "alice", landed)
+            bobs = await store.get(f"/tasks/{task_id}", params={"owner": "key:bob", "tenant": "t1"})
+            tally.attack("store GET as bob after the forged claims", "bob", bobs.status_code == 404)
         # the audit trail saw it all, without message contents
         audit = (await http.get("/audit", params={"taskId": task_id, "limit": "500"}, headers=bearer(OPS))).json()
         methods = {(r["principal"], r["method"], r["outcome"]) for r in audit["records"]}

@@ -123,8 +123,9 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
             code = await status(ctx, method, url)
             tally.control(f"{what} as {who}", who, code == 200, str(code))
     body = {"json": {"principal": "key:mallory", "tenant": ""}}
-    for who, ctx in {
+    for who, ctx in {  # read-only for all: owners come over MQTT from the coordinators, not through this API
         **others,
+        "coordinator": as_identity(sealed, "coordinator", Role.COORDINATOR),
         "meshctl": as_identity(sealed, "meshctl", Role.OBSERVER),
         "no certificate": no_cert,
     }.items():

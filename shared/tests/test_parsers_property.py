@@ -278,6 +278,7 @@ def rebuilt(parsed: ParsedTopic) -> str:
         TopicKind.DISCOVERY: agent.discovery_topic,
         TopicKind.REQUEST: agent.request_topic,
         TopicKind.EVENT: agent.event_topic,
+        TopicKind.OWNER: agent.owner_topic,
     }[parsed.kind]
 
 
@@ -311,6 +312,7 @@ def test_agent_address_parse_round_trips_or_raises_topic_error(parser_tally: Cou
         (address.discovery_topic, TopicKind.DISCOVERY),
         (address.request_topic, TopicKind.REQUEST),
         (address.event_topic, TopicKind.EVENT),
+        (address.owner_topic, TopicKind.OWNER),
     ):
         parsed = parse_topic(topic)
         assert parsed.kind is kind and parsed.agent == address

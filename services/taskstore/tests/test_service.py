@@ -25,6 +25,8 @@ from a2amesh.models import (
     StreamResponse,
     Task,
     TaskArtifactUpdateEvent,
+    TaskOwnerRecord,
+    TaskOwnerRecords,
     TaskState,
     TaskStatus,
     TaskStatusUpdateEvent,
@@ -384,6 +386,45 @@ async def test_malformed_events_are_dropped(agent: Agent, api: StoreClient, stor
     assert store_stack["taskstore"].running
     health = await api.http.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+async def publish_owners(client: aiomqtt.Client, topic: str, *owners: tuple[str, str]) -> None:
+    """Owner records as a coordinator publishes them: (task id, principal) pairs, tenant t1."""
+    records = [TaskOwnerRecord(task_id=task_id, principal=principal, tenant="t1") for task_id, principal in owners]
+    await client.publish(topic, TaskOwnerRecords(owners=records).to_json(), qos=1)
+
+
+async def test_owners_come_over_mqtt_in_either_order_and_scope_reads(
+    agent: Agent, api: StoreClient, store_stack: Stack, mqtt_client: aiomqtt.Client
+) -> None:
+    coordinator = AgentAddress(store_stack.org, store_stack.unit, "coordinator")
+    early, late, forged, marker = (new_id("task-") for _ in range(4))
+    await publish_owners(mqtt_client, coordinator.owner_topic, (early, "key:alice"))  # before the task's events
+    for task_id in (early, late, forged, marker):
+        await agent.publish(snapshot(task_id, new_id("ctx-")))
+    await api.wait_events(late, 1)
+    await publish_owners(mqtt_client, coordinator.owner_topic, (late, "key:alice"), (late, "key:alice"))  # after
+    not_a_coordinator = AgentAddress(store_stack.org, store_stack.unit, "agent-x").owner_topic
+    await publish_owners(mqtt_client, not_a_coordinator, (forged, "key:mallory"))
+    await publish_owners(mqtt_client, coordinator.owner_topic, (late, "key:mallory"))  # a later, different owner
+    await mqtt_client.publish(coordinator.owner_topic, b'{"owners": []}', qos=1)  # malformed: dropped
+    await publish_owners(mqtt_client, coordinator.owner_topic, (marker, "key:bob"))  # one writer: lands last
+
+    async def scoped(task_id: str, principal: str) -> int:
+        response = await api.http.get(f"/tasks/{task_id}", params={"owner": principal, "tenant": "t1"})
+        return response.status_code
+
+    await eventually(lambda: _is(scoped(marker, "key:bob"), 200), what="the last owner record landed")
+    assert await scoped(early, "key:alice") == 200 and await scoped(late, "key:alice") == 200
+    assert await scoped(late, "key:mallory") == 404  # never taken over
+    assert await scoped(forged, "key:mallory") == 404  # only a coordinator's topic names owners
+    listed = await api.http.get("/tasks", params={"owner": "key:alice", "tenant": "t1"})
+    assert {task["id"] for task in listed.json()["tasks"]} == {early, late}
+    assert store_stack["taskstore"].running
+
+
+async def _is(value: Awaitable[T], expected: T) -> bool:
+    return await value == expected
 
 
 async def test_events_published_while_stopped_arrive_after_restart(

@@ -11,8 +11,8 @@ import pytest
 from sqlmodel import SQLModel
 
 from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus, TaskStatusUpdateEvent
-from mesh_taskstore.db import TaskEvent, TaskRecord, create_tables, make_engine
-from mesh_taskstore.store import Cursor, Incoming, Outcome, TaskQuery, TaskStore, status_history
+from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine
+from mesh_taskstore.store import Cursor, Incoming, Outcome, Owner, TaskQuery, TaskStore, status_history
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -26,7 +26,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]
     else:
         url = os.environ.get("MESH_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
     engine = make_engine(url)
-    SQLModel.metadata.drop_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
+    tables = [TaskRecord.__table__, TaskEvent.__table__, TaskOwner.__table__]  # type: ignore[attr-defined]
+    SQLModel.metadata.drop_all(engine, tables=tables)
     create_tables(engine)
     yield TaskStore(engine)
     engine.dispose()
@@ -155,3 +156,19 @@ def test_a_bad_row_fails_alone(store: TaskStore) -> None:
     )
     assert outcomes == [Outcome.FAILED, Outcome.STORED]
     assert store.get("fine") is not None
+
+
+def test_an_owner_lands_whether_before_or_after_the_tasks_events_and_only_once(store: TaskStore) -> None:
+    alice, bob = Owner("key:alice", "t1"), Owner("key:bob", "t1")
+    assert store.claim_many([("early", alice)]) == [True]  # the owner before any event
+    assert store.get("early", alice) is None  # nothing to read yet, and no error
+    store.record_many([incoming("e1", task_event("early")), incoming("l1", task_event("late"))])
+    assert store.claim_many([("late", alice), ("late", alice)]) == [True, True]  # after, and redelivered
+    for task_id in ("early", "late"):
+        assert store.get(task_id, alice) is not None
+        assert store.get(task_id, bob) is None
+    assert store.claim_many([("late", bob), ("other", bob)]) == [False, True]  # never taken over
+    assert store.owner_of("late") == alice
+    listed = store.list_tasks(TaskQuery(owner=alice))
+    assert sorted(task.id for task in listed.tasks) == ["early", "late"]
+    assert store.list_tasks(TaskQuery(owner=bob)).tasks == []  # "other" has no events yet

@@ -5,8 +5,10 @@ Profile topics (A2A over MQTT 0.1, Core):
     $a2a/v1/request/{org}/{unit}/{agent}          requests to one agent
     $a2a/v1/reply/{org}/{unit}/{agent}/{suffix}   a requester's reply inbox
     $a2a/v1/event/{org}/{unit}/{agent}            the agent's task events (the mesh's durable record)
-Extension (Mosquitto delivers no shared subscriptions on `$` topics):
+Extensions:
+    $a2a/v1/owner/{org}/{unit}/{coordinator}      who created each task a coordinator accepted (for the task store)
     a2a/v1/pool/{org}/{unit}/{pool}               pool requests, consumed via $share/a2a.{org}.{unit}.{pool}/...
+                                                  (outside `$`: Mosquitto shares no `$` topic)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TopicKind(StrEnum):
     REQUEST = "request"
     REPLY = "reply"
     EVENT = "event"
+    OWNER = "owner"
     POOL = "pool"
 
 
@@ -85,6 +88,11 @@ class AgentAddress:
     def event_topic(self) -> str:
         """Where this agent publishes its task events."""
         return f"{PREFIX}/event/{self}"
+
+    @property
+    def owner_topic(self) -> str:
+        """Where this coordinator publishes the owners of the tasks it accepts (only coordinators may)."""
+        return f"{PREFIX}/owner/{self}"
 
     def reply_topic(self, suffix: str) -> str:
         """A reply inbox owned by this identity; `suffix` should be unguessable (see `new_reply_suffix`)."""
@@ -183,6 +191,9 @@ DISCOVERY_ALL = f"{PREFIX}/discovery/#"
 
 EVENTS_ALL = f"{PREFIX}/event/#"
 """Every agent's task events."""
+
+OWNERS_ALL = f"{PREFIX}/owner/#"
+"""Every coordinator's owner records (the task store's alone to read)."""
 
 
 def discovery_filter(org: str | None = None, unit: str | None = None) -> str:

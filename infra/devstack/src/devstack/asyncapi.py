@@ -29,6 +29,7 @@ from a2amesh.models import (
     StreamResponse,
     SubscribeToTaskRequest,
     Task,
+    TaskOwnerRecords,
 )
 from a2amesh.models.jsonrpc import JsonRpcErrorBody
 from a2amesh.topics import AgentAddress, PoolAddress
@@ -118,7 +119,7 @@ def _parameters(topic: str) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     """Every payload model's JSON schema, its nested models shared under components/schemas."""
-    models = [AgentCard, StreamResponse, JsonRpcErrorBody, *METHOD_PARAMS.values(), *RESULTS]
+    models = [AgentCard, StreamResponse, TaskOwnerRecords, JsonRpcErrorBody, *METHOD_PARAMS.values(), *RESULTS]
     unique = list(dict.fromkeys(models))
     _, top = models_json_schema(
         [(model, "validation") for model in unique], ref_template=SCHEMAS + "{model}", by_alias=True
@@ -187,6 +188,7 @@ def document() -> dict[str, Any]:
         "request": _templated(_AGENT.request_topic),
         "reply": _templated(_AGENT.reply_topic("SUFFIX")),
         "event": _templated(_AGENT.event_topic),
+        "owner": _templated(_AGENT.owner_topic),
         "pool": _templated(_POOL.topic),
     }
     card = _message(
@@ -219,17 +221,35 @@ def document() -> dict[str, Any]:
         "StreamResponse",
         [EVENT_ID, TASK_AGENT],
     )
+    owners = _message(
+        "TaskOwners",
+        "Task owners",
+        "The owners (principal and tenant) of the tasks a coordinator accepted, batched.",
+        "TaskOwnerRecords",
+        [],
+    )
     descriptions = {
         "discovery": "Retained Agent Cards, one per agent (A2A over MQTT profile, discovery).",
         "request": "Requests to one agent.",
         "reply": "A requester's reply inbox; only its owner may subscribe.",
         "event": "The agent's task events: the mesh's durable record, consumed by the task store.",
+        "owner": (
+            "Who created each task a coordinator accepted ({agent} is the coordinator): only coordinators publish, "
+            "only the task store reads, and scopes every read of the task to that owner."
+        ),
         "pool": (
             "Requests to a pool of interchangeable agents, consumed through the shared subscription "
             f"`{_templated(_POOL.shared_subscription)}` (Mosquitto shares no `$` topics, hence no `$` prefix)."
         ),
     }
-    messages = {"discovery": card, "request": request, "reply": reply, "event": event, "pool": request}
+    messages = {
+        "discovery": card,
+        "request": request,
+        "reply": reply,
+        "event": event,
+        "owner": owners,
+        "pool": request,
+    }
     channels = {
         name: {
             "address": topic,
@@ -265,6 +285,8 @@ def document() -> dict[str, Any]:
         "servePoolRequest": operation("receive", "pool", "One pool member serves the request.", reply="reply"),
         "publishTaskEvent": operation("send", "event", "An agent records a task event."),
         "recordTaskEvents": operation("receive", "event", "The task store records every event once."),
+        "publishTaskOwners": operation("send", "owner", "A coordinator records who created the tasks it accepted."),
+        "recordTaskOwners": operation("receive", "owner", "The task store records each task's owner once."),
     }
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -291,7 +313,7 @@ def document() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "schemas": _schemas(),
-            "messages": {m["name"]: m for m in (card, request, reply, event)},
+            "messages": {m["name"]: m for m in (card, request, reply, event, owners)},
             "securitySchemes": {
                 "clientCertificate": {
                     "type": "X509",

@@ -36,9 +36,9 @@ class Role(StrEnum):
 
     AGENT = "agent"  # serve its own requests (and its pool), publish its card, events and replies
     REQUESTER = "requester"  # send requests to agents and pools, read its own reply inbox
-    COORDINATOR = "coordinator"  # a requester that also records events for agents that do not
+    COORDINATOR = "coordinator"  # a requester that also records events for agents that do not, and task owners
     REGISTRY = "registry"  # read the cards
-    TASKSTORE = "taskstore"  # read the events
+    TASKSTORE = "taskstore"  # read the events and the task owners
     OBSERVER = "observer"  # read cards and events (meshctl events)
     HEALTH = "health"  # read the broker's uptime, nothing else
     BRIDGE = "bridge"  # an edge broker's link: carries its agents' cards, replies and events in, their requests out
@@ -105,7 +105,7 @@ def _requester(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str
 
 def _coordinator(me: str, org: str, unit: str, pool: str | None) -> tuple[list[str], list[str]]:
     send, _ = _requester(me, org, unit, pool)  # it finds agents through the registry, not the cards
-    return [*send, f"$a2a/v1/event/{me}"], [f"$a2a/v1/reply/{me}/+"]
+    return [*send, f"$a2a/v1/event/{me}", f"$a2a/v1/owner/{me}"], [f"$a2a/v1/reply/{me}/+"]
 
 
 def _bridge(org: str, unit: str, agents: tuple[str, ...], pools: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -122,7 +122,7 @@ _ROLE_RIGHTS = {
     Role.REQUESTER: _requester,
     Role.COORDINATOR: _coordinator,
     Role.REGISTRY: lambda me, org, unit, pool: ([], ["$a2a/v1/discovery/#"]),
-    Role.TASKSTORE: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#"]),
+    Role.TASKSTORE: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#", "$a2a/v1/owner/#"]),
     Role.OBSERVER: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#", "$a2a/v1/discovery/#"]),
     Role.HEALTH: lambda me, org, unit, pool: ([], ["$SYS/broker/uptime"]),
     Role.TESTER: lambda me, org, unit, pool: (["#", "$a2a/#"], ["#", "$a2a/#", "$share/#", "$SYS/#"]),

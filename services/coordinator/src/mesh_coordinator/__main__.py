@@ -52,7 +52,7 @@ def main() -> None:
             )
             workflows = workflow_responder(settings, delegate)
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
-            workers = [workflows.run(stop), handler.reconciler.run(stop)]
+            workers = [workflows.run(stop), handler.reconciler.run(stop), handler.owners.recorder.run(stop)]
             if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
                 workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))
             # the hosted workflows agent drains like any agent before it goes offline

@@ -173,7 +173,7 @@ EVERY_TASK = {"scope": "all"}
 
 class TaskStoreClient:
     """Reads the durable record of tasks, each read scoped to a caller (`reader`: the store's owner=/tenant=
-    parameters, or EVERY_TASK), and records who created a task."""
+    parameters, or EVERY_TASK)."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
@@ -191,21 +191,6 @@ class TaskStoreClient:
         if response.status_code != 200:
             raise DependencyError(f"task store answered {response.status_code}")
         return response.json()
-
-    async def claim(self, task_id: str, principal: str, tenant: str) -> bool:
-        """Record the task's creator (False: another one already holds it)."""
-        segment = _path_segment(task_id)
-        if segment is None:
-            return False
-        try:
-            response = await self.client.put(
-                f"{self.base_url}/tasks/{segment}/owner", json={"principal": principal, "tenant": tenant}
-            )
-        except httpx.HTTPError as error:
-            raise DependencyError(f"task store unavailable: {error}") from error
-        if response.status_code not in (200, 409):
-            raise DependencyError(f"task store answered {response.status_code}")
-        return response.status_code == 200
 
     async def get_task(
         self, task_id: str, history_length: int | None = None, reader: Mapping[str, str] = EVERY_TASK

@@ -40,7 +40,7 @@ from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
-from mesh_coordinator.owners import Owner, TaskOwners, caller, reader_of
+from mesh_coordinator.owners import Owner, OwnerRecorder, TaskOwners, caller, reader_of
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
@@ -100,11 +100,11 @@ class MeshRequestHandler(RequestHandler):
         self.store = store
         self.hub = TaskHub()
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
-        self.owners = TaskOwners(store)
-        self.audit = AuditTrail(settings.audit_file)
-        self.credentials = CallerCredentials(adopt=self.owners.adopt)
         self.workflows = settings.address("workflows")
         self.identity = settings.address("coordinator")
+        self.owners = TaskOwners(store, OwnerRecorder(requester.link, self.identity.owner_topic))
+        self.audit = AuditTrail(settings.audit_file)
+        self.credentials = CallerCredentials(adopt=self.owners.adopt)
         self.profile = retry_profile(settings)
         self.metrics = ServiceMetrics("coordinator")
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
@@ -214,7 +214,7 @@ class MeshRequestHandler(RequestHandler):
         )
         authorization = _authorization_for(route.wants_auth, headers)
         if not request.message.task_id:  # a new task belongs to its caller (a follow-up keeps its owner)
-            await self.owners.claim(task_id, Owner.of(principal))
+            self.owners.claim(task_id, Owner.of(principal))  # published in the background, never awaited here
         if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
             self.credentials.remember(task_id, _authorization_for(True, headers))
         try:
@@ -360,8 +360,9 @@ class MeshRequestHandler(RequestHandler):
         seen = self.hub.latest(params.id)  # a workflow's child, followed here: its end may not be stored yet
         if seen is not None and seen.status.state.is_terminal:
             return to_proto(seen.with_history(history_length), pb.Task)
+        reader = self.owners.reader_for(params.id, principal)  # its own task: not waiting for the owner record
         try:
-            task = await self.store.get_task(params.id, history_length, reader=reader_of(principal))
+            task = await self.store.get_task(params.id, history_length, reader=reader)
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if task is None and seen is not None:

@@ -3,26 +3,37 @@ follow-up is scoped to the owner; another caller is told the task does not exist
 "forbidden", which would confirm the id). Operators (scope admin) see all. Workflow children belong to their
 parent's owner.
 
-The owner is kept here for tasks this coordinator started (bounded, newest kept) and recorded in the task store,
-which scopes its own reads to it, so ownership survives a restart and holds across replicas."""
+Recording an owner costs the send path nothing it waits for: the coordinator keeps the owner in memory (bounded,
+newest kept), which answers every check of a task it accepted, and queues it for `OwnerRecorder`, which publishes
+the queued owners in batches on its owner topic (QoS 1, only coordinators may publish there). The task store
+records them in the consumer that records events, whichever comes first, so ownership survives a restart and holds
+across replicas (docs/security.md, "Task owners")."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from a2a.utils import errors as sdk_errors
 
+from a2amesh.models import MAX_OWNERS_PER_MESSAGE, TaskOwnerRecord, TaskOwnerRecords
 from mesh_coordinator.auth import Principal, current_principal
 from mesh_coordinator.directory import EVERY_TASK, DependencyError, TaskStoreClient
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 100_000
-CLAIM_ATTEMPTS = 5
-CLAIM_RETRY_SECONDS = 2.0
+MAX_QUEUED = 100_000
+"""Owners waiting to be published while the broker is away; beyond that the oldest are dropped (logged): their
+tasks stay readable through this coordinator, and by operators from the store."""
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+"""Seconds between attempts to publish a batch while the broker is unreachable; the last value repeats."""
+DRAIN_SECONDS = 5.0
+"""On stop, how long the recorder keeps publishing what is queued."""
 
 
 @dataclass(frozen=True)
@@ -56,42 +67,103 @@ def reader_of(principal: Principal) -> dict[str, str]:
     return {"owner": principal.id, "tenant": principal.tenant}
 
 
-class TaskOwners:
-    """Task id -> Owner, in memory for tasks started here and in the task store for all."""
+class Publisher(Protocol):
+    """The coordinator's broker link (a2amesh.mqtt), as far as the recorder uses it."""
 
-    def __init__(self, store: TaskStoreClient, limit: int = MAX_REMEMBERED) -> None:
+    async def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, wait: float = 10.0) -> None: ...
+
+
+class OwnerRecorder:
+    """Publishes the owners of new tasks in batches, off the send path: `record` only queues; `run` publishes
+    whatever has gathered (up to MAX_OWNERS_PER_MESSAGE a message), so a burst of tasks costs a few messages."""
+
+    def __init__(self, link: Publisher, topic: str, limit: int = MAX_QUEUED) -> None:
+        self.link = link
+        self.topic = topic
+        self._queue: deque[TaskOwnerRecord] = deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+        self.published = 0
+        self.dropped = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def record(self, task_id: str, owner: Owner) -> None:
+        self._queue.append(TaskOwnerRecord(task_id=task_id, principal=owner.principal, tenant=owner.tenant))
+        if len(self._queue) > self._limit:
+            lost = self._queue.popleft()
+            self.dropped += 1
+            log.error("owner queue full: the owner of task %s is not recorded in the store", lost.task_id)
+        self._ready.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop`, then for up to DRAIN_SECONDS what is still queued."""
+        failures = 0
+        while not stop.is_set():
+            if not self._queue:
+                self._ready.clear()
+                waiter = asyncio.create_task(self._ready.wait())
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait((waiter, stopping), return_when=asyncio.FIRST_COMPLETED)
+                for pending in (waiter, stopping):
+                    pending.cancel()
+                continue
+            if await self.flush_once():
+                failures = 0
+                continue
+            delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+            failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+        await self.drain(DRAIN_SECONDS)
+
+    async def drain(self, seconds: float) -> None:
+        """Publish what is queued, for at most `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._queue and loop.time() < deadline:
+            if not await self.flush_once(wait=max(deadline - loop.time(), 0.01)):
+                break
+        if self._queue:
+            log.error("stopping with %d task owners not published", len(self._queue))
+
+    async def flush_once(self, wait: float = 10.0) -> bool:
+        """Publish one batch from the head of the queue; False (the batch kept, in order) if the broker failed."""
+        batch = [self._queue[i] for i in range(min(len(self._queue), MAX_OWNERS_PER_MESSAGE))]
+        payload = TaskOwnerRecords(owners=batch).to_json()
+        try:
+            await self.link.publish(self.topic, payload, qos=1, wait=wait)
+        except Exception as error:  # the broker away: kept, tried again (records are idempotent in the store)
+            log.warning("publishing %d task owners failed (%s); retrying", len(batch), error)
+            return False
+        for _ in batch:  # records may have been added behind the batch meanwhile, never in front of it
+            self._queue.popleft()
+        self.published += len(batch)
+        return True
+
+
+class TaskOwners:
+    """Task id -> Owner: in memory for the tasks this coordinator accepted, in the task store for all."""
+
+    def __init__(self, store: TaskStoreClient, recorder: OwnerRecorder, limit: int = MAX_REMEMBERED) -> None:
         self.store = store
+        self.recorder = recorder
         self.limit = limit
         self._owners: OrderedDict[str, Owner] = OrderedDict()
-        self._pending: set[asyncio.Task[None]] = set()
 
     def known(self, task_id: str) -> Owner | None:
         return self._owners.get(task_id)
 
-    async def claim(self, task_id: str, owner: Owner) -> None:
-        """Record `owner` for a new task: here at once, in the store before the task is published if it answers,
-        else retried in the background (until it lands, only an operator can read the task from the store)."""
+    def claim(self, task_id: str, owner: Owner) -> None:
+        """Record `owner` for a new task: here at once (every check of it is answered from here), in the store by
+        the recorder, in the background."""
         self._owners[task_id] = owner
         self._owners.move_to_end(task_id)
         while len(self._owners) > self.limit:
             self._owners.popitem(last=False)
-        try:
-            await self.store.claim(task_id, owner.principal, owner.tenant)
-        except DependencyError as error:
-            log.warning("owner of task %s not recorded yet (%s); retrying", task_id, error)
-            retry = asyncio.create_task(self._retry(task_id, owner))
-            self._pending.add(retry)
-            retry.add_done_callback(self._pending.discard)
-
-    async def _retry(self, task_id: str, owner: Owner) -> None:
-        for _attempt in range(CLAIM_ATTEMPTS):
-            await asyncio.sleep(CLAIM_RETRY_SECONDS)
-            try:
-                await self.store.claim(task_id, owner.principal, owner.tenant)
-                return
-            except DependencyError:
-                continue
-        log.error("owner of task %s never recorded: only operators can read it from the store", task_id)
+        self.recorder.record(task_id, owner)
 
     async def check(self, task_id: str, principal: Principal) -> None:
         """TaskNotFound unless `principal` may see the task: an operator, or its owner (known here, else by the
@@ -110,12 +182,15 @@ class TaskOwners:
         if task is None:
             raise sdk_errors.TaskNotFoundError(message=f"Task {task_id} not found")
 
-    def adopt(self, parent_id: str, child_id: str) -> asyncio.Task[None] | None:
+    def reader_for(self, task_id: str, principal: Principal) -> dict[str, str]:
+        """The store scope to read one task with, once `check` passed: a task this coordinator knows the caller
+        owns is read unscoped, so a read right after the send does not wait for the owner record to land."""
+        if self.known(task_id) == Owner.of(principal):
+            return dict(EVERY_TASK)
+        return reader_of(principal)
+
+    def adopt(self, parent_id: str, child_id: str) -> None:
         """A workflow's child belongs to its parent's owner."""
         owner = self.known(parent_id)
-        if owner is None:
-            return None
-        child = asyncio.create_task(self.claim(child_id, owner))
-        self._pending.add(child)
-        child.add_done_callback(self._pending.discard)
-        return child
+        if owner is not None:
+            self.claim(child_id, owner)

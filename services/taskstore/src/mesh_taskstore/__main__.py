@@ -67,12 +67,12 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
 
 
 def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]:
-    """With internal TLS on: the API behind mutual TLS; reads for the readers (coordinator, meshctl), recording a
-    task's owner for the coordinator only."""
+    """With internal TLS on: the API behind mutual TLS, read-only, for the readers (coordinator, meshctl). Owners
+    are not written here: they come over MQTT from the coordinators (mesh_taskstore.consumer)."""
     if not settings.internal.enabled:
         return app, {}
     readers = settings.internal.readers
-    rules = [rule("GET", r"/tasks(/[^/]+(/events)?)?", *readers), rule("PUT", r"/tasks/[^/]+/owner", "coordinator")]
+    rules = [rule("GET", r"/tasks(/[^/]+(/events)?)?", *readers)]
     return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
 
 

@@ -201,22 +201,8 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
         )
         return JSONResponse(response.to_wire())
 
-    async def claim_task(request: Request) -> JSONResponse:
-        """The coordinator records who created a task, once; a different owner later is a conflict."""
-        try:
-            body = await request.json()
-            owner = Owner(str(body["principal"]), str(body.get("tenant") or ""))
-        except (ValueError, KeyError, TypeError):
-            return _error(400, 'body must be {"principal": ..., "tenant": ...}')
-        if not owner.principal:
-            return _error(400, "principal must not be empty")
-        if not await asyncio.to_thread(store.claim, request.path_params["task_id"], owner):
-            return _error(409, "task already has another owner")
-        return JSONResponse({"taskId": request.path_params["task_id"], "claimed": True})
-
     return Starlette(
         routes=[
-            Route("/tasks/{task_id}/owner", claim_task, methods=["PUT"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/tasks", list_tasks, methods=["GET"]),
             Route("/tasks/{task_id}/events", task_events, methods=["GET"]),

@@ -1,7 +1,10 @@
-"""Taking task events off the broker: decode and validate each one, then hand it to the store off the event loop.
+"""Taking task events and task owners off the broker: decode and validate each message, then hand it to the store
+off the event loop.
 
-There is one writer, fed in the order the broker delivers (the FastStream subscriber hands messages over one at a
-time), so the events of a task are applied in order and no write ever races another."""
+There is one writer, fed in the order the broker delivers (the FastStream subscribers hand messages over one at a
+time), so the events of a task are applied in order and no write ever races another. A task's owner (from a
+coordinator's owner topic) may come before or after its first event: the owner has a row of its own, so either
+order ends the same."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from faststream.mqtt import MQTTMessage
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from a2amesh.models import StreamResponse
+from a2amesh.models import StreamResponse, TaskOwnerRecords
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import (
@@ -29,9 +32,9 @@ from a2amesh.subscribers import (
     stop_keeping_session,
     the_message,
 )
-from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
+from a2amesh.topics import EVENTS_ALL, OWNERS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
-from mesh_taskstore.store import Incoming, Outcome, TaskStore
+from mesh_taskstore.store import Incoming, Outcome, Owner, OwnerClaims, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +88,37 @@ def decode(
     return Incoming(event_id_of(envelope), agent, event, received_at)
 
 
+def decode_owners(envelope: Envelope, coordinators: frozenset[str] = frozenset()) -> OwnerClaims | None:
+    """The owners a coordinator's message names, or None (logged) for anything else: a topic that is not an owner
+    topic of a trusted coordinator (the broker lets only coordinators publish there; this holds if it did not),
+    or a payload that is not a valid list of owners."""
+    try:
+        parsed = parse_topic(envelope.topic)
+        if parsed.kind is not TopicKind.OWNER:
+            raise TopicError(f"not an owner topic: {envelope.topic!r}")
+    except TopicError as error:
+        log.warning("dropping message on %r: %s", envelope.topic, error)
+        return None
+    if parsed.name not in coordinators:
+        log.warning("dropping task owners from %s: not a coordinator", parsed.agent)
+        return None
+    try:
+        records = TaskOwnerRecords.from_json(envelope.payload)
+    except ValidationError as error:
+        log.warning("dropping malformed task owners on %s: %s", envelope.topic, _short(error))
+        return None
+    owners = tuple((r.task_id, Owner(r.principal, r.tenant)) for r in records.owners)
+    return OwnerClaims(owners, str(parsed.agent))
+
+
 def _short(error: ValidationError) -> str:
     first = error.errors()[0] if error.errors() else {}
     return f"{error.error_count()} error(s), first: {first.get('msg', '?')} at {first.get('loc', ())}"
 
 
 class EventConsumer:
-    """Consumes `$a2a/v1/event/#` with a persistent session and records every event in the store.
+    """Consumes `$a2a/v1/event/#` and `$a2a/v1/owner/#` with a persistent session and records every event and
+    every task owner in the store.
 
     A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches of up
     to `batch_size` per transaction. Batching is what lets a backlog (the broker keeps up to 10,000 events for us
@@ -120,7 +147,15 @@ class EventConsumer:
             title="taskstore.events",
             description="Every agent's task events, recorded in order and acknowledged once written.",
         )(self.handle)
-        self._pending: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=2 * batch_size)
+        self.broker.subscriber(
+            OWNERS_ALL,
+            qos=1,
+            ack_policy=AckPolicy.MANUAL,  # PUBACK after the write, as for events
+            decoder=the_message,
+            title="taskstore.owners",
+            description="Who created each task a coordinator accepted, recorded once whatever the order.",
+        )(self.handle_owners)
+        self._pending: asyncio.Queue[Incoming | OwnerClaims] = asyncio.Queue(maxsize=2 * batch_size)
         self._writing = 0
         self._last_received = 0.0
         self._halt = asyncio.Event()
@@ -187,6 +222,15 @@ class EventConsumer:
             return
         await self._pending.put(replace(incoming, ack=message.ack))
 
+    async def handle_owners(self, message: MQTTMessage) -> None:
+        """Decode a coordinator's owner records and queue them behind the events received before them."""
+        self._last_received = asyncio.get_running_loop().time()
+        claims = decode_owners(envelope_of(message), self.trusted_recorders)
+        if claims is None:
+            await message.ack()
+            return
+        await self._pending.put(replace(claims, ack=message.ack))
+
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._pending.get()]
@@ -198,13 +242,17 @@ class EventConsumer:
             finally:
                 self._writing = 0
 
-    async def _write(self, batch: list[Incoming]) -> None:
+    async def _write(self, batch: list[Incoming | OwnerClaims]) -> None:
         """Record a batch, retrying while the database is unavailable (in-order delivery means waiting, not
         skipping) until it succeeds or the service stops."""
+        events = [item for item in batch if isinstance(item, Incoming)]
+        claims = [item for item in batch if isinstance(item, OwnerClaims)]
         attempt = 0
         while True:
             try:
-                outcomes = await asyncio.to_thread(self.store.record_many, batch)
+                outcomes = await asyncio.to_thread(self.store.record_many, events)
+                if claims:
+                    await asyncio.to_thread(self._claim, claims)
                 break
             except OperationalError as error:
                 if self._halt.is_set():
@@ -219,7 +267,7 @@ class EventConsumer:
                 await incoming.ack()
         except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
             log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
-        for incoming, outcome in zip(batch, outcomes, strict=True):
+        for incoming, outcome in zip(events, outcomes, strict=True):
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(
                 level,
@@ -230,6 +278,13 @@ class EventConsumer:
                 incoming.agent,
                 outcome.value,
             )
+
+    def _claim(self, claims: list[OwnerClaims]) -> None:
+        """Record the owners in one transaction; a task already owned by another is logged, never overwritten."""
+        owners = [owner for claim in claims for owner in claim.owners]
+        for (task_id, owner), recorded in zip(owners, self.store.claim_many(owners), strict=True):
+            if not recorded:
+                log.error("task %s already has another owner; %s not recorded", task_id, owner.principal)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

@@ -64,7 +64,8 @@ class TaskEvent(SQLModel, table=True):
 
 class TaskOwner(SQLModel, table=True):
     """Who created a task through the coordinator (its principal and tenant, "" for none): reads are scoped to it.
-    Written once by the coordinator (PUT /tasks/{id}/owner); a task with no owner row is readable by operators only."""
+    Written once, from the coordinator's owner topic, before or after the task's events; a task with no owner row is
+    readable by operators only."""
 
     __tablename__ = "task_owner"
     __table_args__ = (sa.Index("ix_task_owner_principal_tenant", "principal", "tenant"),)

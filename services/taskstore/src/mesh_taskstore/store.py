@@ -102,6 +102,16 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class OwnerClaims:
+    """The owners one coordinator message names (task id -> owner), as taken off the broker."""
+
+    owners: tuple[tuple[str, Owner], ...]
+    coordinator: str
+    ack: Callable[[], Awaitable[None]] = field(default=lambda: _nothing(), compare=False, repr=False)
+    """Tells the broker they are recorded (like an event's)."""
+
+
+@dataclass(frozen=True)
 class TaskQuery:
     """ListTasks filters and page, already validated."""
 
@@ -253,19 +263,38 @@ class TaskStore:
 
     def claim(self, task_id: str, owner: Owner) -> bool:
         """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""
+        return self.claim_many([(task_id, owner)]) == [True]
+
+    def claim_many(self, claims: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """Record task owners in one transaction, whether the task's events are stored yet or not (the owner row
+        stands alone until they come). Idempotent: the same owner again is a no-op that answers True (a broker
+        redelivery); another owner for a task already owned answers False and changes nothing.
+
+        OperationalError propagates with nothing committed, so the caller can retry."""
+        if not claims:
+            return []
         with Session(self.engine) as session:
-            existing = session.get(TaskOwner, task_id)
-            if existing is not None:
-                return (existing.principal, existing.tenant) == (owner.principal, owner.tenant)
-            session.add(
-                TaskOwner(task_id=task_id, principal=owner.principal, tenant=owner.tenant, claimed_at=utc_now())
-            )
+            ids = list(dict.fromkeys(task_id for task_id, _ in claims))
+            held = {
+                row.task_id: Owner(row.principal, row.tenant)
+                for row in session.exec(select(TaskOwner).where(col(TaskOwner.task_id).in_(ids)))
+            }
+            now = utc_now()
+            answers = []
+            for task_id, owner in claims:
+                if task_id not in held:
+                    held[task_id] = owner
+                    row = TaskOwner(task_id=task_id, principal=owner.principal, tenant=owner.tenant, claimed_at=now)
+                    session.add(row)
+                answers.append(held[task_id] == owner)
             try:
                 session.commit()
-            except IntegrityError:  # claimed at the same moment by another writer: compare with theirs
+            except IntegrityError:  # claimed at the same moment by another writer: one by one, against theirs
                 session.rollback()
-                return self.owner_of(task_id) == owner
-        return True
+                if len(claims) == 1:
+                    return [self.owner_of(claims[0][0]) == claims[0][1]]
+                return [self.claim(task_id, owner) for task_id, owner in claims]
+        return answers
 
     def owner_of(self, task_id: str) -> Owner | None:
         with Session(self.engine) as session:

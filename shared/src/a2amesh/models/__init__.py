@@ -55,9 +55,11 @@ from a2amesh.models.jsonrpc import (
     error_response,
     result_response,
 )
+from a2amesh.models.mesh import MAX_OWNERS_PER_MESSAGE, TaskOwnerRecord, TaskOwnerRecords
 
 __all__ = [
     "INTERRUPTED_STATES",
+    "MAX_OWNERS_PER_MESSAGE",
     "TERMINAL_STATES",
     "A2AModel",
     "APIKeySecurityScheme",
@@ -98,6 +100,8 @@ __all__ = [
     "SubscribeToTaskRequest",
     "Task",
     "TaskArtifactUpdateEvent",
+    "TaskOwnerRecord",
+    "TaskOwnerRecords",
     "TaskPushNotificationConfig",
     "TaskState",
     "TaskStatus",
