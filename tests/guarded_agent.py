@@ -1,5 +1,6 @@
 """`python -m tests.guarded_agent`: an echo agent under a skill of its own (`guarded-echo`), for tests that need
-the only agent of a skill to ask for per-request authorization (start it with MESH_AUTH_TOKENS)."""
+the only agent of a skill to ask for per-request authorization (start it with MESH_AUTH_JWKS_URL or
+MESH_AUTH_TOKENS)."""
 
 from __future__ import annotations
 

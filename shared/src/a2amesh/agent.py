@@ -138,11 +138,14 @@ class MeshAgent:
         )
 
     def _security(self) -> dict[str, object]:
-        """An agent given tokens declares per-request Bearer authorization (the profile's a2a-authorization)."""
-        if not read_keys(self.settings.auth_tokens, self.settings.auth_tokens_file):
+        """An agent given tokens, or the coordinator's JWKS, declares per-request Bearer authorization (the
+        profile's a2a-authorization)."""
+        jwt = self.settings.auth_jwks_url is not None
+        if not jwt and not read_keys(self.settings.auth_tokens, self.settings.auth_tokens_file):
             return {}
         scheme = HTTPAuthSecurityScheme(
             scheme="Bearer",
+            bearer_format="JWT" if jwt else None,
             description="sent per request in User Property a2a-authorization over MQTT (TLS only; never echoed)",
         )
         return {

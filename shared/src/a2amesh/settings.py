@@ -87,6 +87,12 @@ class AgentSettings(ServiceSettings):
         default_factory=list, description="if set, requests must carry `a2a-authorization: Bearer <one of these>`"
     )
     auth_tokens_file: Path | None = Field(default=None, description="more tokens, one per line (a mounted secret)")
+    auth_jwks_url: str | None = Field(
+        default=None,
+        description="if set, requests must carry a token the coordinator minted for this agent's request topic (or "
+        "its pool's), verified with this JWKS (the coordinator's /.well-known/jwks.json; needs a2amesh[tokens])",
+    )
+    auth_issuer: str | None = Field(default=None, description="the `iss` those tokens must carry (coordinator URL)")
     max_concurrent: int = 8
     max_queued: int = 64
     keepalive_interval: float = Field(

@@ -136,7 +136,7 @@ class Delegate:
             if topic is None:
                 break
             try:
-                await self._follow(child, topic, params, self._authorization(parent, child))
+                await self._follow(child, topic, params, self._authorization(parent, child, topic))
                 return child
             except RequestTimeoutError as error:
                 last_error = f"{child.agent} did not finish: {error}"
@@ -167,9 +167,11 @@ class Delegate:
             raise TaskFailedError(f"step {child.step}: no agent offering skill '{child.skill}' is online")
         return None
 
-    def _authorization(self, parent: TaskContext, child: Child) -> str | None:
-        """The workflow's caller's key, for a step agent whose card asks for authorization (else none)."""
-        return self.credentials.of(parent.id) if child.route is not None and child.route.wants_auth else None
+    def _authorization(self, parent: TaskContext, child: Child, topic: str) -> str | None:
+        """A token for the workflow's caller and the step agent's `topic`, when its card asks for one (else none)."""
+        if child.route is None or not child.route.wants_auth:
+            return None
+        return self.credentials.token_for(parent.id, topic)
 
     async def _follow(self, child: Child, topic: str, params: dict[str, Any], authorization: str | None) -> None:
         stream = self.requester.request(
@@ -196,7 +198,7 @@ class Delegate:
                 "CancelTask",
                 {"id": child.id},
                 profile=CANCEL_PROFILE,
-                authorization=self._authorization(parent, child),
+                authorization=self._authorization(parent, child, child.agent.request_topic),
             )
             with contextlib.suppress(RemoteError, RequestTimeoutError, StopAsyncIteration):
                 async with contextlib.aclosing(stream.results()) as results:

@@ -34,8 +34,9 @@ from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings
 from a2amesh.topics import AgentAddress, PoolAddress, TopicError
+from mesh_coordinator.agent_tokens import AgentTokens
 from mesh_coordinator.audit import AuditTrail
-from mesh_coordinator.auth import current_principal
+from mesh_coordinator.auth import Principal, current_principal
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
@@ -104,7 +105,9 @@ class MeshRequestHandler(RequestHandler):
         self.identity = settings.address("coordinator")
         self.owners = TaskOwners(store, OwnerRecorder(requester.link, self.identity.owner_topic))
         self.audit = AuditTrail(settings.audit_file)
-        self.credentials = CallerCredentials(adopt=self.owners.adopt)
+        public_url = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
+        self.tokens = AgentTokens(settings.card_signing_key_file, public_url)
+        self.credentials = CallerCredentials(adopt=self.owners.adopt, mint=self.tokens.bearer)
         self.profile = retry_profile(settings)
         self.metrics = ServiceMetrics("coordinator")
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
@@ -169,7 +172,8 @@ class MeshRequestHandler(RequestHandler):
         self, request: SendMessageRequest, headers: Mapping[str, str], endpoint: Endpoint | None = None
     ) -> LiveTask:
         """Pick the agent, then publish the request; the relay runs on its own from here. `headers` are the
-        caller's HTTP headers (lower-case names), whose credentials go on only to agents that ask for them;
+        caller's HTTP headers (lower-case names), never passed on: an agent that asks for authorization gets a
+        token minted for it (mesh_coordinator.agent_tokens);
         `endpoint` is the agent endpoint the request came to (None at the root), the only agent it may reach."""
         async with self.audited("SendMessage", request.message.task_id) as note:
             live = await self._start(request, headers, endpoint)
@@ -212,11 +216,11 @@ class MeshRequestHandler(RequestHandler):
             status=TaskStatus(state=TaskState.SUBMITTED, timestamp=utc_now()),
             metadata={ROUTING_METADATA_KEY: decision.to_metadata()} if decision is not None else None,
         )
-        authorization = _authorization_for(route.wants_auth, headers)
+        authorization = self._token(route.wants_auth, route.request_topic, principal)
         if not request.message.task_id:  # a new task belongs to its caller (a follow-up keeps its owner)
             self.owners.claim(task_id, Owner.of(principal))  # published in the background, never awaited here
         if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
-            self.credentials.remember(task_id, _authorization_for(True, headers))
+            self.credentials.remember(task_id, principal)
         try:
             stream = self.requester.request(
                 route.request_topic, "SendStreamingMessage", params, profile=self.profile, authorization=authorization
@@ -241,6 +245,11 @@ class MeshRequestHandler(RequestHandler):
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
         return live
+
+    def _token(self, wanted: bool, audience: str, principal: Principal) -> str | None:
+        """A token minted for the agent at `audience` (its request topic) and this caller, only for an agent whose
+        card asks for one: never the caller's own credential, which the agent could replay anywhere."""
+        return self.tokens.bearer(audience, principal) if wanted else None
 
     def _count(self, live: LiveTask) -> None:
         """Metrics for a relay that ended (a final state, or an interruption waiting for the user)."""
@@ -408,7 +417,8 @@ class MeshRequestHandler(RequestHandler):
             return await self._cancel_task(params, context)
 
     async def _cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
-        await self.owners.check(require_id(params.id), caller("cancel"))
+        principal = caller("cancel")
+        await self.owners.check(require_id(params.id), principal)
         agent, task = await self._agent_holding(params.id, endpoint_of(context))
         if task is not None and task.status.state.is_terminal:
             raise sdk_errors.TaskNotCancelableError(message=f"Task {params.id} is already {task.status.state.name}")
@@ -422,7 +432,7 @@ class MeshRequestHandler(RequestHandler):
                 "CancelTask",
                 request,
                 profile=self.profile,
-                authorization=_authorization_for(route.wants_auth, caller_headers(context)),
+                authorization=self._token(route.wants_auth, agent.request_topic, principal),
             )
             result = await anext(aiter(stream.results()))
         except RemoteError as error:
@@ -437,7 +447,8 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[SdkEvent]:
         async with self.audited("SubscribeToTask", params.id):
-            await self.owners.check(require_id(params.id), caller("read"))
+            principal = caller("read")
+            await self.owners.check(require_id(params.id), principal)
         endpoint = endpoint_of(context)
         live = self.hub.get(params.id)
         if live is not None:
@@ -461,7 +472,7 @@ class MeshRequestHandler(RequestHandler):
                 "SubscribeToTask",
                 {"id": params.id},
                 profile=self.profile,
-                authorization=_authorization_for(route.wants_auth, caller_headers(context)),
+                authorization=self._token(route.wants_auth, agent.request_topic, principal),
             )
             live.resume = Resume(self.requester, self.registry, self.profile, None)
             self.hub.start(live, stream)
@@ -516,15 +527,3 @@ def _skill_of(request: SendMessageRequest, default: str) -> str | None:
 def caller_headers(context: ServerCallContext) -> Mapping[str, str]:
     """The HTTP headers of the call the a2a-sdk routes are serving (lower-case names)."""
     return context.state.get("headers", {})
-
-
-def _authorization_for(wanted: bool, headers: Mapping[str, str]) -> str | None:
-    """The caller's own credentials, passed on (as a2a-authorization) only to an agent whose card asks for them:
-    handing them to any other agent would leak the caller's key."""
-    if not wanted:
-        return None
-    bearer = headers.get("authorization", "")
-    if bearer[:7].lower() == "bearer " and bearer[7:].strip():
-        return f"Bearer {bearer[7:].strip()}"
-    key = headers.get("x-api-key")
-    return f"Bearer {key}" if key else None

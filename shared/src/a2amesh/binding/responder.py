@@ -115,6 +115,12 @@ class Responder:
         self.settings = settings
         self.address: AgentAddress = settings.address(settings.agent_id)
         self.pool = PoolAddress(settings.org, settings.unit, settings.pool) if settings.pool else None
+        self._verifier = None
+        if settings.auth_jwks_url:
+            from a2amesh.tokens import TokenVerifier  # PyJWT: only for an agent that verifies tokens
+
+            audiences = [self.address.request_topic, *([self.pool.topic] if self.pool else [])]
+            self._verifier = TokenVerifier(settings.auth_jwks_url, audiences, settings.auth_issuer)
         self.tasks: OrderedDict[str, TaskRecord | FinishedTask] = OrderedDict()
         """Running and interrupted tasks in full, finished ones compactly (FinishedTask)."""
         self.slots = asyncio.Semaphore(settings.max_concurrent)
@@ -326,7 +332,7 @@ class Responder:
                 )
             )
             return
-        refusal = self._authorization_refusal(envelope)
+        refusal = await self._authorization_refusal(envelope)
         if refusal is not None:
             await reply.send(
                 error_response(request.id, ErrorCode.INVALID_REQUEST, refusal, a2a_error_info("UNAUTHENTICATED"))
@@ -343,18 +349,22 @@ class Responder:
         except ValidationError as error:
             await reply.send(error_response(request.id, ErrorCode.INVALID_PARAMS, f"Invalid params: {_brief(error)}"))
 
-    def _authorization_refusal(self, envelope: Envelope) -> str | None:
+    async def _authorization_refusal(self, envelope: Envelope) -> str | None:
         """Why the request is refused, when this agent wants per-request authorization and it is missing or wrong
-        (deliberately without detail). The token is only compared, never stored, logged or echoed."""
-        if not self._token_digests:
+        (deliberately without detail): one of its static tokens, or a token the coordinator minted for this agent's
+        audience (a2amesh.tokens). The token is only checked, never stored, logged or echoed."""
+        if not self._token_digests and self._verifier is None:
             return None
         presented = envelope.user_properties.get(AUTHORIZATION_PROPERTY, "")
         if presented[:7].lower() != "bearer " or not presented[7:].strip():
             return "authorization required"
-        digest = hashlib.sha256(presented[7:].strip().encode()).digest()
-        if not any(hmac.compare_digest(digest, known) for known in self._token_digests):
-            return "authorization refused"
-        return None
+        token = presented[7:].strip()
+        digest = hashlib.sha256(token.encode()).digest()
+        if any(hmac.compare_digest(digest, known) for known in self._token_digests):
+            return None
+        if self._verifier is not None and token.count(".") == 2:
+            return await self._verifier.refusal(token)
+        return "authorization refused"
 
     async def _send_message(self, request: JsonRpcRequest, reply: _ReplyTo) -> None:
         params = SendMessageRequest.model_validate(request.params)
