@@ -14,6 +14,7 @@ import pytest
 
 from devstack.pki import Identity, Pki, Role
 from devstack.stack import Ports, Stack
+from mesh_console.security import KEY_COOKIE
 from tests.security_helpers import Tally
 
 VERSION = {"A2A-Version": "1.0"}
@@ -131,6 +132,25 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
     }.items():
         code = await status(ctx, *claim, **body)
         tally.attack(f"store PUT /tasks/{{id}}/owner with {who}", who, code in (401, 403), str(code))
+    console = as_identity(sealed, "console", Role.OBSERVER)  # its certificate: what the console presents
+    for what, (method, url) in {
+        "store GET /tasks": reads["store GET /tasks"],
+        "store GET /tasks/{id}": reads["store GET /tasks/{id}"],
+    }.items():
+        code = await status(console, method, url)
+        tally.attack(f"{what} with the console's certificate", "console", code == 403, str(code))
+    for what in ("store GET /tasks/{id}/events", "registry GET /agents"):
+        code = await status(console, *reads[what])
+        tally.control(f"{what} as the console", "console", code == 200, str(code))
+    cookies = {KEY_COOKIE: sealed.api_key}
+    async with httpx.AsyncClient(base_url=sealed.console_url, timeout=30, cookies=cookies) as http:
+        health = await http.get("/healthz")  # the console reaches both APIs with its own identity
+        tally.control("the console's /healthz (registry and store up)", "console", health.status_code == 200)
+        page = await http.get(f"/tasks/{task_id}")
+        shown = page.status_code == 200 and "echo" in page.text  # the agent comes from the store's event log
+        tally.control("the console's task page (with its agent)", "console", shown, page.text[:200])
+        agents = await http.get("/agents")
+        tally.control("the console's agents page", "console", "echo" in agents.text, agents.text[:200])
     for what, url in (("store", store), ("registry", registry)):
         code = await status(no_cert, "GET", f"{url}/healthz")
         tally.control(f"{what} /healthz without a certificate (probes)", "probe", code == 200, str(code))

@@ -102,8 +102,12 @@ def main_options(
     coordinator: Annotated[
         str, typer.Option(envvar="MESH_COORDINATOR_URL", help="The coordinator (A2A over HTTP).")
     ] = "http://127.0.0.1:8000",
-    registry: Annotated[str, typer.Option(envvar="MESH_REGISTRY_URL", help="The registry.")] = "http://127.0.0.1:8001",
-    store: Annotated[str, typer.Option(envvar="MESH_TASKSTORE_URL", help="The task store.")] = "http://127.0.0.1:8002",
+    registry: Annotated[
+        str, typer.Option(envvar="MESH_REGISTRY_URL", help="The registry (https: over the mesh's mutual TLS).")
+    ] = "https://127.0.0.1:8001",
+    store: Annotated[
+        str, typer.Option(envvar="MESH_TASKSTORE_URL", help="The task store (https: over the mesh's mutual TLS).")
+    ] = "https://127.0.0.1:8002",
     mqtt_host: Annotated[str, typer.Option(envvar="MESH_MQTT__HOST", help="The broker, for `events`.")] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(envvar="MESH_MQTT__PORT", help="The broker's port.")] = 8883,
     json_out: JsonFlag = False,

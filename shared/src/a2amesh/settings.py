@@ -48,6 +48,10 @@ class InternalTlsSettings(BaseModel):
     readers: list[str] = Field(
         default_factory=lambda: ["coordinator", "meshctl"], description="identities that may read (a server's list)"
     )
+    browsers: list[str] = Field(
+        default_factory=lambda: ["console"],
+        description="identities that may read only the agents' records and the tasks' event logs (the console)",
+    )
 
 
 def read_keys(given: list[str], file: Path | None) -> frozenset[str]:

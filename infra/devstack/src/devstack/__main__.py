@@ -36,7 +36,7 @@ FIRST_COMMAND = (
 
 def up(run_dir: Path) -> int:
     """Start everything, print how to use it, and stop everything cleanly on Ctrl-C or SIGTERM."""
-    stack = Stack(run_dir=run_dir, ports=Ports.fixed(), pki_dir=DEV_PKI)
+    stack = Stack(run_dir=run_dir, ports=Ports.fixed(), pki_dir=DEV_PKI, internal_tls=True)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -54,7 +54,7 @@ The mesh is up.
   A2A endpoint  {stack.coordinator_url}/   agent card: {stack.coordinator_url}/.well-known/agent-card.json
   Each agent    {stack.coordinator_url}/agents/<name>/   catalogue: {stack.coordinator_url}/agents
   A2A gRPC      127.0.0.1:{stack.ports.coordinator_grpc}   (an agent: its name as the requests' tenant)
-  Registry      {stack.registry_url}/agents
+  Registry      {stack.registry_url}/agents   (mutual TLS: a mesh certificate, e.g. meshctl's, is required)
   Task store    {stack.taskstore_url}/tasks
   Console       {stack.console_url}/   (sign in with the API key below)
   Broker        mqtts://127.0.0.1:{stack.ports.mqtt}  (TLS; identities and certificates in {DEV_PKI})

@@ -262,6 +262,7 @@ class Stack:
         for name, hosts in SERVER_NAMES.items():
             if not (self.pki.root / "servers" / f"{name}.crt").exists():
                 self.pki.issue(f"servers/{name}", server_names=hosts)
+        self.pki.client(Identity("console", Role.OBSERVER))  # the console's certificate for the internal APIs
 
     def internal_server_env(self, name: str) -> dict[str, str]:
         """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""
@@ -275,6 +276,18 @@ class Stack:
             "MESH_INTERNAL__CA_FILE": str(self.pki.ca_cert),
             "MESH_INTERNAL__SERVER_CERT_FILE": str(self.pki.root / f"{stem}.crt"),
             "MESH_INTERNAL__SERVER_KEY_FILE": str(self.pki.root / f"{stem}.key"),
+        }
+
+    def internal_client_env(self, name: str) -> dict[str, str]:
+        """A client of the internal APIs without a broker identity (the console): a mesh certificate of its own."""
+        if not self.internal_tls:
+            return {}
+        files = self.pki.client(Identity(name, Role.OBSERVER))  # a certificate only: never admitted on the broker
+        return {
+            "MESH_INTERNAL__ENABLED": "true",
+            "MESH_INTERNAL__CA_FILE": str(self.pki.ca_cert),
+            "MESH_INTERNAL__CERT_FILE": str(files.cert),
+            "MESH_INTERNAL__KEY_FILE": str(files.key),
         }
 
     @property
@@ -456,6 +469,7 @@ class Stack:
             "MESH_PUBLIC_URL": self.coordinator_url,
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
+            **self.internal_client_env("console"),
         }
         return ManagedProcess(
             "console",

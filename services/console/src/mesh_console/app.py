@@ -359,7 +359,7 @@ def create_app(settings: ConsoleSettings, stop: asyncio.Event | None = None, mes
         checks = {}
         for name, url in (("registry", mesh.registry), ("taskstore", mesh.taskstore)):
             try:
-                checks[name] = (await mesh.http.get(f"{url}/livez", timeout=2.0)).status_code == 200
+                checks[name] = (await mesh.internal.get(f"{url}/livez", timeout=2.0)).status_code == 200
             except Exception:
                 checks[name] = False
         ok = all(checks.values())

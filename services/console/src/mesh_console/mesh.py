@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from a2amesh.internal import internal_client
 from a2amesh.settings import ConsoleSettings
 
 A2A_VERSION_HEADER = {"A2A-Version": "1.0"}
@@ -57,6 +58,8 @@ class Mesh:
     def __init__(self, settings: ConsoleSettings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.http = http or httpx.AsyncClient(timeout=settings.request_timeout)
+        self.internal = internal_client(settings, timeout=settings.request_timeout) if http is None else http
+        """The registry and the task store: with the mesh's mutual TLS (the console's own certificate) when on."""
         self.coordinator = settings.coordinator_url.rstrip("/")
         self.public_coordinator = (settings.public_url or settings.coordinator_url).rstrip("/")
         self.registry = settings.registry_url.rstrip("/")
@@ -65,10 +68,12 @@ class Mesh:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.internal is not self.http:
+            await self.internal.aclose()
 
     async def _get(self, url: str, params: dict[str, Any] | None = None, what: str = "") -> Any:
         try:
-            response = await self.http.get(url, params=params)
+            response = await self.internal.get(url, params=params)
         except httpx.HTTPError as error:
             raise MeshError(f"{what or url} unreachable: {error}") from None
         if response.status_code == 404:

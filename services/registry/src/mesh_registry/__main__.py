@@ -46,11 +46,12 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
 
 
 def guarded(app: Any, settings: RegistrySettings) -> tuple[Any, dict[str, Any]]:
-    """With internal TLS on: the API behind mutual TLS, its listings for the readers only (coordinator, meshctl)."""
+    """With internal TLS on: the API behind mutual TLS, its listings for the readers (coordinator, meshctl) and the
+    console."""
     if not settings.internal.enabled:
         return app, {}
     readers = settings.internal.readers
-    rules = [rule("GET", r"/agents(/.*)?", *readers)]
+    rules = [rule("GET", r"/agents(/.*)?", *readers, *settings.internal.browsers)]
     return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
 
 
