@@ -320,3 +320,39 @@ async def test_the_console_shows_a_key_only_its_own_tasks(owned: Stack, capsys: 
     with capsys.disabled():
         print("\n" + tally.report("console x tasks (a key sees only its own)"))
     assert not tally.leaks and not tally.failures, tally.report("leaks or failed controls")
+
+
+@pytest.fixture(scope="module")
+def unrecorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A mesh whose task store trusts no coordinator's owner records: what every read looks like before one lands."""
+    env = {"MESH_TRUSTED_RECORDERS": '["nobody"]'}
+    stack = Stack(run_dir=tmp_path_factory.mktemp("unrecorded"), ports=Ports.random(), agents={"echo": "agent_echo"})
+    stack.extra_env.update(env)
+    stack.pki.api_keys_file.parent.mkdir(parents=True, exist_ok=True)
+    stack.pki.api_keys_file.write_text(key_lines())
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+async def test_the_coordinator_scopes_its_own_tasks_from_memory_before_the_owner_record_lands(
+    unrecorded: Stack,
+) -> None:
+    """No read-your-writes gap: the owner record travels in the background, but the coordinator that accepted a task
+    answers its owner (and refuses everyone else) from memory, whatever the store knows yet."""
+    async with httpx.AsyncClient(base_url=unrecorded.coordinator_url, timeout=30) as http:
+        task_id = (await send(http, ALICE, "before the owner lands"))["id"]
+        async with httpx.AsyncClient(base_url=unrecorded.taskstore_url, timeout=10) as store:
+
+            async def recorded_without_owner() -> bool:
+                everyone = await store.get(f"/tasks/{task_id}", params={"scope": "all"})
+                alices = await store.get(f"/tasks/{task_id}", params={"owner": "key:alice", "tenant": "t1"})
+                return everyone.status_code == 200 and alices.status_code == 404
+
+            await eventually(recorded_without_owner, what="the task stored, its owner not")
+        own = (await http.post("/", json=rpc("GetTask", {"id": task_id}), headers=bearer(ALICE))).json()
+        assert own.get("result", {}).get("id") == task_id, own
+        assert not_found(await http.post("/", json=rpc("GetTask", {"id": task_id}), headers=bearer(BOB)))
+        follow_up = {"messageId": "m2", "role": "ROLE_USER", "taskId": task_id, "parts": [{"text": "x"}]}
+        refused = await http.post("/", json=rpc("SendMessage", {"message": follow_up}), headers=bearer(BOB))
+        assert not_found(refused)
