@@ -68,6 +68,12 @@ async def test_pipeline_researches_writes_and_reviews_as_linked_child_tasks(
 
     parent = await make_client().get_task(pb.GetTaskRequest(id=final.task_id))
     children = await children_of(mesh, http, parent, 3)
+
+    async def recorded_ends() -> list[dict] | None:  # the parent ended first; the store records each child's end
+        again = await children_of(mesh, http, parent, 3)
+        return again if all(child["status"]["state"] != "TASK_STATE_WORKING" for child in again) else None
+
+    children = await eventually(recorded_ends, what="the children's ends recorded")
     assert {child["status"]["state"] for child in children} == {"TASK_STATE_COMPLETED"}
     assert {child["history"][0]["metadata"]["step"] for child in children} == {"research", "write", "review"}
 
