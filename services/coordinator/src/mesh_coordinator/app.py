@@ -31,7 +31,7 @@ from a2amesh.models import (
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from a2amesh.settings import CoordinatorSettings
-from mesh_coordinator.auth import ApiKeys, Authenticator, JwtPolicy, JwtVerifier, current_principal
+from mesh_coordinator.auth import ApiKeys, Authenticator, JwtPolicy, TokenVerifier, current_principal
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.cards import JWKS_PATH, LEGACY_CARD_PATH, CardFinisher, CardKey
 from mesh_coordinator.directory import DependencyError, RegistryClient
@@ -205,8 +205,10 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
 
 def authenticator(settings: CoordinatorSettings, public_url: str) -> Authenticator:
     """API keys from MESH_API_KEYS and MESH_API_KEYS_FILE, and JWTs when an issuer is configured."""
-    verifier = None
+    verifier: TokenVerifier | None = None
     if settings.jwt_issuer:
+        from mesh_coordinator.jwtauth import JwtVerifier  # PyJWT: only for a mesh that accepts JWTs
+
         issuer = settings.jwt_issuer.rstrip("/")
         policy = JwtPolicy(
             issuer=settings.jwt_issuer,

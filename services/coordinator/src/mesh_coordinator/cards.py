@@ -1,8 +1,12 @@
 """What every card the coordinator serves gets once it is built (the root's, each agent's, the extended ones): the
 interfaces of the extra bindings it serves (A2A 0.3 JSON-RPC) and a signature (A2A §8.4: a JWS over the
-JCS-canonicalized card, made with the a2a-sdk's signer), whose key clients fetch from the JWKS the coordinator
-publishes at JWKS_PATH. Kept in one place so the cards' content (app.py, endpoints.py) and their finishing stay
-apart."""
+JCS-canonicalized card, the form the a2a-sdk's verifier checks), whose key clients fetch from the JWKS the
+coordinator publishes at JWKS_PATH. Kept in one place so the cards' content (app.py, endpoints.py) and their
+finishing stay apart.
+
+The JWS is made here with `cryptography`'s ECDSA (ES256: base64url of the protected header and the payload, the
+signature as r || s) rather than through the SDK's signer, which needs PyJWT: PyJWT loads X.509, RSA and its JWKS
+client along with the EC code, 4.5 MB of the coordinator's idle memory for one algorithm."""
 
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from a2a.types import a2a_pb2 as pb
-from a2a.utils.signing import create_agent_card_signer
-from cryptography.hazmat.primitives import serialization
+from a2a.utils._jcs import canonicalize
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from google.protobuf.json_format import MessageToDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -31,6 +36,7 @@ LEGACY_BINDINGS = ("JSONRPC", "HTTP+JSON")
 """The bindings whose routes the SDK's compat mode also serves to A2A 0.3 clients."""
 
 SIGNING_ALGORITHM = "ES256"
+P256_BYTES = 32
 SIGNED_CACHE_SIZE = 256
 """Signed cards remembered by content: the card routes are public, so an unchanged card is not signed again."""
 
@@ -42,14 +48,14 @@ class CardKey:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise ValueError(f"{key_file}: the card-signing key must be an EC P-256 private key")
-        public = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        numbers = key.public_key().public_numbers()
+        public = {"kty": "EC", "crv": "P-256", "x": b64url(_p256(numbers.x)), "y": b64url(_p256(numbers.y))}
         self.kid = jwk_thumbprint(public)
         self.public_jwk = {**public, "kid": self.kid, "use": "sig", "alg": SIGNING_ALGORITHM}
         self.jwks_url = jwks_url
-        self._sign = create_agent_card_signer(
-            key,  # type: ignore[arg-type]  # PyJWT takes a cryptography key object too
-            {"alg": SIGNING_ALGORITHM, "typ": "JOSE", "kid": self.kid, "jku": jwks_url},
-        )
+        self._key = key
+        header = {"alg": SIGNING_ALGORITHM, "typ": "JOSE", "kid": self.kid, "jku": jwks_url}
+        self._protected = b64url(json.dumps(header, separators=(",", ":")).encode())
         self._signed: OrderedDict[bytes, pb.AgentCard] = OrderedDict()
 
     def jwks(self) -> dict[str, Any]:
@@ -62,7 +68,7 @@ class CardKey:
         content = card.SerializeToString(deterministic=True)
         signed = self._signed.get(content)
         if signed is None:
-            signed = self._sign(card)
+            signed = self._signed_copy(card)
             self._signed[content] = signed
             if len(self._signed) > SIGNED_CACHE_SIZE:
                 self._signed.popitem(last=False)
@@ -72,12 +78,48 @@ class CardKey:
         result.CopyFrom(signed)
         return result
 
+    def _signed_copy(self, card: pb.AgentCard) -> pb.AgentCard:
+        """`card` with a JWS (RFC 7515, detached-payload form of A2A §8.4) over its canonical form."""
+        payload = b64url(canonical_card(card).encode())
+        der = self._key.sign(f"{self._protected}.{payload}".encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        signed = pb.AgentCard()
+        signed.CopyFrom(card)
+        signed.signatures.add(protected=self._protected, signature=b64url(_p256(r) + _p256(s)))
+        return signed
+
+
+def canonical_card(card: pb.AgentCard) -> str:
+    """The card as A2A §8.4 signs it: its JSON without `signatures` and without empty values, JCS-canonicalized
+    (RFC 8785), which is what the a2a-sdk's verifier recomputes."""
+    content = MessageToDict(card)
+    content.pop("signatures", None)
+    return canonicalize(_without_empty(content))
+
+
+def _without_empty(value: Any) -> Any:
+    """`value` without empty strings, lists and objects, at any depth (None when nothing is left)."""
+    if isinstance(value, dict):
+        kept = {key: inner for key, item in value.items() if (inner := _without_empty(item)) is not None}
+        return kept or None
+    if isinstance(value, list):
+        items = [inner for item in value if (inner := _without_empty(item)) is not None]
+        return items or None
+    return None if value == "" else value
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _p256(number: int) -> bytes:
+    return number.to_bytes(P256_BYTES, "big")
+
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     """The RFC 7638 thumbprint of an EC public JWK (base64url SHA-256 of its required members): a stable kid."""
     required = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"))
-    digest = hashlib.sha256(required.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return b64url(hashlib.sha256(required.encode()).digest())
 
 
 @dataclass(frozen=True)
