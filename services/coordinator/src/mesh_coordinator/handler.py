@@ -41,6 +41,7 @@ from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryCli
 from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.owners import Owner, TaskOwners, caller, reader_of
+from mesh_coordinator.push import PushConfigs, PushStoreClient, WebhookPolicy
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
@@ -110,6 +111,9 @@ class MeshRequestHandler(RequestHandler):
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
         self.reconciler = Reconciler(store, self._record_event)
+        self.webhooks = WebhookPolicy(settings.push_allowed_networks)
+        self.push_store = PushStoreClient(store.base_url, store.client)
+        self.push = PushConfigs(self.push_store, self.owners, self.webhooks)
         self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
         """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
 
@@ -475,22 +479,24 @@ class MeshRequestHandler(RequestHandler):
     async def on_create_task_push_notification_config(
         self, params: pb.TaskPushNotificationConfig, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
-        raise sdk_errors.PushNotificationNotSupportedError
+        async with self.audited("CreateTaskPushNotificationConfig", params.task_id):
+            return await self.push.create(params)
 
     async def on_get_task_push_notification_config(
         self, params: pb.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
-        raise sdk_errors.PushNotificationNotSupportedError
+        return await self.push.get(params.task_id, params.id)
 
     async def on_list_task_push_notification_configs(
         self, params: pb.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> pb.ListTaskPushNotificationConfigsResponse:
-        raise sdk_errors.PushNotificationNotSupportedError
+        return pb.ListTaskPushNotificationConfigsResponse(configs=await self.push.list(params.task_id))
 
     async def on_delete_task_push_notification_config(
         self, params: pb.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise sdk_errors.PushNotificationNotSupportedError
+        async with self.audited("DeleteTaskPushNotificationConfig", params.task_id):
+            await self.push.delete(params.task_id, params.id)
 
     async def on_get_extended_agent_card(
         self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext
