@@ -230,9 +230,11 @@ class DeliveryWorker:
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll the store for pending deliveries until `stop`; open deliveries resume on the next start."""
-        timeout = httpx.Timeout(self.settings.push_timeout)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        """Poll the store for pending deliveries until `stop`; open deliveries resume on the next start. The
+        webhook client (its own: never the internal one, whose client certificate is not for strangers) is made
+        on the first delivery: a mesh nobody subscribes to pays no TLS context for it."""
+        client: httpx.AsyncClient | None = None
+        try:
             while not stop.is_set():
                 try:
                     pending = await self.store.pending()
@@ -243,6 +245,9 @@ class DeliveryWorker:
                     key = (str(entry["taskId"]), str(entry["id"]))
                     if key in self._running or len(self._running) >= MAX_PARALLEL_CONFIGS:
                         continue
+                    if client is None:
+                        timeout = httpx.Timeout(self.settings.push_timeout)
+                        client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
                     runner = asyncio.create_task(self._deliver_all(client, entry, stop))
                     self._running[key] = runner
                     runner.add_done_callback(lambda _t, key=key: self._running.pop(key, None))
@@ -250,6 +255,9 @@ class DeliveryWorker:
                     await asyncio.wait_for(stop.wait(), self.settings.push_poll_interval)
             if self._running:
                 await asyncio.wait(list(self._running.values()), timeout=self.settings.push_timeout)
+        finally:
+            if client is not None:
+                await client.aclose()
 
     async def _deliver_all(self, client: httpx.AsyncClient, entry: dict[str, Any], stop: asyncio.Event) -> None:
         task_id, config_id = str(entry["taskId"]), str(entry["id"])
