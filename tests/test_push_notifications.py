@@ -292,3 +292,34 @@ async def test_another_callers_task_has_no_push_configs_to_them(pushing: Stack, 
                 await attempt
         letters = (await http.get(f"{pushing.coordinator_url}/push/dead-letters")).json()["deadLetters"]
         assert letters == []  # the first caller's dead letters are not the other's to read
+
+
+async def test_a_config_sent_with_the_message_gets_every_update_from_the_first(
+    pushing: Stack, receiver: Receiver
+) -> None:
+    async with sdk_client(pushing) as (client, _http):
+        request = send_request(user_message("inline"), skill="echo", return_immediately=True, delayMs=300)
+        inline = request.configuration.task_push_notification_config
+        inline.url, inline.id = receiver.url, "inline"
+        inline.authentication.scheme, inline.authentication.credentials = "Bearer", HOOK_SECRET
+        task_id = ""
+        async for event in client.send_message(request):
+            task_id = task_id or (event.task.id if event.HasField("task") else "")
+        assert task_id
+
+        async def completed_delivered() -> bool:
+            return any(
+                item["body"].get("statusUpdate", {}).get("status", {}).get("state") == "TASK_STATE_COMPLETED"
+                for item in receiver.accepted(task_id)
+            )
+
+        await eventually(completed_delivered, timeout=60, what="the inline config's deliveries")
+        first = receiver.accepted(task_id)[0]["body"]
+        assert "task" in first  # the task's first event (SUBMITTED) was delivered too
+        assert [c.id for c in (await configs_of(client, task_id)).configs] == ["inline"]
+
+        refused = send_request(user_message("inline"), skill="echo", return_immediately=True)
+        refused.configuration.task_push_notification_config.url = "http://169.254.169.254/"
+        with pytest.raises(A2AError, match="refused"):
+            async for _event in client.send_message(refused):
+                pass

@@ -187,6 +187,9 @@ class MeshRequestHandler(RequestHandler):
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
+        push_config = request.configuration.task_push_notification_config if request.configuration else None
+        if push_config is not None:  # refused before anything happens, like CreateTaskPushNotificationConfig
+            await self.push.check_url(push_config.url)
         if message.task_id:
             await self.owners.check(message.task_id, principal)  # another caller's task is not found
             agent, previous = await self._agent_holding(message.task_id, endpoint)
@@ -219,6 +222,10 @@ class MeshRequestHandler(RequestHandler):
         authorization = _authorization_for(route.wants_auth, headers)
         if not request.message.task_id:  # a new task belongs to its caller (a follow-up keeps its owner)
             await self.owners.claim(task_id, Owner.of(principal))
+        if push_config is not None:  # SendMessage's own config: every update of the task, from the first
+            config = to_proto(push_config, pb.TaskPushNotificationConfig)
+            config.task_id = task_id
+            await self.push.create(config)
         if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
             self.credentials.remember(task_id, _authorization_for(True, headers))
         try:

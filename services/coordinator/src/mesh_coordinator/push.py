@@ -165,12 +165,16 @@ class PushConfigs:
         await self.owners.check(_checked_id(task_id, "taskId"), principal)
         return principal
 
-    async def create(self, params: pb.TaskPushNotificationConfig) -> pb.TaskPushNotificationConfig:
-        principal = await self._owned(params.task_id, "send")
+    async def check_url(self, url: str) -> None:
+        """InvalidParams (-32602, with the reason) for a webhook the coordinator will not call."""
         try:
-            await self.policy.check(params.url)
+            await self.policy.check(url)
         except WebhookRefused as error:
             raise sdk_errors.InvalidParamsError(message=f"push notification URL refused: {error}") from None
+
+    async def create(self, params: pb.TaskPushNotificationConfig) -> pb.TaskPushNotificationConfig:
+        principal = await self._owned(params.task_id, "send")
+        await self.check_url(params.url)
         config: dict[str, Any] = {
             "id": _checked_id(params.id or str(uuid.uuid4()), "id"),
             "url": params.url,
