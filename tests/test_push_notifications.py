@@ -21,7 +21,7 @@ from a2a.types import a2a_pb2 as pb
 from a2a.utils.errors import A2AError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
 from devstack.processes import free_port
@@ -90,10 +90,12 @@ async def receiver() -> AsyncIterator[Receiver]:
         )
         return JSONResponse({"ok": True})
 
+    async def moved(_request: Request) -> RedirectResponse:
+        return RedirectResponse("/hook", status_code=307)  # a redirect the coordinator must not follow
+
+    routes = [Route("/hook", hook, methods=["POST"]), Route("/moved", moved, methods=["POST"])]
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]), "127.0.0.1", port, log_level="error")
-    )
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), "127.0.0.1", port, log_level="error"))
     serving = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), what="webhook receiver up")
     state.url = f"http://127.0.0.1:{port}/hook"
@@ -323,3 +325,17 @@ async def test_a_config_sent_with_the_message_gets_every_update_from_the_first(
         with pytest.raises(A2AError, match="refused"):
             async for _event in client.send_message(refused):
                 pass
+
+
+async def test_a_redirect_is_not_followed(pushing: Stack, receiver: Receiver) -> None:
+    async with sdk_client(pushing) as (client, http):
+        task_id = await start_slow_task(client, 300)
+        await client.create_task_push_notification_config(push_config(task_id, receiver.url.replace("/hook", "/moved")))
+
+        async def letters() -> list[dict[str, Any]]:
+            body = (await http.get(f"{pushing.coordinator_url}/push/dead-letters")).json()
+            return [letter for letter in body["deadLetters"] if letter["taskId"] == task_id]
+
+        found = await eventually(letters, timeout=60, what="the redirected deliveries dead")
+        assert "307" in found[0]["error"]
+        assert receiver.accepted(task_id) == []  # /hook, where the redirect pointed, was never called
