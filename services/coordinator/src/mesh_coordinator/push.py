@@ -238,13 +238,18 @@ class DeliveryWorker:
         webhook client (its own: never the internal one, whose client certificate is not for strangers) is made
         on the first delivery: a mesh nobody subscribes to pays no TLS context for it."""
         client: httpx.AsyncClient | None = None
+        store_down = False
         try:
             while not stop.is_set():
                 try:
                     pending = await self.store.pending()
+                    if store_down:
+                        log.info("push deliveries go on: the task store answers again")
+                    store_down = False
                 except DependencyError as error:
-                    log.warning("push deliveries wait for the task store: %s", error)
-                    pending = []
+                    if not store_down:  # once per outage, not every poll
+                        log.warning("push deliveries wait for the task store: %s", error)
+                    store_down, pending = True, []
                 for entry in pending:
                     key = (str(entry["taskId"]), str(entry["id"]))
                     if key in self._running or len(self._running) >= MAX_PARALLEL_CONFIGS:
