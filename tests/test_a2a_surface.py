@@ -36,7 +36,7 @@ def jwks_verifier(jwks: dict[str, Any], expected_jku: str):
         assert jku == expected_jku, f"signature points at {jku}, not {expected_jku}"
         return keys[kid or ""]
 
-    return create_signature_verifier(key_for, ["ES256"])
+    return create_signature_verifier(key_for, ["EdDSA"])
 
 
 @pytest.mark.parametrize("base", CARD_PATHS)
@@ -46,7 +46,8 @@ async def test_every_served_card_is_signed_and_verifies_with_the_published_key(m
         jwks_response = await anonymous.get(f"{url}/.well-known/jwks.json")
         assert jwks_response.status_code == 200
         jwks = jwks_response.json()
-        assert [key["kty"] for key in jwks["keys"]] == ["EC"] and "d" not in jwks["keys"][0]  # public half only
+        assert [(key["kty"], key["crv"]) for key in jwks["keys"]] == [("OKP", "Ed25519")]
+        assert "d" not in jwks["keys"][0]  # the public half only
         card = await A2ACardResolver(anonymous, f"{url}{base}").get_agent_card()
     assert len(card.signatures) == 1
     verify = jwks_verifier(jwks, f"{url}/.well-known/jwks.json")
@@ -66,14 +67,14 @@ async def test_every_served_card_is_signed_and_verifies_with_the_published_key(m
 
 async def test_a_card_signed_with_another_key_does_not_verify(mesh: Stack, tmp_path) -> None:
     """The verifier really checks the key: the served card against a JWKS of a fresh key with the same kid."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from jwt.algorithms import ECAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from jwt.algorithms import OKPAlgorithm
 
     async with httpx.AsyncClient(timeout=30.0) as anonymous:
         jwks = (await anonymous.get(f"{mesh.coordinator_url}/.well-known/jwks.json")).json()
         card_json = (await anonymous.get(f"{mesh.coordinator_url}/.well-known/agent-card.json")).json()
     card = ParseDict(card_json, pb.AgentCard(), ignore_unknown_fields=True)
-    other = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
+    other = OKPAlgorithm.to_jwk(ed25519.Ed25519PrivateKey.generate().public_key(), as_dict=True)
     forged = {"keys": [{**other, "kid": jwks["keys"][0]["kid"]}]}
     with pytest.raises(InvalidSignaturesError):
         jwks_verifier(forged, f"{mesh.coordinator_url}/.well-known/jwks.json")(card)

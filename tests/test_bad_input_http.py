@@ -414,7 +414,15 @@ TARGETED = {
     "SubscribeToTask unknown": (json.dumps(rpc("SubscribeToTask", {"id": str(uuid.uuid4())})).encode(), -32001),
     "ListTasks bad page token": (json.dumps(rpc("ListTasks", {"pageToken": "!!"})).encode(), -32602),
     "ListTasks negative page size": (json.dumps(rpc("ListTasks", {"pageSize": -1})).encode(), -32602),
-    "push config": (json.dumps(rpc("CreateTaskPushNotificationConfig", {"taskId": "x"})).encode(), -32003),
+    "push config of an unknown task": (
+        json.dumps(rpc("CreateTaskPushNotificationConfig", {"taskId": "x", "url": "https://example.com/h"})).encode(),
+        -32001,
+    ),
+    "push configs of no task": (json.dumps(rpc("ListTaskPushNotificationConfigs", {})).encode(), -32602),
+    "push config of a task id with a slash": (
+        json.dumps(rpc("GetTaskPushNotificationConfig", {"taskId": "a/events", "id": "h"})).encode(),
+        (-32602, -32001),
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from a2amesh.internal import client_ssl_context
 from a2amesh.settings import MqttSettings, ServiceSettings
-from meshctl import client, identity, render
+from meshctl import client, identity, push, render
 from meshctl.events import MeshEvent, follow
 from meshctl.send import EXIT_FAILED, Outcome, SendOptions, exit_code, parse_data, parse_meta, run_send
 
@@ -111,9 +111,13 @@ def main_options(
     mqtt_host: Annotated[str, typer.Option(envvar="MESH_MQTT__HOST", help="The broker, for `events`.")] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(envvar="MESH_MQTT__PORT", help="The broker's port.")] = 8883,
     json_out: JsonFlag = False,
+    grpc: Annotated[
+        bool, typer.Option("--grpc", envvar="MESH_GRPC", help="Call the coordinator over gRPC (its card's interface).")
+    ] = False,
 ) -> None:
     ctx.obj = Options(coordinator, registry, store, mqtt_host, mqtt_port, json_out)
     client.use_api_key(api_key or dev_api_key())
+    client.use_grpc(grpc)
     if registry.startswith("https:") or store.startswith("https:"):  # internal APIs over the mesh's mutual TLS
         with reported():
             settings = ctx.obj.settings()
@@ -392,6 +396,7 @@ def events(
 
 # -- outside identities (operators) ------------------------------------------------------------------------------
 app.add_typer(identity.identity_app, name="identity")
+app.add_typer(push.push_app, name="push")
 
 
 def _identity_context(ctx: typer.Context, pki_dir: Path | None) -> tuple[Options, identity.Pki, identity.Broker]:

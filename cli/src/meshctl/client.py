@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.client.errors import AgentCardResolutionError
+from a2a.types import a2a_pb2 as pb
 from a2a.utils.errors import A2AError
 
 CONNECT_TIMEOUT = 5.0
@@ -33,6 +34,7 @@ def _unreachable(what: str, url: str, error: BaseException) -> CliError:
 
 _api_key: str | None = None
 _internal_tls: ssl.SSLContext | None = None
+_grpc = False
 
 
 def use_api_key(key: str | None) -> None:
@@ -41,10 +43,17 @@ def use_api_key(key: str | None) -> None:
     _api_key = key
 
 
+def use_grpc(enabled: bool) -> None:
+    """Call the coordinator over its gRPC binding (the card's GRPC interface) instead of JSON-RPC over HTTP."""
+    global _grpc
+    _grpc = enabled
+
+
 @asynccontextmanager
 async def coordinator(url: str, *, streaming: bool = False, wait_long: bool = False) -> AsyncIterator[Client]:
     """An a2a-sdk client on the coordinator's card. `wait_long` lifts the read timeout (blocking sends and
-    streams last as long as the task does; the coordinator bounds them)."""
+    streams last as long as the task does; the coordinator bounds them). With --grpc the SDK's gRPC transport
+    is chosen from the card (the card itself is always read over HTTP, as A2A publishes it)."""
     timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT, read=None if wait_long else READ_TIMEOUT)
     headers = {"Authorization": f"Bearer {_api_key}"} if _api_key else {}
     async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
@@ -54,13 +63,45 @@ async def coordinator(url: str, *, streaming: bool = False, wait_long: bool = Fa
             if isinstance(error.__cause__, httpx.RequestError):
                 raise _unreachable("coordinator", url, error.__cause__) from None
             raise CliError(f"no usable A2A agent card at {url}: {error.message}") from None
-        client = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
+        config = _grpc_config(card, streaming) if _grpc else ClientConfig(httpx_client=http, streaming=streaming)
+        client = ClientFactory(config).create(card)
         try:
             yield client
         except A2AError as error:
             if isinstance(error.__cause__, httpx.RequestError):
                 raise _unreachable("coordinator", url, error.__cause__) from None
             raise CliError(error.message or str(error)) from None
+        finally:
+            if _grpc:  # the channel is the transport's own; the HTTP one shares `http`, closed below
+                await client.close()
+
+
+def _grpc_config(card: pb.AgentCard, streaming: bool) -> ClientConfig:
+    """The SDK's gRPC transport on the card's GRPC interface, presenting the API key as call metadata."""
+    if not any(interface.protocol_binding == "GRPC" for interface in card.supported_interfaces):
+        raise CliError("the coordinator's card lists no gRPC interface (is MESH_GRPC_PORT set?)")
+    from meshctl.grpc_auth import bearer_channel  # grpcio: only for --grpc
+
+    return ClientConfig(
+        streaming=streaming,
+        supported_protocol_bindings=["GRPC"],
+        grpc_channel_factory=lambda target: bearer_channel(target, _api_key),
+    )
+
+
+async def coordinator_json(url: str, path: str) -> Any:
+    """GET one of the coordinator's own JSON resources (e.g. /push/dead-letters) with the API key."""
+    headers = {"Authorization": f"Bearer {_api_key}"} if _api_key else {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT), headers=headers) as http:
+        try:
+            response = await http.get(url.rstrip("/") + path)
+        except httpx.RequestError as error:
+            raise _unreachable("coordinator", url, error) from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else None
+    if response.status_code != 200:
+        detail = body.get("error") if isinstance(body, dict) else None
+        raise CliError(f"coordinator: {detail or f'HTTP {response.status_code}'}")
+    return body
 
 
 def use_internal_tls(context: ssl.SSLContext | None) -> None:

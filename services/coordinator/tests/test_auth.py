@@ -13,11 +13,11 @@ from mesh_coordinator.auth import (
     LEGACY_SCOPES,
     ApiKeys,
     JwtPolicy,
-    JwtVerifier,
     KeyFileError,
     parse_key_line,
     token_scopes,
 )
+from mesh_coordinator.jwtauth import JwtVerifier
 from mesh_coordinator.keys import key_line
 
 

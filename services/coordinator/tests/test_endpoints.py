@@ -48,7 +48,7 @@ def test_an_agents_card_points_at_the_coordinators_urls_for_it(public_url: str, 
     assert card.name == "Research Agent" and card.version == "1.2.3" and card.skills[0].id == "research"
     assert card.security_schemes == root.security_schemes
     assert card.security_requirements == root.security_requirements
-    assert card.capabilities.push_notifications is False  # the coordinator serves none
+    assert card.capabilities.push_notifications is True  # the coordinator delivers them (mesh_coordinator.push)
     assert not card.capabilities.extensions  # the pool extension describes the MQTT side only
     listed = catalogue(
         {"research": Endpoint("research", [research_record(), research_record("research-1")])}, public_url

@@ -140,9 +140,19 @@ def client_ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
     return context
 
 
+INTERNAL_URL_FIELDS = ("registry_url", "taskstore_url", "coordinator_url")
+"""The settings naming the mesh's own HTTP APIs an internal client calls."""
+
+
 def internal_client(settings: ServiceSettings, **options: Any) -> httpx.AsyncClient:
-    """An httpx client for the registry's and the task store's APIs, with the mesh's mutual TLS when enabled."""
+    """An httpx client for the registry's and the task store's APIs, with the mesh's mutual TLS when enabled.
+    Without it, the public CAs (httpx's default, about 1.4 MB of memory) are loaded only when one of those APIs is
+    reached over https; for plain http URLs a context that trusts nothing stands in (unused, and failing closed)."""
     import httpx
 
-    context = client_ssl_context(settings)
-    return httpx.AsyncClient(verify=context if context is not None else True, **options)
+    verify: ssl.SSLContext | bool | None = client_ssl_context(settings)
+    if verify is None:
+        urls = [str(getattr(settings, field, "") or "") for field in INTERNAL_URL_FIELDS]
+        https = any(url.startswith("https:") for url in urls)
+        verify = True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA loaded: verifies nothing
+    return httpx.AsyncClient(verify=verify, **options)

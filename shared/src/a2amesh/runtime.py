@@ -75,9 +75,14 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+STARTUP_SETTLE = 3.0
+"""Seconds after start when a service has built what it serves with (app, servers, clients, first cards)."""
+
+
 def release_startup_memory() -> None:
     """Give the OS back the heap that importing left free: glibc keeps freed blocks mapped, so a service would idle
-    with its import-time garbage (6 MB of the task store's 75 MB, measured in `make bench`). Once, before serving."""
+    with its import-time garbage (6 MB of the task store's 75 MB, measured in `make bench`). Once before serving,
+    and once more STARTUP_SETTLE seconds in, for what building the app, the servers and the first cards left."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -92,6 +97,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.call_later(STARTUP_SETTLE, release_startup_memory)
         await main(stop)
 
     run_on_service_loop(runner())

@@ -169,6 +169,15 @@ class CoordinatorSettings(ServiceSettings):
     workflows_mqtt: MqttSettings | None = Field(
         default=None, description="the hosted workflows agent's own broker identity (default: the coordinator's)"
     )
+    push_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR or address) push webhooks may target although not public, e.g. 10.0.0.0/8",
+    )
+    push_max_attempts: int = Field(default=6, ge=1, le=20, description="POSTs of one push delivery before it is dead")
+    push_backoff: float = Field(default=0.5, gt=0, description="seconds before a push delivery's first retry (doubles)")
+    push_backoff_max: float = Field(default=30.0, gt=0, description="longest wait between two push retries")
+    push_timeout: float = Field(default=10.0, gt=0, description="seconds a webhook has to answer one POST")
+    push_poll_interval: float = Field(default=0.5, gt=0, description="seconds between looks for pending deliveries")
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")

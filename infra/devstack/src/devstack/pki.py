@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DYNSEC_ITERATIONS = 101
@@ -260,10 +260,12 @@ class Pki:
         return self.api_keys_file.read_text().split()[0]
 
     def card_signing_key(self) -> Path:
-        """The card-signing key (created when missing): its public half is the coordinator's JWKS."""
+        """The card-signing key, Ed25519 (created when missing, and in place of the EC P-256 key earlier dev PKIs
+        made, which would make the coordinator load `cryptography` for it): its public half is the coordinator's
+        JWKS."""
         self._ensure_ca()
-        if not self.card_signing_key_file.exists():
-            key = _new_key().private_bytes(
+        if not self.card_signing_key_file.exists() or not _is_ed25519(self.card_signing_key_file):
+            key = ed25519.Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
             self.card_signing_key_file.write_bytes(key)
@@ -408,6 +410,11 @@ def dynsec_password(password: str) -> dict[str, object]:
         "salt": base64.b64encode(salt).decode(),
         "iterations": DYNSEC_ITERATIONS,
     }
+
+
+def _is_ed25519(key_file: Path) -> bool:
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    return isinstance(key, ed25519.Ed25519PrivateKey)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

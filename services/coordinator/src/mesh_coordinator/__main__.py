@@ -14,6 +14,7 @@ from mesh_coordinator.delegate import Delegate
 from mesh_coordinator.directory import RegistryClient, TaskStoreClient
 from mesh_coordinator.grpc_face import grpc_server, serve_grpc
 from mesh_coordinator.handler import MeshRequestHandler, retry_profile
+from mesh_coordinator.push import DeliveryWorker
 from mesh_coordinator.workflows import WorkflowAgent
 
 
@@ -52,7 +53,13 @@ def main() -> None:
             )
             workflows = workflow_responder(settings, delegate)
             server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
-            workers = [workflows.run(stop), handler.reconciler.run(stop), handler.owners.recorder.run(stop)]
+            deliveries = DeliveryWorker(settings, handler.push_store, handler.webhooks)
+            workers = [
+                workflows.run(stop),
+                handler.reconciler.run(stop),
+                handler.owners.recorder.run(stop),
+                deliveries.run(stop),
+            ]
             if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
                 workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))
             # the hosted workflows agent drains like any agent before it goes offline

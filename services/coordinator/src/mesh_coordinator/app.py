@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.types import a2a_pb2 as pb
+from a2a.utils import errors as sdk_errors
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +32,7 @@ from a2amesh.models import (
 from a2amesh.observability import health_routes
 from a2amesh.sdk import to_proto
 from a2amesh.settings import CoordinatorSettings
-from mesh_coordinator.auth import ApiKeys, Authenticator, JwtPolicy, JwtVerifier, current_principal
+from mesh_coordinator.auth import ApiKeys, Authenticator, JwtPolicy, TokenVerifier, current_principal
 from mesh_coordinator.bodies import JSONRPC_PATH, StrictJsonBodies
 from mesh_coordinator.cards import JWKS_PATH, LEGACY_CARD_PATH, CardFinisher, CardKey
 from mesh_coordinator.directory import DependencyError, RegistryClient
@@ -43,6 +44,9 @@ from mesh_coordinator.handler import MeshRequestHandler
 from mesh_coordinator.router import Endpoint
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTERS_PATH = "/push/dead-letters"
+"""Push deliveries given up on (mesh_coordinator.push), readable by their tasks' owners."""
 
 CARD_SKILLS_TTL = 5.0
 """Seconds the skills listed on the coordinator's card (the mesh's live skills) are cached."""
@@ -96,7 +100,7 @@ def coordinator_card(
         ],
         provider=AgentProvider(organization=org, url=base),
         version="0.1.0",
-        capabilities=AgentCapabilities(streaming=True, push_notifications=False, extended_agent_card=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=True, extended_agent_card=False),
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["text/plain", "application/json"],
         skills=skills,
@@ -178,9 +182,21 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
         handler.audit.record(principal, "ReadAudit", "ok")
         return JSONResponse({"records": records})
 
+    async def dead_letters(_request: Request) -> JSONResponse:
+        """Push deliveries that ran out of retries, for the caller's own tasks (an operator: everyone's)."""
+        principal = current_principal.get()
+        if principal is None or not principal.may("read"):
+            return JSONResponse({"error": "reading dead letters needs the read scope"}, status_code=403)
+        try:
+            letters = await handler.push.dead_letters(principal)
+        except sdk_errors.A2AError as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        return JSONResponse({"deadLetters": letters})
+
     routes = [
         *health_routes(handler.metrics, ready),
         Route("/audit", audit, methods=["GET"]),
+        Route(DEAD_LETTERS_PATH, dead_letters, methods=["GET"]),
         agent_mount(handler, public_url, base_card, finisher),
         *finisher.routes(),
         *[
@@ -205,8 +221,10 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
 
 def authenticator(settings: CoordinatorSettings, public_url: str) -> Authenticator:
     """API keys from MESH_API_KEYS and MESH_API_KEYS_FILE, and JWTs when an issuer is configured."""
-    verifier = None
+    verifier: TokenVerifier | None = None
     if settings.jwt_issuer:
+        from mesh_coordinator.jwtauth import JwtVerifier  # PyJWT: only for a mesh that accepts JWTs
+
         issuer = settings.jwt_issuer.rstrip("/")
         policy = JwtPolicy(
             issuer=settings.jwt_issuer,

@@ -1,8 +1,13 @@
 """What every card the coordinator serves gets once it is built (the root's, each agent's, the extended ones): the
 interfaces of the extra bindings it serves (A2A 0.3 JSON-RPC) and a signature (A2A §8.4: a JWS over the
-JCS-canonicalized card, made with the a2a-sdk's signer), whose key clients fetch from the JWKS the coordinator
-publishes at JWKS_PATH. Kept in one place so the cards' content (app.py, endpoints.py) and their finishing stay
-apart."""
+JCS-canonicalized card, the form the a2a-sdk's verifier checks), whose key clients fetch from the JWKS the
+coordinator publishes at JWKS_PATH. Kept in one place so the cards' content (app.py, endpoints.py) and their
+finishing stay apart.
+
+The JWS (RFC 7515: base64url of the protected header and of the payload, signed) is made here rather than through
+the SDK's signer, which needs PyJWT and `cryptography`: the key `make certs` issues is Ed25519 (JWS `EdDSA`, RFC
+8037), signed with PyNaCl (libsodium), which costs the coordinator 0.9 MB of memory where `cryptography` costs 6.7
+MB and PyJWT 4.5 MB more. An EC P-256 key (ES256) from before still works: `cryptography` is then loaded for it."""
 
 from __future__ import annotations
 
@@ -12,13 +17,12 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from a2a.types import a2a_pb2 as pb
-from a2a.utils.signing import create_agent_card_signer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from a2a.utils._jcs import canonicalize
+from google.protobuf.json_format import MessageToDict
+from nacl.signing import SigningKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -30,26 +34,84 @@ LEGACY_CARD_PATH = "/.well-known/agent.json"
 LEGACY_BINDINGS = ("JSONRPC", "HTTP+JSON")
 """The bindings whose routes the SDK's compat mode also serves to A2A 0.3 clients."""
 
-SIGNING_ALGORITHM = "ES256"
+ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+"""DER of a PKCS #8 Ed25519 private key (RFC 8410) before its 32-byte seed: the whole key is this plus the seed."""
+P256_BYTES = 32
 SIGNED_CACHE_SIZE = 256
 """Signed cards remembered by content: the card routes are public, so an unchanged card is not signed again."""
 
 
+class Signer(Protocol):
+    """A card-signing key: its JWS algorithm, its public JWK, and signing."""
+
+    algorithm: str
+    public_jwk: dict[str, str]
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class Ed25519Signer:
+    """EdDSA over Ed25519 with PyNaCl (the key `make certs` issues)."""
+
+    algorithm = "EdDSA"
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = SigningKey(seed)
+        self.public_jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(bytes(self._key.verify_key))}
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data).signature
+
+
+class P256Signer:
+    """ES256 with `cryptography`, for an EC P-256 key made before the Ed25519 one (loaded only then)."""
+
+    algorithm = "ES256"
+
+    def __init__(self, pem: bytes, key_file: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError(f"{key_file}: the card-signing key must be an Ed25519 or EC P-256 private key")
+        self._key = key
+        numbers = key.public_key().public_numbers()
+        self.public_jwk = {"kty": "EC", "crv": "P-256", "x": b64url(_p256(numbers.x)), "y": b64url(_p256(numbers.y))}
+
+    def sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return _p256(r) + _p256(s)  # JWS wants r || s, not DER
+
+
+def load_signer(key_file: Path) -> Signer:
+    """The signer of a PEM private key file: PKCS #8 Ed25519, or (older) an EC P-256 key."""
+    pem = key_file.read_bytes()
+    body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
+    try:
+        der = base64.b64decode(body, validate=True)
+    except ValueError:
+        raise ValueError(f"{key_file}: not a PEM private key") from None
+    if len(der) == len(ED25519_PKCS8_PREFIX) + 32 and der.startswith(ED25519_PKCS8_PREFIX):
+        return Ed25519Signer(der[len(ED25519_PKCS8_PREFIX) :])
+    return P256Signer(pem, key_file)
+
+
 class CardKey:
-    """The coordinator's card-signing key (EC P-256, from `make certs`) and its public half as a JWKS."""
+    """The coordinator's card-signing key (from `make certs`) and its public half as a JWKS."""
 
     def __init__(self, key_file: Path, jwks_url: str) -> None:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise ValueError(f"{key_file}: the card-signing key must be an EC P-256 private key")
-        public = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
-        self.kid = jwk_thumbprint(public)
-        self.public_jwk = {**public, "kid": self.kid, "use": "sig", "alg": SIGNING_ALGORITHM}
+        self._signer = load_signer(key_file)
+        algorithm = self._signer.algorithm
+        self.kid = jwk_thumbprint(self._signer.public_jwk)
+        self.public_jwk = {**self._signer.public_jwk, "kid": self.kid, "use": "sig", "alg": algorithm}
         self.jwks_url = jwks_url
-        self._sign = create_agent_card_signer(
-            key,  # type: ignore[arg-type]  # PyJWT takes a cryptography key object too
-            {"alg": SIGNING_ALGORITHM, "typ": "JOSE", "kid": self.kid, "jku": jwks_url},
-        )
+        header = {"alg": algorithm, "typ": "JOSE", "kid": self.kid, "jku": jwks_url}
+        self._protected = b64url(json.dumps(header, separators=(",", ":")).encode())
         self._signed: OrderedDict[bytes, pb.AgentCard] = OrderedDict()
 
     def jwks(self) -> dict[str, Any]:
@@ -58,11 +120,13 @@ class CardKey:
     def sign(self, card: pb.AgentCard) -> pb.AgentCard:
         """`card` with its earlier signatures replaced by the coordinator's (a card rewritten here is vouched for
         by the coordinator, not by the agent that first signed it)."""
-        del card.signatures[:]
-        content = card.SerializeToString(deterministic=True)
+        unsigned = pb.AgentCard()
+        unsigned.CopyFrom(card)
+        del unsigned.signatures[:]
+        content = unsigned.SerializeToString(deterministic=True)
         signed = self._signed.get(content)
         if signed is None:
-            signed = self._sign(card)
+            signed = self._signed_copy(unsigned)
             self._signed[content] = signed
             if len(self._signed) > SIGNED_CACHE_SIZE:
                 self._signed.popitem(last=False)
@@ -72,12 +136,49 @@ class CardKey:
         result.CopyFrom(signed)
         return result
 
+    def _signed_copy(self, card: pb.AgentCard) -> pb.AgentCard:
+        """`card` with a JWS (RFC 7515, detached-payload form of A2A §8.4) over its canonical form."""
+        payload = b64url(canonical_card(card).encode())
+        signature = self._signer.sign(f"{self._protected}.{payload}".encode())
+        signed = pb.AgentCard()
+        signed.CopyFrom(card)
+        signed.signatures.add(protected=self._protected, signature=b64url(signature))
+        return signed
+
+
+def canonical_card(card: pb.AgentCard) -> str:
+    """The card as A2A §8.4 signs it: its JSON without `signatures` and without empty values, JCS-canonicalized
+    (RFC 8785), which is what the a2a-sdk's verifier recomputes."""
+    content = MessageToDict(card)
+    content.pop("signatures", None)
+    return canonicalize(_without_empty(content))
+
+
+def _without_empty(value: Any) -> Any:
+    """`value` without empty strings, lists and objects, at any depth (None when nothing is left)."""
+    if isinstance(value, dict):
+        kept = {key: inner for key, item in value.items() if (inner := _without_empty(item)) is not None}
+        return kept or None
+    if isinstance(value, list):
+        items = [inner for item in value if (inner := _without_empty(item)) is not None]
+        return items or None
+    return None if value == "" else value
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _p256(number: int) -> bytes:
+    return number.to_bytes(P256_BYTES, "big")
+
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """The RFC 7638 thumbprint of an EC public JWK (base64url SHA-256 of its required members): a stable kid."""
-    required = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"))
-    digest = hashlib.sha256(required.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    """The RFC 7638 thumbprint of a public JWK (base64url SHA-256 of its required members, in order): a stable
+    kid. EC keys require crv, kty, x, y; OKP keys (RFC 8037) crv, kty, x."""
+    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("crv", "kty", "x")
+    required = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"))
+    return b64url(hashlib.sha256(required.encode()).digest())
 
 
 @dataclass(frozen=True)

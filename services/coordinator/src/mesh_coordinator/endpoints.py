@@ -59,7 +59,7 @@ def agent_card(endpoint: Endpoint, public_url: str, root: AgentCard) -> AgentCar
             ],
             "provider": card.provider or root.provider,
             "capabilities": AgentCapabilities(
-                streaming=True, push_notifications=False, extended_agent_card=False, extensions=extensions or None
+                streaming=True, push_notifications=True, extended_agent_card=False, extensions=extensions or None
             ),
             "security_schemes": root.security_schemes,
             "security_requirements": root.security_requirements,

@@ -42,6 +42,7 @@ from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryCli
 from mesh_coordinator.endpoints import endpoint_of
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.owners import Owner, OwnerRecorder, TaskOwners, caller, reader_of
+from mesh_coordinator.push import PushConfigs, PushStoreClient, WebhookPolicy
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
@@ -113,6 +114,9 @@ class MeshRequestHandler(RequestHandler):
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
         self.reconciler = Reconciler(store, self._record_event)
+        self.webhooks = WebhookPolicy(settings.push_allowed_networks)
+        self.push_store = PushStoreClient(store.base_url, store.client)
+        self.push = PushConfigs(self.push_store, self.owners, self.webhooks)
         self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
         """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
 
@@ -187,6 +191,9 @@ class MeshRequestHandler(RequestHandler):
         message = request.message
         if not message.parts:
             raise sdk_errors.InvalidParamsError(message="message.parts must not be empty")
+        push_config = request.configuration.task_push_notification_config if request.configuration else None
+        if push_config is not None:  # refused before anything happens, like CreateTaskPushNotificationConfig
+            await self.push.check_url(push_config.url)
         if message.task_id:
             await self.owners.check(message.task_id, principal)  # another caller's task is not found
             agent, previous = await self._agent_holding(message.task_id, endpoint)
@@ -219,6 +226,10 @@ class MeshRequestHandler(RequestHandler):
         authorization = self._token(route.wants_auth, route.request_topic, principal)
         if not request.message.task_id:  # a new task belongs to its caller (a follow-up keeps its owner)
             self.owners.claim(task_id, Owner.of(principal))  # published in the background, never awaited here
+        if push_config is not None:  # SendMessage's own config: every update of the task, from the first
+            config = to_proto(push_config, pb.TaskPushNotificationConfig)
+            config.task_id = task_id
+            await self.push.create(config)
         if agent == self.workflows:  # the hosted workflows act for this caller: their steps carry its key
             self.credentials.remember(task_id, principal)
         try:
@@ -487,22 +498,24 @@ class MeshRequestHandler(RequestHandler):
     async def on_create_task_push_notification_config(
         self, params: pb.TaskPushNotificationConfig, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
-        raise sdk_errors.PushNotificationNotSupportedError
+        async with self.audited("CreateTaskPushNotificationConfig", params.task_id):
+            return await self.push.create(params)
 
     async def on_get_task_push_notification_config(
         self, params: pb.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
-        raise sdk_errors.PushNotificationNotSupportedError
+        return await self.push.get(params.task_id, params.id)
 
     async def on_list_task_push_notification_configs(
         self, params: pb.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> pb.ListTaskPushNotificationConfigsResponse:
-        raise sdk_errors.PushNotificationNotSupportedError
+        return pb.ListTaskPushNotificationConfigsResponse(configs=await self.push.list(params.task_id))
 
     async def on_delete_task_push_notification_config(
         self, params: pb.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise sdk_errors.PushNotificationNotSupportedError
+        async with self.audited("DeleteTaskPushNotificationConfig", params.task_id):
+            await self.push.delete(params.task_id, params.id)
 
     async def on_get_extended_agent_card(
         self, params: pb.GetExtendedAgentCardRequest, context: ServerCallContext

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine, make_url
 
-from a2amesh.internal import IdentityGate, rule, tls_server_options
+from a2amesh.internal import IdentityGate, Rule, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import TaskStoreSettings
 from mesh_taskstore.api import build_app
@@ -74,8 +74,23 @@ def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]
         return app, {}
     readers = settings.internal.readers
     events = rule("GET", r"/tasks/[^/]+/events", *readers, *settings.internal.browsers)
-    rules = [events, rule("GET", r"/tasks(/[^/]+)?", *readers)]
+    rules = [events, rule("GET", r"/tasks(/[^/]+)?", *readers), *push_rules(readers)]
     return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
+
+
+def push_rules(readers: list[str]) -> list[Rule]:
+    """Push configs: readers list them and their dead letters; only coordinators (which checked the caller owns the
+    task) write configs, move a delivery cursor, read what is pending and record dead letters."""
+    config = r"/tasks/[^/]+/push-configs/[^/]+"
+    return [
+        rule("GET", r"/tasks/[^/]+/push-configs", *readers),
+        rule("GET", r"/push/dead-letters", *readers),
+        rule("PUT", config, "coordinator"),
+        rule("DELETE", config, "coordinator"),
+        rule("PUT", config + "/delivered", "coordinator"),
+        rule("GET", r"/push/pending", "coordinator"),
+        rule("POST", r"/push/dead-letters", "coordinator"),
+    ]
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from a2amesh.models import ListTasksResponse, TaskState
 from a2amesh.observability import ServiceMetrics, health_routes
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import utc
+from mesh_taskstore.push import push_routes
 from mesh_taskstore.store import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -207,6 +208,7 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             Route("/tasks", list_tasks, methods=["GET"]),
             Route("/tasks/{task_id}/events", task_events, methods=["GET"]),
             Route("/tasks/{task_id}", get_task, methods=["GET"]),
+            *push_routes(store, read_scope),
             *health_routes(metrics or ServiceMetrics("taskstore")),
         ]
     )

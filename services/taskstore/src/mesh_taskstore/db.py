@@ -76,6 +76,39 @@ class TaskOwner(SQLModel, table=True):
     claimed_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
+class PushConfig(SQLModel, table=True):
+    """A push-notification config of a task (A2A TaskPushNotificationConfig), owned like its task. `delivered_seq`
+    is the last event (task_event.seq) the coordinator's delivery worker finished with, delivered or dead-lettered:
+    what is still to deliver is derived from the stored events, so no delivery is lost when the coordinator stops."""
+
+    __tablename__ = "push_config"
+
+    task_id: str = Field(primary_key=True)
+    config_id: str = Field(primary_key=True)
+    url: str
+    token: str = ""
+    auth_scheme: str = ""
+    auth_credentials: str = ""
+    delivered_seq: int = Field(default=0, sa_type=SEQ_TYPE)
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+class PushDeadLetter(SQLModel, table=True):
+    """A delivery the coordinator gave up on after its last retry: kept for its owner to read (and replay)."""
+
+    __tablename__ = "push_dead_letter"
+
+    seq: int | None = Field(default=None, primary_key=True, sa_type=SEQ_TYPE)
+    delivery_id: str = Field(unique=True)
+    task_id: str = Field(index=True)
+    config_id: str
+    url: str
+    event_seq: int = Field(sa_type=SEQ_TYPE)
+    attempts: int
+    error: str
+    failed_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
     worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
@@ -99,7 +132,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def create_tables(engine: Engine) -> None:
     """Create the tables that do not exist yet (no migrations: the schema is additive so far)."""
-    SQLModel.metadata.create_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__, TaskOwner.__table__])  # type: ignore[attr-defined]
+    tables = [TaskRecord, TaskEvent, TaskOwner, PushConfig, PushDeadLetter]
+    SQLModel.metadata.create_all(engine, tables=[table.__table__ for table in tables])  # type: ignore[attr-defined]
 
 
 def ping(engine: Engine) -> None:
