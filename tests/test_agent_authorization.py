@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -15,15 +16,14 @@ import aiomqtt
 import jwt
 import pytest
 from a2a.types import a2a_pb2 as pb
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope, make_client, publish_properties
-from a2amesh.tokens import mint
 from a2amesh.topics import AgentAddress, new_reply_suffix
 from devstack.pki import Identity, Role
 from devstack.stack import Stack
 from mesh_coordinator.agent_tokens import AgentTokens
 from mesh_coordinator.auth import Principal
+from mesh_coordinator.cards import Ed25519Signer
 from tests.conftest import collect, forget_card, send_request, user_message
 from tests.guarded_agent import GUARDED_SKILL
 
@@ -143,20 +143,12 @@ async def test_tokens_for_another_agent_expired_or_signed_by_another_key_are_ref
     own_topic = AgentAddress(mesh.org, mesh.unit, guarded_agent).request_topic
     coordinator = AgentTokens(mesh.pki.card_signing_key(), mesh.coordinator_url)
     stranger = AgentTokens(None, mesh.coordinator_url)
-    stranger._key = ec.generate_private_key(ec.SECP256R1())  # another key under the coordinator's kid
-    stranger.kid = coordinator.kid
-    expired = mint(
-        coordinator._key,
-        coordinator.kid,
-        issuer=mesh.coordinator_url,
-        audience=own_topic,
-        subject="key:a",
-        seconds=-120,
-    )
+    stranger.use(Ed25519Signer(os.urandom(32)), kid=coordinator.kid)  # another key under the coordinator's kid
+    expired = coordinator.bearer(own_topic, ALICE, seconds=-120)
     for what, authorization in (
         ("for another agent", coordinator.bearer(AgentAddress(mesh.org, mesh.unit, "echo").request_topic, ALICE)),
         ("from another issuer", AgentTokens(mesh.pki.card_signing_key(), "http://elsewhere").bearer(own_topic, ALICE)),
-        ("expired", f"Bearer {expired}"),
+        ("expired", expired),
         ("signed by another key", stranger.bearer(own_topic, ALICE)),
         ("the caller's API key", f"Bearer {mesh.api_key}"),
     ):

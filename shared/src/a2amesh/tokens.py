@@ -1,10 +1,12 @@
 """Per-agent-audience tokens: what the coordinator puts in `a2a-authorization` for an agent that asks for it, in
-place of the caller's own credential. A short-lived JWT (ES256) signed with the coordinator's key, whose audience
+place of the caller's own credential. A short-lived JWT (EdDSA, or ES256 with an older P-256 key) signed with the
+coordinator's card-signing key, whose audience
 is the request topic it was minted for (the agent's own topic, or its pool's), so an agent that collects tokens
 holds nothing another agent would take. The agent verifies it against the coordinator's JWKS
 (`/.well-known/jwks.json`, public).
 
-Needs PyJWT (`a2amesh[tokens]`); imported only by the processes that mint or verify."""
+The claims are built here for the coordinator, which signs them itself; verifying needs PyJWT (`a2amesh[tokens]`),
+imported only by an agent that verifies."""
 
 from __future__ import annotations
 
@@ -17,11 +19,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import jwt
-
 log = logging.getLogger(__name__)
 
-ALGORITHM = "ES256"
+ALGORITHMS = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
+"""The signatures accepted, each with the JWK type and curve its key must have."""
 TOKEN_SECONDS = 300
 """How long a minted token is good for: a request and its retries, not a session."""
 LEEWAY_SECONDS = 30
@@ -30,9 +31,7 @@ REFETCH_SECONDS = 30.0
 FETCH_TIMEOUT = 5.0
 
 
-def mint(
-    key: Any,
-    kid: str,
+def token_claims(
     *,
     issuer: str,
     audience: str,
@@ -40,10 +39,10 @@ def mint(
     tenant: str = "",
     scopes: Iterable[str] = (),
     seconds: int = TOKEN_SECONDS,
-) -> str:
-    """A token for one audience (a request topic), naming the caller it acts for."""
+) -> dict[str, Any]:
+    """The claims of a token for one audience (a request topic), naming the caller it acts for."""
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "iss": issuer,
         "aud": audience,
         "sub": subject,
@@ -54,7 +53,7 @@ def mint(
     }
     if tenant:
         claims["tenant"] = tenant
-    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
+    return claims
 
 
 class TokenVerifier:
@@ -62,6 +61,9 @@ class TokenVerifier:
     the issuer when one is configured, and not expired. Answers why not, without detail, or None."""
 
     def __init__(self, jwks_url: str, audiences: Iterable[str], issuer: str | None = None) -> None:
+        import jwt  # PyJWT, with cryptography: only agents that verify pay for it
+
+        self._jwt = jwt
         self.jwks_url = jwks_url
         self.audiences = list(audiences)
         self.issuer = issuer
@@ -70,6 +72,7 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
 
     async def refusal(self, token: str) -> str | None:
+        jwt = self._jwt
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
@@ -81,7 +84,7 @@ class TokenVerifier:
             jwt.decode(
                 token,
                 key,
-                algorithms=[ALGORITHM],
+                algorithms=list(ALGORITHMS),
                 audience=self.audiences,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
@@ -106,10 +109,14 @@ class TokenVerifier:
 
 
 def _fetch_keys(url: str) -> dict[str, Any]:
+    """The JWKS's signing keys by kid, those of an accepted algorithm only."""
+    import jwt
+
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
         jwks = json.loads(response.read())
     keys = {}
     for entry in jwks.get("keys", []):
-        if entry.get("kty") == "EC" and entry.get("crv") == "P-256" and isinstance(entry.get("kid"), str):
-            keys[entry["kid"]] = jwt.PyJWK.from_dict({**entry, "alg": ALGORITHM}).key
+        for algorithm, (kty, curve) in ALGORITHMS.items():
+            if (entry.get("kty"), entry.get("crv")) == (kty, curve) and isinstance(entry.get("kid"), str):
+                keys[entry["kid"]] = jwt.PyJWK.from_dict({**entry, "alg": algorithm}).key
     return keys

@@ -1,19 +1,20 @@
 """What the coordinator hands an agent that asks for per-request authorization: a token it mints for that agent's
-request topic and this caller (a2amesh.tokens), signed with its card-signing key, whose public half it serves at
-/.well-known/jwks.json. Never the caller's own key: an agent that collects tokens can replay them nowhere else,
-and only for minutes."""
+request topic and this caller (claims from a2amesh.tokens), signed with its card-signing key, whose public half it
+serves at /.well-known/jwks.json. Never the caller's own key: an agent that collects tokens can replay them nowhere
+else, and only for minutes.
+
+Signed with the card signer (mesh_coordinator.cards), not a JOSE library: a compact JWS is three base64url parts,
+and the coordinator then loads no second crypto stack (docs/benchmarks.md, memory)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from jwt.algorithms import ECAlgorithm
-
-from a2amesh.tokens import mint
+from a2amesh.tokens import TOKEN_SECONDS, token_claims
 from mesh_coordinator.auth import Principal
-from mesh_coordinator.cards import jwk_thumbprint
+from mesh_coordinator.cards import Signer, b64url, jwk_thumbprint, load_signer
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +24,34 @@ class AgentTokens:
 
     def __init__(self, key_file: Path | None, issuer: str) -> None:
         self.issuer = issuer.rstrip("/")
-        self._key = None
-        self.kid = ""
         if key_file is None:
             log.warning("no card-signing key: agents that ask for per-request authorization will refuse requests")
+            self.signer: Signer | None = None
+            self.kid = ""
             return
-        self._key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        self.kid = jwk_thumbprint(ECAlgorithm.to_jwk(self._key.public_key(), as_dict=True))  # type: ignore[arg-type]
+        self.use(load_signer(key_file))
 
-    def bearer(self, audience: str, principal: Principal | None) -> str | None:
+    def use(self, signer: Signer, kid: str | None = None) -> None:
+        """Sign with `signer`, named `kid` (default: its RFC 7638 thumbprint, as the JWKS names it)."""
+        self.signer = signer
+        self.kid = kid or jwk_thumbprint(signer.public_jwk)
+
+    def bearer(self, audience: str, principal: Principal | None, seconds: int = TOKEN_SECONDS) -> str | None:
         """The token for a request published on `audience` (a request topic) on behalf of `principal`."""
-        if self._key is None or principal is None:
+        if self.signer is None or principal is None:
             return None
-        token = mint(
-            self._key,
-            self.kid,
+        claims = token_claims(
             issuer=self.issuer,
             audience=audience,
             subject=principal.id,
             tenant=principal.tenant,
             scopes=principal.scopes,
+            seconds=seconds,
         )
-        return f"Bearer {token}"
+        header = {"alg": self.signer.algorithm, "kid": self.kid, "typ": "JWT"}
+        signing_input = f"{_part(header)}.{_part(claims)}"
+        return f"Bearer {signing_input}.{b64url(self.signer.sign(signing_input.encode()))}"
+
+
+def _part(content: dict[str, object]) -> str:
+    return b64url(json.dumps(content, separators=(",", ":")).encode())
