@@ -31,6 +31,7 @@ from a2amesh.subscribers import (
 )
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
+from mesh_taskstore.partition import Partition
 from mesh_taskstore.store import Incoming, Outcome, TaskStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ def event_id_of(envelope: Envelope) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def is_trusted(name: str, recorders: frozenset[str]) -> bool:
+    """A trusted recorder, or one of its replicas (`coordinator-1`: the names the coordinator's replicas get)."""
+    base, dash, ordinal = name.rpartition("-")
+    return name in recorders or (bool(dash) and ordinal.isdigit() and base in recorders)
+
+
 def decode(
     envelope: Envelope, received_at: datetime, trusted_recorders: frozenset[str] = frozenset()
 ) -> Incoming | None:
@@ -69,7 +76,7 @@ def decode(
             raise TopicError(f"not an event topic: {envelope.topic!r}")
         agent = str(parsed.agent)
         named = envelope.user_properties.get(TASK_AGENT_PROPERTY)
-        if named and parsed.name in trusted_recorders:
+        if named and is_trusted(parsed.name, trusted_recorders):
             agent = str(AgentAddress.parse(named))
     except TopicError as error:
         log.warning("dropping message on %r: %s", envelope.topic, error)
@@ -106,8 +113,11 @@ class EventConsumer:
         batch_size: int = 500,
         drain_timeout: float = 4.0,
         trusted_recorders: frozenset[str] = frozenset({"coordinator"}),
+        partition: Partition | None = None,
     ) -> None:
         self.trusted_recorders = trusted_recorders
+        self.partition = partition or Partition()
+        """The events this replica records; the rest are other replicas' (mesh_taskstore.partition)."""
         self.store = store
         self.batch_size = batch_size
         self.drain_timeout = drain_timeout
@@ -181,6 +191,9 @@ class EventConsumer:
         """Decode one message and queue it for the writer; malformed ones are logged and dropped. A full queue
         makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
+        if not self.partition.owns(message.raw_message.topic):
+            await message.ack()  # another replica's share: it has its own copy in its own session
+            return
         incoming = decode(envelope_of(message), datetime.now(UTC), self.trusted_recorders)
         if incoming is None:
             await message.ack()  # dropped for good: nothing to redeliver
