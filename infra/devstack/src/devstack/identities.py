@@ -23,6 +23,10 @@ OUTSIDE_ROLES = (Role.REQUESTER, Role.AGENT)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """A name that is one topic level and one file name: no `/`, no wildcard, no leading dot."""
 
+SERVICE_REPLICA = re.compile(r"(coordinator|workflows|registry|taskstore)-[0-9]+")
+"""The names of the mesh's own service replicas (MESH_REPLICA_ID): the task store trusts `coordinator-<n>` to name
+the agent holding a task, so no outsider may take such a name."""
+
 
 class IdentityError(ValueError):
     """An identity that cannot be admitted or revoked as asked (a clear message, never a traceback)."""
@@ -69,7 +73,7 @@ def admit(pki: Pki, identity: Identity, broker: Broker | None) -> ClientFiles:
     previous = known.get(identity.name)
     if previous is not None and previous != identity:
         raise IdentityError(f"{identity.name} is already admitted as {_describe(previous)}: remove it first")
-    if previous is None and identity.name in _mesh_names(pki):
+    if previous is None and (identity.name in _mesh_names(pki) or SERVICE_REPLICA.fullmatch(identity.name)):
         raise IdentityError(f"{identity.name} is one of the mesh's own identities (`make certs` manages it)")
     files = pki.client(identity)
     pki.record_outside(identity)
