@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from a2amesh.models import StreamResponse
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
+from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import (
     envelope_of,
@@ -57,12 +58,6 @@ def event_id_of(envelope: Envelope) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def is_trusted(name: str, recorders: frozenset[str]) -> bool:
-    """A trusted recorder, or one of its replicas (`coordinator-1`: the names the coordinator's replicas get)."""
-    base, dash, ordinal = name.rpartition("-")
-    return name in recorders or (bool(dash) and ordinal.isdigit() and base in recorders)
-
-
 def decode(
     envelope: Envelope, received_at: datetime, trusted_recorders: frozenset[str] = frozenset()
 ) -> Incoming | None:
@@ -76,7 +71,7 @@ def decode(
             raise TopicError(f"not an event topic: {envelope.topic!r}")
         agent = str(parsed.agent)
         named = envelope.user_properties.get(TASK_AGENT_PROPERTY)
-        if named and is_trusted(parsed.name, trusted_recorders):
+        if named and acts_as(parsed.name, trusted_recorders):  # or a replica of one
             agent = str(AgentAddress.parse(named))
     except TopicError as error:
         log.warning("dropping message on %r: %s", envelope.topic, error)
