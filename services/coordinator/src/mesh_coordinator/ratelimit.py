@@ -3,8 +3,9 @@ which the mesh already runs), updated atomically by a Lua script, so a client sp
 gets the same rate as with one. Without MESH_RATE_LIMIT_REDIS_URL each replica keeps its own buckets in memory
 (mesh_coordinator.guard.InMemoryLimiter).
 
-A Redis that does not answer does not take the HTTP face down: the replica falls back to its own in-memory buckets
-until Redis answers again (logged once per outage)."""
+A Redis that does not answer does not take the HTTP face down: the replica falls back to its own in-memory buckets,
+asks Redis again only every RETRY_SECONDS (so an outage does not add a timeout to every request), and logs the
+outage once."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from redis.exceptions import RedisError
 from mesh_coordinator.guard import InMemoryLimiter, RateLimiter
 
 log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0
+"""How long a replica keeps to its own buckets after Redis failed to answer."""
 
 KEY_PREFIX = "a2a:ratelimit:"
 """Redis keys of the buckets: one hash per client (tokens, last refill in ms), expiring once idle and full."""
@@ -49,8 +53,11 @@ class SharedLimiter:
         self.fallback = InMemoryLimiter(rate, burst)
         self._script = redis.register_script(_TAKE)
         self._degraded = False
+        self._retry_at = 0.0
 
     async def take(self, client: str) -> float:
+        if self._degraded and time.monotonic() < self._retry_at:
+            return await self.fallback.take(client)
         now_ms = int(time.time() * 1000)
         try:
             wait_ms = await self._script(keys=[KEY_PREFIX + client], args=[self.rate, self.burst, now_ms])
@@ -58,6 +65,7 @@ class SharedLimiter:
             if not self._degraded:
                 log.warning("rate limits fall back to this replica's own (Redis: %s)", error)
                 self._degraded = True
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             return await self.fallback.take(client)
         if self._degraded:
             log.info("rate limits shared through Redis again")
