@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
+from a2a.utils.errors import TaskNotFoundError
 
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import Ports, Stack
 from tests.conftest import auth_headers, eventually, send_request, user_message
 
 TERMINAL = {pb.TASK_STATE_COMPLETED, pb.TASK_STATE_CANCELED, pb.TASK_STATE_FAILED}
+CALLERS = {"alice": "alice-secret-" + "a" * 32, "bob": "bob-secret-" + "b" * 32}
+"""Two callers of one tenant, besides the dev key: each must see only its own tasks, on every replica."""
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,10 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         agents={"echo": "agent_echo"},
         coordinators=2,
     )
+    stack.pki.api_key()  # the dev key first, then the callers' hashed keys (docs/security.md, the keys file)
+    with stack.pki.api_keys_file.open("a") as keys:
+        for name, secret in CALLERS.items():
+            keys.write(f"{name} sha256:{hashlib.sha256(secret.encode()).hexdigest()} scopes=send,read,cancel\n")
     stack.start()
     yield stack
     stack.stop()
@@ -39,9 +47,12 @@ def url_of(process: ManagedProcess) -> str:
 
 
 @contextlib.asynccontextmanager
-async def clients(stack: Stack, *urls: str, streaming: bool = False) -> AsyncIterator[list[Client]]:
-    """One a2a-sdk client per coordinator URL, each from that replica's own card."""
-    async with httpx.AsyncClient(timeout=60, headers=auth_headers(stack)) as http:
+async def clients(
+    stack: Stack, *urls: str, streaming: bool = False, key: str | None = None
+) -> AsyncIterator[list[Client]]:
+    """One a2a-sdk client per coordinator URL, each from that replica's own card (as the dev key, or `key`)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else auth_headers(stack)
+    async with httpx.AsyncClient(timeout=60, headers=headers) as http:
         made = []
         for url in urls:
             card = await A2ACardResolver(http, url).get_agent_card()
@@ -106,6 +117,30 @@ async def test_subscribe_and_cancel_on_the_replica_that_did_not_accept_the_task(
         assert canceled.status.state == pb.TASK_STATE_CANCELED
         stored = await eventually(lambda: final_state(first, canceled_elsewhere.id), what="cancel recorded")
         assert stored.status.state == pb.TASK_STATE_CANCELED
+
+
+async def test_owners_are_scoped_on_every_replica(replicated: Stack) -> None:
+    """Alice's task, accepted by one replica, is hers on the other too: Bob is told it does not exist there, by every
+    method, and does not see it listed."""
+    urls = [url_of(replicated["coordinator"]), url_of(replicated["coordinator-1"])]
+    async with (
+        clients(replicated, urls[0], key=CALLERS["alice"]) as (alice,),
+        clients(replicated, urls[1], key=CALLERS["alice"]) as (alice_elsewhere,),
+        clients(replicated, urls[1], key=CALLERS["bob"], streaming=True) as (bob,),
+    ):
+        task = await send_immediately(alice, "alice's", 5_000)
+        assert (await alice_elsewhere.get_task(pb.GetTaskRequest(id=task.id))).id == task.id
+        with pytest.raises(TaskNotFoundError):
+            await bob.get_task(pb.GetTaskRequest(id=task.id))
+        with pytest.raises(TaskNotFoundError):
+            await bob.cancel_task(pb.CancelTaskRequest(id=task.id))
+        with pytest.raises(TaskNotFoundError):
+            async for _ in bob.subscribe(pb.SubscribeToTaskRequest(id=task.id)):
+                pass
+        listed = await bob.list_tasks(pb.ListTasksRequest(page_size=100))
+        assert task.id not in {t.id for t in listed.tasks}
+        done = await eventually(lambda: final_state(alice_elsewhere, task.id), timeout=30, what="alice's task done")
+        assert done.status.state == pb.TASK_STATE_COMPLETED  # Bob's cancel did not reach it
 
 
 async def stream_to_the_end(client: Client, text: str, delay_ms: int, ids: list[str] | None = None) -> pb.TaskState:
