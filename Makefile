@@ -88,8 +88,8 @@ bridge: python-deps ## admit an edge site's bridge centrally, write its broker's
 	@$(UV) run --locked python -m devstack bridge "$(SITE)" --agents "$(AGENTS)" --pools "$(POOLS)" --central "$(CENTRAL)" \
 	  --out "$(BRIDGE_DIR)" --mount /mosquitto/bridge --host "$(MQTT_HOST)" --port "$(MQTT_PORT)"
 
-dev: deps ## run the whole mesh as local processes (Ctrl-C stops it)
-	@$(UV) run --locked python -m devstack up
+dev: deps ## run the whole mesh as local processes (Ctrl-C stops it; COORDINATORS=2 runs two coordinators)
+	@$(UV) run --locked python -m devstack up --coordinators $(or $(COORDINATORS),1)
 
 # SKILL, SKILL_NAME and DESCRIPTION are optional; read from the environment (make exports command-line variables),
 # so quotes and spaces in them reach the scaffold unchanged.

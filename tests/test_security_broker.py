@@ -379,6 +379,23 @@ async def test_an_enrolled_replica_acts_only_as_itself_and_reads_only_its_own_po
         replica_entries(json.loads(broker.stack.pki.enroll_template(pool).read_text()), "analyst", "x")
 
 
+async def test_a_coordinator_replica_acts_only_as_itself(broker: BrokerHandle) -> None:
+    """Coordinator replicas (docs/operations.md, "Scale") each hold their own identity: one cannot take another's
+    connection or client id, read its reply inboxes, or record events under its name; on its own topics it may."""
+    prefix = f"c-{short_id()}"
+    first = admit(broker.stack, Identity(f"{prefix}-coordinator", Role.COORDINATOR))
+    second = admit(broker.stack, Identity(f"{prefix}-coordinator-1", Role.COORDINATOR))
+    assert await connect_error(second.settings, first.client_id) is not None, "connected under the other's id"
+    assert await connect_error(second.settings.model_copy(update={"username": first.client_id}), first.client_id)
+    async with connected(second) as (mine, send):
+        assert await suback(mine, second.address.reply_filter()) in GRANTED
+        assert await suback(mine, first.address.reply_filter()) == NOT_AUTHORIZED
+        for topic_filter in WIDE_FILTERS:
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        assert await send.publish(first.address.event_topic, b"{}") == NOT_AUTHORIZED
+        assert await send.publish(second.address.event_topic, b"{}") in DELIVERED
+
+
 async def test_streams_are_read_only_by_the_roles_made_for_them(broker: BrokerHandle, reports: _Reports) -> None:
     """Every role against the mesh's streams and the broker's own topics. Expected rights are written out here
     (not read from pki.py), so a change to the roles shows up as a failing cell."""
@@ -987,7 +1004,7 @@ def test_make_certs_keeps_outside_identities_and_refuses_to_reissue_the_meshs_ow
     assert "clientid" not in clients["acme/default/outsider"], "a requester is not pinned"
     assert clients["acme/default/echo"]["clientid"] == "acme/default/echo"
     assert "id:acme/default/outsider" in {role["rolename"] for role in seed["roles"]}
-    for taken in ("echo", "coordinator", ADMIN):
+    for taken in ("echo", "coordinator", ADMIN, "coordinator-7", "taskstore-1"):  # replicas' names are the mesh's
         with pytest.raises(IdentityError):
             admit_identity(pki, Identity(taken, Role.REQUESTER), None)
     with pytest.raises(IdentityError):

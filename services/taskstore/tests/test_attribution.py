@@ -42,3 +42,12 @@ def test_a_malformed_attribution_drops_the_event() -> None:
 def test_without_attribution_the_topic_decides() -> None:
     incoming = decode(envelope("coordinator", None), datetime.now(UTC), TRUSTED)
     assert incoming is not None and incoming.agent == "acme/default/coordinator"
+
+
+def test_a_coordinator_replica_is_trusted_but_not_a_lookalike() -> None:
+    """Replicas `coordinator-<n>` record for the agents like the coordinator; names merely starting alike do not."""
+    replica = decode(envelope("coordinator-3", "acme/default/shouter"), datetime.now(UTC), TRUSTED)
+    assert replica is not None and replica.agent == "acme/default/shouter"
+    for lookalike in ("coordinator-x", "coordinatorx-1", "coordinator-", "mallory-coordinator-1"):
+        incoming = decode(envelope(lookalike, "acme/default/echo"), datetime.now(UTC), TRUSTED)
+        assert incoming is not None and incoming.agent == f"acme/default/{lookalike}", lookalike

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from a2amesh.replicas import acts_as
 from a2amesh.settings import InternalTlsSettings, ServiceSettings
 
 if TYPE_CHECKING:  # httpx is the clients' (coordinator, meshctl), not in the registry's or task store's images
@@ -110,7 +111,7 @@ class IdentityGate:
         name = peer.removeprefix(self.prefix) if peer.startswith(self.prefix) else None
         for entry in self.rules:
             if entry.method == scope["method"] and entry.path.fullmatch(scope["path"]):
-                if name is not None and name in entry.names:
+                if name is not None and acts_as(name, entry.names):  # a service's replicas act as it
                     await self.app(scope, receive, send)
                     return
                 break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from a2amesh.topics import AgentAddress, check_id
@@ -75,10 +75,21 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     internal: InternalTlsSettings = Field(default_factory=InternalTlsSettings)
+    replica_id: str | None = Field(
+        default=None,
+        description="this replica's own broker identity when a service runs more than one (`<service>-<n>`, e.g. "
+        "coordinator-1; default: the service's name)",
+    )
 
     def address(self, name: str) -> AgentAddress:
         """The mesh address of a component called `name` in this org/unit."""
         return AgentAddress(check_id(self.org, "org id"), check_id(self.unit, "unit id"), name)
+
+    def service_address(self, service: str) -> AgentAddress:
+        """The broker identity of this replica of `service`: MESH_REPLICA_ID, else the service's own name. Replicas
+        need their own (the broker pins each identity to one client id, so a second one would take the first's
+        connection over)."""
+        return self.address(check_id(self.replica_id or service, "replica id"))
 
 
 class AgentSettings(ServiceSettings):
@@ -123,8 +134,23 @@ class TaskStoreSettings(ServiceSettings):
     http_port: int = 8002
     trusted_recorders: list[str] = Field(
         default_factory=lambda: ["coordinator"],
-        description="components whose events may name the agent holding a task (User Property a2a-task-agent)",
+        description="components whose events may name the agent holding a task (User Property a2a-task-agent); "
+        "their replicas `<name>-<n>` too",
     )
+    partitions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="task store replicas sharing the events: each records the agents whose event topic hashes to "
+        "its MESH_PARTITION (mesh_taskstore.partition)",
+    )
+    partition: int = Field(default=0, ge=0, description="this replica's share, 0..MESH_PARTITIONS-1")
+
+    @model_validator(mode="after")
+    def _partition_in_range(self) -> TaskStoreSettings:
+        if self.partition >= self.partitions:
+            raise ValueError(f"MESH_PARTITION={self.partition} is not below MESH_PARTITIONS={self.partitions}")
+        return self
 
 
 class CoordinatorSettings(ServiceSettings):
@@ -166,6 +192,22 @@ class CoordinatorSettings(ServiceSettings):
     max_body_bytes: int = Field(default=1_048_576, description="largest request body accepted (413 above)")
     rate_limit: float = Field(default=50.0, description="requests per second per client, on average (429 above)")
     rate_burst: int = Field(default=100, description="requests a client may send at once")
+    rate_limit_redis_url: str | None = Field(
+        default=None,
+        description="keep the rate limits in this Redis, so they hold across coordinator replicas (default: in "
+        "memory, per replica)",
+    )
+    replica_read_wait: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="seconds to wait for a task another coordinator replica accepted to reach the task store before "
+        "it counts as not found (0: a single coordinator; mesh_coordinator.replicas)",
+    )
+    workflows_id: str = Field(
+        default="workflows",
+        description="the hosted workflows agent's id (each coordinator replica hosts its own: workflows-<n>)",
+    )
     workflows_mqtt: MqttSettings | None = Field(
         default=None, description="the hosted workflows agent's own broker identity (default: the coordinator's)"
     )

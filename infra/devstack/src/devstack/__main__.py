@@ -34,9 +34,9 @@ FIRST_COMMAND = (
 )
 
 
-def up(run_dir: Path) -> int:
+def up(run_dir: Path, coordinators: int = 1) -> int:
     """Start everything, print how to use it, and stop everything cleanly on Ctrl-C or SIGTERM."""
-    stack = Stack(run_dir=run_dir, ports=Ports.fixed(), pki_dir=DEV_PKI, internal_tls=True)
+    stack = Stack(run_dir=run_dir, ports=Ports.fixed(), pki_dir=DEV_PKI, internal_tls=True, coordinators=coordinators)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -48,6 +48,9 @@ def up(run_dir: Path) -> int:
         return 1
     for name, process in stack.processes.items():
         print(f"  {name:<12} ready (pid {process.pid})")
+    replicas = [p.env["MESH_PUBLIC_URL"] for name, p in stack.processes.items() if name.startswith("coordinator-")]
+    if replicas:
+        print(f"  coordinator replicas (same mesh, same key): {', '.join(replicas)}")
     print(
         f"""
 The mesh is up.
@@ -186,6 +189,9 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("up", help="run the mesh until Ctrl-C")
     run_parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run", help="logs, database, broker data")
+    run_parser.add_argument(
+        "--coordinators", type=int, default=1, choices=range(1, 9), help="coordinator replicas (docs/operations.md)"
+    )
     certs_parser = commands.add_parser("certs", help="create the dev CA, broker certificate and identities")
     certs_parser.add_argument("--dir", type=Path, default=DEV_PKI, help="where (default infra/broker-certs)")
     scaffold_parser = commands.add_parser("new-agent", help="scaffold services/agents/NAME and wire it in")
@@ -223,7 +229,7 @@ def main() -> None:
         broker = Broker(args.host, args.port)
         sys.exit(bridge_command(args.dir, site, args.central, args.out, args.mount, broker))
     if args.command == "up":
-        sys.exit(up(args.run_dir))
+        sys.exit(up(args.run_dir, args.coordinators))
     if args.command == "certs":
         sys.exit(certs_command(args.dir))
     sys.exit(new_agent_command(args.name, args.skill, args.skill_name, args.description, lock=not args.no_lock))

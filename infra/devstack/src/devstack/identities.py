@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from devstack.dynsec import DynsecError, add_identity, remove_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
@@ -22,6 +23,9 @@ OUTSIDE_ROLES = (Role.REQUESTER, Role.AGENT)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """A name that is one topic level and one file name: no `/`, no wildcard, no leading dot."""
+
+SERVICES = frozenset({"coordinator", "workflows", "registry", "taskstore"})
+"""Services whose replicas are named `<service>-<n>` (MESH_REPLICA_ID), even where `make certs` issues none."""
 
 
 class IdentityError(ValueError):
@@ -69,7 +73,7 @@ def admit(pki: Pki, identity: Identity, broker: Broker | None) -> ClientFiles:
     previous = known.get(identity.name)
     if previous is not None and previous != identity:
         raise IdentityError(f"{identity.name} is already admitted as {_describe(previous)}: remove it first")
-    if previous is None and identity.name in _mesh_names(pki):
+    if previous is None and _is_the_meshs(pki, identity.name):
         raise IdentityError(f"{identity.name} is one of the mesh's own identities (`make certs` manages it)")
     files = pki.client(identity)
     pki.record_outside(identity)
@@ -92,6 +96,12 @@ def revoke(pki: Pki, name: str, broker: Broker | None) -> Identity:
     for path in _files(pki, identity):
         path.unlink(missing_ok=True)
     return identity
+
+
+def _is_the_meshs(pki: Pki, name: str) -> bool:
+    """One of the mesh's own names, or a replica's of one (`coordinator-2`): the others grant a replica what they
+    grant its service (a2amesh.replicas), so an outsider under such a name would get it too."""
+    return acts_as(name, _mesh_names(pki) | SERVICES)
 
 
 def _mesh_names(pki: Pki) -> set[str]:

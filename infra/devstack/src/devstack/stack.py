@@ -30,6 +30,8 @@ SERVER_NAMES: dict[str, tuple[str, ...]] = {
 
 REDIS_REGISTRY_USER = "registry"
 REDIS_ADMIN_USER = "mesh-admin"
+REDIS_COORDINATOR_USER = "coordinator"
+"""The coordinators' Redis user: their shared rate limits only (mesh_coordinator.ratelimit)."""
 
 BROKER_POLICY_DIR = REPO_ROOT / "services" / "broker" / "conf.d"
 
@@ -154,6 +156,8 @@ class Stack:
     broker_of: Stack | None = None
     """Another stack whose running broker (and PKI) this one uses instead of starting its own."""
     broker_extra: str = ""
+    coordinators: int = 1
+    """Coordinator replicas to run: the first, then coordinator-1, ... (more than one: rate limits shared in Redis)."""
     """More broker configuration after the project's policy (an edge site's bridge section: devstack.bridge)."""
 
     # -- identities ------------------------------------------------------------------------------------------
@@ -329,6 +333,8 @@ class Stack:
             "user default off\n"
             f"user {REDIS_REGISTRY_USER} on #{digest(REDIS_REGISTRY_USER)} ~* resetchannels -@all "
             "+@read +@write +@transaction +@connection -@dangerous\n"
+            f"user {REDIS_COORDINATOR_USER} on #{digest(REDIS_COORDINATOR_USER)} ~a2a:ratelimit:* resetchannels "
+            "-@all +@connection +evalsha +eval +script|load +hmget +hset +pexpire\n"
             f"user {REDIS_ADMIN_USER} on #{digest(REDIS_ADMIN_USER)} ~* &* +@all\n"
         )
 
@@ -446,18 +452,62 @@ class Stack:
         ready = http_ready(f"{self.taskstore_url}/healthz", ca_file=str(self.pki.ca_cert))
         return self.service("taskstore", "mesh_taskstore", env, ready)
 
-    def coordinator(self) -> ManagedProcess:
+    def replica(self, service: str, ordinal: int, http_port: int, **env: str) -> ManagedProcess:
+        """One more replica of the registry or the task store (`<service>-<ordinal>`, its own broker identity, the
+        same Redis or database as the first): the rest of its settings (a task store's MESH_PARTITION...) in `env`."""
+        package = f"mesh_{service}"
+        name = f"{service}-{ordinal}"
+        identity = Identity(name, _SERVICE_IDENTITIES[package].role)
+        backing = {"registry": {"MESH_REDIS_URL": self.redis_url}, "taskstore": {}}[service]
+        if service == "taskstore":
+            backing["MESH_DATABASE_URL"] = self.database_url or f"sqlite:///{self.run_dir / 'taskstore.db'}"
+        settings = {**backing, "MESH_HTTP_PORT": str(http_port), "MESH_REPLICA_ID": name, **env}
+        return self.service(name, package, settings, http_ready(f"http://127.0.0.1:{http_port}/healthz"), identity)
+
+    def coordinator_replica(self, ordinal: int, http_port: int, grpc_port: int) -> ManagedProcess:
+        """One more coordinator (`coordinator-<ordinal>`), beside the first, as Kubernetes runs its replicas: its
+        own broker identity and hosted workflows agent (`workflows-<ordinal>`), the same registry, task store and
+        keys, rate limits shared through Redis (docs/operations.md, "Scale")."""
+        name, workflows = f"coordinator-{ordinal}", f"workflows-{ordinal}"
+        identity = Identity(name, Role.COORDINATOR)
+        self.provision(Identity(workflows, Role.AGENT))
         env = {
-            "MESH_HTTP_PORT": str(self.ports.coordinator),
-            "MESH_PUBLIC_URL": self.coordinator_url,
+            **self.coordinator_env(http_port, grpc_port),
+            **self.identity_env(Identity(workflows, Role.AGENT), prefix="MESH_WORKFLOWS_MQTT__"),
+            "MESH_REPLICA_ID": name,
+            "MESH_WORKFLOWS_ID": workflows,
+            **self.replicated_env(),
+        }
+        ready = http_ready(f"http://127.0.0.1:{http_port}/healthz")
+        return self.service(name, "mesh_coordinator", env, ready, identity)
+
+    def replicated_env(self) -> dict[str, str]:
+        """What a coordinator reads when it is one of several: the rate limits they share, the wait for a task
+        another replica accepted (mesh_coordinator.replicas)."""
+        return {
+            "MESH_RATE_LIMIT_REDIS_URL": self.redis_url_for(REDIS_COORDINATOR_USER),
+            "MESH_REPLICA_READ_WAIT": "3",
+        }
+
+    def coordinator_env(self, http_port: int, grpc_port: int) -> dict[str, str]:
+        """What every coordinator replica reads, whichever port it serves on."""
+        self.pki.api_key()  # make sure the key file exists
+        return {
+            "MESH_HTTP_PORT": str(http_port),
+            "MESH_PUBLIC_URL": f"http://127.0.0.1:{http_port}",
             "MESH_REGISTRY_URL": self.registry_url,
             "MESH_TASKSTORE_URL": self.taskstore_url,
             "MESH_API_KEYS_FILE": str(self.pki.api_keys_file),
             "MESH_CARD_SIGNING_KEY_FILE": str(self.pki.card_signing_key()),
-            "MESH_GRPC_PORT": str(self.ports.coordinator_grpc),
+            "MESH_GRPC_PORT": str(grpc_port),
             **({"MESH_INTERNAL__ENABLED": "true"} if self.internal_tls else {}),
         }
-        self.pki.api_key()  # make sure the key file exists
+
+    def coordinator(self, *, replicated: bool = False) -> ManagedProcess:
+        """The first coordinator; `replicated`: one of several (rate limits in Redis, patient reads of tasks)."""
+        env = self.coordinator_env(self.ports.coordinator, self.ports.coordinator_grpc)
+        if replicated:
+            env |= self.replicated_env()
         return self.service("coordinator", "mesh_coordinator", env, http_ready(f"{self.coordinator_url}/healthz"))
 
     def console(self) -> ManagedProcess:
@@ -503,11 +553,13 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         order = [self.broker(), self.redis(), self.registry(), self.taskstore()]
         order += [self.agent(agent_id, package) for agent_id, package in self.agents.items()]
-        order.append(self.coordinator())
+        order.append(self.coordinator(replicated=self.coordinators > 1))
         order.append(self.console())
         try:
             for process in order:
                 self.launch(process, timeout)
+            for ordinal in range(1, self.coordinators):  # admitted on the running broker as each is defined
+                self.launch(self.coordinator_replica(ordinal, free_port(), free_port()), timeout)
         except Exception:
             self.stop()
             raise

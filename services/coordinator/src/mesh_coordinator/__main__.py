@@ -11,10 +11,11 @@ from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import AgentSettings, CoordinatorSettings
 from mesh_coordinator.app import authenticator, build_app
 from mesh_coordinator.delegate import Delegate
-from mesh_coordinator.directory import RegistryClient, TaskStoreClient
+from mesh_coordinator.directory import RegistryClient
 from mesh_coordinator.grpc_face import grpc_server, serve_grpc
 from mesh_coordinator.handler import MeshRequestHandler, retry_profile
 from mesh_coordinator.push import DeliveryWorker
+from mesh_coordinator.replicas import PatientTaskStore
 from mesh_coordinator.workflows import WorkflowAgent
 
 
@@ -24,7 +25,7 @@ def workflow_responder(settings: CoordinatorSettings, delegate: Delegate) -> Res
         org=settings.org,
         unit=settings.unit,
         mqtt=settings.workflows_mqtt or settings.mqtt,
-        agent_id="workflows",
+        agent_id=settings.workflows_id,
         http_port=0,
         max_concurrent=64,
         max_queued=256,
@@ -39,10 +40,10 @@ def main() -> None:
     setup_logging(settings.log_level, settings.log_json)
 
     async def serve(stop: asyncio.Event) -> None:
-        requester = MeshRequester(settings.mqtt, settings.address("coordinator"))
+        requester = MeshRequester(settings.mqtt, settings.service_address("coordinator"))
         async with internal_client(settings, timeout=10.0) as client:  # mutual TLS when MESH_INTERNAL__ENABLED
             registry = RegistryClient(settings.registry_url, client)
-            store = TaskStoreClient(settings.taskstore_url, client)
+            store = PatientTaskStore(settings.taskstore_url, client, settings.replica_read_wait)
             handler = MeshRequestHandler(settings, requester, registry, store)
             public_url = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
             app = build_app(handler, registry, public_url)

@@ -41,6 +41,7 @@ from mesh_coordinator.extended import ExtendedCards
 from mesh_coordinator.fastpath import FastSendPath
 from mesh_coordinator.guard import GuardPolicy, RequestGuard
 from mesh_coordinator.handler import MeshRequestHandler
+from mesh_coordinator.ratelimit import rate_limiter
 from mesh_coordinator.router import Endpoint
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,8 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
     ]
     policy = GuardPolicy(settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
     app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
-    return RequestGuard(StrictJsonBodies(app), policy, authenticator(settings, public_url), handler.audit)
+    limiter = rate_limiter(settings.rate_limit, settings.rate_burst, settings.rate_limit_redis_url)
+    return RequestGuard(StrictJsonBodies(app), policy, authenticator(settings, public_url), handler.audit, limiter)
 
 
 def authenticator(settings: CoordinatorSettings, public_url: str) -> Authenticator:

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mesh_coordinator.audit import AuditTrail
 from mesh_coordinator.auth import Authenticator, current_principal
@@ -76,17 +76,39 @@ class TokenBuckets:
         return wait
 
 
+class RateLimiter(Protocol):
+    async def take(self, client: str) -> float:
+        """0 if the request may go ahead, else the seconds until it could."""
+        ...
+
+
+class InMemoryLimiter:
+    """This replica's own buckets (one coordinator, or no shared Redis)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.buckets = TokenBuckets(rate, burst)
+
+    async def take(self, client: str) -> float:
+        return self.buckets.take(client)
+
+
 class RequestGuard:
     """ASGI middleware enforcing a GuardPolicy."""
 
     def __init__(
-        self, app: ASGIApp, policy: GuardPolicy, authenticator: Authenticator, audit: AuditTrail | None = None
+        self,
+        app: ASGIApp,
+        policy: GuardPolicy,
+        authenticator: Authenticator,
+        audit: AuditTrail | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
         self.authenticator = authenticator
         self.audit = audit
-        self.buckets = TokenBuckets(policy.rate_per_second, policy.burst)
+        self.limiter = limiter or InMemoryLimiter(policy.rate_per_second, policy.burst)
+        """This replica's buckets, or buckets shared by every replica (mesh_coordinator.ratelimit)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
@@ -100,7 +122,7 @@ class RequestGuard:
                 self.audit.record(None, f"{scope['method']} {scope['path']}", "unauthenticated")
             await json_reply(send, 401, {"error": "unauthorized"}, [(b"www-authenticate", b'Bearer realm="a2a-mesh"')])
             return
-        wait = self.buckets.take(principal.id)
+        wait = await self.limiter.take(principal.id)
         if wait > 0:
             retry = str(max(1, math.ceil(wait))).encode()
             await json_reply(send, 429, {"error": "rate limit exceeded"}, [(b"retry-after", retry)])

@@ -102,8 +102,8 @@ class MeshRequestHandler(RequestHandler):
         self.store = store
         self.hub = TaskHub()
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
-        self.workflows = settings.address("workflows")
-        self.identity = settings.address("coordinator")
+        self.workflows = settings.address(settings.workflows_id)
+        self.identity = settings.service_address("coordinator")
         self.owners = TaskOwners(store, OwnerRecorder(requester.link, self.identity.owner_topic))
         self.audit = AuditTrail(settings.audit_file)
         public_url = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
@@ -308,7 +308,7 @@ class MeshRequestHandler(RequestHandler):
         except DependencyError as error:
             raise sdk_errors.InternalError(message=str(error)) from None
         if candidates:
-            return candidates[0], decision
+            return _own_workflows_first(candidates, self.workflows)[0], decision
         if endpoint is not None:
             offered = ", ".join(s.id for s in endpoint.card.skills)
             raise sdk_errors.InvalidParamsError(message=f"agent {endpoint.name} has no skill '{skill}' ({offered})")
@@ -535,6 +535,13 @@ def _skill_of(request: SendMessageRequest, default: str) -> str | None:
     metadata = {**(request.message.metadata or {}), **(request.metadata or {})}
     skill = metadata.get(SKILL_METADATA_KEY, default)
     return skill if isinstance(skill, str) and skill else None
+
+
+def _own_workflows_first(candidates: list[AgentChoice], own: AgentAddress) -> list[AgentChoice]:
+    """This replica's own workflows agent before another replica's: the steps of a workflow carry the caller's
+    credentials, which only the replica that accepted the task holds (mesh_coordinator.credentials)."""
+    mine = [choice for choice in candidates if choice.address == own]
+    return mine + [choice for choice in candidates if choice.address != own] if mine else candidates
 
 
 def caller_headers(context: ServerCallContext) -> Mapping[str, str]:

@@ -32,7 +32,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     )
     index = AgentIndex(redis)
     consumer = CardConsumer(
-        settings.mqtt, settings.address("registry").client_id, index, stop, settings.index_check_interval
+        settings.mqtt, settings.service_address("registry").client_id, index, stop, settings.index_check_interval
     )
     app, options = guarded(create_app(index, consumer.is_connected), settings)
     server = http_server(app, settings.http_host, settings.http_port, **options)

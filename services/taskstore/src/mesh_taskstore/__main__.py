@@ -16,6 +16,7 @@ from a2amesh.settings import TaskStoreSettings
 from mesh_taskstore.api import build_app
 from mesh_taskstore.consumer import RETRY_DELAYS, EventConsumer
 from mesh_taskstore.db import create_tables, make_engine
+from mesh_taskstore.partition import Partition
 from mesh_taskstore.store import TaskStore
 
 log = logging.getLogger("mesh_taskstore")
@@ -48,13 +49,16 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
         consumer = EventConsumer(
             store,
             settings.mqtt,
-            settings.address("taskstore").client_id,
+            settings.service_address("taskstore").client_id,
             trusted_recorders=frozenset(settings.trusted_recorders),
+            partition=Partition(settings.partition, settings.partitions),
         )
         app, options = guarded(build_app(store, consumer.is_connected), settings)
         server = http_server(app, settings.http_host, settings.http_port, **options)
         log.info(
-            "task store on %s://%s:%d, database %s",
+            "task store %s (partition %s) on %s://%s:%d, database %s",
+            settings.service_address("taskstore"),
+            consumer.partition,
             "https" if options else "http",
             settings.http_host,
             settings.http_port,

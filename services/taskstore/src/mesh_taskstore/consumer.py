@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from a2amesh.models import StreamResponse, TaskOwnerRecords
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
+from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import (
     envelope_of,
@@ -34,6 +35,7 @@ from a2amesh.subscribers import (
 )
 from a2amesh.topics import EVENTS_ALL, OWNERS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
+from mesh_taskstore.partition import Partition
 from mesh_taskstore.store import Incoming, Outcome, Owner, OwnerClaims, TaskStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ def decode(
             raise TopicError(f"not an event topic: {envelope.topic!r}")
         agent = str(parsed.agent)
         named = envelope.user_properties.get(TASK_AGENT_PROPERTY)
-        if named and parsed.name in trusted_recorders:
+        if named and acts_as(parsed.name, trusted_recorders):  # or a replica of one
             agent = str(AgentAddress.parse(named))
     except TopicError as error:
         log.warning("dropping message on %r: %s", envelope.topic, error)
@@ -99,7 +101,7 @@ def decode_owners(envelope: Envelope, coordinators: frozenset[str] = frozenset()
     except TopicError as error:
         log.warning("dropping message on %r: %s", envelope.topic, error)
         return None
-    if parsed.name not in coordinators:
+    if not acts_as(parsed.name, coordinators):  # a coordinator or a replica of one
         log.warning("dropping task owners from %s: not a coordinator", parsed.agent)
         return None
     try:
@@ -133,8 +135,11 @@ class EventConsumer:
         batch_size: int = 500,
         drain_timeout: float = 4.0,
         trusted_recorders: frozenset[str] = frozenset({"coordinator"}),
+        partition: Partition | None = None,
     ) -> None:
         self.trusted_recorders = trusted_recorders
+        self.partition = partition or Partition()
+        """The events this replica records; the rest are other replicas' (mesh_taskstore.partition)."""
         self.store = store
         self.batch_size = batch_size
         self.drain_timeout = drain_timeout
@@ -216,6 +221,9 @@ class EventConsumer:
         """Decode one message and queue it for the writer; malformed ones are logged and dropped. A full queue
         makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
+        if not self.partition.owns(message.raw_message.topic):
+            await message.ack()  # another replica's share: it has its own copy in its own session
+            return
         incoming = decode(envelope_of(message), datetime.now(UTC), self.trusted_recorders)
         if incoming is None:
             await message.ack()  # dropped for good: nothing to redeliver
