@@ -17,6 +17,10 @@
 #   mesh-enroller         ca.crt client.crt client.key password                what the pods' init containers enroll as
 #   coordinator-api-keys  api-keys card-signing.key                            the keys HTTP clients present, and the
 #                                                                              one the served agent cards are signed with
+#   internal-<server>     ca.crt server.crt server.key                         the registry's or task store's HTTPS:
+#                                                                              servers/<server> (a2amesh.internal)
+#   internal-<client>     ca.crt client.crt client.key                         a client of those APIs without a broker
+#                                                                              identity (the console)
 # {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
 # infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
 set -euo pipefail
@@ -60,6 +64,17 @@ for name in $names; do
       ;;
     coordinator-api-keys)
       secret "$name" api-keys="$pki/coordinator-api-keys" card-signing.key="$pki/coordinator-card-signing.key"
+      ;;
+    internal-*)
+      # the internal APIs' mutual TLS: a server's certificate (servers/<name>, SANs its Service names), or the
+      # client certificate of a process that calls them without a broker identity
+      id=${name#internal-}
+      if [ -f "$pki/servers/$id.crt" ]; then
+        secret "$name" ca.crt="$pki/ca.crt" server.crt="$pki/servers/$id.crt" server.key="$pki/servers/$id.key"
+      else
+        stem=$pki/clients/$org/$unit/$id
+        secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key"
+      fi
       ;;
     mqtt-*)
       id=${name#mqtt-}

@@ -12,7 +12,8 @@
    three (one the dev runner issues: Stack.identities()), with the same files of the PKI `make certs` writes at the
    same paths (Compose bind-mounts them, Kubernetes gets them as the Secrets k8s/secrets.sh makes); no broker config
    has a listener without TLS; and the broker image's own config, seed step and health check run against a real
-   Mosquitto with the dynamic-security plugin.
+   Mosquitto with the dynamic-security plugin. The registry's and task store's APIs are HTTPS with the mesh's
+   mutual TLS in all three: the same server certificates, client certificates and CA at the same paths.
 
 The validators are installed by `make test` (python-deps and validate-deps); a missing one fails, never skips.
 """
@@ -23,14 +24,17 @@ import asyncio
 import base64
 import getpass
 import hashlib
+import http.server
 import json
 import os
 import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import typing
@@ -54,12 +58,13 @@ from a2amesh.settings import (
     ConsoleSettings,
     CoordinatorSettings,
     EnrollSettings,
+    InternalTlsSettings,
     MqttSettings,
     RegistrySettings,
     ServiceSettings,
     TaskStoreSettings,
 )
-from devstack.pki import Identity, Role
+from devstack.pki import Identity, Pki, Role
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_names
 
@@ -106,6 +111,11 @@ SETTINGS_OF: dict[str, type[ServiceSettings]] = {
 BROKERLESS = {
     "console": "the web console is an HTTP client of the coordinator, registry and task store, as any client is",
 }
+
+# the internal APIs (a2amesh.internal): their servers, and the settings naming each one's URL
+INTERNAL_APIS = {"registry": "MESH_REGISTRY_URL", "taskstore": "MESH_TASKSTORE_URL"}
+# the settings that name the files of the internal APIs' mutual TLS (a2amesh.settings.InternalTlsSettings)
+INTERNAL_FILES = ("CA_FILE", "CERT_FILE", "KEY_FILE", "SERVER_CERT_FILE", "SERVER_KEY_FILE")
 
 # settings that Compose and Kubernetes give a service but the dev runner does not, and why
 DEPLOYMENT_ONLY_SETTINGS = {
@@ -393,8 +403,11 @@ class DevStack:
 
 @pytest.fixture(scope="module")
 def devstack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
-    """Every process `make dev` starts, as Stack.start defines them, recorded instead of started."""
-    stack = Stack(run_dir=tmp_path_factory.mktemp("devstack"), ports=Ports.fixed(), agents=dict(AGENTS))
+    """Every process `make dev` starts, as Stack.start defines them (internal TLS on, as `make dev` runs it),
+    recorded instead of started."""
+    stack = Stack(
+        run_dir=tmp_path_factory.mktemp("devstack"), ports=Ports.fixed(), agents=dict(AGENTS), internal_tls=True
+    )
     view = DevStack(stack)
 
     def record(process: ManagedProcess, timeout: float = 30.0) -> ManagedProcess:
@@ -523,10 +536,17 @@ def broker_files_read() -> set[str]:
     return set(re.findall(r"/mosquitto/(?:certs|health)/[\w.-]+", text))
 
 
+def internal_files_read(env: dict[str, Any]) -> set[str]:
+    """The mounted files of a mesh service's internal mutual TLS (MESH_INTERNAL__*_FILE; a client that names none
+    presents its broker identity's)."""
+    return {env[f"MESH_INTERNAL__{name}"] for name in INTERNAL_FILES if f"MESH_INTERNAL__{name}" in env}
+
+
 def service_files_read(env: dict[str, Any]) -> set[str]:
-    """The mounted files a mesh service reads: every *_FILE setting of its identities, its API keys and its
-    card-signing key."""
+    """The mounted files a mesh service reads: every *_FILE setting of its identities and of its internal mutual
+    TLS, its API keys and its card-signing key."""
     files = {env[f"{prefix}{name}"] for prefix in IDENTITY_PREFIXES for name in IDENTITY_FILES if prefix + name in env}
+    files |= internal_files_read(env)
     return files | {env[name] for name in ("MESH_API_KEYS_FILE", "MESH_CARD_SIGNING_KEY_FILE") if name in env}
 
 
@@ -1120,7 +1140,8 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
         prefixes = [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in local]
         if service in BROKERLESS:
             assert not prefixes, f"make dev {service}: {BROKERLESS[service]}; yet it has a broker identity"
-            assert not compose_pki_files(compose_services()[service], pki.root), f"compose {service} mounts PKI files"
+            mounted = set(compose_pki_files(compose_services()[service], pki.root))
+            assert mounted <= internal_files_read(compose), f"compose {service} mounts PKI files beyond internal TLS"
             continue
         assert "MESH_MQTT__" in prefixes, f"make dev {service}: no broker identity"
         files = compose_pki_files(compose_services()[service], pki.root)
@@ -1147,7 +1168,9 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
             assert files[compose[f"{prefix}PASSWORD_FILE"]] == identity.password_file.read_bytes(), where
             assert files[compose[f"{prefix}CA_FILE"]] == pki.ca_cert.read_bytes(), f"compose {where}: the CA"
         mine = {local[f"{prefix}USERNAME"] for prefix in prefixes}
-        names = {common_name(content) for path, content in files.items() if content.startswith(b"-----BEGIN CERT")}
+        server = compose.get("MESH_INTERNAL__SERVER_CERT_FILE")  # its API's server certificate: test_internal_apis_*
+        certificates = [content for path, content in files.items() if path != server]
+        names = {common_name(content) for content in certificates if content.startswith(b"-----BEGIN CERT")}
         assert names - {common_name(pki.ca_cert.read_bytes())} <= mine, f"compose {service} mounts {names - mine}"
     # the broker's health check connects as `health`, whose role may read $SYS/broker/uptime and nothing else
     health = compose_pki_files(compose_services()["broker"], pki.root)["/mosquitto/health/client.crt"]
@@ -1195,14 +1218,15 @@ def check_k8s_identity(
 def test_every_process_reads_the_same_pki_files_at_the_same_paths(
     devstack: DevStack, k8s_secrets: SecretsScript
 ) -> None:
-    """Every file a process reads from the PKI (its identity's *_FILE settings, the coordinator's API keys; the
-    broker's TLS files, dynamic-security seed and health identity) is mounted at that path in Compose and in every
-    overlay, with the same content: the PKI of `make certs`, never a second copy (an agent's pod holds its pool's
-    certificate and key there, and the password it enrolled as it started). Compose mounts nothing else."""
+    """Every file a process reads from the PKI (its identity's *_FILE settings and its internal mutual TLS's, the
+    coordinator's API keys; the broker's TLS files, dynamic-security seed and health identity) is mounted at that
+    path in Compose and in every overlay, with the same content: the PKI of `make certs`, never a second copy (an
+    agent's pod holds its pool's certificate and key there, and the password it enrolled as it started). Compose
+    mounts nothing else."""
     stack = devstack.stack
     pki = stack.pki.root
     issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
-    for service in [*(name for name in mesh_services(devstack) if name not in BROKERLESS), "broker"]:
+    for service in [*mesh_services(devstack), "broker"]:
         compose = compose_pki_files(compose_services()[service], pki)
         needed = broker_files_read() if service == "broker" else service_files_read(compose_services()[service].env)
         assert needed, f"{service} reads no file of the PKI"
@@ -1237,6 +1261,145 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
     names = broker_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     host = dotenv()["MESH_MQTT__HOST"]
     assert host in names.get_values_for_type(x509.DNSName), f"the broker's certificate does not name {host}"
+
+
+def internal_client_certificate(env: dict[str, Any], files: dict[str, bytes]) -> bytes:
+    """The certificate a client presents to the internal APIs: its own (MESH_INTERNAL__CERT_FILE) or, naming none,
+    its broker identity's (a2amesh.internal.client_ssl_context)."""
+    return files[env.get("MESH_INTERNAL__CERT_FILE") or env["MESH_MQTT__CERT_FILE"]]
+
+
+def test_internal_apis_are_mutual_tls_everywhere(devstack: DevStack, k8s_secrets: SecretsScript) -> None:
+    """In make dev, Compose and every overlay: the registry and the task store serve their APIs over HTTPS with
+    their server certificate of `make certs` (naming the host their URL names) and the mesh CA; every service that
+    calls them does so at an https:// URL with internal TLS on, presenting a mesh certificate of the identity the
+    servers admit (the coordinator its broker one, the console its own); Kubernetes probes them over HTTPS."""
+    stack = devstack.stack
+    pki = stack.pki.root
+    admitted = {f"{stack.org}/{stack.unit}/{name}" for name in [*InternalTlsSettings().readers, "console"]}
+    overlays = {overlay: rendered(overlay) for overlay in OVERLAYS}
+    for service in mesh_services(devstack):
+        local = devstack.processes[service].env
+        compose_env = compose_services()[service].env
+        views: dict[str, tuple[dict[str, Any], dict[str, bytes]]] = {
+            "compose": (compose_env, compose_pki_files(compose_services()[service], pki))
+        }
+        for overlay, docs in overlays.items():
+            workload = workloads(docs)[service]
+            pod = k8s_pods(service)[0]
+            files = k8s_secret_files(docs, workload, k8s_secrets, pod)
+            views[overlay] = (k8s_env(docs, main_container(workload), pod), files)
+        if service in INTERNAL_APIS:
+            assert local.get("MESH_INTERNAL__ENABLED") == "true", f"make dev {service}: internal TLS off"
+            host = urlsplit(dotenv()[INTERNAL_APIS[service]]).hostname
+            for where, (env, files) in views.items():
+                where = f"{where} {service}"
+                assert env.get("MESH_INTERNAL__ENABLED") == "true", f"{where}: its API is not mutual TLS"
+                cert = files[env["MESH_INTERNAL__SERVER_CERT_FILE"]]
+                assert cert == (pki / "servers" / f"{service}.crt").read_bytes(), f"{where}: not servers/{service}"
+                assert files[env["MESH_INTERNAL__SERVER_KEY_FILE"]] == (pki / "servers" / f"{service}.key").read_bytes()
+                assert files[env["MESH_INTERNAL__CA_FILE"]] == stack.pki.ca_cert.read_bytes(), f"{where}: the CA"
+                names = x509.load_pem_x509_certificate(cert).extensions.get_extension_for_class(
+                    x509.SubjectAlternativeName
+                )
+                assert host in names.value.get_values_for_type(x509.DNSName), f"{where}: certificate lacks {host}"
+        callers = [key for key in INTERNAL_APIS.values() if key in local]
+        if not callers:
+            continue
+        assert local.get("MESH_INTERNAL__ENABLED") == "true", f"make dev {service}: calls the APIs without TLS"
+        for where, (env, files) in views.items():
+            where = f"{where} {service}"
+            for key in callers:
+                assert urlsplit(env[key]).scheme == "https", f"{where}: {key} is not https://"
+            assert env.get("MESH_INTERNAL__ENABLED") == "true", f"{where}: calls the internal APIs without TLS"
+            name = common_name(internal_client_certificate(env, files))
+            assert name in admitted, f"{where}: presents {name}, which the internal APIs do not admit"
+            if "MESH_INTERNAL__CA_FILE" in env:
+                assert files[env["MESH_INTERNAL__CA_FILE"]] == stack.pki.ca_cert.read_bytes(), f"{where}: the CA"
+    for overlay, docs in overlays.items():
+        for service in INTERNAL_APIS:
+            container = main_container(workloads(docs)[service])
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                scheme = container[probe]["httpGet"].get("scheme")
+                assert scheme == "HTTPS", f"{overlay} {service}: {probe} over {scheme or 'HTTP'}"
+            annotations = workloads(docs)[service]["spec"]["template"]["metadata"]["annotations"]
+            assert annotations.get("prometheus.io/scheme") == "https", f"{overlay} {service}: scraped over HTTP"
+
+
+class HealthServer:
+    """A stand-in for a service's /healthz, over HTTPS with a server certificate or over plain HTTP, on loopback,
+    for running the health checks the deployments define against (their only job is that request)."""
+
+    def __init__(self, cert: Path | None = None, key: Path | None = None) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if self.path == "/healthz" else 404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if cert is not None and key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(cert), str(key))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_the_service_health_checks_speak_https_to_the_internal_apis(devstack: DevStack) -> None:
+    """Compose's health check and the image's HEALTHCHECK, run for real: over HTTPS, verifying the server against
+    the mesh CA and presenting no client certificate, where the service serves its API with mutual TLS (/healthz is
+    open without one: a2amesh.internal.PUBLIC_PATHS); over HTTP elsewhere; failing when nothing answers, or when
+    the server's certificate is not the mesh CA's."""
+    pki = devstack.stack.pki.root
+    compose_test = compose_services()["registry"].resolved["healthcheck"]["test"]
+    assert compose_test[0] == "CMD-SHELL" and len(compose_test) == 2, "compose: one shell command"
+    assert compose_services()["taskstore"].resolved["healthcheck"]["test"] == compose_test
+    image = dockerfile(PYTHON_DOCKERFILE)["health"]
+    checks = {"compose healthcheck": ["sh", "-c", compose_test[1]], "Dockerfile HEALTHCHECK": image}
+    server_env = {
+        name: value for name, value in compose_services()["registry"].env.items() if name.startswith("MESH_INTERNAL__")
+    }
+    local = {  # the container's paths, pointed at the dev runner's PKI
+        "MESH_INTERNAL__CA_FILE": str(pki / "ca.crt"),
+        "MESH_INTERNAL__SERVER_CERT_FILE": str(pki / "servers" / "registry.crt"),
+        "MESH_INTERNAL__SERVER_KEY_FILE": str(pki / "servers" / "registry.key"),
+    }
+    assert set(local) <= set(server_env), f"compose registry: sets {sorted(server_env)}"
+    plain_env = {"PATH": os.environ["PATH"], "SERVICE_PORT": "1"}  # the image's build argument, as its ENV
+    tls_env = {**plain_env, **server_env, **local}
+    foreign = devstack.stack.run_dir / "foreign-ca"
+    Pki(foreign).ensure([])
+    Pki(foreign).issue("servers/registry", server_names=("registry", "localhost"))
+
+    def run_check(argv: list[str], env: dict[str, str], port: int) -> int:
+        argv = [sys.executable if part == "python" else part for part in argv]
+        if argv[0] == "sh":
+            argv[2] = argv[2].replace("python -c", f"{shlex.quote(sys.executable)} -c", 1)
+        result = subprocess.run(argv, env={**env, "MESH_HTTP_PORT": str(port)}, capture_output=True, timeout=30)
+        return result.returncode
+
+    for where, argv in checks.items():
+        with HealthServer(pki / "servers" / "registry.crt", pki / "servers" / "registry.key") as server:
+            assert run_check(argv, tls_env, server.port) == 0, f"{where}: fails against the registry's HTTPS"
+            assert run_check(argv, plain_env, server.port) != 0, f"{where}: plain HTTP passed against HTTPS"
+        with HealthServer(foreign / "servers" / "registry.crt", foreign / "servers" / "registry.key") as server:
+            assert run_check(argv, tls_env, server.port) != 0, f"{where}: trusts a certificate of another CA"
+        with HealthServer() as server:
+            assert run_check(argv, plain_env, server.port) == 0, f"{where}: fails against a plain HTTP service"
+        assert run_check(argv, tls_env, free_port()) != 0, f"{where}: passes with nothing listening"
 
 
 # -- broker configs: TLS only ----------------------------------------------------------------------------------
