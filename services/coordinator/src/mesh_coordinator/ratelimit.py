@@ -5,17 +5,20 @@ gets the same rate as with one. Without MESH_RATE_LIMIT_REDIS_URL each replica k
 
 A Redis that does not answer does not take the HTTP face down: the replica falls back to its own in-memory buckets,
 asks Redis again only every RETRY_SECONDS (so an outage does not add a timeout to every request), and logs the
-outage once."""
+outage once.
+
+redis-py is imported only when a URL is configured: a single coordinator does not pay its memory (about 4 MB)."""
 
 from __future__ import annotations
 
 import logging
 import time
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from mesh_coordinator.guard import InMemoryLimiter, RateLimiter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ class SharedLimiter:
     which agrees across machines closely enough for limits in requests per second."""
 
     def __init__(self, redis: Redis, rate: float, burst: int) -> None:
+        from redis.exceptions import RedisError
+
+        self.failures: tuple[type[BaseException], ...] = (RedisError, OSError)
         self.redis = redis
         self.rate = rate
         self.burst = burst
@@ -61,7 +67,7 @@ class SharedLimiter:
         now_ms = int(time.time() * 1000)
         try:
             wait_ms = await self._script(keys=[KEY_PREFIX + client], args=[self.rate, self.burst, now_ms])
-        except (RedisError, OSError) as error:
+        except self.failures as error:
             if not self._degraded:
                 log.warning("rate limits fall back to this replica's own (Redis: %s)", error)
                 self._degraded = True
@@ -77,5 +83,7 @@ def rate_limiter(rate: float, burst: int, redis_url: str | None) -> RateLimiter:
     """Shared through Redis when a URL is configured, else this replica's own."""
     if not redis_url:
         return InMemoryLimiter(rate, burst)
+    from redis.asyncio import Redis
+
     redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
     return SharedLimiter(redis, rate, burst)
