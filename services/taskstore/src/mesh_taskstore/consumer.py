@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from a2amesh.models import StreamResponse
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
+from a2amesh.mqtt_compat import one_write
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import (
     envelope_of,
@@ -90,12 +91,19 @@ def _short(error: ValidationError) -> str:
     return f"{error.error_count()} error(s), first: {first.get('msg', '?')} at {first.get('loc', ())}"
 
 
+Decoder = Callable[[Envelope, datetime], Incoming | None]
+"""The per-message step: what one envelope is to record (None: nothing, dropped and acknowledged)."""
+
+
 class EventConsumer:
     """Consumes `$a2a/v1/event/#` with a persistent session and records every event in the store.
 
-    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches of up
-    to `batch_size` per transaction. Batching is what lets a backlog (the broker keeps up to 10,000 events for us
-    while we are down) be written in seconds, and what lets a stop drain everything already received."""
+    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches
+    (group commit): a batch is what has arrived by `batch_max_wait` after its first event, at most
+    `batch_max_events`, written in one transaction, and each of its events is acknowledged only once that
+    transaction commits. The fixed cost of a transaction (its statements, its fsync) is then shared by every
+    event of the batch, which is what lets the store keep up with the mesh, and what lets a backlog (the broker
+    keeps up to 10,000 events for us while we are down) be written in seconds."""
 
     def __init__(
         self,
@@ -103,13 +111,17 @@ class EventConsumer:
         settings: MqttSettings,
         client_id: str,
         *,
-        batch_size: int = 500,
+        batch_max_events: int = 100,
+        batch_max_wait: float = 0.05,
         drain_timeout: float = 4.0,
         trusted_recorders: frozenset[str] = frozenset({"coordinator"}),
+        decoder: Decoder | None = None,
     ) -> None:
         self.trusted_recorders = trusted_recorders
+        self.decode: Decoder = decoder or (lambda envelope, at: decode(envelope, at, trusted_recorders))
         self.store = store
-        self.batch_size = batch_size
+        self.batch_max_events = batch_max_events
+        self.batch_max_wait = batch_max_wait
         self.drain_timeout = drain_timeout
         self.broker = mqtt_broker(settings, client_id, persistent=True, graceful_timeout=1.0)
         self.broker.subscriber(
@@ -120,7 +132,8 @@ class EventConsumer:
             title="taskstore.events",
             description="Every agent's task events, recorded in order and acknowledged once written.",
         )(self.handle)
-        self._pending: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=2 * batch_size)
+        self._pending: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=2 * batch_max_events)
+        self._batch_full = asyncio.Event()
         self._writing = 0
         self._last_received = 0.0
         self._halt = asyncio.Event()
@@ -181,17 +194,30 @@ class EventConsumer:
         """Decode one message and queue it for the writer; malformed ones are logged and dropped. A full queue
         makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
-        incoming = decode(envelope_of(message), datetime.now(UTC), self.trusted_recorders)
+        incoming = self.decode(envelope_of(message), datetime.now(UTC))
         if incoming is None:
             await message.ack()  # dropped for good: nothing to redeliver
             return
         await self._pending.put(replace(incoming, ack=message.ack))
+        if self._pending.qsize() >= self.batch_max_events - 1:
+            self._batch_full.set()
+
+    async def _next_batch(self) -> list[Incoming]:
+        """The next batch: the first waiting event, then whatever arrives until the batch is full or
+        `batch_max_wait` has passed since (no wait when stopping: the drain writes what is there)."""
+        batch = [await self._pending.get()]
+        self._writing = 1  # taken off the queue: not idle while the batch forms
+        if self.batch_max_wait > 0 and not self._halt.is_set() and self._pending.qsize() < self.batch_max_events - 1:
+            self._batch_full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_full.wait(), timeout=self.batch_max_wait)
+        while len(batch) < self.batch_max_events and not self._pending.empty():
+            batch.append(self._pending.get_nowait())
+        return batch
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            while len(batch) < self.batch_size and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
+            batch = await self._next_batch()
             self._writing = len(batch)
             try:
                 await self._write(batch)
@@ -215,8 +241,9 @@ class EventConsumer:
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
         try:
-            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
-                await incoming.ack()
+            async with one_write(self.broker):  # one TLS write for the batch's PUBACKs, not one each
+                for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                    await incoming.ack()
         except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
             log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
         for incoming, outcome in zip(batch, outcomes, strict=True):
