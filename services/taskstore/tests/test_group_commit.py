@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlmodel import SQLModel
 
 from a2amesh.models import StreamResponse, TaskState, TaskStatus, TaskStatusUpdateEvent
 from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
@@ -18,15 +19,20 @@ from a2amesh.settings import TaskStoreSettings
 from a2amesh.topics import AgentAddress
 from devstack.fixtures import BrokerHandle
 from mesh_taskstore.consumer import EventConsumer
-from mesh_taskstore.db import create_tables, make_engine
+from mesh_taskstore.db import TaskEvent, TaskRecord, create_tables, make_engine
 from mesh_taskstore.store import TaskStore
 
 TASKS = 20
 STATES = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.COMPLETED)
 
 
-async def test_a_burst_is_written_in_batches_and_every_event_once(broker: BrokerHandle, tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_burst_is_written_in_batches_and_every_event_once(
+    broker: BrokerHandle, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 's.db'}"
+    engine = make_engine(url)
+    SQLModel.metadata.drop_all(engine, tables=[TaskRecord.__table__, TaskEvent.__table__])  # type: ignore[attr-defined]
     create_tables(engine)
     commits = 0
 
