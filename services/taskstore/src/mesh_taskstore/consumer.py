@@ -246,7 +246,10 @@ class EventConsumer:
                     await incoming.ack()
         except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
             log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
+        debug = log.isEnabledFor(logging.DEBUG)
         for incoming, outcome in zip(batch, outcomes, strict=True):
+            if outcome is Outcome.STORED and not debug:
+                continue  # the usual case: nothing to say, and its arguments are not worth computing
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(
                 level,
