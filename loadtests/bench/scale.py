@@ -159,7 +159,9 @@ def stored_rows(run_dir: Path, sizes: tuple[int, ...], reads: int) -> list[dict[
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = ["# Scaling figures", "", f"Machine: {data['machine']}", ""]
+    machine = data["machine"]
+    about = f"{machine['nproc']} x {machine['cpu']}, {machine['memory_gib']} GiB, Python {machine['python']}"
+    lines = ["# Scaling figures", "", f"Run of {machine['date']} on {about}, {machine['mosquitto']}.", ""]
     lines += ["## Agent replicas (pool scenario: one task at a time per replica, 50 ms of work)", ""]
     lines += ["| replicas | tasks/s | p50 ms | replicas' peak RSS MB (sum) | broker peak RSS MB |"]
     lines += ["|---|---|---|---|---|"]
