@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 APT_PACKAGES := mosquitto mosquitto-clients redis-server postgresql chromium chromium-driver
 export UV_LINK_MODE ?= copy
 
-.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove bridge dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench chaos asyncapi
+.PHONY: help deps system-deps python-deps validate-deps certs identity identity-remove bridge dev new-agent test-agent test lint format clean up down logs ps container-test k8s-secrets k8s-pin-images loadtest bench bench-scale chaos asyncapi
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -166,6 +166,9 @@ loadtest: deps ## headless Locust run against a local mesh; reports in reports/l
 
 bench: deps ## side-by-side benchmark (floor, binding, HTTP face, peers, pools); report in reports/bench/
 	@$(UV) run --locked python -m loadtests bench
+
+bench-scale: deps ## scaling figures: agent replicas 1-8, stored tasks 10^4 and 10^6 (~10 min); reports/bench/scale/
+	@$(UV) run --locked python -m loadtests bench-scale
 
 CHAOS_SECONDS ?= 180
 CHAOS_SEED ?= 13

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m loadtests {loadtest|bench}   (settings: LOCUST_* / BENCH_* / MESH_*, see docs/benchmarks.md)"
+USAGE = (
+    "usage: python -m loadtests {loadtest|bench|bench-scale}   "
+    "(settings: LOCUST_* / BENCH_* / MESH_*, see docs/benchmarks.md)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.loadtest import main as loadtest
 
         return loadtest()
+    if args == ["bench-scale"]:
+        from loadtests.bench.scale import main as bench_scale
+
+        return bench_scale()
     if args == ["bench"]:
         from loadtests.bench.runner import main as bench
 

@@ -26,3 +26,12 @@ def test_targets_report_the_best_rounds_and_each_round() -> None:
     binding = targets(data)[0]
     assert binding["measured"] == "0.58x floor (best rounds; round by round: 0.58, 0.70)"
     assert binding["met"] is False
+
+
+def test_the_task_store_targets_compare_each_path_with_and_without_it() -> None:
+    runs = [("binding", 300.0), ("record", 250.0), ("http-face", 200.0), ("deployed", 150.0)]
+    data = {"scenarios": [_run(key, rate, [rate]) for key, rate in runs], "idle_rss_mb": {}}
+    [record] = [target for target in targets(data) if "task store recording" in target["target"]]
+    [deployed] = [target for target in targets(data) if target["target"].startswith("deployed path")]
+    assert (record["measured"], record["met"]) == ("0.83x", True)  # record / binding
+    assert (deployed["measured"], deployed["met"]) == ("0.75x", False)  # deployed / HTTP face

@@ -74,6 +74,12 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             _by_round(runs, "http-face", "sdk-http"),
         )
     )
+    recorded = _ratio(rate("record"), rate("binding"))
+    found.append(_target("binding with the task store recording >= 80% of the binding's tasks/s", recorded, 0.8, "x"))
+    deployed = _ratio(rate("deployed"), rate("http-face"))
+    found.append(
+        _target("deployed path (HTTP face, store, registry) >= 80% of the HTTP face's tasks/s", deployed, 0.8, "x")
+    )
     scaling = _ratio(rate(f"pool-{biggest}"), rate("pool-1")) if biggest and biggest > 1 else None
     found.append(
         _target(f"{biggest or 4} replicas >= 3.5x one on the 50 ms agent", scaling, 3.5 * (biggest or 4) / 4, "x")

@@ -163,8 +163,7 @@ class Bench:
         self.procs.stop(*replicas)
 
     def record(self) -> None:
-        self.procs.start_taskstore()
-        self._idle("taskstore")
+        self._start_taskstore()
         topic = AgentAddress(ORG, UNIT, "echo").request_topic
         self._measure(
             self._scenario(
@@ -176,6 +175,29 @@ class Bench:
                 self._binding(topic),
             )
         )
+
+    def deployed(self) -> None:
+        """The path as deployed: the HTTP face with the task store recording every event (and the task's owner, which
+        the coordinator writes to the store before it publishes) and the registry in the loop; the `http-face`
+        scenario is the same path before the store runs."""
+        self._start_taskstore()
+        url, streaming = self.procs.coordinator_url, self.settings.http_streaming
+        key, concurrency = self.procs.stack.api_key, self.settings.concurrency
+        self._measure(
+            self._scenario(
+                "deployed",
+                "deployed path: HTTP face -> echo, task store recording, registry lookup",
+                "bench (HTTP) -> coordinator (registry, owner PUT to the store) -> broker -> echo; events -> store",
+                _http_messages(streaming, True) + " + 1 owner PUT + 4 events delivered to the task store",
+                ("coordinator", "echo", "broker", "registry", "redis", "taskstore"),
+                lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
+            )
+        )
+
+    def _start_taskstore(self) -> None:
+        if not self.procs.pids("taskstore"):
+            self.procs.start_taskstore()
+            self._idle("taskstore")
 
     def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
         settings = self.procs.mqtt
@@ -192,7 +214,7 @@ class Bench:
             "http-face": self.http_face,
             "sdk-http": self.sdk_http,
         }
-        others: dict[str, Callable[[], None]] = {"pool": self.pool, "record": self.record}
+        others: dict[str, Callable[[], None]] = {"pool": self.pool, "record": self.record, "deployed": self.deployed}
         procs = self.procs
         try:
             procs.start_core()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from devstack.processes import REPO_ROOT
 
-SCENARIOS = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record")
+SCENARIOS = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record", "deployed")
 """Every scenario, in the order they run."""
 
 

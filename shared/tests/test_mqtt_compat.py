@@ -8,10 +8,13 @@ import uuid
 from importlib.metadata import version
 
 import paho.mqtt.client as paho
+from faststream import AckPolicy
+from faststream.mqtt import MQTTMessage
 
 from a2amesh.mqtt import Envelope, MqttLink, make_client
-from a2amesh.mqtt_compat import VERIFIED_WITH, connection_lost, paho_client
+from a2amesh.mqtt_compat import VERIFIED_WITH, connection_lost, one_write, paho_client, stream_transport
 from a2amesh.settings import MqttSettings
+from a2amesh.subscribers import mqtt_broker, stop_keeping_session, the_message
 from devstack.fixtures import BrokerHandle
 
 
@@ -70,3 +73,34 @@ async def test_manual_ack_holds_back_the_puback_until_acknowledged(broker: Broke
     assert await session([b"m0", b"m1"], acknowledged=b"m0", expect=2) == [b"m0", b"m1"]
     redelivered = await session([], acknowledged=b"m1", expect=1)
     assert redelivered == [b"m1"], "manual ack did not hold back the PUBACK of the unacknowledged message"
+
+
+async def test_one_write_sends_a_batch_of_pubacks_that_the_broker_takes(broker: BrokerHandle) -> None:
+    """Acknowledgements collected by `one_write` reach the broker: acknowledged messages do not come again on the
+    persistent session, and the fast path (one write on zmqtt's transport) is the one taken."""
+    client_id, topic = f"compat-{uuid.uuid4().hex[:8]}", f"test/compat/{uuid.uuid4().hex[:8]}"
+
+    async def session(publish: list[bytes], expect: int) -> list[bytes]:
+        received: list[MQTTMessage] = []
+        consumer = mqtt_broker(broker.settings, client_id, persistent=True, graceful_timeout=1.0)
+        consumer.subscriber(topic, qos=1, ack_policy=AckPolicy.MANUAL, decoder=the_message)(received.append)
+        await consumer.start()
+        try:
+            async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+                for body in publish:
+                    await publisher.publish(topic, body, qos=1)
+            deadline = asyncio.get_running_loop().time() + 15
+            while len(received) < expect and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            assert stream_transport(consumer) is not None, "zmqtt's transport moved: one_write writes one by one"
+            async with one_write(consumer):
+                for message in received:
+                    await message.ack()
+            await asyncio.sleep(0.3)  # the write has gone out
+            return [message.body for message in received]
+        finally:
+            await stop_keeping_session(consumer)
+
+    bodies = [f"m{i}".encode() for i in range(5)]
+    assert await session(bodies, expect=len(bodies)) == bodies
+    assert await session([b"after"], expect=1) == [b"after"], "a PUBACK written by one_write did not arrive"

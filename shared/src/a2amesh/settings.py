@@ -128,7 +128,7 @@ class RegistrySettings(ServiceSettings):
 
 
 class TaskStoreSettings(ServiceSettings):
-    """The task store: its database and HTTP port."""
+    """The task store: its database, HTTP port, and how it groups events into transactions."""
 
     database_url: str = "sqlite:///./run/taskstore.db"
     http_port: int = 8002
@@ -151,6 +151,20 @@ class TaskStoreSettings(ServiceSettings):
         if self.partition >= self.partitions:
             raise ValueError(f"MESH_PARTITION={self.partition} is not below MESH_PARTITIONS={self.partitions}")
         return self
+
+    batch_max_events: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="events written in one transaction at most (group commit); keep it at most the broker's "
+        "max_inflight_messages (100), or every batch waits out batch_max_wait",
+    )
+    batch_max_wait: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="seconds a batch waits for more events after its first before it is written (0: never waits)",
+    )
 
 
 class CoordinatorSettings(ServiceSettings):

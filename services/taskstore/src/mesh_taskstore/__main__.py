@@ -50,6 +50,8 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             store,
             settings.mqtt,
             settings.service_address("taskstore").client_id,
+            batch_max_events=settings.batch_max_events,
+            batch_max_wait=settings.batch_max_wait,
             trusted_recorders=frozenset(settings.trusted_recorders),
             partition=Partition(settings.partition, settings.partitions),
         )

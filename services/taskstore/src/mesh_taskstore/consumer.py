@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from a2amesh.models import StreamResponse, TaskOwnerRecords
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
+from a2amesh.mqtt_compat import one_write
 from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import (
@@ -118,13 +119,20 @@ def _short(error: ValidationError) -> str:
     return f"{error.error_count()} error(s), first: {first.get('msg', '?')} at {first.get('loc', ())}"
 
 
+Decoder = Callable[[Envelope, datetime], Incoming | None]
+"""The per-message step: what one envelope is to record (None: nothing, dropped and acknowledged)."""
+
+
 class EventConsumer:
     """Consumes `$a2a/v1/event/#` and `$a2a/v1/owner/#` with a persistent session and records every event and
     every task owner in the store.
 
-    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches of up
-    to `batch_size` per transaction. Batching is what lets a backlog (the broker keeps up to 10,000 events for us
-    while we are down) be written in seconds, and what lets a stop drain everything already received."""
+    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches
+    (group commit): a batch is what has arrived by `batch_max_wait` after its first event, at most
+    `batch_max_events`, written in one transaction, and each of its events is acknowledged only once that
+    transaction commits. The fixed cost of a transaction (its statements, its fsync) is then shared by every
+    event of the batch, which is what lets the store keep up with the mesh, and what lets a backlog (the broker
+    keeps up to 10,000 events for us while we are down) be written in seconds."""
 
     def __init__(
         self,
@@ -132,16 +140,20 @@ class EventConsumer:
         settings: MqttSettings,
         client_id: str,
         *,
-        batch_size: int = 500,
+        batch_max_events: int = 100,
+        batch_max_wait: float = 0.05,
         drain_timeout: float = 4.0,
         trusted_recorders: frozenset[str] = frozenset({"coordinator"}),
         partition: Partition | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.trusted_recorders = trusted_recorders
         self.partition = partition or Partition()
         """The events this replica records; the rest are other replicas' (mesh_taskstore.partition)."""
+        self.decode: Decoder = decoder or (lambda envelope, at: decode(envelope, at, trusted_recorders))
         self.store = store
-        self.batch_size = batch_size
+        self.batch_max_events = batch_max_events
+        self.batch_max_wait = batch_max_wait
         self.drain_timeout = drain_timeout
         self.broker = mqtt_broker(settings, client_id, persistent=True, graceful_timeout=1.0)
         self.broker.subscriber(
@@ -160,7 +172,8 @@ class EventConsumer:
             title="taskstore.owners",
             description="Who created each task a coordinator accepted, recorded once whatever the order.",
         )(self.handle_owners)
-        self._pending: asyncio.Queue[Incoming | OwnerClaims] = asyncio.Queue(maxsize=2 * batch_size)
+        self._pending: asyncio.Queue[Incoming | OwnerClaims] = asyncio.Queue(maxsize=2 * batch_max_events)
+        self._batch_full = asyncio.Event()
         self._writing = 0
         self._last_received = 0.0
         self._halt = asyncio.Event()
@@ -224,11 +237,26 @@ class EventConsumer:
         if not self.partition.owns(message.raw_message.topic):
             await message.ack()  # another replica's share: it has its own copy in its own session
             return
-        incoming = decode(envelope_of(message), datetime.now(UTC), self.trusted_recorders)
+        incoming = self.decode(envelope_of(message), datetime.now(UTC))
         if incoming is None:
             await message.ack()  # dropped for good: nothing to redeliver
             return
         await self._pending.put(replace(incoming, ack=message.ack))
+        if self._pending.qsize() >= self.batch_max_events - 1:
+            self._batch_full.set()
+
+    async def _next_batch(self) -> list[Incoming | OwnerClaims]:
+        """The next batch: the first waiting event, then whatever arrives until the batch is full or
+        `batch_max_wait` has passed since (no wait when stopping: the drain writes what is there)."""
+        batch = [await self._pending.get()]
+        self._writing = 1  # taken off the queue: not idle while the batch forms
+        if self.batch_max_wait > 0 and not self._halt.is_set() and self._pending.qsize() < self.batch_max_events - 1:
+            self._batch_full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_full.wait(), timeout=self.batch_max_wait)
+        while len(batch) < self.batch_max_events and not self._pending.empty():
+            batch.append(self._pending.get_nowait())
+        return batch
 
     async def handle_owners(self, message: MQTTMessage) -> None:
         """Decode a coordinator's owner records and queue them behind the events received before them."""
@@ -241,9 +269,7 @@ class EventConsumer:
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            while len(batch) < self.batch_size and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
+            batch = await self._next_batch()
             self._writing = len(batch)
             try:
                 await self._write(batch)
@@ -271,11 +297,15 @@ class EventConsumer:
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
         try:
-            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
-                await incoming.ack()
+            async with one_write(self.broker):  # one TLS write for the batch's PUBACKs, not one each
+                for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                    await incoming.ack()
         except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
             log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
+        debug = log.isEnabledFor(logging.DEBUG)
         for incoming, outcome in zip(events, outcomes, strict=True):
+            if outcome is Outcome.STORED and not debug:
+                continue  # the usual case: nothing to say, and its arguments are not worth computing
             level = logging.DEBUG if outcome is Outcome.STORED else logging.INFO
             log.log(
                 level,

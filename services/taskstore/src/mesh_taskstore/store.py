@@ -10,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -19,47 +18,15 @@ from sqlmodel import Session, col, select
 
 from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
 from mesh_taskstore import db
-from mesh_taskstore.apply import EventKind, apply_event, kind_of, trim
+from mesh_taskstore.apply import EventKind, trim
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
+from mesh_taskstore.incoming import Incoming, Outcome, no_ack
+from mesh_taskstore.writes import write_batch
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
-
-
-async def _nothing() -> None:
-    """The acknowledgement of an event that came from no broker (tests, imports)."""
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One event as taken off the broker: its id, the agent whose topic it came on, the event, its arrival."""
-
-    event_id: str
-    agent: str
-    event: StreamResponse
-    received_at: datetime
-    ack: Callable[[], Awaitable[None]] = field(default=lambda: _nothing(), compare=False, repr=False)
-    """Tells the broker the event is recorded (awaited after its batch commits; unacknowledged ones come again)."""
-
-    @property
-    def task_id(self) -> str:
-        task_id = self.event.task_id
-        if not task_id:
-            raise ValueError("event names no task")
-        return task_id
-
-
-class Outcome(StrEnum):
-    """What recording an event did."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    NOT_APPLIED = "not-applied"
-    """Kept in the event log, but it would have reopened a terminal task, so the snapshot is unchanged."""
-    FAILED = "failed"
-    """Could not be recorded (a bug or a corrupt row, logged); dropped so that it cannot block the stream."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +74,7 @@ class OwnerClaims:
 
     owners: tuple[tuple[str, Owner], ...]
     coordinator: str
-    ack: Callable[[], Awaitable[None]] = field(default=lambda: _nothing(), compare=False, repr=False)
+    ack: Callable[[], Awaitable[None]] = field(default=no_ack, compare=False, repr=False)
     """Tells the broker they are recorded (like an event's)."""
 
 
@@ -187,79 +154,9 @@ class TaskStore:
         return Outcome.FAILED
 
     def _commit(self, batch: Sequence[Incoming]) -> list[Outcome]:
-        with Session(self.engine, autoflush=False) as session:
-            outcomes = self._apply(session, batch)
-            session.commit()
-        return outcomes
-
-    def _apply(self, session: Session, batch: Sequence[Incoming]) -> list[Outcome]:
-        """Add the batch's event rows and update its tasks' rows in `session` (not committed). Known event ids and
-        task rows are read once for the whole batch (task rows locked where the database can), then every event
-        is applied in order in memory, so a batch may hold several events of one task, or one event twice."""
-        event_ids = list({incoming.event_id for incoming in batch})
-        seen = set(session.exec(select(TaskEvent.event_id).where(col(TaskEvent.event_id).in_(event_ids))).all())
-        task_ids = list({incoming.task_id for incoming in batch})
-        locked = select(TaskRecord).where(col(TaskRecord.task_id).in_(task_ids)).with_for_update()
-        records = {record.task_id: record for record in session.exec(locked).all()}
-        snapshots = {task_id: Task.from_json(record.snapshot) for task_id, record in records.items()}
-        outcomes: list[Outcome] = []
-        for incoming in batch:
-            if incoming.event_id in seen:
-                outcomes.append(Outcome.DUPLICATE)
-                continue
-            seen.add(incoming.event_id)
-            outcomes.append(self._apply_one(session, incoming, records, snapshots))
-        stored = zip(batch, outcomes, strict=True)
-        changed = {incoming.task_id for incoming, outcome in stored if outcome is Outcome.STORED}
-        for task_id in changed:
-            records[task_id].snapshot = snapshots[task_id].to_json()
-            session.add(records[task_id])
-        return outcomes
-
-    @staticmethod
-    def _apply_one(
-        session: Session, incoming: Incoming, records: dict[str, TaskRecord], snapshots: dict[str, Task]
-    ) -> Outcome:
-        task_id = incoming.task_id
-        now = utc(incoming.received_at)
-        result = apply_event(snapshots.get(task_id), incoming.event)
-        session.add(
-            TaskEvent(
-                event_id=incoming.event_id,
-                task_id=task_id,
-                agent=incoming.agent,
-                kind=kind_of(incoming.event).value,
-                applied=result.applied,
-                received_at=now,
-                payload=incoming.event.to_json(),
-            )
-        )
-        if not result.applied:
-            log.warning(
-                "%s (event %s kept, not applied)",
-                result.note,
-                incoming.event_id,
-                extra={"task_id": task_id, "agent": incoming.agent},
-            )
-            return Outcome.NOT_APPLIED
-        record = records.get(task_id)
-        if record is None:
-            record = records[task_id] = TaskRecord(
-                task_id=task_id,
-                agent=incoming.agent,
-                created_at=now,
-                updated_at=now,
-                status_timestamp=now,
-                state=result.task.status.state.value,
-                snapshot="",
-            )
-        if result.status is not None:
-            record.status_timestamp = utc(result.status.timestamp) if result.status.timestamp else now
-        record.state = result.task.status.state.value
-        record.context_id = result.task.context_id
-        record.updated_at = now
-        snapshots[task_id] = result.task
-        return Outcome.STORED
+        """One transaction for the batch (group commit: one fsync for the lot); see `writes.write_batch`."""
+        with self.engine.begin() as connection:
+            return write_batch(connection, batch)
 
     def claim(self, task_id: str, owner: Owner) -> bool:
         """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""
