@@ -1270,6 +1270,40 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
     assert [(acl["acltype"], acl["topic"]) for acl in acls] == [("subscribePattern", "$SYS/broker/uptime")]
 
 
+def test_compose_runs_a_second_coordinator_as_an_identity_of_its_own(devstack: DevStack) -> None:
+    """Compose's coordinator-1 (profile replicas) is the coordinator with other identities, coordinator-1 and
+    workflows-1, which `make certs` issues (their own certificates, keys and passwords mounted, nothing of the first
+    coordinator's), the replica ids make dev's second coordinator has, and ports of its own on the host; both
+    coordinators share rate limits in Redis."""
+    stack, services = devstack.stack, compose_services()
+    first, second = services["coordinator"], services["coordinator-1"]
+    assert second.raw.get("profiles") == ["replicas"], "only with --profile replicas"
+    assert second.resolved["image"] == first.resolved["image"] and second.raw["build"] == first.raw["build"]
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
+    expected = {"MESH_MQTT__": "coordinator-1", "MESH_WORKFLOWS_MQTT__": "workflows-1"}
+    for prefix, name in expected.items():
+        username = second.env[f"{prefix}USERNAME"]
+        assert username == f"{stack.org}/{stack.unit}/{name}" and username in issued, f"{prefix}: {username}"
+    assert (second.env["MESH_REPLICA_ID"], second.env["MESH_WORKFLOWS_ID"]) == ("coordinator-1", "workflows-1")
+    assert service_of(second.env["MESH_REPLICA_ID"]) == "coordinator", "a replica name the task store trusts"
+    files = compose_pki_files(second, stack.pki.root)
+    for prefix, name in expected.items():
+        identity = stack.pki.client(issued[f"{stack.org}/{stack.unit}/{name}"])
+        assert common_name(files[second.env[f"{prefix}CERT_FILE"]]) == identity.username
+        assert files[second.env[f"{prefix}KEY_FILE"]] == identity.key.read_bytes(), f"{prefix}: its own key"
+        assert files[second.env[f"{prefix}PASSWORD_FILE"]] == identity.password_file.read_bytes(), prefix
+    theirs = compose_pki_files(first, stack.pki.root)
+    own_files = {second.env[f"{prefix}{name}"] for prefix in expected for name in IDENTITY_FILES[1:]}
+    assert all(files[path] != theirs[path] for path in own_files), "coordinator-1 mounts the first's credentials"
+    identity_settings = {f"{prefix}{name}" for prefix in expected for name in ("USERNAME",)}
+    same = set(first.env) - identity_settings
+    assert {key: second.env.get(key) for key in same} == {key: first.env[key] for key in same}, "other settings"
+    assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID", "MESH_WORKFLOWS_ID"}
+    assert first.env["MESH_RATE_LIMIT_REDIS_URL"].startswith("redis://redis:"), "rate limits shared in Redis"
+    host_ports = [str(entry).rsplit(":", 1)[0] for s in (first, second) for entry in s.resolved["ports"]]
+    assert len(host_ports) == len(set(host_ports)) == 4, f"each coordinator on host ports of its own: {host_ports}"
+
+
 def pool_identity(
     stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str, service: str | None = None
 ) -> Identity | None:
