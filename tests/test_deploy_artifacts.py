@@ -53,6 +53,7 @@ from pydantic import BaseModel
 
 from a2amesh.enroll import enroll
 from a2amesh.mqtt import make_client
+from a2amesh.replicas import service_of
 from a2amesh.settings import (
     AgentSettings,
     ConsoleSettings,
@@ -120,6 +121,9 @@ INTERNAL_FILES = ("CA_FILE", "CERT_FILE", "KEY_FILE", "SERVER_CERT_FILE", "SERVE
 # settings that Compose and Kubernetes give a service but the dev runner does not, and why
 DEPLOYMENT_ONLY_SETTINGS = {
     "MESH_LOG_JSON": "containers log one JSON object per line for a log collector; make dev keeps readable text",
+    "MESH_RATE_LIMIT_REDIS_URL": "coordinators share rate limits in Redis, so replicas may join (make dev: with "
+    "COORDINATORS=2)",
+    "MESH_REPLICA_READ_WAIT": "a task another coordinator replica accepted is waited for (make dev: COORDINATORS=2)",
 }
 
 # the settings that name a broker identity, and the file settings that go with each (a2amesh.settings.MqttSettings)
@@ -130,6 +134,22 @@ IDENTITY_FILES = ("CA_FILE", "CERT_FILE", "KEY_FILE", "PASSWORD_FILE")
 K8S_AGENT_ONLY_SETTINGS = {
     "MESH_POOL": "an agent's pods are the replicas of one pool, the agent's (make dev and Compose run it unpooled)",
 }
+
+# settings the coordinator's pods get on Kubernetes, where it always runs replicas, but not in make dev and Compose
+K8S_REPLICA_ONLY_SETTINGS = {
+    "MESH_REPLICA_ID": "each pod is the replica coordinator-<ordinal>, its own broker identity (its name)",
+    "MESH_WORKFLOWS_ID": "each pod hosts its own workflows agent, workflows-<ordinal> (its index)",
+}
+
+# services whose Kubernetes pods enroll their identities as they start: setting prefix -> the pool (or service
+# replica template, devstack.pki.SERVICE_REPLICAS) whose `<name>-<ordinal>` a pod enrolls under that prefix
+ENROLLED_IDENTITIES: dict[str, dict[str, str]] = {
+    **{agent: {"MESH_MQTT__": agent} for agent in AGENTS},
+    "coordinator": {"MESH_MQTT__": "coordinator", "MESH_WORKFLOWS_MQTT__": "workflows"},
+}
+
+# Compose services that are one more replica of a service, under a profile (the service they replicate)
+COMPOSE_REPLICAS = {"coordinator-1": "coordinator"}
 
 # workloads an overlay may add to the dev runner's services, and why
 OVERLAY_ONLY_WORKLOADS = {
@@ -265,6 +285,9 @@ def secret_data(secret: dict[str, Any]) -> dict[str, str]:
 FROM_POD = object()
 """The value of an env var the pod supplies itself (fieldRef), different in every replica."""
 
+POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
+"""A StatefulSet pod's ordinal (Kubernetes 1.28+), the number its name ends in."""
+
 K8S_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -303,8 +326,13 @@ def k8s_env(docs: list[dict[str, Any]], container: dict[str, Any], pod: str | No
             assert ref["key"] in secret_data(secrets[ref["name"]]), f"{name}: Secret {ref['name']} has no {ref['key']}"
             env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
         elif "fieldRef" in source:
-            own_name = source["fieldRef"]["fieldPath"] == "metadata.name"
-            env[name] = pod if own_name and pod is not None else FROM_POD
+            path = source["fieldRef"]["fieldPath"]
+            if pod is not None and path == "metadata.name":
+                env[name] = pod
+            elif pod is not None and path == POD_INDEX_FIELD:
+                env[name] = pod.rpartition("-")[2]
+            else:
+                env[name] = FROM_POD
         else:
             raise AssertionError(f"{name}: unexpected env source {source}")
     return env
@@ -318,21 +346,35 @@ def main_container(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def k8s_pods(service: str) -> list[str | None]:
-    """The pods whose view of a workload the tests check: an agent's first two replicas and its last (each enrolls
-    the identity of its name), one pod of any other workload (all alike)."""
-    if service not in AGENTS:
+    """The pods whose view of a workload the tests check: the first two replicas of a workload whose pods enroll
+    their identities and its last (an agent's at AGENT_REPLICAS, the coordinator's at its HPA's maximum), one pod of
+    any other workload (all alike)."""
+    if service not in ENROLLED_IDENTITIES:
         return [None]
-    names = replica_names(service)
+    names = replica_names(service, AGENT_REPLICAS if service in AGENTS else hpa_max(service))
     return [*names[:2], names[-1]]
+
+
+def hpa_max(service: str) -> int:
+    """The most pods of `service` any overlay's HPA runs."""
+    return max(
+        objects(rendered(overlay), "HorizontalPodAutoscaler")[service]["spec"]["maxReplicas"] for overlay in OVERLAYS
+    )
 
 
 ENROLLED = b"(the password the init container enrolls)"
 """What k8s_secret_files shows for a file an agent pod's init container writes: no Secret holds it."""
 
 
+def enroll_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod's init containers that enroll its identities (python -m a2amesh.enroll): an agent's one, the
+    coordinator's two (its own, its workflows agent's)."""
+    return [c for c in pod_spec(workload).get("initContainers", []) if c.get("command", [])[-1:] == ["a2amesh.enroll"]]
+
+
 def enroll_container(workload: dict[str, Any]) -> dict[str, Any] | None:
-    """An agent pod's init container that enrolls its identity (python -m a2amesh.enroll), if any."""
-    found = [c for c in pod_spec(workload).get("initContainers", []) if c.get("command", [])[-1:] == ["a2amesh.enroll"]]
+    """An agent pod's init container that enrolls its identity, if any."""
+    found = enroll_containers(workload)
     return found[0] if found else None
 
 
@@ -499,11 +541,10 @@ def k8s_secret_files(
     container = container or main_container(workload)
     env = k8s_env(docs, container, pod)
     files: dict[str, bytes] = {}
-    enroll = enroll_container(workload) if main else None
-    if enroll is not None:
-        enroll_env = k8s_env(docs, enroll, pod)
+    for init in enroll_containers(workload) if main else []:
+        enroll_env = k8s_env(docs, init, pod)
         out, source = enroll_env["MESH_ENROLL_OUT"], enroll_env["MESH_ENROLL_FILES_FROM"]
-        shared = k8s_secret_files(docs, workload, script, pod, enroll)
+        shared = k8s_secret_files(docs, workload, script, pod, init)
         for mount in container.get("volumeMounts", []):
             if mount["mountPath"] == out and "emptyDir" in volumes.get(mount["name"], {}):
                 for name in ("ca.crt", "client.crt", "client.key"):
@@ -791,7 +832,75 @@ def test_each_agent_is_a_pool_of_replica_identities_with_an_autoscaler_and_a_dis
         pod_labels = workload["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= pod_labels.items(), f"{overlay}: {agent}'s PDB selects its pods"
     scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in autoscalers.values()}
-    assert scaled <= set(AGENTS), f"{overlay}: only agents scale out (the others hold one fixed identity each)"
+    assert scaled <= {*AGENTS, "coordinator"}, f"{overlay}: only agents and coordinators scale out (the others hold "
+    "one fixed identity each)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_coordinator_runs_replicas_each_enrolling_identities_of_its_own(overlay: str) -> None:
+    """Issue #18 item 3: the coordinator is a StatefulSet kept at 2 or more pods by its HPA, whose PDB lets a drain
+    evict one but never all; each pod coordinator-<i> enrolls the identities coordinator-<i> and workflows-<i> (no
+    two pods share one, and none is the plain `coordinator` or `workflows` Compose runs), names them as its replica
+    and workflows ids, and reaches the Redis its rate limits are shared in."""
+    docs = rendered(overlay)
+    workload = workloads(docs)["coordinator"]
+    assert workload["kind"] == "StatefulSet", f"{overlay}: pods with names of their own, never two of one name"
+    assert "replicas" not in workload["spec"], f"{overlay}: leave replicas to the HPA"
+    assert workload["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate", overlay
+    hpa = objects(docs, "HorizontalPodAutoscaler")["coordinator"]["spec"]
+    assert (hpa["scaleTargetRef"]["kind"], hpa["scaleTargetRef"]["name"]) == ("StatefulSet", "coordinator")
+    assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"], f"{overlay}: the HPA keeps 2 or more coordinators"
+    budget = objects(docs, "PodDisruptionBudget")["coordinator"]["spec"]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items(), f"{overlay}: the PDB selects its pods"
+    assert budget.get("maxUnavailable", 0) < hpa["minReplicas"] or budget.get("minAvailable", 0) >= 1, overlay
+    container, enrolls = main_container(workload), enroll_containers(workload)
+    assert len(enrolls) == 2, f"{overlay}: two init containers enroll (the coordinator's, its workflows agent's)"
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+
+    def secrets_of(c: dict[str, Any]) -> set[str]:
+        return {volumes[m["name"]]["secret"]["secretName"] for m in c["volumeMounts"] if "secret" in volumes[m["name"]]}
+
+    assert all("mesh-enroller" in secrets_of(enroll) for enroll in enrolls), f"{overlay}: enrolls as mesh-enroller"
+    assert "mesh-enroller" not in secrets_of(container), f"{overlay}: the coordinator never holds the enroller's key"
+    seen: set[str] = set()
+    for pod in replica_names("coordinator", hpa["maxReplicas"]):
+        ordinal = pod.rpartition("-")[2]
+        env = k8s_env(docs, container, pod)
+        mine = {env["MESH_MQTT__USERNAME"], env["MESH_WORKFLOWS_MQTT__USERNAME"]}
+        assert env["MESH_REPLICA_ID"] == pod and service_of(pod) == "coordinator", f"{overlay} {pod}: replica id"
+        assert env["MESH_WORKFLOWS_ID"] == f"workflows-{ordinal}", f"{overlay} {pod}: its own workflows agent"
+        assert mine == {f"{env['MESH_ORG']}/{env['MESH_UNIT']}/{name}" for name in (pod, f"workflows-{ordinal}")}
+        enrolled = {(k8s_env(docs, e, pod)["MESH_AGENT_ID"], k8s_env(docs, e, pod)["MESH_POOL"]) for e in enrolls}
+        assert enrolled == {(pod, "coordinator"), (f"workflows-{ordinal}", "workflows")}, f"{overlay} {pod}: enrolls"
+        assert not mine & seen, f"{overlay}: {pod} shares an identity with another pod: {sorted(mine & seen)}"
+        seen |= mine
+        assert float(env["MESH_REPLICA_READ_WAIT"]) > 0, f"{overlay} {pod}: waits for other replicas' tasks"
+        redis = urlsplit(env["MESH_RATE_LIMIT_REDIS_URL"])
+        assert redis.scheme == "redis" and redis.hostname == "redis", f"{overlay} {pod}: rate limits in Redis"
+        assert redis.port in {p["port"] for p in objects(docs, "Service")["redis"]["spec"]["ports"]}, overlay
+    assert not seen & {f"{dotenv()['MESH_ORG']}/{dotenv()['MESH_UNIT']}/{n}" for n in ("coordinator", "workflows")}
+    policies = objects(docs, "NetworkPolicy").values()
+    egress = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()
+        for rule in policy["spec"].get("egress", [])
+        if any(peer.get("podSelector", {}).get("matchLabels") == {"app": "redis"} for peer in rule.get("to", []))
+        and any(port["port"] == redis.port for port in rule.get("ports", []))
+    ]
+    ingress = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"].get("matchLabels") == {"app": "redis"}
+        for rule in policy["spec"].get("ingress", [])
+        if any(
+            peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
+            for peer in rule.get("from", [])
+        )
+        and any(port["port"] == redis.port for port in rule.get("ports", []))
+    ]
+    assert egress and ingress, f"{overlay}: NetworkPolicies let the coordinators reach Redis (egress and ingress)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -835,7 +944,7 @@ def test_the_same_services_everywhere(devstack: DevStack) -> None:
     """make dev's processes = Compose's services = every overlay's workloads (plus what an overlay documents)."""
     expected = set(devstack.processes)
     assert set(AGENTS) <= expected, "make dev runs every agent folder of services/agents/"
-    compose = set(compose_services())
+    compose = set(compose_services()) - set(COMPOSE_REPLICAS)
     assert compose == expected, (
         f"compose.yaml and make dev differ: only in compose {sorted(compose - expected)}, "
         f"only in make dev {sorted(expected - compose)}"
@@ -872,6 +981,7 @@ def test_the_same_images_everywhere() -> None:
     compose = compose_services()
     for name, service in compose.items():
         image = service.resolved["image"]
+        name = COMPOSE_REPLICAS.get(name, name)
         if name in THIRD_PARTY:
             assert "build" not in service.raw, f"compose {name}: a third-party image"
             continue
@@ -972,6 +1082,9 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
             if service in AGENTS:
                 assert set(K8S_AGENT_ONLY_SETTINGS) <= k8s, f"{overlay} {service}: {sorted(K8S_AGENT_ONLY_SETTINGS)}"
                 k8s -= set(K8S_AGENT_ONLY_SETTINGS)
+            if service == "coordinator":
+                assert set(K8S_REPLICA_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_REPLICA_ONLY_SETTINGS)}"
+                k8s -= set(K8S_REPLICA_ONLY_SETTINGS)
             assert k8s == compose, (
                 f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
                 f"only in compose {sorted(compose - k8s)}"
@@ -986,7 +1099,8 @@ def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> Non
         compose = compose_services()[service].env
         k8s = k8s_env(docs, main_container(workloads(docs)[service]))
         for name, value in k8s.items():
-            if name.startswith("MESH_") and value is not FROM_POD and name not in K8S_AGENT_ONLY_SETTINGS:
+            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS}
+            if name.startswith("MESH_") and value is not FROM_POD and name not in only_k8s:
                 assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
 
 
@@ -1179,12 +1293,51 @@ def test_every_process_connects_with_tls_as_the_same_identity_everywhere(
     assert [(acl["acltype"], acl["topic"]) for acl in acls] == [("subscribePattern", "$SYS/broker/uptime")]
 
 
-def pool_identity(stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str) -> Identity | None:
-    """The identity whose certificate an agent's pod holds under `prefix`: its pool's, the agent's plain identity
-    (None: the process's own identity everywhere). The pod enrolls its own username and password as it starts."""
-    if pod is None or prefix != "MESH_MQTT__":
+def test_compose_runs_a_second_coordinator_as_an_identity_of_its_own(devstack: DevStack) -> None:
+    """Compose's coordinator-1 (profile replicas) is the coordinator with other identities, coordinator-1 and
+    workflows-1, which `make certs` issues (their own certificates, keys and passwords mounted, nothing of the first
+    coordinator's), the replica ids make dev's second coordinator has, and ports of its own on the host; both
+    coordinators share rate limits in Redis."""
+    stack, services = devstack.stack, compose_services()
+    first, second = services["coordinator"], services["coordinator-1"]
+    assert second.raw.get("profiles") == ["replicas"], "only with --profile replicas"
+    assert second.resolved["image"] == first.resolved["image"] and second.raw["build"] == first.raw["build"]
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
+    expected = {"MESH_MQTT__": "coordinator-1", "MESH_WORKFLOWS_MQTT__": "workflows-1"}
+    for prefix, name in expected.items():
+        username = second.env[f"{prefix}USERNAME"]
+        assert username == f"{stack.org}/{stack.unit}/{name}" and username in issued, f"{prefix}: {username}"
+    assert (second.env["MESH_REPLICA_ID"], second.env["MESH_WORKFLOWS_ID"]) == ("coordinator-1", "workflows-1")
+    assert service_of(second.env["MESH_REPLICA_ID"]) == "coordinator", "a replica name the task store trusts"
+    files = compose_pki_files(second, stack.pki.root)
+    for prefix, name in expected.items():
+        identity = stack.pki.client(issued[f"{stack.org}/{stack.unit}/{name}"])
+        assert common_name(files[second.env[f"{prefix}CERT_FILE"]]) == identity.username
+        assert files[second.env[f"{prefix}KEY_FILE"]] == identity.key.read_bytes(), f"{prefix}: its own key"
+        assert files[second.env[f"{prefix}PASSWORD_FILE"]] == identity.password_file.read_bytes(), prefix
+    theirs = compose_pki_files(first, stack.pki.root)
+    own_files = {second.env[f"{prefix}{name}"] for prefix in expected for name in IDENTITY_FILES[1:]}
+    assert all(files[path] != theirs[path] for path in own_files), "coordinator-1 mounts the first's credentials"
+    identity_settings = {f"{prefix}{name}" for prefix in expected for name in ("USERNAME",)}
+    same = set(first.env) - identity_settings
+    assert {key: second.env.get(key) for key in same} == {key: first.env[key] for key in same}, "other settings"
+    assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID", "MESH_WORKFLOWS_ID"}
+    assert first.env["MESH_RATE_LIMIT_REDIS_URL"].startswith("redis://redis:"), "rate limits shared in Redis"
+    host_ports = [str(entry).rsplit(":", 1)[0] for s in (first, second) for entry in s.resolved["ports"]]
+    assert len(host_ports) == len(set(host_ports)) == 4, f"each coordinator on host ports of its own: {host_ports}"
+
+
+def pool_identity(
+    stack: Stack, issued: dict[str, Identity], pod: str | None, prefix: str, service: str | None = None
+) -> Identity | None:
+    """The identity whose certificate a pod that enrolls holds under `prefix`: its pool's (an agent's plain
+    identity, the plain `coordinator` or `workflows`; None: the process's own identity everywhere). The pod enrolls
+    its own username and password as it starts."""
+    service = service or (pod.rpartition("-")[0] if pod else None)
+    pool = ENROLLED_IDENTITIES.get(service or "", {}).get(prefix)
+    if pod is None or pool is None:
         return None
-    return issued.get(Identity(pod.rpartition("-")[0], Role.AGENT).username(stack.org, stack.unit))
+    return issued.get(Identity(pool, Role.AGENT).username(stack.org, stack.unit))
 
 
 def check_k8s_identity(
@@ -1204,13 +1357,17 @@ def check_k8s_identity(
     env = k8s_env(docs, main_container(workload), pod)
     if pod is not None:
         where = f"{where} (pod {pod})"
-    pool = pool_identity(stack, issued, pod, prefix)
-    if pod is not None and prefix == "MESH_MQTT__":
-        username = Identity(pod, Role.AGENT).username(stack.org, stack.unit)
-        assert pool is not None and pool.name == service, f"{where}: {pod} is no replica of {service}"
-        template = json.loads(stack.pki.enroll_template(service).read_text())
-        assert template["pool"] == service, f"{where}: `make certs` writes no role template for the pool {service}"
-        assert env["MESH_POOL"] == service, f"{where}: MESH_POOL is its identity's pool"
+    pool = pool_identity(stack, issued, pod, prefix, service)
+    expected_pool = ENROLLED_IDENTITIES.get(service, {}).get(prefix)
+    if pod is not None and expected_pool is not None:
+        replica = f"{expected_pool}-{pod.rpartition('-')[2]}"
+        username = Identity(replica, Role.AGENT).username(stack.org, stack.unit)
+        assert pool is not None and pool.name == expected_pool, f"{where}: {replica} is no replica of {expected_pool}"
+        template = json.loads(stack.pki.enroll_template(expected_pool).read_text())
+        assert template["pool"] == expected_pool, f"{where}: `make certs` writes no role template for {expected_pool}"
+        assert template["rolename"] == f"id:{template['username']}", f"{where}: a role of its own"
+        if service in AGENTS:
+            assert env["MESH_POOL"] == service, f"{where}: MESH_POOL is its identity's pool"
         settings["USERNAME"] = username
     assert {name: env[prefix + name] for name in settings} == settings, where
 
@@ -1242,12 +1399,14 @@ def test_every_process_reads_the_same_pki_files_at_the_same_paths(
             if service != "broker":
                 env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
                 assert service_files_read(env) == needed, f"{where}: other file settings than Compose's"
-                pool = pool_identity(stack, issued, pod, "MESH_MQTT__")
-                if pool is not None:  # the pool's certificate, and the password it enrolls
-                    files = stack.pki.client(pool)
+                for prefix in IDENTITY_PREFIXES:
+                    pool = pool_identity(stack, issued, pod, prefix, service)
+                    if pool is None:
+                        continue
+                    files = stack.pki.client(pool)  # the pool's certificate, and the password it enrolls
                     for name, source in (("CERT", files.cert), ("KEY", files.key)):
-                        expected[env[f"MESH_MQTT__{name}_FILE"]] = source.read_bytes()
-                    expected[env["MESH_MQTT__PASSWORD_FILE"]] = ENROLLED
+                        expected[env[f"{prefix}{name}_FILE"]] = source.read_bytes()
+                    expected[env[f"{prefix}PASSWORD_FILE"]] = ENROLLED
             if service in AGENTS:  # the pool's certificate only, never a password issued in advance
                 names = {common_name(content) for content in k8s.values() if content.startswith(b"-----BEGIN CERT")}
                 assert names == {
@@ -1565,10 +1724,9 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
         workload = workloads(docs)[service]
         for pod in k8s_pods(service):
             mounted = k8s_secret_files(docs, workload, k8s_secrets, pod)
-            enroll = enroll_container(workload)
-            if enroll is not None:  # the init container's Secrets too; the password is its to write
-                mounted = {path: content for path, content in mounted.items() if content != ENROLLED}
-                mounted |= k8s_secret_files(docs, workload, k8s_secrets, pod, enroll)
+            mounted = {path: content for path, content in mounted.items() if content != ENROLLED}
+            for init in enroll_containers(workload):  # the init containers' Secrets too; passwords are theirs
+                mounted |= k8s_secret_files(docs, workload, k8s_secrets, pod, init)
             for path, content in mounted.items():
                 inside(path, service, pod).parent.mkdir(parents=True, exist_ok=True)
                 inside(path, service, pod).write_bytes(content)
@@ -1617,9 +1775,8 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
             assert attempt != health, f"{what}: the attempt did not change the command"
             assert sh(attempt).returncode != 0, f"{what}: the broker let it through"
         for service, pod in [(name, pod) for name in mesh_services(devstack) for pod in k8s_pods(name)]:
-            enroll = enroll_container(workloads(docs)[service])
-            if enroll is not None:  # the pod's init container enrolls its identity on the broker first
-                enroll_pod(k8s_env(docs, enroll, pod), port, lambda path, s=service, p=pod: inside(path, s, p))
+            for init in enroll_containers(workloads(docs)[service]):  # the pod enrolls its identities first
+                enroll_pod(k8s_env(docs, init, pod), port, lambda path, s=service, p=pod: inside(path, s, p))
             env = k8s_env(docs, main_container(workloads(docs)[service]), pod)
             for prefix in [prefix for prefix in IDENTITY_PREFIXES if f"{prefix}USERNAME" in env]:
                 settings = MqttSettings(

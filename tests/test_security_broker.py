@@ -41,6 +41,7 @@ from a2amesh.mqtt import (
     publish_properties,
 )
 from a2amesh.settings import AgentSettings, EnrollSettings, MqttSettings
+from a2amesh.topics import PoolAddress
 from agent_echo.agent import EchoAgent
 from devstack.bridge import EdgeSite
 from devstack.fixtures import BrokerHandle
@@ -377,6 +378,36 @@ async def test_an_enrolled_replica_acts_only_as_itself_and_reads_only_its_own_po
     assert await connect_error(again.settings, first.client_id) is None
     with pytest.raises(EnrollError):
         replica_entries(json.loads(broker.stack.pki.enroll_template(pool).read_text()), "analyst", "x")
+
+
+async def test_an_enrolled_coordinator_pod_holds_only_its_own_identities(broker: BrokerHandle, tmp_path: Path) -> None:
+    """Kubernetes coordinator pods enroll coordinator-<i> and workflows-<i> as they start, from the templates `make
+    certs` writes (devstack.pki.SERVICE_REPLICAS): each pinned to its own name; the coordinator replica reads only
+    its own reply inboxes and records only under its own name; its workflows agent serves only its own requests and
+    joins no pool; a template enrolls only names of its own service."""
+    ordinal = 1000 + int(short_id(), 16) % 10**6  # names no other test on this broker uses
+    first = enrolled(broker, f"coordinator-{ordinal}", "coordinator", tmp_path)
+    second = enrolled(broker, f"coordinator-{ordinal + 1}", "coordinator", tmp_path)
+    workflows = enrolled(broker, f"workflows-{ordinal}", "workflows", tmp_path)
+    assert await connect_error(first.settings, second.client_id) is not None, "connected under the other's id"
+    assert await connect_error(first.settings.model_copy(update={"username": second.client_id}), second.client_id)
+    async with connected(first) as (mine, send):
+        assert await suback(mine, first.address.reply_filter()) in GRANTED
+        for topic_filter in (second.address.reply_filter(), first.address.request_topic, *WIDE_FILTERS):
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        assert await send.publish(second.address.event_topic, b"{}") == NOT_AUTHORIZED
+        assert await send.publish(first.address.event_topic, b"{}") in DELIVERED
+        assert await send.publish(workflows.address.request_topic, b"{}") in DELIVERED  # it sends agents requests
+    pool = PoolAddress(broker.stack.org, broker.stack.unit, "workflows").shared_subscription
+    async with connected(workflows) as (mine, send):
+        assert await suback(mine, workflows.address.request_topic) in GRANTED
+        for topic_filter in (pool, first.address.reply_filter(), *WIDE_FILTERS):
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        assert await send.publish(first.address.event_topic, b"{}") == NOT_AUTHORIZED
+    template = json.loads(broker.stack.pki.enroll_template("coordinator").read_text())
+    for name in ("workflows-1", "coordinator", "coordinatorx-1", "analyst-0"):
+        with pytest.raises(EnrollError):
+            replica_entries(template, name, "x")
 
 
 async def test_a_coordinator_replica_acts_only_as_itself(broker: BrokerHandle) -> None:

@@ -188,8 +188,10 @@ class Pki:
         return self.root / "enroll" / f"{pool}.json"
 
     def write_enroll_template(self, pool: str) -> Path:
-        """Write (or refresh) the pool's enrollment template."""
-        identity = Identity(REPLICA_PLACEHOLDER, Role.AGENT, pool)
+        """Write (or refresh) the pool's enrollment template: an agent's pool (its replicas share its subscription),
+        or a service whose replicas enroll (SERVICE_REPLICAS: coordinator pods and the workflows agents they host)."""
+        role = SERVICE_REPLICAS.get(pool)
+        identity = Identity(REPLICA_PLACEHOLDER, role) if role else Identity(REPLICA_PLACEHOLDER, Role.AGENT, pool)
         username = identity.username(self.org, self.unit)
         template = {
             "pool": pool,
@@ -284,7 +286,7 @@ class Pki:
             self.issue("broker", server_names=broker_hosts)
         for identity in [Identity(ADMIN, Role.TESTER), Identity(ENROLLER, Role.TESTER), *identities]:
             self.client(identity)
-        for pool in sorted({*pools, *(identity.pool for identity in identities if identity.pool)}):
+        for pool in sorted({*pools, *SERVICE_REPLICAS, *(identity.pool for identity in identities if identity.pool)}):
             self.write_enroll_template(pool)
         self.write_dynsec(identities)
         self.api_key()
@@ -386,6 +388,10 @@ class Pki:
         self.dynsec_file.write_text(json.dumps(config, indent=1))
         os.chmod(self.dynsec_file, 0o600)
 
+
+SERVICE_REPLICAS = {"coordinator": Role.COORDINATOR, "workflows": Role.AGENT}
+"""Services whose Kubernetes pods enroll `<service>-<ordinal>` as they start (k8s/base/coordinator.yaml): each
+coordinator replica, and the workflows agent it hosts (no pool: each answers only its own replica's workflows)."""
 
 _ADMIN_ACLS = [
     {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},

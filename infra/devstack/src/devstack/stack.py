@@ -173,6 +173,9 @@ class Stack:
         fixed = [
             *_SERVICE_IDENTITIES.values(),
             Identity("workflows", Role.AGENT),
+            # Compose's second coordinator (profile replicas) and make dev's (COORDINATORS=2)
+            Identity("coordinator-1", Role.COORDINATOR),
+            Identity("workflows-1", Role.AGENT),
             Identity("meshctl", Role.OBSERVER),
             Identity("health", Role.HEALTH),
         ]
