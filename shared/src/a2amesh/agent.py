@@ -196,7 +196,8 @@ class MeshAgent:
     def task_machine(self, outbox: Outbox) -> TaskMachine:
         """This agent's tasks run as its responder runs them, answering through `outbox` (what `a2amesh.testing`
         drives without a broker)."""
-        return TaskMachine(self.card(), self.handle, self.settings, outbox, on_cancel=self.on_cancel)
+        pooled = self.settings.pool is not None
+        return TaskMachine(self.card(), self.handle, self.settings, outbox, pooled=pooled, on_cancel=self.on_cancel)
 
 
 def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -> None:

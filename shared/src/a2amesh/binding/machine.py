@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from a2amesh.binding.tasks import (
     FinishedTask,
+    Stop,
     Subscriber,
     TaskContext,
     TaskFailedError,
@@ -244,8 +245,9 @@ class TaskMachine:
                     ),
                 )
                 return
-            if isinstance(record, TaskRecord) and record.current_state.is_interrupted and not record.active:
-                await self._continue(record, params, subscriber)
+            unfinished = record.unfinished
+            if unfinished is not None and unfinished.current_state.is_interrupted and not unfinished.active:
+                await self._continue(unfinished, params, subscriber)
             else:
                 await self._attach(record, subscriber)  # a retry of a request already taken: same task, new inbox
             return
@@ -306,17 +308,18 @@ class TaskMachine:
 
     async def _cancel_task(self, request: JsonRpcRequest, reply_to: ReplyAddress) -> None:
         params = CancelTaskRequest.model_validate(request.params)
-        record = self.tasks.get(params.id)
-        if record is None:
+        known = self.tasks.get(params.id)
+        if known is None:
             await self.outbox.reply(reply_to, _task_not_found(request.id, params.id))
             return
-        if record.current_state.is_terminal or not isinstance(record, TaskRecord):  # finished: kept compactly
+        record = known.unfinished
+        if record is None:
             await self.outbox.reply(
                 reply_to,
                 error_response(
                     request.id,
                     ErrorCode.TASK_NOT_CANCELABLE,
-                    f"Task {params.id} is already {record.current_state.name}",
+                    f"Task {params.id} is already {known.current_state.name}",
                     a2a_error_info("TASK_NOT_CANCELABLE"),
                 ),
             )
@@ -399,9 +402,9 @@ class TaskMachine:
             if not record.current_state.ends_stream:
                 await context.complete()
         except asyncio.CancelledError:
-            if record.state.pop("handed_over", False):
+            if record.stopped is Stop.HANDED_OVER:
                 return  # a pool peer runs it now, under the same task id, and reports its events
-            if record.state.pop("shutdown", False):
+            if record.stopped is Stop.SHUTDOWN:
                 await self._end(record, TaskState.FAILED, "agent stopped before the task finished")
             else:
                 await self._end(record, TaskState.CANCELED, "canceled by request")
@@ -491,8 +494,9 @@ class TaskMachine:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             if stop.is_set() or not self.outbox.connected:
                 continue
-            for record in list(self.tasks.values()):
-                if isinstance(record, TaskRecord) and record.active and record.subscribers:
+            for known in list(self.tasks.values()):
+                record = known.unfinished
+                if record is not None and record.active and record.subscribers:
                     with contextlib.suppress(NotConnectedError):
                         await self._send_keepalive(record)
 
@@ -510,13 +514,17 @@ class TaskMachine:
         if runners:
             log.info("stopping: waiting up to %ss for %d task(s)", SHUTDOWN_GRACE, len(runners))
             await asyncio.wait(runners, timeout=SHUTDOWN_GRACE)
-        for record in list(self.tasks.values()):
-            if record.active and record.runner:
+        for known in list(self.tasks.values()):
+            runner = known.runner
+            if runner is None or runner.done():
+                continue
+            record = known.unfinished  # None: it ended, and its runner is only finishing its last publishes
+            if record is not None:
                 handed = await self._hand_over(record)
-                record.state["handed_over" if handed else "shutdown"] = True
-                record.runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await record.runner
+                record.stopped = Stop.HANDED_OVER if handed else Stop.SHUTDOWN
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
 
     def _may_hand_over(self, record: TaskRecord) -> bool:
         """Whether a peer may run this task again from the start: a pool to hand it to, a skill the card declares
