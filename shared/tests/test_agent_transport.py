@@ -29,24 +29,13 @@ from a2amesh.mqtt import (
     publish_properties,
 )
 from a2amesh.topics import AgentAddress
+from devstack.agent_testing import running
 from devstack.fixtures import BrokerHandle
 
 WAIT = 20.0
 """Seconds any one message may take to arrive (a loaded machine; bounded)."""
 
 CARD = b'{"name":"transport-test"}'
-
-
-@contextlib.asynccontextmanager
-async def running(transport: AgentTransport) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(transport.link.run(stop))
-    try:
-        await asyncio.wait_for(transport.link.connected.wait(), WAIT)
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT)
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +65,7 @@ async def test_presence_is_the_retained_card_online_with_its_load_then_offline(
     broker: BrokerHandle, address: AgentAddress
 ) -> None:
     transport = AgentTransport(broker.settings, address, CARD, load=lambda: 0.25)
-    async with watcher(broker, address.discovery_topic) as client, running(transport):
+    async with watcher(broker, address.discovery_topic) as client, running(transport.link):
         online = await next_message(client)
         assert online.payload == CARD
         assert user_properties(online)[STATUS_PROPERTY] == "online"
@@ -102,7 +91,7 @@ async def test_only_requests_with_a_reply_address_are_handed_on(broker: BrokerHa
     async with watcher(broker) as client:
         await client.publish(topic, b"standing order", qos=1, retain=True, properties=properties)
         try:
-            async with running(transport):  # subscribing, it is handed the retained request: never run
+            async with running(transport.link):  # subscribing, it is handed the retained request: never run
                 await client.publish(topic, b"no reply topic", qos=1)
                 await client.publish(topic, b'{"jsonrpc":"2.0"}', qos=1, properties=properties)
                 request = await asyncio.wait_for(received.get(), WAIT)
@@ -119,7 +108,7 @@ async def test_replies_echo_the_correlation_and_events_carry_an_event_id(
 ) -> None:
     transport = AgentTransport(broker.settings, address, CARD)
     reply_topic = f"$a2a/v1/reply/acme/transport/tester/{uuid.uuid4().hex[:8]}"
-    async with running(transport), watcher(broker, reply_topic, address.event_topic) as client:
+    async with running(transport.link), watcher(broker, reply_topic, address.event_topic) as client:
         await transport.reply(ReplyAddress(reply_topic, b"c-1"), result_response(3, {"ok": True}))
         reply = await next_message(client)
         assert json.loads(reply.payload) == {"jsonrpc": "2.0", "id": 3, "result": {"ok": True}}
@@ -147,7 +136,7 @@ async def test_a_reply_too_big_for_one_packet_loses_its_history_or_becomes_an_er
     reply_topic = f"$a2a/v1/reply/acme/transport/tester/{uuid.uuid4().hex[:8]}"
     big = "x" * 1_100_000
     with_history: dict[str, Any] = {"id": "t", "status": {"state": "TASK_STATE_COMPLETED"}, "history": [big]}
-    async with running(transport), watcher(broker, reply_topic) as client:
+    async with running(transport.link), watcher(broker, reply_topic) as client:
         await transport.reply(ReplyAddress(reply_topic, b"c"), result_response(1, {"task": with_history}))
         trimmed = json.loads((await next_message(client)).payload)
         assert trimmed["result"]["task"] == {"id": "t", "status": {"state": "TASK_STATE_COMPLETED"}}
