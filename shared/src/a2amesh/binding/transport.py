@@ -167,11 +167,12 @@ class AgentTransport:
         )
 
     # -- the outbox --------------------------------------------------------------------------------------
-    async def record(self, body: bytes) -> None:
-        await self.link.publish(self.address.event_topic, body, qos=1, properties=event_properties(), wait=REPORT_WAIT)
+    def record(self, body: bytes) -> Awaitable[None]:
+        # the publish itself is handed back to be awaited: no coroutine of its own on the path of every event
+        return self.link.publish(self.address.event_topic, body, properties=event_properties(), wait=REPORT_WAIT)
 
     async def stream(self, subscriber: Subscriber, item: StreamResponse, body: bytes) -> None:
-        payload = stream_payload(subscriber.request_id, body)
+        payload = b'{"jsonrpc":"2.0","id":' + json.dumps(subscriber.request_id).encode() + b',"result":' + body + b"}"
         if len(payload) > MAX_PACKET_BYTES - len(subscriber.reply_topic) - len(subscriber.correlation) - 1024:
             await self.reply(
                 ReplyAddress(subscriber.reply_topic, subscriber.correlation),
