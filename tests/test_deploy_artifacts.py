@@ -68,6 +68,7 @@ from a2amesh.settings import (
 from devstack.pki import Identity, Pki, Role
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_names
+from devstack.topology import TOPOLOGY, TOPOLOGY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / ".env"
@@ -941,19 +942,23 @@ def test_network_policies_deny_by_default(overlay: str) -> None:
 
 # == 3. Compose, Kubernetes and the dev runner agree ============================================================
 def test_the_same_services_everywhere(devstack: DevStack) -> None:
-    """make dev's processes = Compose's services = every overlay's workloads (plus what an overlay documents)."""
-    expected = set(devstack.processes)
-    assert set(AGENTS) <= expected, "make dev runs every agent folder of services/agents/"
+    """topology.yaml's processes = make dev's = Compose's services = every overlay's workloads (plus what an overlay
+    documents)."""
+    expected = TOPOLOGY.process_names()
+    assert set(devstack.processes) == expected, (
+        f"make dev and {TOPOLOGY_FILE} differ: only in make dev {sorted(set(devstack.processes) - expected)}, "
+        f"only declared {sorted(expected - set(devstack.processes))}"
+    )
     compose = set(compose_services()) - set(COMPOSE_REPLICAS)
     assert compose == expected, (
-        f"compose.yaml and make dev differ: only in compose {sorted(compose - expected)}, "
-        f"only in make dev {sorted(expected - compose)}"
+        f"compose.yaml and {TOPOLOGY_FILE} differ: only in compose {sorted(compose - expected)}, "
+        f"only declared {sorted(expected - compose)}"
     )
     for overlay in OVERLAYS:
         k8s = set(workloads(rendered(overlay)))
         extra = set(OVERLAY_ONLY_WORKLOADS.get(overlay, {}))
         assert k8s == expected | extra, (
-            f"k8s/overlays/{overlay} and make dev differ: only in k8s {sorted(k8s - expected - extra)}, "
+            f"k8s/overlays/{overlay} and {TOPOLOGY_FILE} differ: only in k8s {sorted(k8s - expected - extra)}, "
             f"missing from k8s {sorted(expected | extra - k8s)}"
         )
 

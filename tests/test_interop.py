@@ -50,10 +50,14 @@ async def test_sdk_requester_retry_with_same_task_id_is_deduplicated(mesh: Stack
     assert first[-1] == second[-1] == ("terminal", "only once")
 
     async def recorded() -> dict | None:
+        """The record once it has the task's end (the store writes events as they come: the first may be alone)."""
         response = await http.get(f"{mesh.taskstore_url}/tasks/{request.task_id}/events?scope=all")
-        return response.json() if response.status_code == 200 else None
+        if response.status_code != 200:
+            return None
+        record = response.json()
+        return record if record["statusHistory"][-1]["state"] == "TASK_STATE_COMPLETED" else None
 
-    record = await eventually(recorded, what="task recorded")
+    record = await eventually(recorded, what="task recorded to its end")
     assert [s["state"] for s in record["statusHistory"]].count("TASK_STATE_COMPLETED") == 1
 
 

@@ -23,6 +23,7 @@ from devstack.pki import Identity, Role
 from devstack.processes import REPO_ROOT, free_port
 from devstack.scaffold import LEFTOVER, AgentName, ScaffoldError, new_agent
 from devstack.stack import Stack
+from devstack.topology import load_topology
 from tests.conftest import collect, send_request, user_message
 
 NAME = "word-count"
@@ -58,6 +59,8 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     assert f"agent-{NAME}" in project["project"]["dependencies"]
     assert project["tool"]["uv"]["sources"][f"agent-{NAME}"] == {"workspace": True}
 
+    assert NAME in load_topology(scaffolded).agents, "declared in topology.yaml, the one list of what runs"
+
     compose = yaml.safe_load((scaffolded / "compose.yaml").read_text())
     service = compose["services"][NAME]
     assert service["environment"]["MESH_AGENT_ID"] == NAME
@@ -75,7 +78,9 @@ def test_the_agent_is_one_folder_wired_into_workspace_compose_and_kubernetes(sca
     assert ("StatefulSet", NAME) in kinds and ("ServiceAccount", NAME) in kinds
 
 
-@pytest.mark.parametrize("shared", ["compose.yaml", "k8s/base/kustomization.yaml", "pyproject.toml"])
+@pytest.mark.parametrize(
+    "shared", ["infra/devstack/topology.yaml", "compose.yaml", "k8s/base/kustomization.yaml", "pyproject.toml"]
+)
 def test_the_shared_files_only_gain_the_agents_lines(scaffolded: Path, shared: str) -> None:
     """The scaffold edits shared files structurally (ruamel.yaml, tomlkit), never by rewriting text: every line of
     the file as it was stays, in order, with its comments, anchors and quotes; the new agent's lines are added."""

@@ -27,10 +27,11 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ValidationError
 
 import a2amesh.models as models
+from a2amesh.binding.machine import IncomingRequest, ReplyAddress, TaskMachine
 from a2amesh.binding.requester import MeshRequester, ReplyStream, RetryProfile, _decode, _ends_stream
-from a2amesh.binding.responder import Responder
-from a2amesh.binding.tasks import TaskContext
-from a2amesh.binding.wire import STREAMING_METHODS
+from a2amesh.binding.tasks import Subscriber, TaskContext
+from a2amesh.binding.transport import fitted, stream_payload
+from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS
 from a2amesh.models import (
     AgentCard,
     JsonRpcRequest,
@@ -687,6 +688,28 @@ request_payloads = st.one_of(
 )
 
 
+class _RecordingOutbox:
+    """A task machine's outbox that keeps each reply's payload, framed as the MQTT transport frames it."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+        """(Correlation Data, payload) of every reply and stream item, in order."""
+
+    async def reply(self, to: ReplyAddress, response: JsonRpcResponse) -> None:
+        self.sent.append((to.correlation, fitted(response, MAX_PACKET_BYTES)))
+
+    async def stream(self, subscriber: Subscriber, item: StreamResponse, body: bytes) -> None:
+        self.sent.append((subscriber.correlation, stream_payload(subscriber.request_id, body)))
+
+    async def keepalive(self, subscriber: Subscriber, body: bytes) -> None:
+        return
+
+    async def record(self, body: bytes) -> None:
+        return
+
+
 async def _echo_handler(task: TaskContext) -> None:
     await task.artifact(text=task.text or "(no text)")
 
@@ -730,29 +753,19 @@ def test_responder_answers_every_request_once_with_an_error_or_a_stream(
             version="1",
             supported_interfaces=[models.AgentInterface(url="mqtt://x", protocol_binding="x")],
         )
-        responder = Responder(card, _echo_handler, settings)
-        link = _StubLink()
-        responder.link = link  # type: ignore[assignment]
+        outbox = _RecordingOutbox()
+        machine = TaskMachine(card, _echo_handler, settings, outbox)
         outcome: list[tuple[bytes, list[JsonRpcResponse]]] = []
         for index, payload in enumerate(payloads):
             data = payload.encode() if isinstance(payload, str) else payload
             correlation = f"c{index}".encode()
-            await asyncio.wait_for(
-                responder._on_message(Envelope("t", data, False, REPLY_TOPIC, correlation)), timeout=5
-            )
-            runners = [record.runner for record in responder.tasks.values() if record.runner]
+            request = IncomingRequest(data, ReplyAddress(REPLY_TOPIC, correlation))
+            await asyncio.wait_for(machine.handle(request), timeout=5)
+            runners = [record.runner for record in machine.tasks.values() if record.runner]
             if runners:
                 await asyncio.wait_for(asyncio.gather(*runners, return_exceptions=True), timeout=5)
-            replies = [
-                JsonRpcResponse.model_validate_json(body)
-                for topic, body, properties in link.published
-                if topic == REPLY_TOPIC and properties is not None and properties.CorrelationData == correlation
-            ]
+            replies = [JsonRpcResponse.model_validate_json(body) for to, body in outbox.sent if to == correlation]
             outcome.append((data, replies))
-        # a request without a Response Topic is dropped without a word
-        before = len(link.published)
-        await responder._on_message(Envelope("t", payloads[0] if isinstance(payloads[0], bytes) else b"", False))
-        assert len(link.published) == before
         return outcome
 
     for payload, replies in asyncio.run(scenario()):

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, TypeVar
 
 from starlette.applications import Starlette
 
+from a2amesh.binding.machine import Outbox, TaskMachine
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.binding.tasks import TaskContext, TaskFailedError, TaskRejectedError
 from a2amesh.binding.wire import (
@@ -192,9 +193,14 @@ class MeshAgent:
         await getattr(self, method)(task)
 
     def responder(self) -> Responder:
-        """The binding's responder serving this agent: what `serve` runs, and what `a2amesh.testing` drives
-        without a broker."""
+        """The binding's responder serving this agent over MQTT: what `serve` runs."""
         return Responder(self.card(), self.handle, self.settings, on_cancel=self.on_cancel)
+
+    def task_machine(self, outbox: Outbox) -> TaskMachine:
+        """This agent's tasks run as its responder runs them, answering through `outbox` (what `a2amesh.testing`
+        drives without a broker)."""
+        pooled = self.settings.pool is not None
+        return TaskMachine(self.card(), self.handle, self.settings, outbox, pooled=pooled, on_cancel=self.on_cancel)
 
 
 def serve(agent_class: type[MeshAgent], settings: AgentSettings | None = None) -> None:

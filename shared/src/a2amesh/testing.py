@@ -1,6 +1,6 @@
-"""Test an agent fast and without a broker: `AgentHarness` sends requests to the agent's real responder (the one
-`serve` runs, so WORKING, COMPLETED on return, REJECTED on TaskRejectedError and INPUT_REQUIRED come from the
-runtime itself) over an in-memory link instead of MQTT, and hands back what a streaming requester would receive.
+"""Test an agent fast and without a broker: `AgentHarness` sends requests to the agent's real task machine (the one
+its responder runs, so WORKING, COMPLETED on return, REJECTED on TaskRejectedError and INPUT_REQUIRED come from the
+runtime itself) with an in-memory outbox instead of MQTT, and hands back what a streaming requester would receive.
 
     harness = AgentHarness(MyAgent(AgentSettings(agent_id="my-agent-test")))
     reply = await harness.send("hello", skill="my-skill")
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from a2amesh.agent import MeshAgent
-from a2amesh.binding.responder import Responder
-from a2amesh.models import Artifact, Part, StreamResponse, Task, TaskState
-from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope
+from a2amesh.binding.machine import IncomingRequest, ReplyAddress, TaskMachine
+from a2amesh.binding.tasks import Subscriber
+from a2amesh.binding.wire import encode
+from a2amesh.models import Artifact, JsonRpcResponse, Part, StreamResponse, Task, TaskState
 from a2amesh.topics import AgentAddress, new_reply_suffix
 
 AgentT = TypeVar("AgentT", bound=MeshAgent)
@@ -38,45 +39,41 @@ class AgentRequestError(Exception):
         self.message = message
 
 
-@dataclass
-class Published:
-    """One message the agent published: its topic and payload, decoded from JSON."""
+class MemoryOutbox:
+    """The outbox of an agent's task machine kept in memory: what it would publish is recorded (the task events
+    in `events`), and the replies to each request wait in that request's inbox."""
 
-    topic: str
-    body: Any
-    retain: bool
+    connected = True
 
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._inboxes: dict[bytes, asyncio.Queue[dict[str, Any]]] = {}
 
-class MemoryLink:
-    """Stands in for the responder's MQTT link: what it publishes is kept in memory, requests are handed to it
-    directly. Only what the responder uses of a link is here."""
+    async def reply(self, to: ReplyAddress, response: JsonRpcResponse) -> None:
+        await self._deliver(to.correlation, json.loads(encode(response)))
 
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-        self.connected = asyncio.Event()
-        self.connected.set()
-        self.reconnects = 0
-        self.client = None
-        self.published: list[Published] = []
-        self._inboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+    async def stream(self, subscriber: Subscriber, item: StreamResponse, body: bytes) -> None:
+        reply = {"jsonrpc": "2.0", "id": subscriber.request_id, "result": json.loads(body)}
+        await self._deliver(subscriber.correlation, reply)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
+    async def keepalive(self, subscriber: Subscriber, body: bytes) -> None:
+        return  # activity only: nothing a test of the agent's work looks at
 
-    async def publish(self, topic: str, payload: bytes, *args: Any, retain: bool = False, **kwargs: Any) -> None:
-        body = json.loads(payload) if payload else None
-        self.published.append(Published(topic, body, retain))
-        inbox = self._inboxes.get(topic)
+    async def record(self, body: bytes) -> None:
+        self.events.append(json.loads(body))
+
+    async def _deliver(self, correlation: bytes, reply: dict[str, Any]) -> None:
+        inbox = self._inboxes.get(correlation)
         if inbox is not None:
-            await inbox.put(body)
+            await inbox.put(reply)
 
-    def inbox(self, topic: str) -> asyncio.Queue[dict[str, Any]]:
-        """Where the replies published on `topic` arrive."""
-        return self._inboxes.setdefault(topic, asyncio.Queue())
+    def inbox(self, correlation: bytes) -> asyncio.Queue[dict[str, Any]]:
+        """Where the replies to the request sent with `correlation` arrive."""
+        return self._inboxes.setdefault(correlation, asyncio.Queue())
 
-    def forget(self, topic: str) -> None:
-        """Stop collecting replies on `topic` (its request is answered)."""
-        self._inboxes.pop(topic, None)
+    def forget(self, correlation: bytes) -> None:
+        """Stop collecting replies to that request (it is answered)."""
+        self._inboxes.pop(correlation, None)
 
 
 @dataclass
@@ -138,23 +135,22 @@ class Reply:
 
 
 class AgentHarness(Generic[AgentT]):
-    """An agent served by its real responder over a `MemoryLink`: no broker, no process, one event loop."""
+    """An agent's real task machine (what its responder runs) over a `MemoryOutbox`: no broker, no process, one
+    event loop."""
 
     def __init__(self, agent: AgentT, *, authorization: str | None = None) -> None:
-        """`authorization` is sent with every request (User Property a2a-authorization), for an agent that
-        requires a Bearer token (MESH_AUTH_TOKENS)."""
+        """`authorization` is sent with every request (User Property a2a-authorization over MQTT), for an agent
+        that requires a Bearer token (MESH_AUTH_TOKENS)."""
         self.agent = agent
         self.authorization = authorization
-        self.responder: Responder = agent.responder()
-        self.link = MemoryLink(self.responder.link.handler)
-        self.responder.link = self.link  # type: ignore[assignment]  # the in-memory stand-in for MQTT
+        self.outbox = MemoryOutbox()
+        self.machine: TaskMachine = agent.task_machine(self.outbox)
         self.requester = AgentAddress(agent.settings.org, agent.settings.unit, f"harness-{uuid.uuid4().hex[:8]}")
 
     @property
     def events(self) -> list[dict[str, Any]]:
         """Every task event the agent published on its event topic (what the task store records)."""
-        topic = self.responder.address.event_topic
-        return [published.body for published in self.link.published if published.topic == topic]
+        return list(self.outbox.events)
 
     async def send(
         self,
@@ -181,24 +177,16 @@ class AgentHarness(Generic[AgentT]):
         if metadata:
             params["metadata"] = metadata
         events = await self._request("SendStreamingMessage", params)
-        record = self.responder.tasks[message["taskId"]]
+        record = self.machine.tasks[message["taskId"]]
         return Reply(events=events, task=record.task)
 
     async def _request(self, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         correlation = uuid.uuid4().bytes
-        reply_topic = self.requester.reply_topic(new_reply_suffix())
-        inbox = self.link.inbox(reply_topic)
+        inbox = self.outbox.inbox(correlation)
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-        envelope = Envelope(
-            topic=self.responder.address.request_topic,
-            payload=json.dumps(request).encode(),
-            retain=False,
-            response_topic=reply_topic,
-            correlation_data=correlation,
-            user_properties={AUTHORIZATION_PROPERTY: self.authorization} if self.authorization else {},
-        )
-        await self.link.handler(envelope)
-        record = self.responder.tasks.get(params.get("message", {}).get("taskId", ""))
+        reply_to = ReplyAddress(self.requester.reply_topic(new_reply_suffix()), correlation)
+        await self.machine.handle(IncomingRequest(json.dumps(request).encode(), reply_to, self.authorization))
+        record = self.machine.tasks.get(params.get("message", {}).get("taskId", ""))
         runner = record.runner if record is not None else None
         if runner is not None:  # the turn runs in a task of its own: let it finish, so a next turn continues it
             await asyncio.wait_for(asyncio.shield(runner), REPLY_TIMEOUT)
@@ -213,4 +201,4 @@ class AgentHarness(Generic[AgentT]):
                     if StreamResponse.from_wire(reply["result"]).ends_stream:
                         return events
         finally:
-            self.link.forget(reply_topic)
+            self.outbox.forget(correlation)

@@ -5,8 +5,9 @@ The agent's own code comes from templates/agent/, filled with its skill's id, na
 Its Compose service and Kubernetes manifest are derived from the echo agent's (the template agent), so they follow
 whatever the project's deployment conventions are today; its image builds from services/Dockerfile, the one
 Dockerfile of every Python service, with the agent's package and module as build arguments (in its Compose service),
-so the agent has no Dockerfile of its own. The dev runner and the tests need no edit: they discover agents by folder
-(devstack.stack.discover_agents)."""
+so the agent has no Dockerfile of its own. The agent is declared in infra/devstack/topology.yaml, the one list the
+dev runner, the PKI and the checks of Compose and Kubernetes read (devstack.topology). Every edit of a shared file
+is structured (ruamel.yaml, tomlkit), never a regular expression."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ruamel.yaml.tokens import CommentToken
 
 from a2amesh.agent import MeshAgent
 from devstack.processes import REPO_ROOT
+from devstack.topology import TOPOLOGY_FILE
 
 TEMPLATES = Path(__file__).parent / "templates" / "agent"
 TEMPLATE_AGENT = "echo"
@@ -142,7 +144,8 @@ def new_agent(
     agent = _check(name, root, skill_id, skill_name, description)
     written = _render_code(agent, root)
     _format(root / "services/agents" / agent.name)
-    written += [_add_workspace_dependency(agent, root), _add_compose_service(agent, root)]
+    written += [_add_topology_agent(agent, root), _add_workspace_dependency(agent, root)]
+    written.append(_add_compose_service(agent, root))
     written += _add_kubernetes_manifest(agent, root)
     if lock:
         subprocess.run(["uv", "lock", "--quiet"], cwd=root, check=True)
@@ -275,6 +278,21 @@ def _dump(yaml: YAML, data: Any, path: Path) -> Path:
     text = io.StringIO()
     yaml.dump(data, text)
     return _write(path, text.getvalue())
+
+
+def _add_topology_agent(agent: AgentName, root: Path) -> Path:
+    """Declare the agent in the one list of what the mesh runs (topology.yaml), where the dev runner, the PKI and the
+    checks of Compose and Kubernetes read it: in sorted place, or last if the list is not sorted."""
+    path = root / TOPOLOGY_FILE
+    yaml = _round_trip_yaml()
+    topology = yaml.load(path.read_text())
+    agents = topology.get("agents")
+    if not isinstance(agents, CommentedSeq):
+        raise ScaffoldError(f"{TOPOLOGY_FILE} has no list of agents to add this one to")
+    names = [str(name) for name in agents]
+    position = sum(1 for name in names if name < agent.name) if names == sorted(names) else len(names)
+    agents.insert(position, agent.name)
+    return _dump(yaml, topology, path)
 
 
 def _add_compose_service(agent: AgentName, root: Path) -> Path:

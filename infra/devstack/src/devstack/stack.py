@@ -21,6 +21,7 @@ from a2amesh.settings import MqttSettings
 from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
+from devstack.topology import TOPOLOGY, agent_package
 
 SERVER_NAMES: dict[str, tuple[str, ...]] = {
     name: (name, f"{name}.a2a-mesh.svc", f"{name}.a2a-mesh.svc.cluster.local", "localhost")
@@ -39,28 +40,28 @@ AGENTS_DIR = REPO_ROOT / "services" / "agents"
 
 
 def discover_agents(agents_dir: Path = AGENTS_DIR) -> dict[str, str]:
-    """Agent id -> the package that runs it, by convention: every folder `services/agents/<name>/` with a
-    `src/agent_<name>/` package is an agent called <name> (dashes in the folder become underscores)."""
+    """Agent id -> package of every folder `services/agents/<name>/` with a `src/agent_<name>/` package (what
+    tests/test_topology.py compares with the agents topology.yaml declares)."""
     found: dict[str, str] = {}
     for folder in sorted(agents_dir.iterdir()) if agents_dir.is_dir() else []:
-        package = "agent_" + folder.name.replace("-", "_")
+        package = agent_package(folder.name)
         if (folder / "src" / package / "__main__.py").is_file():
             found[folder.name] = package
     return found
 
 
 def selected_agents() -> dict[str, str]:
-    """The agents to run: all discovered, or those named in MESH_DEV_AGENTS (comma-separated)."""
-    agents = discover_agents()
+    """The agents to run: all declared, or those named in MESH_DEV_AGENTS (comma-separated)."""
+    agents = AGENTS
     wanted = [name.strip() for name in os.environ.get("MESH_DEV_AGENTS", "").split(",") if name.strip()]
     unknown = set(wanted) - set(agents)
     if unknown:
         raise ValueError(f"MESH_DEV_AGENTS names unknown agents: {sorted(unknown)}; known: {sorted(agents)}")
-    return {name: agents[name] for name in wanted} if wanted else agents
+    return {name: agents[name] for name in wanted} if wanted else dict(agents)
 
 
-AGENTS: dict[str, str] = discover_agents()
-"""Every agent of the repository."""
+AGENTS: dict[str, str] = TOPOLOGY.agent_packages
+"""Every agent of the repository, as topology.yaml declares them."""
 
 AGENT_REPLICAS = 16
 """The most pods of one agent Kubernetes runs (its StatefulSet's HorizontalPodAutoscaler stops there;
@@ -73,13 +74,8 @@ def replica_names(agent_id: str, replicas: int = AGENT_REPLICAS) -> list[str]:
     return [f"{agent_id}-{ordinal}" for ordinal in range(replicas)]
 
 
-_SERVICE_IDENTITIES = {
-    # the mesh services' broker identities, by the module that runs each: the one list of them (identities() and
-    # service() read it; tests/test_deploy_artifacts.py checks Compose and Kubernetes mount the same)
-    "mesh_registry": Identity("registry", Role.REGISTRY),
-    "mesh_taskstore": Identity("taskstore", Role.TASKSTORE),
-    "mesh_coordinator": Identity("coordinator", Role.COORDINATOR),
-}
+_SERVICE_IDENTITIES = TOPOLOGY.service_identities()
+"""The mesh services' broker identities, by the module that runs each (topology.yaml)."""
 
 DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
 
@@ -170,16 +166,7 @@ class Stack:
     def identities(self) -> list[Identity]:
         """Everyone the broker admits from the start: services, agents (and their replicas), meshctl, the health probe
         (and tester)."""
-        fixed = [
-            *_SERVICE_IDENTITIES.values(),
-            Identity("workflows", Role.AGENT),
-            # Compose's second coordinator (profile replicas) and make dev's (COORDINATORS=2)
-            Identity("coordinator-1", Role.COORDINATOR),
-            Identity("workflows-1", Role.AGENT),
-            Identity("meshctl", Role.OBSERVER),
-            Identity("health", Role.HEALTH),
-        ]
-        fixed += [Identity(agent_id, Role.AGENT) for agent_id in self.agents]
+        fixed = TOPOLOGY.broker_identities(list(self.agents))
         # Kubernetes runs each agent as pods <agent>-0, -1, ... of the pool <agent>, which enroll their identities as
         # they start from the pool's template (`pools`); make dev and Compose run the plain identity
         if self.tester:

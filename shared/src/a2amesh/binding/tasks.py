@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 from a2amesh.models import (
@@ -26,6 +27,15 @@ from a2amesh.models import (
 from a2amesh.models.fold import fold
 
 Emit = Callable[["TaskRecord", StreamResponse], Awaitable[None]]
+
+
+class Stop(Enum):
+    """Why the runtime cancels a running task on its own, which decides how the task ends."""
+
+    HANDED_OVER = "handed over"
+    """Given back to its requesters for a pool peer, which runs it again under the same id: no event of ours."""
+    SHUTDOWN = "shutdown"
+    """The agent is stopping and the task may not run elsewhere: it ends FAILED."""
 
 
 class TaskRejectedError(Exception):
@@ -60,8 +70,10 @@ class TaskRecord:
     subscribers: list[Subscriber] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
     state: dict[str, Any] = field(default_factory=dict)
-    """Agent-owned scratch space that survives across turns of a multi-turn task."""
+    """Agent-owned scratch space that survives across turns of a multi-turn task (the runtime keeps out of it)."""
     started: float = field(default_factory=time.monotonic)
+    stopped: Stop | None = None
+    """Why the runtime itself cancelled the runner, when it did (a CancelTask leaves it None)."""
 
     @property
     def id(self) -> str:
@@ -79,6 +91,11 @@ class TaskRecord:
     def active(self) -> bool:
         """Running now (submitted or working), as opposed to finished or waiting for the user."""
         return self.runner is not None and not self.runner.done()
+
+    @property
+    def unfinished(self) -> TaskRecord | None:
+        """This record while the task may still change (running, or waiting for the user); None once it ended."""
+        return None if self.task.status.state.is_terminal else self
 
     def apply(self, item: StreamResponse) -> None:
         """Fold one event into the snapshot (`a2amesh.models.fold`, following the stream as it comes)."""
@@ -98,6 +115,8 @@ class FinishedTask:
 
     active: ClassVar[bool] = False
     runner: ClassVar[None] = None
+    unfinished: ClassVar[None] = None
+    """Never: a finished task changes no more (TaskRecord.unfinished, for the callers that take either)."""
 
     @classmethod
     def of(cls, record: TaskRecord) -> FinishedTask:
