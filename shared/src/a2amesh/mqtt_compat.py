@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiomqtt
@@ -162,3 +162,17 @@ def packed_event_properties(content_type: str, key: str, event_id: str) -> Packe
     body = head + _utf8(event_id)
     fields["_packed"] = VariableByteIntegers.encode(len(body)) + body
     return properties
+
+
+def with_user_properties(properties: Properties | None, pairs: Iterable[tuple[str, str]]) -> LeanProperties:
+    """A copy of PUBLISH `properties` with more User Properties (trace context, a2amesh.tracing): the original may be
+    packed once and shared by many publishes, so it is never changed."""
+    copy = LeanProperties(PacketTypes.PUBLISH)
+    if properties is not None:
+        for name, value in vars(properties).items():
+            if name in _IDENTIFIERS:
+                setattr(copy, name, list(value) if name == "UserProperty" else value)
+    extra = list(pairs)
+    if extra:
+        copy.UserProperty = extra
+    return copy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from a2amesh import tracing
 from a2amesh.binding import MeshRequester
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.internal import internal_client
@@ -51,7 +52,7 @@ def main() -> None:
                 requester, handler.router, retry_profile(settings), handler.credentials, handler.hub.note
             )
             workflows = workflow_responder(settings, delegate)
-            server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
+            server = http_server(tracing.asgi(app), settings.http_host, settings.http_port, settings.log_level)
             workers = [workflows.run(stop), handler.reconciler.run(stop)]
             if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
                 workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))

@@ -17,6 +17,7 @@ from a2a.utils import errors as sdk_errors
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
+from a2amesh import tracing
 from a2amesh.binding import MeshRequester, RemoteError, RequestTooLargeError, RetryProfile
 from a2amesh.binding.wire import AGENT_METADATA_KEY, ROUTING_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
 from a2amesh.models import (
@@ -118,10 +119,12 @@ class MeshRequestHandler(RequestHandler):
         """Record the call in the audit trail with its outcome: ok, or the error it ended with. The yielded dict
         takes a task id learnt along the way (a new task's)."""
         note = {"task_id": task_id or ""}
+        tracing.annotate(a2a_method=method, a2a_task_id=task_id)  # on the HTTP request's span, when tracing is on
         try:
             yield note
         except Exception as error:
             self.audit.record(current_principal.get(), method, type(error).__name__, note["task_id"])
+            tracing.annotate(error_type=type(error).__name__)
             raise
         self.audit.record(current_principal.get(), method, "ok", note["task_id"])
 
@@ -240,6 +243,7 @@ class MeshRequestHandler(RequestHandler):
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
+        tracing.annotate(a2a_task_id=task_id, a2a_context_id=context_id, a2a_agent=str(agent), a2a_skill=skill)
         return live
 
     def _count(self, live: LiveTask) -> None:

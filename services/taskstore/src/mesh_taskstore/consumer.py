@@ -28,6 +28,7 @@ from a2amesh.subscribers import (
     start_until_stopped,
     stop_keeping_session,
     the_message,
+    traced,
 )
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
@@ -119,7 +120,7 @@ class EventConsumer:
             decoder=the_message,
             title="taskstore.events",
             description="Every agent's task events, recorded in order and acknowledged once written.",
-        )(self.handle)
+        )(traced(self.handle))
         self._pending: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=2 * batch_size)
         self._writing = 0
         self._last_received = 0.0

@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from pydantic import ValidationError
 
+from a2amesh import tracing
 from a2amesh.binding.tasks import (
     FinishedTask,
     Subscriber,
@@ -106,7 +107,7 @@ class Responder:
         on_cancel: CancelHook | None = None,
     ) -> None:
         self.card = card
-        self.handler = handler
+        self.handler = tracing.traced_handler(handler, settings.agent_id)  # the handler itself when tracing is off
         self.on_cancel = on_cancel
         self._token_digests = [
             hashlib.sha256(token.encode()).digest()
