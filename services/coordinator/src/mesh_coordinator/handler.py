@@ -248,7 +248,8 @@ class MeshRequestHandler(RequestHandler):
 
     def _count(self, live: LiveTask) -> None:
         """Metrics for a relay that ended (a final state, or an interruption waiting for the user)."""
-        self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started)
+        skill = live.resume.skill if live.resume is not None else None
+        self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started, skill, str(live.agent))
 
     async def _route_to(self, agent: AgentAddress) -> AgentChoice:
         """How to reach a known agent directly: from a task relayed from it, else from its card."""
