@@ -186,6 +186,11 @@ def topic_template(topic: str) -> str:
     return template + "/{inbox}" if parsed.kind is TopicKind.REPLY else template
 
 
+def is_discovery_topic(topic: str) -> bool:
+    """Whether `topic` is an agent's discovery (card and presence) topic."""
+    return topic.startswith(f"{PREFIX}/discovery/")
+
+
 def new_reply_suffix() -> str:
     """An unguessable reply-inbox suffix."""
     return secrets.token_hex(12)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from a2amesh.topics import topic_template
+from a2amesh.topics import is_discovery_topic, topic_template
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -141,7 +141,11 @@ def _messaging_attributes(topic: str, template: str, operation: str, size: int) 
 async def traced_publish(
     publish: Callable[..., Awaitable[None]], topic: str, payload: bytes | str, properties: Any, **options: Any
 ) -> None:
-    """Publish inside a producer span `publish {topic template}`, its context added to the User Properties."""
+    """Publish inside a producer span `publish {topic template}`, its context added to the User Properties. Cards
+    and presence are no task's hop: published as they are, they start no trace of their own every second."""
+    if is_discovery_topic(topic):
+        await publish(topic, payload, properties=properties, **options)
+        return
     from opentelemetry.trace import SpanKind
 
     from a2amesh.mqtt_compat import with_user_properties
