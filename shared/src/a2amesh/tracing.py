@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from a2amesh.topics import is_discovery_topic, topic_template
+from a2amesh.topics import POOL_TOPIC_TEMPLATE, REQUEST_TOPIC_TEMPLATE, is_discovery_topic, topic_template
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -35,6 +35,9 @@ TRACESTATE = "tracestate"
 TRACE_PROPERTIES = (TRACEPARENT, TRACESTATE)
 
 EXPORTERS = ("otlp", "console")
+
+REQUEST_TEMPLATES = frozenset({REQUEST_TOPIC_TEMPLATE, POOL_TOPIC_TEMPLATE})
+"""Where requests go: a publish there is traced even outside any span (it starts the requester's trace)."""
 
 
 def requested_exporters(environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -141,17 +144,22 @@ def _messaging_attributes(topic: str, template: str, operation: str, size: int) 
 async def traced_publish(
     publish: Callable[..., Awaitable[None]], topic: str, payload: bytes | str, properties: Any, **options: Any
 ) -> None:
-    """Publish inside a producer span `publish {topic template}`, its context added to the User Properties. Cards
-    and presence are no task's hop: published as they are, they start no trace of their own every second."""
-    if is_discovery_topic(topic):
+    """Publish inside a producer span `publish {topic template}`, its context added to the User Properties.
+
+    A request always is (it may start a trace: the requester's). A reply, event or card published outside any span
+    is no hop of a traced task (presence, a streaming keepalive, a background reconciliation): published as it is,
+    it starts no trace of its own every few seconds."""
+    state = _tracing()
+    template = topic_template(topic)
+    if template not in REQUEST_TEMPLATES and (
+        is_discovery_topic(topic) or not state.trace.get_current_span().get_span_context().is_valid
+    ):
         await publish(topic, payload, properties=properties, **options)
         return
     from opentelemetry.trace import SpanKind
 
     from a2amesh.mqtt_compat import with_user_properties
 
-    state = _tracing()
-    template = topic_template(topic)
     attributes = _messaging_attributes(topic, template, "publish", len(payload))
     with state.tracer.start_as_current_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes):
         carrier: dict[str, str] = {}
