@@ -1,6 +1,6 @@
 """The observability profile's artifacts hold together: the Grafana dashboard asks only for metrics (and labels) the
-running services export, Prometheus scrapes exactly the mesh's Compose services on their ports, the collector
-hands traces to the trace backend, and the profile's containers are optional, pinned by .env and hardened like the
+running services export, Prometheus scrapes exactly the mesh's Compose services on their ports, spans go where the
+profile receives them, and the profile's containers are optional, pinned by .env and hardened like the
 rest."""
 
 from __future__ import annotations
@@ -110,22 +110,29 @@ def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
     assert targets == expected
 
 
-def test_the_collector_sends_traces_to_the_trace_backend_the_services_point_at() -> None:
-    config = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
-    endpoint = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
-    services_endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
-    assert services_endpoint == f"http://otel-collector:{endpoint.rsplit(':', 1)[1]}"
-    [exporter] = config["service"]["pipelines"]["traces"]["exporters"]
-    assert config["exporters"][exporter]["endpoint"].split(":")[0] in compose_services(PROFILE)
+def test_traces_go_where_the_profile_receives_them_and_the_collector_config_forwards_them() -> None:
+    endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    host, port = endpoint.removeprefix("http://").split(":")
+    assert host in compose_services(PROFILE) and port in compose_services(PROFILE)[host].resolved["expose"]
     assert dotenv()["OTEL_TRACES_EXPORTER"] == "none", "tracing is off unless a deployment turns it on"
     for name, service in compose_services().items():
         if "MESH_MQTT__HOST" in service.env:  # on the broker: its hops are traced
             assert service.env["OTEL_TRACES_EXPORTER"] == "none", name
+            assert service.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, name
+    # the collector Kubernetes' observability overlay sends to: OTLP/HTTP in on 4318, out to a trace backend
+    config = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    overlay = yaml.safe_load((REPO / "k8s/overlays/observability/kustomization.yaml").read_text())
+    [generator] = overlay["configMapGenerator"]
+    literals = dict(item.split("=", 1) for item in generator["literals"])
+    assert literals["OTEL_TRACES_EXPORTER"] == "otlp" and literals["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and all(name in config["exporters"] for name in pipeline["exporters"])
 
 
 def test_the_profile_is_optional_pinned_and_hardened() -> None:
     profile = compose_services(PROFILE)
-    assert set(profile) == {"otel-collector", "jaeger", "prometheus", "grafana"}
+    assert set(profile) == {"jaeger", "prometheus", "grafana"}
     raw = load_yaml(REPO / "compose.yaml")["services"]
     env = dotenv()
     for name, service in profile.items():
