@@ -572,10 +572,8 @@ class Responder:
         record.apply(item)
         state = item.state
         if state is not None and state.ends_stream:
-            skill = record.request_metadata.get(SKILL_METADATA_KEY)
-            self.metrics.task_ended(
-                state.name, time.monotonic() - record.started, skill if isinstance(skill, str) else None
-            )
+            skill = record.request_metadata.get(SKILL_METADATA_KEY)  # the metrics keep a bounded set of its values
+            self.metrics.task_ended(state.name, time.monotonic() - record.started, skill)
             # Completing is the common case, which the metrics count: a line each only at DEBUG (under load the
             # line cost more than the rest of the task's logging-free work). Every other ending is logged.
             level = logging.DEBUG if state is TaskState.COMPLETED else logging.INFO
