@@ -59,6 +59,7 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     status_code: int
+    status_message: str
 
 
 def _value(value: AnyValue) -> Any:
@@ -95,6 +96,7 @@ class OtlpReceiver:
                             kind=span.kind,
                             attributes={item.key: _value(item.value) for item in span.attributes},
                             status_code=span.status.code,
+                            status_message=span.status.message,
                         )
                     )
         with self.lock:
@@ -263,11 +265,11 @@ async def test_a_pipeline_is_one_trace_across_http_mqtt_and_every_agent(
         raise
 
 
-async def test_a_failed_task_carries_its_reason_and_an_outside_publish_still_works(
+async def test_a_rejected_task_carries_its_reason_and_a_caller_without_context_starts_the_trace(
     traced_mesh: Stack, receiver: OtlpReceiver
 ) -> None:
-    """A request without trace context (an outside agent's) is served and starts its own trace; a step that fails
-    marks its span an error with the reason."""
+    """An HTTP request without `traceparent` starts its trace at the coordinator; a workflow that is rejected marks
+    its span an error, with the state it ended in."""
     async with httpx.AsyncClient(timeout=60.0, headers=auth_headers(traced_mesh)) as http:
         card = await A2ACardResolver(http, traced_mesh.coordinator_url).get_agent_card()
         client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
@@ -290,7 +292,12 @@ async def test_a_failed_task_carries_its_reason_and_an_outside_publish_still_wor
     span = await eventually(rejected, timeout=30, what="the rejected workflow's span")
     assert span.attributes["a2a.task.state"] == "TASK_STATE_REJECTED"
     assert span.status_code == 2  # STATUS_CODE_ERROR
-    http_span = next(s for s in receiver.of_trace(span.trace_id) if s.kind == SpanProto.SPAN_KIND_SERVER)
+    assert "empty question" in span.status_message  # the reason the agent gave
+
+    async def http_span_of_trace() -> ReceivedSpan | None:  # it ends (and is exported) after the stream's last event
+        return next((s for s in receiver.of_trace(span.trace_id) if s.kind == SpanProto.SPAN_KIND_SERVER), None)
+
+    http_span = await eventually(http_span_of_trace, timeout=30, what="the rejected request's HTTP span")
     assert http_span.parent_id == ""  # no caller context: the HTTP span starts the trace
 
 
