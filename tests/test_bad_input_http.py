@@ -343,7 +343,7 @@ def test_body_under_the_http_limit_that_grows_past_the_brokers_gets_a_clear_erro
 
 
 def _reconnects(http: httpx.Client) -> float:
-    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith("mesh_mqtt_reconnects{")]
+    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith("mesh_mqtt_reconnects_total{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 

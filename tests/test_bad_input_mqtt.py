@@ -412,7 +412,7 @@ async def _reconnects(mesh: Stack, agent_id: str) -> float:
     url = agent_health_url(mesh, agent_id).replace("/healthz", "/metrics")
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(url)).text
-    lines = [line for line in text.splitlines() if line.startswith("mesh_mqtt_reconnects{")]
+    lines = [line for line in text.splitlines() if line.startswith("mesh_mqtt_reconnects_total{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 

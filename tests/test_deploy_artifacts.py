@@ -258,11 +258,13 @@ class ComposeService:
 
 
 @cache
-def compose_services() -> dict[str, ComposeService]:
+def compose_services(profile: str | None = None) -> dict[str, ComposeService]:
+    """The mesh's Compose services (those Compose starts without a profile), or those of one profile."""
     services = load_yaml(COMPOSE_FILE)["services"]
     return {
         name: ComposeService(name, spec, interpolate(spec, f"compose.yaml services.{name}"))
         for name, spec in services.items()
+        if list(spec.get("profiles", [])) == ([profile] if profile else [])
     }
 
 

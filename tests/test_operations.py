@@ -44,7 +44,7 @@ async def test_task_metrics_count_completed_tasks_at_the_coordinator_and_the_age
 ) -> None:
     async def completed(name: str) -> float:
         exported = (await http.get(f"{http_base(mesh, name)}/metrics")).text
-        return metric(exported, "mesh_tasks_total", state="COMPLETED")
+        return metric(exported, "mesh_tasks_total", state="COMPLETED", skill="echo")
 
     before = {name: await completed(name) for name in ("coordinator", "echo")}
     for text in ("one", "two", "three"):
@@ -54,7 +54,7 @@ async def test_task_metrics_count_completed_tasks_at_the_coordinator_and_the_age
     assert await completed("coordinator") == before["coordinator"] + 3
     assert await completed("echo") == before["echo"] + 3
     exported = (await http.get(f"{http_base(mesh, 'echo')}/metrics")).text
-    assert metric(exported, "mesh_task_duration_seconds_count", service="echo") >= 3
+    assert metric(exported, "mesh_task_duration_seconds_count", service="echo", skill="echo", agent="echo") >= 3
 
 
 async def test_json_logs_are_one_object_per_line_with_the_task_id(mesh: Stack, make_client) -> None:

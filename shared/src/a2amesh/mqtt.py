@@ -17,6 +17,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from a2amesh import tracing
 from a2amesh.mqtt_compat import (
     LeanProperties,
     PackedProperties,
@@ -285,6 +286,15 @@ class MqttLink:
                 raise NotConnectedError(f"{self.client_id}: publish to {topic} failed {failures} time(s) in {wait}s")
             await asyncio.sleep(min(0.05 * 2**failures, 1.0))
 
+    if tracing.enabled:  # decided once per process: with tracing off, `publish` above is all there is
+        _untraced_publish = publish
+
+        async def publish(  # type: ignore[no-redef]
+            self, topic: str, payload: bytes | str, *, properties: Properties | None = None, **options: Any
+        ) -> None:
+            """Publish in a producer span, its trace context in the User Properties (a2amesh.tracing)."""
+            await tracing.traced_publish(self._untraced_publish, topic, payload, properties, **options)
+
     async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """One consumer task reads the messages in order; `stop` cancels it. A dropped connection surfaces as the
         consumer's exception, for `run` to reconnect."""
@@ -298,7 +308,10 @@ class MqttLink:
                     envelope.ack()
                     continue
                 try:
-                    await self.handler(envelope)
+                    if tracing.enabled:
+                        await tracing.traced_process(self.handler, envelope)
+                    else:
+                        await self.handler(envelope)
                 except Exception:
                     log.exception("handler failed on %s; message skipped", envelope.topic)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
@@ -204,3 +204,17 @@ async def one_write(broker: MQTTBroker) -> AsyncIterator[None]:
         del transport.write  # the class's method again
         if chunks:
             await write(b"".join(chunks))
+
+
+def with_user_properties(properties: Properties | None, pairs: Iterable[tuple[str, str]]) -> LeanProperties:
+    """A copy of PUBLISH `properties` with more User Properties (trace context, a2amesh.tracing): the original may be
+    packed once and shared by many publishes, so it is never changed."""
+    copy = LeanProperties(PacketTypes.PUBLISH)
+    if properties is not None:
+        for name, value in vars(properties).items():
+            if name in _IDENTIFIERS:
+                setattr(copy, name, list(value) if name == "UserProperty" else value)
+    extra = list(pairs)
+    if extra:
+        copy.UserProperty = extra
+    return copy

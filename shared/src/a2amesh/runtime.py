@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from a2amesh import tracing
+
 T = TypeVar("T")
 
 
@@ -89,7 +91,9 @@ def release_startup_memory() -> None:
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)` until it returns; SIGTERM or SIGINT sets `stop`, and the process exits 0."""
+    """Run `main(stop)` until it returns; SIGTERM or SIGINT sets `stop`, and the process exits 0 (having exported
+    its last spans, when tracing is on)."""
+    tracing.start()
     release_startup_memory()
 
     async def runner() -> None:
@@ -100,7 +104,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop.call_later(STARTUP_SETTLE, release_startup_memory)
         await main(stop)
 
-    run_on_service_loop(runner())
+    try:
+        run_on_service_loop(runner())
+    finally:
+        tracing.shutdown()
 
 
 def run_on_service_loop(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import zmqtt
 from faststream.mqtt import MQTTBroker, MQTTMessage
 from faststream.security import BaseSecurity, SASLPlaintext
 
+from a2amesh import tracing
 from a2amesh.mqtt import Envelope, tls_context
 from a2amesh.settings import MqttSettings
 
@@ -129,3 +132,22 @@ def envelope_of(message: MQTTMessage) -> Envelope:
         correlation_data=properties.correlation_data if properties else None,
         user_properties=dict(properties.user_properties) if properties else {},
     )
+
+
+MessageHandler = Callable[[MQTTMessage], Awaitable[None]]
+
+
+def traced(handle: MessageHandler) -> MessageHandler:
+    """`handle` inside a consumer span `process {topic template}` per message, continuing the trace the message
+    carries (a2amesh.tracing); `handle` itself when tracing is off."""
+    if not tracing.enabled:
+        return handle
+
+    @functools.wraps(handle)
+    async def process(message: MQTTMessage) -> None:
+        raw = message.raw_message
+        pairs = raw.properties.user_properties if raw.properties else ()
+        with tracing.processing(raw.topic, pairs, len(raw.payload)):
+            await handle(message)
+
+    return process

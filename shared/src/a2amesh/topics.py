@@ -181,6 +181,28 @@ def parse_topic(topic: str) -> ParsedTopic:
     return ParsedTopic(kind, org, unit, name, suffix)
 
 
+POOL_TOPIC_TEMPLATE = POOL_PREFIX + "/{org}/{unit}/{pool}"
+REQUEST_TOPIC_TEMPLATE = PREFIX + "/request/{org}/{unit}/{agent}"
+
+
+def topic_template(topic: str) -> str:
+    """The topic with its ids replaced by their names (`$a2a/v1/request/{org}/{unit}/{agent}`): what traces name a
+    publish or process by, so that span names stay few whatever the ids. A topic outside the scheme is kept."""
+    try:
+        parsed = parse_topic(topic)
+    except TopicError:
+        return topic
+    if parsed.kind is TopicKind.POOL:
+        return POOL_TOPIC_TEMPLATE
+    template = f"{PREFIX}/{parsed.kind.value}/{{org}}/{{unit}}/{{agent}}"
+    return template + "/{inbox}" if parsed.kind is TopicKind.REPLY else template
+
+
+def is_discovery_topic(topic: str) -> bool:
+    """Whether `topic` is an agent's discovery (card and presence) topic."""
+    return topic.startswith(f"{PREFIX}/discovery/")
+
+
 def new_reply_suffix() -> str:
     """An unguessable reply-inbox suffix."""
     return secrets.token_hex(12)

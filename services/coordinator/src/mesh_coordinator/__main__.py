@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from a2amesh import tracing
 from a2amesh.binding import MeshRequester
 from a2amesh.binding.responder import SHUTDOWN_GRACE, Responder
 from a2amesh.internal import internal_client
@@ -53,7 +54,7 @@ def main() -> None:
                 requester, handler.router, retry_profile(settings), handler.credentials, handler.hub.note
             )
             workflows = workflow_responder(settings, delegate)
-            server = http_server(app, settings.http_host, settings.http_port, settings.log_level)
+            server = http_server(tracing.asgi(app), settings.http_host, settings.http_port, settings.log_level)
             deliveries = DeliveryWorker(settings, handler.push_store, handler.webhooks)
             workers = [
                 workflows.run(stop),

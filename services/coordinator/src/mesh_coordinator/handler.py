@@ -17,6 +17,7 @@ from a2a.utils import errors as sdk_errors
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
+from a2amesh import tracing
 from a2amesh.binding import MeshRequester, RemoteError, RequestTooLargeError, RetryProfile
 from a2amesh.binding.wire import AGENT_METADATA_KEY, ROUTING_METADATA_KEY, SKILL_METADATA_KEY, new_task_id
 from a2amesh.models import (
@@ -125,10 +126,12 @@ class MeshRequestHandler(RequestHandler):
         """Record the call in the audit trail with its outcome: ok, or the error it ended with. The yielded dict
         takes a task id learnt along the way (a new task's)."""
         note = {"task_id": task_id or ""}
+        tracing.annotate(a2a_method=method, a2a_task_id=task_id)  # on the HTTP request's span, when tracing is on
         try:
             yield note
         except Exception as error:
             self.audit.record(current_principal.get(), method, type(error).__name__, note["task_id"])
+            tracing.annotate(error_type=type(error).__name__)
             raise
         self.audit.record(current_principal.get(), method, "ok", note["task_id"])
 
@@ -255,6 +258,7 @@ class MeshRequestHandler(RequestHandler):
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
+        tracing.annotate(a2a_task_id=task_id, a2a_context_id=context_id, a2a_agent=str(agent), a2a_skill=skill)
         return live
 
     def _token(self, wanted: bool, audience: str, principal: Principal) -> str | None:
@@ -264,7 +268,8 @@ class MeshRequestHandler(RequestHandler):
 
     def _count(self, live: LiveTask) -> None:
         """Metrics for a relay that ended (a final state, or an interruption waiting for the user)."""
-        self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started)
+        skill = live.resume.skill if live.resume is not None else None
+        self.metrics.task_ended(live.task.status.state.name, time.monotonic() - live.started, skill, str(live.agent))
 
     async def _route_to(self, agent: AgentAddress) -> AgentChoice:
         """How to reach a known agent directly: from a task relayed from it, else from its card."""

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+from a2amesh import tracing
 from a2amesh.agent import MeshAgent, TaskContext, TaskFailedError, TaskRejectedError
 from a2amesh.binding.wire import SKILL_METADATA_KEY
 from a2amesh.models import AgentSkill, Part
@@ -138,8 +140,12 @@ class WorkflowAgent(MeshAgent):
         await task.working(f"fan-out: {len(questions)} {skill} steps in parallel")
         children = await asyncio.gather(
             *(
-                self.delegate.start(
-                    task, f"{skill} {index + 1}/{len(questions)}", skill, [Part(text=question)], step_metadata
+                _traced_step(
+                    task,
+                    skill,
+                    lambda index=index, question=question: self.delegate.start(
+                        task, f"{skill} {index + 1}/{len(questions)}", skill, [Part(text=question)], step_metadata
+                    ),
                 )
                 for index, question in enumerate(questions)
             )
@@ -165,10 +171,21 @@ class WorkflowAgent(MeshAgent):
 
     async def _step(self, task: TaskContext, label: str, run: Any) -> Child:
         await task.working(f"step {label}: started")
-        child: Child = await run()
+        child = await _traced_step(task, label.split()[-1], run)
         await task.working(f"step {label}: {child.state.name.lower()} on {child.agent} (task {child.id})")
         if child.state.is_terminal and child.state.name != "COMPLETED":
             raise TaskFailedError(f"step {label} ended {child.state.name}: {child.status_text() or 'no reason'}")
+        return child
+
+
+async def _traced_step(task: TaskContext, step: str, run: Callable[[], Awaitable[Child]]) -> Child:
+    """Run one step inside a span `step {name}` (a child of the parent task's span, and the parent of the child
+    task's hops), which says which agent ran it and how it ended; just the step when tracing is off."""
+    with tracing.span(f"step {step}", **{"a2a.task.id": task.id, "a2a.workflow.step": step}) as span:
+        child = await run()
+        if span is not None:
+            span.set_attributes({"a2a.child.task.id": child.id, "a2a.agent": str(child.agent or "")})
+            tracing.ended(span, child.state.value, child.status_text())
         return child
 
 

@@ -33,6 +33,7 @@ from a2amesh.subscribers import (
     start_until_stopped,
     stop_keeping_session,
     the_message,
+    traced,
 )
 from a2amesh.topics import EVENTS_ALL, OWNERS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from mesh_taskstore.apply import kind_of
@@ -163,7 +164,7 @@ class EventConsumer:
             decoder=the_message,
             title="taskstore.events",
             description="Every agent's task events, recorded in order and acknowledged once written.",
-        )(self.handle)
+        )(traced(self.handle))
         self.broker.subscriber(
             OWNERS_ALL,
             qos=1,

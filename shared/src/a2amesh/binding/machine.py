@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from a2amesh import tracing
 from a2amesh.binding.tasks import (
     FinishedTask,
     Stop,
@@ -135,7 +136,7 @@ class TaskMachine:
     ) -> None:
         """`pooled`: the agent serves a pool, so a task cut short by a stop may be handed to a peer."""
         self.card = card
-        self.handler = handler
+        self.handler = tracing.traced_handler(handler, settings.agent_id)  # the handler itself when tracing is off
         self.settings = settings
         self.outbox = outbox
         self.pooled = pooled
@@ -456,7 +457,8 @@ class TaskMachine:
         record.apply(item)
         state = item.state
         if state is not None and state.ends_stream:
-            self.metrics.task_ended(state.name, time.monotonic() - record.started)
+            skill = record.request_metadata.get(SKILL_METADATA_KEY)  # the metrics keep a bounded set of its values
+            self.metrics.task_ended(state.name, time.monotonic() - record.started, skill)
             # Completing is the common case, which the metrics count: a line each only at DEBUG (under load the
             # line cost more than the rest of the task's logging-free work). Every other ending is logged.
             level = logging.DEBUG if state is TaskState.COMPLETED else logging.INFO

@@ -1,0 +1,148 @@
+"""The observability profile's artifacts hold together: the Grafana dashboard asks only for metrics (and labels) the
+running services export, Prometheus scrapes exactly the mesh's Compose services on their ports, spans go where the
+profile receives them, and the profile's containers are optional, pinned by .env and hardened like the
+rest."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from devstack.stack import Stack
+from tests.conftest import collect, send_request, user_message
+from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml
+from tests.test_operations import http_base
+
+OBSERVABILITY = REPO / "infra" / "observability"
+DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "mesh.json"
+PROFILE = "observability"
+
+PROMQL_WORDS = {"sum", "rate", "increase", "histogram_quantile", "count", "by", "without", "max", "min", "avg"}
+PROMETHEUS_OWN = {"up"}
+"""Series Prometheus writes itself about each target."""
+TARGET_LABELS = {"job", "instance", "mesh_service", "le"}
+"""Labels Prometheus adds to every scraped series (the static_configs' too), and the histogram buckets' label."""
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def metrics_and_labels(expr: str) -> tuple[set[str], set[str]]:
+    """The metric names a PromQL expression reads, and the label names it selects or groups by."""
+    labels = {name for selector in re.findall(r"\{([^}]*)\}", expr) for name in re.findall(r"(\w+)\s*=~?", selector)}
+    labels |= {name.strip() for group in re.findall(r"\bby \(([^)]*)\)", expr) for name in group.split(",")}
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"|\bby \([^)]*\)|\$\w+", " ", expr)
+    names = {word for word in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", bare)} - PROMQL_WORDS
+    return names, labels
+
+
+def exported(text: str) -> dict[str, set[str]]:
+    """Each sample name in Prometheus text with the label names it carries."""
+    found: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{")
+        name = name.split(" ")[0]
+        found.setdefault(name, set()).update(re.findall(r'(\w+)="', rest.split("}")[0]) if rest else ())
+    return found
+
+
+async def test_every_dashboard_panel_reads_metrics_the_services_export(
+    mesh: Stack, http: httpx.AsyncClient, make_client
+) -> None:
+    [event] = await collect(make_client(), send_request(user_message("for the dashboard"), skill="echo"))
+    assert event.task.status.state == 3  # a task has ended, so the task metrics have their labelled series
+    samples: dict[str, set[str]] = {}
+    for service in ("coordinator", "registry", "taskstore", "echo"):
+        text = (await http.get(f"{http_base(mesh, service)}/metrics")).text
+        for name, labels in exported(text).items():
+            samples.setdefault(name, set()).update(labels)
+    queries = dashboard_queries()
+    assert queries
+    for expr in queries:
+        names, labels = metrics_and_labels(expr)
+        assert names, f"no metric in {expr!r}"
+        for name in names - PROMETHEUS_OWN:
+            assert name in samples, f"the dashboard asks for {name}, which no service exports ({expr})"
+            unknown = labels - samples[name] - TARGET_LABELS
+            assert not unknown, f"{name} has no label(s) {sorted(unknown)} ({expr})"
+
+
+def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provisioned_datasource() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    sources = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/datasources/mesh.yaml").read_text())
+    uids = {source["uid"] for source in sources["datasources"] if source["type"] == "prometheus"}
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), panel["title"]
+        assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel["title"]
+    providers = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/dashboards/mesh.yaml").read_text())
+    [provider] = providers["providers"]
+    grafana = compose_services(PROFILE)["grafana"].resolved
+    mounted = {volume["target"]: volume["source"] for volume in grafana["volumes"] if isinstance(volume, dict)}
+    assert Path(REPO / mounted[provider["options"]["path"]]).resolve() == DASHBOARD.parent
+
+
+def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
+    config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    targets = {
+        target: group["labels"]["mesh_service"]
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    expected = {}
+    for name, service in compose_services().items():
+        port = service.env.get("MESH_HTTP_PORT")
+        if port is not None:
+            expected[f"{name}:{port}"] = name
+    assert targets == expected
+
+
+def test_traces_go_where_the_profile_receives_them_and_the_collector_config_forwards_them() -> None:
+    endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    host, port = endpoint.removeprefix("http://").split(":")
+    assert host in compose_services(PROFILE) and port in compose_services(PROFILE)[host].resolved["expose"]
+    assert dotenv()["OTEL_TRACES_EXPORTER"] == "none", "tracing is off unless a deployment turns it on"
+    for name, service in compose_services().items():
+        if "MESH_MQTT__HOST" in service.env:  # on the broker: its hops are traced
+            assert service.env["OTEL_TRACES_EXPORTER"] == "none", name
+            assert service.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, name
+    # the collector Kubernetes' observability overlay sends to: OTLP/HTTP in on 4318, out to a trace backend
+    config = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    overlay = yaml.safe_load((REPO / "k8s/overlays/observability/kustomization.yaml").read_text())
+    [generator] = overlay["configMapGenerator"]
+    literals = dict(item.split("=", 1) for item in generator["literals"])
+    assert literals["OTEL_TRACES_EXPORTER"] == "otlp" and literals["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and all(name in config["exporters"] for name in pipeline["exporters"])
+
+
+def test_the_profile_is_optional_pinned_and_hardened() -> None:
+    profile = compose_services(PROFILE)
+    assert set(profile) == {"jaeger", "prometheus", "grafana"}
+    raw = load_yaml(REPO / "compose.yaml")["services"]
+    env = dotenv()
+    for name, service in profile.items():
+        spec: dict[str, Any] = service.resolved
+        assert "build" not in raw[name], f"{name}: a third-party image"
+        image, tag = re.fullmatch(r"\$\{(IMAGE_\w+)\}:\$\{(IMAGE_\w+_TAG)\}", raw[name]["image"]).groups()  # type: ignore[union-attr]
+        assert env[tag] and env[tag] != "latest", f"{name}: pinned by .env's {tag}"
+        assert spec["image"] == f"{env[image]}:{env[tag]}"
+        assert spec["read_only"] and spec["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in spec["security_opt"], name
+        assert spec["deploy"]["resources"]["limits"]["memory"], name
+        for port in spec.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: published on loopback only"
