@@ -29,6 +29,12 @@ def meshctl(mesh: Stack) -> Meshctl:
         "COLUMNS": "200",
     }
 
+    return runner(env)
+
+
+def runner(env: dict[str, str]) -> Meshctl:
+    """`meshctl ARGS...` in-process with `env`; fails on any exception other than a deliberate exit."""
+
     def run(*args: str) -> Result:
         result = CliRunner().invoke(app, list(args), env=env)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -36,3 +42,9 @@ def meshctl(mesh: Stack) -> Meshctl:
         return result
 
     return run
+
+
+@pytest.fixture
+def meshctl_runner() -> Callable[[dict[str, str]], Meshctl]:
+    """For a module's own stack: `meshctl_runner(env)` runs meshctl with that environment."""
+    return runner

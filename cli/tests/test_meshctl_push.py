@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from meshctl.app import app
-from typer.testing import CliRunner
 
 from devstack.processes import free_port
 from devstack.stack import Ports, Stack
@@ -33,16 +31,10 @@ def pushing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def meshctl(pushing: Stack) -> Callable[..., Result]:
-    env = {"MESH_COORDINATOR_URL": pushing.coordinator_url, "MESH_API_KEY": pushing.api_key, "COLUMNS": "200"}
-
-    def run(*args: str) -> Result:
-        result = CliRunner().invoke(app, list(args), env=env)
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"meshctl {' '.join(args)} raised:\n{result.output}") from result.exception
-        return result
-
-    return run
+def meshctl(pushing: Stack, meshctl_runner: Callable[[dict[str, str]], Callable[..., Result]]) -> Callable[..., Result]:
+    return meshctl_runner(
+        {"MESH_COORDINATOR_URL": pushing.coordinator_url, "MESH_API_KEY": pushing.api_key, "COLUMNS": "200"}
+    )
 
 
 def parsed(result: Result) -> Any:
