@@ -257,14 +257,20 @@ class ComposeService:
         return ports | {int(entry) for entry in self.resolved.get("expose", [])}
 
 
+MESH_PROFILES = ({"replicas"}, set())
+"""Profiles whose services are the mesh's own, held to every rule here (no profile: what `make up` starts)."""
+
+
 @cache
 def compose_services(profile: str | None = None) -> dict[str, ComposeService]:
-    """The mesh's Compose services (those Compose starts without a profile), or those of one profile."""
+    """The mesh's Compose services (those Compose starts without a profile, and the mesh's replicas), or those of
+    one profile (the observability profile's third-party services have rules of their own)."""
     services = load_yaml(COMPOSE_FILE)["services"]
+    wanted = [{profile}] if profile else MESH_PROFILES
     return {
         name: ComposeService(name, spec, interpolate(spec, f"compose.yaml services.{name}"))
         for name, spec in services.items()
-        if list(spec.get("profiles", [])) == ([profile] if profile else [])
+        if set(spec.get("profiles", [])) in wanted
     }
 
 
