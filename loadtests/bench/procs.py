@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from a2amesh.runtime import STARTUP_SETTLE
 from a2amesh.settings import MqttSettings
 from devstack.pki import TESTER, Identity, Role
 from devstack.processes import ManagedProcess, free_port, http_ready
@@ -23,7 +24,13 @@ FLOOR_REQUEST_TOPIC = "bench/floor/request"
 FLOOR_EVENT_TOPIC = "bench/floor/event"
 SDK_MQTT_AGENT = "sdk-echo"
 POOL = "bench-pool"
-SETTLE_SECONDS = 2.0
+SDK_DEFAULTS = {"OTEL_INSTRUMENTATION_A2A_SDK_ENABLED": "true"}
+"""The a2a-sdk peer runs as the SDK does out of the box: a2amesh.tracing turns the SDK's own span decorators off in
+the mesh's processes when tracing is off, and the benchmark process (which imports a2amesh) would pass that on."""
+
+SETTLE_SECONDS = STARTUP_SETTLE + 1.0
+"""Idle means past start-up: the services hand their start-up heap back STARTUP_SETTLE seconds in (a2amesh.runtime),
+so they are measured a second after that, not in the middle of it."""
 BENCH_SCRIPTS = "loadtests."
 """Modules under this prefix are the benchmark's own scripts (the floor, the peers); every other one is a mesh
 service, run as deployed."""
@@ -124,7 +131,14 @@ class BenchStack:
         ready = http_ready(f"{self.sdk_http_url}/.well-known/agent-card.json")
         identity = Identity(TESTER, Role.TESTER)  # it uses no broker; command() wants an identity all the same
         self.launch(
-            self._script("sdk-http-echo", "loadtests.bench.sdk_http_echo", ready, identity, str(self.sdk_http_port))
+            self._script(
+                "sdk-http-echo",
+                "loadtests.bench.sdk_http_echo",
+                ready,
+                identity,
+                str(self.sdk_http_port),
+                **SDK_DEFAULTS,
+            )
         )
 
     def start_pool_replica(self, index: int) -> str:
