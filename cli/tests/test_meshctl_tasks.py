@@ -120,10 +120,21 @@ def _eventually_recorded(meshctl, task_id: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def listed_all(meshctl, context_id: str, count: int, timeout: float = 15.0) -> dict[str, Any]:
+    """The first page of two once the store lists all `count` tasks: it records their events and owners moments
+    after the sends return (group commit, owners over MQTT), and ListTasks reads the store."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = parsed(meshctl("list", "--context", context_id, "--page-size", "2", "--json"))
+        if int(page.get("totalSize", 0)) >= count or time.monotonic() > deadline:
+            return page
+        time.sleep(0.2)
+
+
 def test_list_pages_with_a_token(meshctl) -> None:
     context_id = str(uuid.uuid4())
     ids = {parsed(meshctl("send", f"n{i}", "--context-id", context_id, "--json"))["id"] for i in range(3)}
-    first = parsed(meshctl("list", "--context", context_id, "--page-size", "2", "--json"))
+    first = listed_all(meshctl, context_id, len(ids))
     assert len(first["tasks"]) == 2 and first["nextPageToken"]
     human = meshctl("list", "--context", context_id, "--page-size", "2")
     assert f"--page-token {first['nextPageToken']}" in human.stdout
