@@ -35,6 +35,7 @@ class AgentTokens:
         """Sign with `signer`, named `kid` (default: its RFC 7638 thumbprint, as the JWKS names it)."""
         self.signer = signer
         self.kid = kid or jwk_thumbprint(signer.public_jwk)
+        self._header = _part({"alg": signer.algorithm, "kid": self.kid, "typ": "JWT"})  # the same for every token
 
     def bearer(self, audience: str, principal: Principal | None, seconds: int = TOKEN_SECONDS) -> str | None:
         """The token for a request published on `audience` (a request topic) on behalf of `principal`."""
@@ -48,8 +49,7 @@ class AgentTokens:
             scopes=principal.scopes,
             seconds=seconds,
         )
-        header = {"alg": self.signer.algorithm, "kid": self.kid, "typ": "JWT"}
-        signing_input = f"{_part(header)}.{_part(claims)}"
+        signing_input = f"{self._header}.{_part(claims)}"
         return f"Bearer {signing_input}.{b64url(self.signer.sign(signing_input.encode()))}"
 
 
