@@ -21,6 +21,11 @@
 #                                                                              servers/<server> (a2amesh.internal)
 #   internal-<client>     ca.crt client.crt client.key                         a client of those APIs without a broker
 #                                                                              identity (the console)
+#   redis-users           users.acl health.password                            Redis: its ACL file (the default user
+#                                                                              off, digests only) and the password of
+#                                                                              `health`, its readiness probe's user
+#   redis-<user>          password                                             a Redis client's ACL user (registry,
+#                                                                              coordinator: topology.yaml redis_users)
 # {org} and {unit} are MESH_ORG and MESH_UNIT of k8s/base/mesh.env. Environment: PKI_DIR (default
 # infra/broker-certs), NAMESPACE (default a2a-mesh). tests/test_deploy_artifacts.py runs it on a throwaway PKI.
 set -euo pipefail
@@ -75,6 +80,12 @@ for name in $names; do
         stem=$pki/clients/$org/$unit/$id
         secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key"
       fi
+      ;;
+    redis-users)
+      secret "$name" users.acl="$pki/redis/users.acl" health.password="$pki/redis/health.password"
+      ;;
+    redis-*)
+      secret "$name" password="$pki/redis/${name#redis-}.password"
       ;;
     mqtt-*)
       id=${name#mqtt-}

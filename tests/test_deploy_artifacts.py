@@ -124,6 +124,8 @@ DEPLOYMENT_ONLY_SETTINGS = {
     "MESH_LOG_JSON": "containers log one JSON object per line for a log collector; make dev keeps readable text",
     "MESH_RATE_LIMIT_REDIS_URL": "coordinators share rate limits in Redis, so replicas may join (make dev: with "
     "COORDINATORS=2)",
+    "MESH_RATE_LIMIT_REDIS_PASSWORD_FILE": "the password of the coordinators' Redis user, for those shared rate "
+    "limits (make dev: with COORDINATORS=2)",
     "MESH_REPLICA_READ_WAIT": "a task another coordinator replica accepted is waited for (make dev: COORDINATORS=2)",
 }
 
@@ -159,6 +161,19 @@ OVERLAY_ONLY_WORKLOADS = {
 
 # images not built from this repository: Compose and Kubernetes must run the same tag
 THIRD_PARTY = {"redis"}
+
+# the settings naming a Redis (its URL names the client's ACL user), and the file holding that user's password
+REDIS_CLIENT_SETTINGS = {
+    "MESH_REDIS_URL": "MESH_REDIS_PASSWORD_FILE",
+    "MESH_RATE_LIMIT_REDIS_URL": "MESH_RATE_LIMIT_REDIS_PASSWORD_FILE",
+}
+# Redis users of topology.yaml that are no service's, and why; every other one is the user of the service so named
+REDIS_NON_SERVICE_USERS = {
+    "health": "the health checks of Compose and Kubernetes authenticate as it (PING only)",
+    "mesh-admin": "an operator's (and the tests that flush): mounted by no service",
+}
+# where the Redis container reads its ACL file and its health check the health user's password
+REDIS_SECRETS = "/run/secrets/redis"
 
 
 # -- running the validators -------------------------------------------------------------------------------------
@@ -594,10 +609,11 @@ def internal_files_read(env: dict[str, Any]) -> set[str]:
 
 def service_files_read(env: dict[str, Any]) -> set[str]:
     """The mounted files a mesh service reads: every *_FILE setting of its identities and of its internal mutual
-    TLS, its API keys and its card-signing key."""
+    TLS, its API keys, its card-signing key and its Redis user's password."""
     files = {env[f"{prefix}{name}"] for prefix in IDENTITY_PREFIXES for name in IDENTITY_FILES if prefix + name in env}
     files |= internal_files_read(env)
-    return files | {env[name] for name in ("MESH_API_KEYS_FILE", "MESH_CARD_SIGNING_KEY_FILE") if name in env}
+    named = ("MESH_API_KEYS_FILE", "MESH_CARD_SIGNING_KEY_FILE", *REDIS_CLIENT_SETTINGS.values())
+    return files | {env[name] for name in named if name in env}
 
 
 def common_name(pem: bytes) -> str:
@@ -1335,7 +1351,8 @@ def test_compose_runs_a_second_coordinator_as_an_identity_of_its_own(devstack: D
     same = set(first.env) - identity_settings
     assert {key: second.env.get(key) for key in same} == {key: first.env[key] for key in same}, "other settings"
     assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID", "MESH_WORKFLOWS_ID"}
-    assert first.env["MESH_RATE_LIMIT_REDIS_URL"].startswith("redis://redis:"), "rate limits shared in Redis"
+    shared = urlsplit(first.env["MESH_RATE_LIMIT_REDIS_URL"])
+    assert (shared.hostname, shared.username) == ("redis", "coordinator"), "rate limits shared in Redis, own user"
     host_ports = [str(entry).rsplit(":", 1)[0] for s in (first, second) for entry in s.resolved["ports"]]
     assert len(host_ports) == len(set(host_ports)) == 4, f"each coordinator on host ports of its own: {host_ports}"
 
@@ -1572,6 +1589,151 @@ def test_the_service_health_checks_speak_https_to_the_internal_apis(devstack: De
         with HealthServer() as server:
             assert run_check(argv, plain_env, server.port) == 0, f"{where}: fails against a plain HTTP service"
         assert run_check(argv, tls_env, free_port()) != 0, f"{where}: passes with nothing listening"
+
+
+# -- Redis: one ACL user per client, declared once (topology.yaml redis_users) -------------------------------------
+def redis_clients(env: dict[str, Any]) -> dict[str, str]:
+    """A process's Redis URL settings that are set (URL setting -> its password file setting)."""
+    return {url: password for url, password in REDIS_CLIENT_SETTINGS.items() if env.get(url)}
+
+
+def compose_redis_clients() -> list[str]:
+    return [name for name, service in compose_services().items() if redis_clients(service.env)]
+
+
+def test_every_redis_client_connects_as_its_own_acl_user_everywhere(
+    devstack: DevStack, k8s_secrets: SecretsScript
+) -> None:
+    """Every process that talks to Redis (the registry, each coordinator replica) names in its URL the ACL user of
+    its own service, declared in topology.yaml, and no password: the password is the user's file of `make certs`
+    (redis/<user>.password), mounted in Compose and from the Secret redis-<user> on Kubernetes, read through its
+    *_PASSWORD_FILE setting; make dev hands the same settings over. Every declared user is some service's, or
+    documented in REDIS_NON_SERVICE_USERS."""
+    stack = devstack.stack
+    pki = stack.pki.root
+    declared = set(TOPOLOGY.redis_users)
+    assert not set(REDIS_NON_SERVICE_USERS) - declared, "REDIS_NON_SERVICE_USERS names users topology.yaml lacks"
+    users: dict[str, str] = {}
+
+    def check(where: str, service: str, env: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        for url_setting, password_setting in redis_clients(env).items():
+            url = urlsplit(env[url_setting])
+            user = url.username
+            assert url.password is None, f"{where} {url_setting}: a password in the URL (it belongs in its file)"
+            assert user == service_of(service), f"{where} {url_setting}: Redis user {user}, not {service_of(service)}"
+            assert user in declared, f"{where} {url_setting}: {user} is no redis_users entry of {TOPOLOGY_FILE}"
+            assert password_setting in env, f"{where}: {url_setting} without {password_setting}"
+            expected = (pki / "redis" / f"{user}.password").read_bytes()
+            if files is None:  # make dev: the PKI's own file
+                assert Path(env[password_setting]) == pki / "redis" / f"{user}.password", f"{where} {password_setting}"
+            else:
+                assert files.get(env[password_setting]) == expected, f"{where}: {password_setting} is not {user}'s"
+            users[service] = user
+
+    for service in mesh_services(devstack):
+        check(f"make dev {service}", service, devstack.processes[service].env, None)
+    for service in compose_redis_clients():
+        compose = compose_services()[service]
+        check(f"compose {service}", service, compose.env, compose_pki_files(compose, pki))
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        for name, workload in workloads(docs).items():
+            for pod in k8s_pods(name) if name in AGENTS or name in mesh_services(devstack) else [None]:
+                env = k8s_env(docs, main_container(workload), pod)
+                if redis_clients(env):
+                    files = k8s_secret_files(docs, workload, k8s_secrets, pod)
+                    check(f"{overlay} {name}" + (f" (pod {pod})" if pod else ""), name, env, files)
+    assert {"registry", "coordinator", "coordinator-1"} <= set(users), f"Redis clients found: {sorted(users)}"
+    unused = declared - set(users.values()) - set(REDIS_NON_SERVICE_USERS)
+    assert not unused, f"{TOPOLOGY_FILE}: Redis users no service connects as: {sorted(unused)}"
+
+
+def acl_users(text: str) -> dict[str, list[str]]:
+    """An ACL file's users: name -> its rules (the words after the name)."""
+    users: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words and not line.startswith("#"):
+            assert words[0] == "user" and len(words) >= 3, f"not an ACL file line: {line}"
+            users[words[1]] = words[2:]
+    return users
+
+
+def aclfile_argument(argv: list[str], where: str) -> str:
+    assert "--aclfile" in argv, f"{where}: Redis runs without --aclfile (its default user would let anyone in)"
+    return argv[argv.index("--aclfile") + 1]
+
+
+def test_redis_runs_with_the_acl_file_of_make_certs_everywhere(devstack: DevStack, k8s_secrets: SecretsScript) -> None:
+    """make dev, Compose and every overlay start Redis with the one ACL file `make certs` writes from topology.yaml
+    (redis/users.acl): the default user off, each declared user on with the SHA-256 digest of its password file
+    (never the password) and the rules topology.yaml gives it."""
+    pki = devstack.stack.pki.root
+    acl = (pki / "redis" / "users.acl").read_bytes()
+    users = acl_users(acl.decode())
+    assert users.pop("default") == ["off"], "users.acl: the default user is off"
+    assert set(users) == set(TOPOLOGY.redis_users), f"users.acl holds {sorted(users)}"
+    for user, rules in users.items():
+        password = (pki / "redis" / f"{user}.password").read_text().strip()
+        digest_rule = "#" + hashlib.sha256(password.encode()).hexdigest()
+        assert rules[:2] == ["on", digest_rule], f"users.acl {user}: on, with its password's digest"
+        assert rules[2:] == TOPOLOGY.redis_users[user].split(), f"users.acl {user}: the rules of {TOPOLOGY_FILE}"
+        assert password.encode() not in acl and "nopass" not in rules, f"users.acl {user}: a password in clear"
+    local = devstack.processes["redis"].argv
+    assert Path(aclfile_argument(local, "make dev")) == pki / "redis" / "users.acl", "make dev: the PKI's users.acl"
+    compose = compose_services()["redis"]
+    mounted = compose_pki_files(compose, pki)
+    command = compose.resolved["command"]
+    assert mounted.get(aclfile_argument(command, "compose redis")) == acl, "compose redis: the PKI's users.acl"
+    assert set(mounted) == {f"{REDIS_SECRETS}/users.acl", f"{REDIS_SECRETS}/health.password"}, "compose redis mounts"
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        workload = workloads(docs)["redis"]
+        container = main_container(workload)
+        files = k8s_secret_files(docs, workload, k8s_secrets)
+        argv = [*container.get("command", []), *container.get("args", [])]
+        assert files.get(aclfile_argument(argv, f"{overlay} redis")) == acl, f"{overlay} redis: the PKI's users.acl"
+
+
+def test_the_redis_health_checks_authenticate(devstack: DevStack, tmp_path: Path) -> None:
+    """Compose's health check and the Kubernetes readiness probe, run for real against a redis-server started with
+    the ACL file of `make certs` (default user off): they pass as `health` with its mounted password, and fail with
+    a wrong password or with nothing listening."""
+    pki = devstack.stack.pki.root
+    compose = compose_services()["redis"]
+    test = compose.resolved["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and len(test) == 2, "compose redis: one shell command"
+    checks = {"compose healthcheck": test[1]}
+    for overlay in OVERLAYS:
+        probe = main_container(workloads(rendered(overlay))["redis"])["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["sh", "-c"] and len(probe) == 3, f"{overlay} redis: one shell command"
+        checks[f"{overlay} readinessProbe"] = probe[2]
+    assert all(f"{REDIS_SECRETS}/health.password" in command for command in checks.values()), checks
+    local = Stack(run_dir=tmp_path / "run", ports=Ports.random(), pki_dir=pki)
+    server, port = local.redis(), local.ports.redis  # as make dev starts it: the PKI's users.acl
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.mkdir()
+    wrong.mkdir()
+    (right / "health.password").write_bytes((pki / "redis" / "health.password").read_bytes())
+    (wrong / "health.password").write_text("guess\n")
+
+    def run_check(command: str, folder: Path, redis_port: int) -> int:
+        assert f"-p {dotenv()['REDIS_PORT']} " in command, f"the check names Redis's port: {command}"
+        local = command.replace(REDIS_SECRETS, str(folder)).replace(
+            f"-p {dotenv()['REDIS_PORT']} ", f"-p {redis_port} "
+        )
+        result = subprocess.run(["sh", "-c", local], capture_output=True, timeout=30, check=False)
+        return result.returncode
+
+    server.start()
+    try:
+        server.wait_ready(30)
+        for where, command in checks.items():
+            assert run_check(command, right, port) == 0, f"{where}: fails as health against Redis with its ACL file"
+            assert run_check(command, wrong, port) != 0, f"{where}: passes with a wrong password (does it log in?)"
+            assert run_check(command, right, free_port()) != 0, f"{where}: passes with nothing listening"
+    finally:
+        server.stop()
 
 
 # -- broker configs: TLS only ----------------------------------------------------------------------------------

@@ -160,9 +160,17 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
     assert not tally.failures, tally.report("controls")
 
 
-async def test_redis_admits_only_its_acl_users_and_the_registry_only_to_its_keys(sealed: Stack) -> None:
+async def test_redis_admits_only_its_acl_users_each_to_its_own_keys_and_commands(sealed: Stack) -> None:
+    """Redis as it runs everywhere: started with the ACL file `make certs` writes from topology.yaml's redis_users
+    (the one Compose mounts and k8s/secrets.sh makes the Secret redis-users of). Nobody gets in without a declared
+    user's password; each service's user is refused other services' keys and every command it does not need; the
+    services connect as they are configured in the deployments (the URL's user, the password from its file)."""
     from redis.asyncio import Redis
     from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    from devstack import redis_users
+    from devstack.topology import TOPOLOGY
+    from mesh_coordinator.ratelimit import KEY_PREFIX, SharedLimiter, rate_limiter
 
     tally = Tally()
     port = sealed.ports.redis
@@ -170,28 +178,98 @@ async def test_redis_admits_only_its_acl_users_and_the_registry_only_to_its_keys
     attempts = {
         "no password": f"redis://127.0.0.1:{port}/0",
         "the default user, any password": f"redis://default:guess@127.0.0.1:{port}/0",
-        "the registry user, a wrong password": f"redis://registry:wrong@127.0.0.1:{port}/0",
+        "the default user, no password": f"redis://default@127.0.0.1:{port}/0",
+        **{
+            f"the {user} user, a wrong password": f"redis://{user}:wrong@127.0.0.1:{port}/0"
+            for user in TOPOLOGY.redis_users
+        },
+        **{f"the {user} user, no password": f"redis://{user}@127.0.0.1:{port}/0" for user in TOPOLOGY.redis_users},
     }
     for what, url in attempts.items():
         redis = Redis.from_url(url)
         try:
-            await redis.get("x")
-            tally.attack(f"redis with {what}", "anyone", False, "GET answered")
+            await redis.ping()
+            tally.attack(f"redis with {what}", "anyone", False, "PING answered")
         except refused as error:
             tally.attack(f"redis with {what}", "anyone", True, type(error).__name__)
         finally:
             await redis.aclose()
-    registry = Redis.from_url(sealed.redis_url)
+
+    foreign = {  # each user's attempts on what is not its own: other services' keys, commands it never needs
+        "registry": [
+            ("GET", f"{KEY_PREFIX}someone"),
+            ("DEL", f"{KEY_PREFIX}someone"),
+            ("EVAL", "return 1", "0"),
+            ("FLUSHALL",),
+            ("CONFIG", "GET", "*"),
+            ("KEYS", "*"),
+            ("ACL", "LIST"),
+            ("DEBUG", "SLEEP", "0"),
+            ("CLIENT", "KILL", "TYPE", "normal"),
+            ("SET", "elsewhere", "1"),
+        ],
+        "coordinator": [
+            ("GET", "mesh:agents"),
+            ("SMEMBERS", "mesh:agents"),
+            ("SET", "mesh:index:epoch", "forged"),
+            ("EVAL", "return redis.call('GET', KEYS[1])", "1", "mesh:agents"),
+            ("EVAL", "return redis.call('SET', KEYS[1], 'x')", "1", f"{KEY_PREFIX}someone"),
+            ("DEL", f"{KEY_PREFIX}someone"),
+            ("FLUSHALL",),
+            ("CONFIG", "GET", "*"),
+            ("KEYS", "*"),
+            ("ACL", "LIST"),
+            ("CLIENT", "KILL", "TYPE", "normal"),
+            ("SCRIPT", "FLUSH"),
+        ],
+        "health": [("GET", "mesh:agents"), ("INFO",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("SET", "x", "1")],
+    }
+    for user, commands in foreign.items():
+        redis = Redis.from_url(sealed.redis_url_for(user))
+        try:
+            for command in commands:
+                what = f"redis {' '.join(command[:2])} as {user}"
+                try:
+                    await redis.execute_command(*command)
+                    tally.attack(what, user, False, "allowed")
+                except refused as error:
+                    tally.attack(what, user, True, type(error).__name__)
+            if user == "health":
+                tally.control("redis PING as health (the health checks)", user, await redis.ping() is True)
+        finally:
+            await redis.aclose()
+
+    # the services' own work, connected as the deployments configure them: URL with the user, password from a file
+    registry_env = sealed.redis_env("registry")
+    registry = Redis.from_url(
+        registry_env["MESH_REDIS_URL"], password=redis_users.password(sealed.pki.root, "registry")
+    )
     try:
-        for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"), ("DEBUG", "SLEEP", "0")):
-            try:
-                await registry.execute_command(*command)
-                tally.attack(f"redis {command[0]} as the registry", "registry", False, "allowed")
-            except refused as error:
-                tally.attack(f"redis {command[0]} as the registry", "registry", True, type(error).__name__)
-        tally.control("redis GET/SET as the registry", "registry", await registry.set("probe", "1") is True)
+        tally.control("redis SET/GET mesh:* as the registry", "registry", await registry.set("mesh:probe", "1") is True)
     finally:
         await registry.aclose()
+    coordinator_env = sealed.redis_env("coordinator", prefix="MESH_RATE_LIMIT_REDIS_")
+    limiter = rate_limiter(
+        1.0,
+        1,
+        coordinator_env["MESH_RATE_LIMIT_REDIS_URL"],
+        Path(coordinator_env["MESH_RATE_LIMIT_REDIS_PASSWORD_FILE"]),
+    )
+    assert isinstance(limiter, SharedLimiter)
+    client = f"probe-{uuid.uuid4().hex[:8]}"
+    admin = Redis.from_url(sealed.redis_url_for("mesh-admin"))
+    try:
+        first, second = await limiter.take(client), await limiter.take(client)
+        kept = await admin.exists(KEY_PREFIX + client)  # in Redis, not in the replica's fallback buckets
+        tally.control(
+            "rate limits kept in Redis as the coordinators",
+            "coordinator",
+            (first, second > 0, kept) == (0, True, 1),
+            f"{first}, {second}, {kept}",
+        )
+    finally:
+        await limiter.redis.aclose()
+        await admin.aclose()
     print(tally.report("redis users"))
     assert not tally.leaks and not tally.failures, tally.report("redis")
 

@@ -22,9 +22,9 @@ from .helpers import card, new_address, skill
 
 @pytest.fixture
 async def index(redis_server: RedisHandle) -> AsyncIterator[AgentIndex]:
-    """An index under a prefix of its own, deleted afterwards."""
+    """An index under a prefix of its own (within `mesh:`, the registry user's keys), deleted afterwards."""
     redis = Redis.from_url(redis_server.url, decode_responses=True)
-    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    prefix = f"mesh:test-{uuid.uuid4().hex[:8]}:"
     yield AgentIndex(redis, prefix)
     keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
     if keys:

@@ -54,6 +54,11 @@ class InternalTlsSettings(BaseModel):
     )
 
 
+def read_secret(file: Path | None) -> str | None:
+    """A secret kept in a file (a mounted secret), without its trailing newline; None without a file."""
+    return None if file is None else file.read_text().strip()
+
+
 def read_keys(given: list[str], file: Path | None) -> frozenset[str]:
     """Secrets given inline plus those in a file, one per line (blank lines and # comments skipped)."""
     keys = {key.strip() for key in given if key.strip()}
@@ -120,7 +125,13 @@ class AgentSettings(ServiceSettings):
 class RegistrySettings(ServiceSettings):
     """The registry: its Redis and HTTP port."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="its Redis; the user in it is its ACL user (redis://registry@...)",
+    )
+    redis_password_file: Path | None = Field(
+        default=None, description="that user's password, read from this file (a mounted secret) unless the URL has one"
+    )
     http_port: int = 8001
     index_check_interval: float = Field(
         default=2.0, description="seconds between checks that Redis still holds the index"
@@ -210,6 +221,11 @@ class CoordinatorSettings(ServiceSettings):
         default=None,
         description="keep the rate limits in this Redis, so they hold across coordinator replicas (default: in "
         "memory, per replica)",
+    )
+    rate_limit_redis_password_file: Path | None = Field(
+        default=None,
+        description="the password of that URL's ACL user (redis://coordinator@...), read from this file (a mounted "
+        "secret) unless the URL has one",
     )
     replica_read_wait: float = Field(
         default=0.0,

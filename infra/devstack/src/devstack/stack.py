@@ -4,9 +4,7 @@ every service started the way its container starts it (`python -m <package>`), o
 from __future__ import annotations
 
 import getpass
-import hashlib
 import os
-import secrets
 import shutil
 import ssl
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from a2amesh.settings import MqttSettings
+from devstack import redis_users
 from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
@@ -30,6 +29,7 @@ SERVER_NAMES: dict[str, tuple[str, ...]] = {
 """The DNS names each server certificate carries (Compose service names, Kubernetes Services, loopback)."""
 
 REDIS_REGISTRY_USER = "registry"
+"""The registry's Redis user: its index, `mesh:*` keys (topology.yaml declares every Redis user and its rights)."""
 REDIS_ADMIN_USER = "mesh-admin"
 REDIS_COORDINATOR_USER = "coordinator"
 """The coordinators' Redis user: their shared rate limits only (mesh_coordinator.ratelimit)."""
@@ -257,6 +257,7 @@ class Stack:
             if not (self.pki.root / "servers" / f"{name}.crt").exists():
                 self.pki.issue(f"servers/{name}", server_names=hosts)
         self.pki.client(Identity("console", Role.OBSERVER))  # the console's certificate for the internal APIs
+        redis_users.write_acl(self.pki.root)  # Redis's users and their passwords (topology.yaml: redis_users)
 
     def internal_server_env(self, name: str) -> dict[str, str]:
         """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""
@@ -295,7 +296,7 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        """The registry's Redis, as the registry's own ACL user."""
+        """The registry's Redis, as the registry's own ACL user (password included: for test clients)."""
         return self.redis_url_for(REDIS_REGISTRY_USER)
 
     def redis_url_for(self, user: str, db: int = 0) -> str:
@@ -303,30 +304,17 @@ class Stack:
         return f"redis://{user}:{self.redis_password(user)}@127.0.0.1:{self.ports.redis}/{db}"
 
     def redis_password(self, user: str) -> str:
-        """A Redis user's password, kept beside the mesh's other secrets (created once)."""
-        path = self.pki.root / "redis" / f"{user}.password"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24) + "\n")
-            os.chmod(path, 0o600)
-        return path.read_text().strip()
+        """A Redis user's password, kept beside the mesh's other secrets (created once: devstack.redis_users)."""
+        return redis_users.password(self.pki.root, user)
 
-    def redis_acl(self) -> str:
-        """Redis's users: no default (passwordless) user; the registry may read, write and run transactions on
-        keys, nothing dangerous (no FLUSH*, CONFIG, KEYS, DEBUG); mesh-admin may do anything. Passwords are
-        stored as SHA-256 digests."""
-
-        def digest(user: str) -> str:
-            return hashlib.sha256(self.redis_password(user).encode()).hexdigest()
-
-        return (
-            "user default off\n"
-            f"user {REDIS_REGISTRY_USER} on #{digest(REDIS_REGISTRY_USER)} ~* resetchannels -@all "
-            "+@read +@write +@transaction +@connection -@dangerous\n"
-            f"user {REDIS_COORDINATOR_USER} on #{digest(REDIS_COORDINATOR_USER)} ~a2a:ratelimit:* resetchannels "
-            "-@all +@connection +evalsha +eval +script|load +hmget +hset +pexpire\n"
-            f"user {REDIS_ADMIN_USER} on #{digest(REDIS_ADMIN_USER)} ~* &* +@all\n"
-        )
+    def redis_env(self, user: str, prefix: str = "MESH_REDIS_") -> dict[str, str]:
+        """How a service reaches Redis, as Compose and Kubernetes hand it over: the URL names its ACL user, the
+        password stays in its file (`<prefix>URL`, `<prefix>PASSWORD_FILE`)."""
+        self.redis_password(user)  # make sure the file exists
+        return {
+            f"{prefix}URL": f"redis://{user}@127.0.0.1:{self.ports.redis}/0",
+            f"{prefix}PASSWORD_FILE": str(redis_users.password_file(self.pki.root, user)),
+        }
 
     def base_env(self) -> dict[str, str]:
         """Settings every mesh process reads (see a2amesh.settings)."""
@@ -375,9 +363,7 @@ class Stack:
         """redis-server on loopback; the registry's index is rebuilt from retained cards, so no persistence."""
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        acl_file = data_dir / "users.acl"
-        acl_file.write_text(self.redis_acl())
-        os.chmod(acl_file, 0o600)
+        acl_file = redis_users.write_acl(self.pki.root)  # the file Compose and Kubernetes run Redis with too
         argv = [
             find_binary("redis-server"),
             "--port",
@@ -425,7 +411,7 @@ class Stack:
 
     def registry(self) -> ManagedProcess:
         env = {
-            "MESH_REDIS_URL": self.redis_url,
+            **self.redis_env(REDIS_REGISTRY_USER),
             "MESH_HTTP_PORT": str(self.ports.registry),
             **self.internal_server_env("registry"),
         }
@@ -448,7 +434,7 @@ class Stack:
         package = f"mesh_{service}"
         name = f"{service}-{ordinal}"
         identity = Identity(name, _SERVICE_IDENTITIES[package].role)
-        backing = {"registry": {"MESH_REDIS_URL": self.redis_url}, "taskstore": {}}[service]
+        backing = {"registry": self.redis_env(REDIS_REGISTRY_USER), "taskstore": {}}[service]
         if service == "taskstore":
             backing["MESH_DATABASE_URL"] = self.database_url or f"sqlite:///{self.run_dir / 'taskstore.db'}"
         settings = {**backing, "MESH_HTTP_PORT": str(http_port), "MESH_REPLICA_ID": name, **env}
@@ -475,7 +461,7 @@ class Stack:
         """What a coordinator reads when it is one of several: the rate limits they share, the wait for a task
         another replica accepted (mesh_coordinator.replicas)."""
         return {
-            "MESH_RATE_LIMIT_REDIS_URL": self.redis_url_for(REDIS_COORDINATOR_USER),
+            **self.redis_env(REDIS_COORDINATOR_USER, prefix="MESH_RATE_LIMIT_REDIS_"),
             "MESH_REPLICA_READ_WAIT": "3",
         }
 

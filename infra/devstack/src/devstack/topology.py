@@ -1,10 +1,10 @@
-"""The mesh's topology as infra/devstack/topology.yaml declares it: its services, its agents and the broker
-identities (with their ACL roles). The dev runner and the PKI take their lists from here; tests/test_topology.py
-holds Compose, Kubernetes and the agent folders to it."""
+"""The mesh's topology as infra/devstack/topology.yaml declares it: its services, its agents, the broker
+identities (with their ACL roles) and Redis's ACL users. The dev runner and the PKI take their lists from here;
+tests/test_topology.py holds Compose, Kubernetes and the agent folders to it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class Topology:
     identities: tuple[Identity, ...]
     """Broker users that are no process of their own (the coordinator's hosted agent, meshctl, the health probe)."""
     agents: tuple[str, ...]
+    redis_users: dict[str, str] = field(default_factory=dict)
+    """Redis's ACL users: name -> its rules (Redis ACL syntax; devstack.redis_users adds `on` and the password)."""
 
     @property
     def agent_packages(self) -> dict[str, str]:
@@ -94,7 +96,13 @@ def load_topology(root: Path = REPO_ROOT) -> Topology:
     clash = set(agents) & (set(services) | {identity.name for identity in identities})
     if clash:
         raise TopologyError(f"{path}: {sorted(clash)} declared twice (an agent and a service or identity)")
-    return Topology(services, identities, agents)
+    redis_users = {str(name): str(rules) for name, rules in (data.get("redis_users") or {}).items()}
+    for name, rules in redis_users.items():
+        if name == "default" or not name.replace("-", "").isalnum():
+            raise TopologyError(f"{path}: redis_users.{name}: a user name of letters, digits and '-', not default")
+        if any(word in {"on", "off", "nopass"} or word.startswith((">", "#")) for word in rules.split()):
+            raise TopologyError(f"{path}: redis_users.{name}: rules only; `make certs` adds `on` and the password")
+    return Topology(services, identities, agents, redis_users)
 
 
 TOPOLOGY = load_topology()

@@ -217,7 +217,12 @@ def build_app(handler: MeshRequestHandler, registry: RegistryClient, public_url:
     ]
     policy = GuardPolicy(settings.max_body_bytes, settings.rate_limit, settings.rate_burst)
     app = AgentEndpoints(FastSendPath(Starlette(routes=routes), handler), handler.router, public_url)
-    limiter = rate_limiter(settings.rate_limit, settings.rate_burst, settings.rate_limit_redis_url)
+    limiter = rate_limiter(
+        settings.rate_limit,
+        settings.rate_burst,
+        settings.rate_limit_redis_url,
+        settings.rate_limit_redis_password_file,
+    )
     return RequestGuard(StrictJsonBodies(app), policy, authenticator(settings, public_url), handler.audit, limiter)
 
 

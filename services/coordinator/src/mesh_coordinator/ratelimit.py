@@ -15,9 +15,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from a2amesh.settings import read_secret
 from mesh_coordinator.guard import InMemoryLimiter, RateLimiter
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
@@ -79,11 +82,12 @@ class SharedLimiter:
         return int(wait_ms) / 1000
 
 
-def rate_limiter(rate: float, burst: int, redis_url: str | None) -> RateLimiter:
-    """Shared through Redis when a URL is configured, else this replica's own."""
+def rate_limiter(rate: float, burst: int, redis_url: str | None, password_file: Path | None = None) -> RateLimiter:
+    """Shared through Redis when a URL is configured, else this replica's own. The URL names the coordinators' ACL
+    user; its password is read from `password_file` (MESH_RATE_LIMIT_REDIS_PASSWORD_FILE; one in the URL wins)."""
     if not redis_url:
         return InMemoryLimiter(rate, burst)
     from redis.asyncio import Redis
 
-    redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    redis = Redis.from_url(redis_url, password=read_secret(password_file), socket_connect_timeout=1, socket_timeout=1)
     return SharedLimiter(redis, rate, burst)

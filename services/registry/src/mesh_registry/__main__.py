@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -12,7 +13,7 @@ from redis.backoff import ExponentialBackoff
 
 from a2amesh.internal import IdentityGate, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
-from a2amesh.settings import RegistrySettings
+from a2amesh.settings import RegistrySettings, read_secret
 from mesh_registry.api import create_app
 from mesh_registry.consumer import CardConsumer
 from mesh_registry.index import AgentIndex
@@ -23,8 +24,10 @@ log = logging.getLogger("mesh_registry")
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     """Run the consumer, the index check and the HTTP API until `stop`, then close Redis."""
     # a short retry: outages are waited out by the consumer (and reported by /healthz), not inside each call
+    # the URL names its ACL user; the password comes from its mounted file (a password in the URL wins)
     redis = Redis.from_url(
         settings.redis_url,
+        password=read_secret(settings.redis_password_file),
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -37,7 +40,16 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     app, options = guarded(create_app(index, consumer.is_connected), settings)
     server = http_server(app, settings.http_host, settings.http_port, **options)
     scheme = "https" if options else "http"
-    log.info("registry on %s://%s:%d, redis %s", scheme, settings.http_host, settings.http_port, settings.redis_url)
+    where = urlsplit(settings.redis_url)  # never the password a URL may carry
+    log.info(
+        "registry on %s://%s:%d, redis %s:%s as %s",
+        scheme,
+        settings.http_host,
+        settings.http_port,
+        where.hostname,
+        where.port or 6379,
+        where.username or "default",
+    )
     try:
         await serve_until(stop, server, consumer.run(), consumer.watch_index())
     finally:
