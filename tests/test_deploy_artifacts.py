@@ -1231,6 +1231,52 @@ def test_network_policy_ports_are_the_services_ports(overlay: str, devstack: Dev
                 )
 
 
+PUSH_WEBHOOKS = REPO / "k8s" / "components" / "push-webhooks"
+# what push webhooks may never reach through the component: private, shared, link-local and loopback ranges
+CLOSED_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"}
+
+
+def coordinator_egress_out_of_cluster(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The egress rules of NetworkPolicies selecting the coordinators that name addresses (ipBlock peers)."""
+    return [
+        rule
+        for policy in objects(docs, "NetworkPolicy").values()
+        if policy["spec"]["podSelector"].get("matchLabels", {}).get("app") == "coordinator"
+        for rule in policy["spec"].get("egress", [])
+        if any("ipBlock" in peer for peer in rule.get("to", []))
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_push_webhook_egress_is_an_opt_in_component(overlay: str, tmp_path: Path) -> None:
+    """No overlay lets the coordinators out of the cluster by default; the component push-webhooks, added to an
+    overlay, lets them (and nothing else) out to public addresses on 443 and 80, every private, shared, link-local
+    and loopback range excepted, and changes nothing else."""
+    docs = rendered(overlay)
+    assert not coordinator_egress_out_of_cluster(docs), f"{overlay}: coordinators reach outside addresses by default"
+    folder = tmp_path / f"{overlay}-with-push-webhooks"
+    folder.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(REPO / "k8s" / "overlays" / overlay, folder)],  # kustomize wants relative
+        "components": [os.path.relpath(PUSH_WEBHOOKS, folder)],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    with_push = [doc for doc in yaml.safe_load_all(kustomize(str(folder))) if doc]
+    [rule] = coordinator_egress_out_of_cluster(with_push)
+    [peer] = rule["to"]
+    assert peer["ipBlock"]["cidr"] == "0.0.0.0/0" and set(peer["ipBlock"]["except"]) >= CLOSED_RANGES, peer
+    assert sorted((port["protocol"], port["port"]) for port in rule["ports"]) == [("TCP", 80), ("TCP", 443)], rule
+    for policy in objects(with_push, "NetworkPolicy").values():
+        if rule in policy["spec"].get("egress", []):
+            policy["spec"]["egress"].remove(rule)
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    assert {(doc["kind"], doc["metadata"]["name"]): doc for doc in with_push} == by_name, (
+        f"{overlay}: push-webhooks changes more than the coordinators' egress"
+    )
+
+
 def labels_of(workload: dict[str, Any]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
 
