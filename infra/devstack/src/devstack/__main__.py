@@ -84,7 +84,10 @@ def certs_command(pki_dir: Path) -> int:
     """Create the dev PKI and every identity's credentials (idempotent)."""
     stack = Stack(run_dir=REPO_ROOT / "run", pki_dir=pki_dir)
     stack.ensure_pki()
-    print(f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json and, per identity, clients/<org>/<unit>/")
+    print(
+        f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json, Redis's users (redis/users.acl, "
+        "redis/<user>.password) and, per identity, clients/<org>/<unit>/"
+    )
     for identity in stack.identities():
         print(f"  {identity.username(stack.org, stack.unit):<32} {identity.role}")
     return 0
