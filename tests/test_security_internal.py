@@ -162,7 +162,8 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
 
 async def test_redis_admits_only_its_acl_users_each_to_its_own_keys_and_commands(sealed: Stack) -> None:
     """Redis as it runs everywhere: started with the ACL file `make certs` writes from topology.yaml's redis_users
-    (the one Compose mounts and k8s/secrets.sh makes the Secret redis-users of). Nobody gets in without a declared
+    (devstack.redis_users, whose file Compose mounts and k8s/secrets.sh makes the Secret redis-users of; here of the
+    test's own PKI). Nobody gets in without a declared
     user's password; each service's user is refused other services' keys and every command it does not need; the
     services connect as they are configured in the deployments (the URL's user, the password from its file)."""
     from redis.asyncio import Redis
