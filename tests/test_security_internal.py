@@ -169,7 +169,7 @@ async def test_redis_admits_only_its_acl_users_each_to_its_own_keys_and_commands
     from redis.asyncio import Redis
     from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-    from devstack import redis_users
+    from a2amesh.settings import read_secret
     from devstack.topology import TOPOLOGY
     from mesh_coordinator.ratelimit import KEY_PREFIX, SharedLimiter, rate_limiter
 
@@ -243,7 +243,7 @@ async def test_redis_admits_only_its_acl_users_each_to_its_own_keys_and_commands
     # the services' own work, connected as the deployments configure them: URL with the user, password from a file
     registry_env = sealed.redis_env("registry")
     registry = Redis.from_url(
-        registry_env["MESH_REDIS_URL"], password=redis_users.password(sealed.pki.root, "registry")
+        registry_env["MESH_REDIS_URL"], password=read_secret(Path(registry_env["MESH_REDIS_PASSWORD_FILE"]))
     )
     try:
         tally.control("redis SET/GET mesh:* as the registry", "registry", await registry.set("mesh:probe", "1") is True)
