@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from a2amesh.brokerstats import STATISTICS
+from a2amesh.mqtt import make_client as mqtt_client
 from devstack.stack import Stack
-from tests.conftest import collect, send_request, user_message
+from tests.conftest import collect, eventually, send_request, user_message
 from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml
-from tests.test_operations import http_base
+from tests.test_operations import http_base, metric
 
 OBSERVABILITY = REPO / "infra" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "mesh.json"
@@ -55,11 +58,31 @@ def exported(text: str) -> dict[str, set[str]]:
     return found
 
 
+BROKER_STATISTICS_WITHIN = 45.0
+"""Seconds until the registry has a broker statistic: Mosquitto publishes them every sys_interval (10 s)."""
+
+
+async def registry_metrics(mesh: Stack, http: httpx.AsyncClient) -> str:
+    return (await http.get(f"{http_base(mesh, 'registry')}/metrics")).text
+
+
+async def broker_statistic(mesh: Stack, http: httpx.AsyncClient, name: str) -> float | None:
+    """A broker statistic as the registry exports it now (None while it has none)."""
+    text = await registry_metrics(mesh, http)
+    return metric(text, name) if name in exported(text) else None
+
+
 async def test_every_dashboard_panel_reads_metrics_the_services_export(
     mesh: Stack, http: httpx.AsyncClient, make_client
 ) -> None:
     [event] = await collect(make_client(), send_request(user_message("for the dashboard"), skill="echo"))
     assert event.task.status.state == 3  # a task has ended, so the task metrics have their labelled series
+
+    async def every_broker_statistic() -> bool:
+        found = exported(await registry_metrics(mesh, http))
+        return all(statistic.metric + ("_total" if statistic.counter else "") in found for statistic in STATISTICS)
+
+    await eventually(every_broker_statistic, BROKER_STATISTICS_WITHIN, "the broker's statistics on the registry")
     samples: dict[str, set[str]] = {}
     for service in ("coordinator", "registry", "taskstore", "echo"):
         text = (await http.get(f"{http_base(mesh, service)}/metrics")).text
@@ -74,6 +97,45 @@ async def test_every_dashboard_panel_reads_metrics_the_services_export(
             assert name in samples, f"the dashboard asks for {name}, which no service exports ({expr})"
             unknown = labels - samples[name] - TARGET_LABELS
             assert not unknown, f"{name} has no label(s) {sorted(unknown)} ({expr})"
+
+
+async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
+    mesh: Stack, http: httpx.AsyncClient
+) -> None:
+    """The broker panels' metrics follow the broker: the mesh's own connections are counted, and messages published
+    to a persistent session that is away wait in the broker's store (its queue) until that session is gone."""
+
+    async def connected() -> float | None:
+        value = await broker_statistic(mesh, http, "mesh_broker_clients_connected")
+        return value if value is not None and value >= 3 else None  # at least the registry, task store, coordinator
+
+    await eventually(connected, BROKER_STATISTICS_WITHIN, "the mesh's connections counted")
+    stored_before = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+    assert stored_before is not None
+    queued = 25
+    topic, away = f"observability/queue/{uuid.uuid4().hex[:8]}", f"mesh-tester-away-{uuid.uuid4().hex[:8]}"
+    async with mqtt_client(mesh.tester_settings(), away, persistent=True) as subscriber:
+        await subscriber.subscribe(topic, qos=1)
+    try:
+        async with mqtt_client(mesh.tester_settings(), f"mesh-tester-pub-{uuid.uuid4().hex[:8]}") as publisher:
+            for number in range(queued):
+                await publisher.publish(topic, f"queued {number}".encode(), qos=1)
+
+        async def grown() -> float | None:
+            value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+            away_sessions = await broker_statistic(mesh, http, "mesh_broker_clients_disconnected")
+            return value if value is not None and value >= stored_before + queued and away_sessions else None
+
+        await eventually(grown, BROKER_STATISTICS_WITHIN, f"{queued} queued messages in the broker's store")
+    finally:
+        async with mqtt_client(mesh.tester_settings(), away):  # a clean start discards the session and its queue
+            pass
+
+    async def drained() -> float | None:
+        value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+        return value is not None and value < stored_before + queued
+
+    await eventually(drained, BROKER_STATISTICS_WITHIN, "the queue gone with its session")
 
 
 def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provisioned_datasource() -> None:
