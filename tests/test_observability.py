@@ -24,6 +24,7 @@ from tests.test_operations import http_base, metric
 OBSERVABILITY = REPO / "infra" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "mesh.json"
 PROFILE = "observability"
+COLLECTOR = "otel-collector"
 
 PROMQL_WORDS = {"sum", "rate", "increase", "histogram_quantile", "count", "by", "without", "max", "min", "avg"}
 PROMETHEUS_OWN = {"up"}
@@ -158,9 +159,14 @@ def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provision
 
 def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
     config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    [collector] = jobs.pop(COLLECTOR)["static_configs"]
+    telemetry = collector_config()["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]
+    assert collector["targets"] == [f"{COLLECTOR}:{telemetry['port']}"], "the collector's own metrics"
+    assert str(telemetry["port"]) in compose_services(PROFILE)[COLLECTOR].resolved["expose"]
     targets = {
         target: group["labels"]["mesh_service"]
-        for job in config["scrape_configs"]
+        for job in jobs.values()
         for group in job["static_configs"]
         for target in group["targets"]
     }
@@ -172,29 +178,66 @@ def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
     assert targets == expected
 
 
-def test_traces_go_where_the_profile_receives_them_and_the_collector_config_forwards_them() -> None:
+def collector_config() -> dict[str, Any]:
+    return yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
+
+
+def test_traces_go_through_the_collector_to_jaeger() -> None:
+    """The services export to the profile's collector, whose config (mounted where its command reads it) receives
+    OTLP/HTTP on the port the services send to and exports every pipeline to a port Jaeger listens on."""
     endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
     host, port = endpoint.removeprefix("http://").split(":")
-    assert host in compose_services(PROFILE) and port in compose_services(PROFILE)[host].resolved["expose"]
+    assert host == COLLECTOR, "the services send their spans to the collector"
+    collector = compose_services(PROFILE)[COLLECTOR].resolved
+    assert port in collector["expose"]
+    mounted = {volume["target"]: volume["source"] for volume in collector["volumes"]}
+    [config_uri] = [arg for arg in collector["command"] if arg.startswith("--config=")]
+    config_path = config_uri.removeprefix("--config=").removeprefix("file:")
+    assert (REPO / mounted[config_path]).resolve() == OBSERVABILITY / "otel-collector.yaml"
+    config = collector_config()
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == f"0.0.0.0:{port}"
+    [pipeline] = config["service"]["pipelines"].values()
+    assert pipeline["receivers"] == ["otlp"] and pipeline["processors"][0] == "memory_limiter"
+    for name in pipeline["exporters"]:
+        backend, backend_port = config["exporters"][name]["endpoint"].split(":")
+        assert backend == "jaeger" and backend_port in compose_services(PROFILE)[backend].resolved["expose"], name
+    assert collector["depends_on"] == {"jaeger": {"condition": "service_healthy"}}
+
+
+def test_the_collector_health_check_asks_the_collector_itself_without_a_shell() -> None:
+    """The distroless collector is checked in exec form by its own binary: `validate` with the mounted config and,
+    as a second config source, the health_check extension's endpoint, whose healthy answer must merge as an empty
+    map (anything else would make validate fail on a healthy collector) and whose other answers are not 200."""
+    collector = compose_services(PROFILE)[COLLECTOR].resolved
+    check = collector["healthcheck"]
+    assert check["test"][0] == "CMD", "exec form: the image has no shell"
+    binary, subcommand, *sources = check["test"][1:]
+    assert binary == "/otelcol" and subcommand == "validate"
+    assert sources[0] in collector["command"], "the check validates the config the collector runs"
+    health = collector_config()["extensions"]["health_check"]
+    assert "health_check" in collector_config()["service"]["extensions"]
+    health_port = health["endpoint"].rsplit(":", 1)[1]
+    assert sources[1:] == [f"--config=http://127.0.0.1:{health_port}{health.get('path', '/')}"]
+    assert yaml.safe_load(health["response_body"]["healthy"]) == {}
+    assert check["timeout"] and check["interval"] and check["retries"]
+
+
+def test_tracing_is_off_by_default_and_the_overlay_turns_it_on() -> None:
+    endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
     assert dotenv()["OTEL_TRACES_EXPORTER"] == "none", "tracing is off unless a deployment turns it on"
     for name, service in compose_services().items():
         if "MESH_MQTT__HOST" in service.env:  # on the broker: its hops are traced
             assert service.env["OTEL_TRACES_EXPORTER"] == "none", name
             assert service.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, name
-    # the collector Kubernetes' observability overlay sends to: OTLP/HTTP in on 4318, out to a trace backend
-    config = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
-    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
     overlay = yaml.safe_load((REPO / "k8s/overlays/observability/kustomization.yaml").read_text())
-    [generator] = overlay["configMapGenerator"]
-    literals = dict(item.split("=", 1) for item in generator["literals"])
-    assert literals["OTEL_TRACES_EXPORTER"] == "otlp" and literals["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
-    pipeline = config["service"]["pipelines"]["traces"]
-    assert pipeline["receivers"] == ["otlp"] and all(name in config["exporters"] for name in pipeline["exporters"])
+    [generator] = [gen for gen in overlay["configMapGenerator"] if gen["name"] == "mesh-config"]
+    literals = dict(item.split("=", 1) for item in generator.get("literals", []))
+    assert literals["OTEL_TRACES_EXPORTER"] == "otlp", "the overlay turns tracing on"
 
 
 def test_the_profile_is_optional_pinned_and_hardened() -> None:
     profile = compose_services(PROFILE)
-    assert set(profile) == {"jaeger", "prometheus", "grafana"}
+    assert set(profile) == {"jaeger", "prometheus", "grafana", COLLECTOR}
     raw = load_yaml(REPO / "compose.yaml")["services"]
     env = dotenv()
     for name, service in profile.items():
@@ -206,5 +249,6 @@ def test_the_profile_is_optional_pinned_and_hardened() -> None:
         assert spec["read_only"] and spec["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in spec["security_opt"], name
         assert spec["deploy"]["resources"]["limits"]["memory"], name
+        assert spec["healthcheck"]["test"], f"{name}: health-checked"
         for port in spec.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: published on loopback only"
