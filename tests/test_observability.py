@@ -10,6 +10,7 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -18,7 +19,7 @@ from a2amesh.brokerstats import STATISTICS
 from a2amesh.mqtt import make_client as mqtt_client
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
-from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml
+from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml, objects, rendered
 from tests.test_operations import http_base, metric
 
 OBSERVABILITY = REPO / "infra" / "observability"
@@ -233,6 +234,51 @@ def test_tracing_is_off_by_default_and_the_overlay_turns_it_on() -> None:
     [generator] = [gen for gen in overlay["configMapGenerator"] if gen["name"] == "mesh-config"]
     literals = dict(item.split("=", 1) for item in generator.get("literals", []))
     assert literals["OTEL_TRACES_EXPORTER"] == "otlp", "the overlay turns tracing on"
+
+
+def test_the_kubernetes_overlay_runs_the_same_collector_and_backend_and_the_services_reach_them() -> None:
+    """k8s/overlays/observability deploys the collector (its config a checked copy of Compose's) and Jaeger at the
+    images .env pins, the services' OTLP endpoint names the collector's Service port, and network policies open
+    exactly the span flows: the services to the collector, the collector to Jaeger."""
+    overlay = REPO / "k8s" / "overlays" / "observability"
+    assert (overlay / "otel-collector.yaml").read_text() == (OBSERVABILITY / "otel-collector.yaml").read_text(), (
+        "k8s/overlays/observability/otel-collector.yaml is a copy of infra/observability/otel-collector.yaml"
+    )
+    docs = rendered("observability")
+    env = dotenv()
+    deployments, services = objects(docs, "Deployment"), objects(docs, "Service")
+    images = {
+        COLLECTOR: f"{env['IMAGE_OTEL_COLLECTOR']}:{env['IMAGE_OTEL_COLLECTOR_TAG']}",
+        "jaeger": f"{env['IMAGE_JAEGER']}:{env['IMAGE_JAEGER_TAG']}",
+    }
+    for name, image in images.items():
+        [container] = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == image, f"{name}: the image and tag .env pins for Compose"
+    [config_map] = [doc for doc in objects(docs, "ConfigMap").values() if doc["metadata"]["name"].startswith("mesh-")]
+    endpoint = urlsplit(config_map["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert config_map["data"]["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert endpoint.hostname == COLLECTOR and endpoint.port in {p["port"] for p in services[COLLECTOR]["spec"]["ports"]}
+    backend = urlsplit("//" + collector_config()["exporters"]["otlp_grpc/jaeger"]["endpoint"])
+    assert backend.port in {p["port"] for p in services[backend.hostname]["spec"]["ports"]}
+
+    def allowed(source: dict[str, str], target: str, port: int) -> bool:
+        """Whether pods labelled `source` may reach app=`target` on `port`, both ways round (egress and ingress)."""
+        out = into = False
+        for policy in objects(docs, "NetworkPolicy").values():
+            selected = policy["spec"]["podSelector"].get("matchLabels", {})
+            for rule in policy["spec"].get("egress", []):
+                peers = [peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("to", [])]
+                ports = {p["port"] for p in rule.get("ports", [])}
+                out |= selected.items() <= source.items() and {"app": target} in peers and port in ports
+            for rule in policy["spec"].get("ingress", []):
+                peers = [peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("from", [])]
+                ports = {p["port"] for p in rule.get("ports", [])}
+                into |= selected == {"app": target} and source in peers and port in ports
+        return out and into
+
+    assert allowed({"a2a-mesh.dev/mqtt": "client"}, COLLECTOR, endpoint.port)
+    assert allowed({"app": COLLECTOR}, "jaeger", backend.port)
+    assert not allowed({"a2a-mesh.dev/mqtt": "client"}, "jaeger", backend.port), "spans go through the collector"
 
 
 def test_the_profile_is_optional_pinned_and_hardened() -> None:
