@@ -120,3 +120,24 @@ def test_each_channel_documents_its_user_properties_or_mqtt_properties(channel: 
     message = data["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[1]]
     assert message["headers"]["properties"], f"{channel}: no user properties documented"
     assert message["bindings"]["mqtt"]["contentType"] == "application/json"
+
+
+@pytest.mark.parametrize("channel", ["request", "reply", "event", "pool"])
+def test_the_hops_of_a_task_document_the_trace_context_they_carry(channel: str) -> None:
+    """Requests, replies and task events carry W3C trace context as the user properties a2amesh.tracing writes; the
+    documented `traceparent` accepts what the OpenTelemetry propagator writes and refuses a malformed one."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from a2amesh.tracing import TRACE_PROPERTIES, TRACEPARENT
+
+    data = document()
+    [message_ref] = data["channels"][channel]["messages"].values()
+    headers = data["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[1]]["headers"]["properties"]
+    assert set(TRACE_PROPERTIES) <= set(headers), f"{channel}: no trace context documented"
+    span = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1))
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, set_span_in_context(NonRecordingSpan(span)))
+    validator = Draft202012Validator(headers[TRACEPARENT])
+    validator.validate(carrier[TRACEPARENT])
+    assert not validator.is_valid("00-not-a-trace-01")

@@ -157,6 +157,10 @@ COMPOSE_REPLICAS = {"coordinator-1": "coordinator"}
 # workloads an overlay may add to the dev runner's services, and why
 OVERLAY_ONLY_WORKLOADS = {
     "prod": {"postgres": "the task store runs on PostgreSQL in production (make dev and Compose use SQLite)"},
+    "observability": {
+        "otel-collector": "the trace pipeline of the overlay (Compose's observability profile runs the same collector)",
+        "jaeger": "the overlay's trace backend (Compose's observability profile runs the same Jaeger)",
+    },
 }
 
 # images not built from this repository: Compose and Kubernetes must run the same tag

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
+from a2amesh.brokerstats import STATISTICS
+from a2amesh.mqtt import make_client as mqtt_client
 from devstack.stack import Stack
-from tests.conftest import collect, send_request, user_message
-from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml
-from tests.test_operations import http_base
+from tests.conftest import collect, eventually, send_request, user_message
+from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml, objects, rendered
+from tests.test_operations import http_base, metric
 
 OBSERVABILITY = REPO / "infra" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "mesh.json"
 PROFILE = "observability"
+COLLECTOR = "otel-collector"
 
 PROMQL_WORDS = {"sum", "rate", "increase", "histogram_quantile", "count", "by", "without", "max", "min", "avg"}
 PROMETHEUS_OWN = {"up"}
@@ -55,11 +60,31 @@ def exported(text: str) -> dict[str, set[str]]:
     return found
 
 
+BROKER_STATISTICS_WITHIN = 45.0
+"""Seconds until the registry has a broker statistic: Mosquitto publishes them every sys_interval (10 s)."""
+
+
+async def registry_metrics(mesh: Stack, http: httpx.AsyncClient) -> str:
+    return (await http.get(f"{http_base(mesh, 'registry')}/metrics")).text
+
+
+async def broker_statistic(mesh: Stack, http: httpx.AsyncClient, name: str) -> float | None:
+    """A broker statistic as the registry exports it now (None while it has none)."""
+    text = await registry_metrics(mesh, http)
+    return metric(text, name) if name in exported(text) else None
+
+
 async def test_every_dashboard_panel_reads_metrics_the_services_export(
     mesh: Stack, http: httpx.AsyncClient, make_client
 ) -> None:
     [event] = await collect(make_client(), send_request(user_message("for the dashboard"), skill="echo"))
     assert event.task.status.state == 3  # a task has ended, so the task metrics have their labelled series
+
+    async def every_broker_statistic() -> bool:
+        found = exported(await registry_metrics(mesh, http))
+        return all(statistic.metric + ("_total" if statistic.counter else "") in found for statistic in STATISTICS)
+
+    await eventually(every_broker_statistic, BROKER_STATISTICS_WITHIN, "the broker's statistics on the registry")
     samples: dict[str, set[str]] = {}
     for service in ("coordinator", "registry", "taskstore", "echo"):
         text = (await http.get(f"{http_base(mesh, service)}/metrics")).text
@@ -74,6 +99,45 @@ async def test_every_dashboard_panel_reads_metrics_the_services_export(
             assert name in samples, f"the dashboard asks for {name}, which no service exports ({expr})"
             unknown = labels - samples[name] - TARGET_LABELS
             assert not unknown, f"{name} has no label(s) {sorted(unknown)} ({expr})"
+
+
+async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
+    mesh: Stack, http: httpx.AsyncClient
+) -> None:
+    """The broker panels' metrics follow the broker: the mesh's own connections are counted, and messages published
+    to a persistent session that is away wait in the broker's store (its queue) until that session is gone."""
+
+    async def connected() -> float | None:
+        value = await broker_statistic(mesh, http, "mesh_broker_clients_connected")
+        return value if value is not None and value >= 3 else None  # at least the registry, task store, coordinator
+
+    await eventually(connected, BROKER_STATISTICS_WITHIN, "the mesh's connections counted")
+    stored_before = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+    assert stored_before is not None
+    queued = 25
+    topic, away = f"observability/queue/{uuid.uuid4().hex[:8]}", f"mesh-tester-away-{uuid.uuid4().hex[:8]}"
+    async with mqtt_client(mesh.tester_settings(), away, persistent=True) as subscriber:
+        await subscriber.subscribe(topic, qos=1)
+    try:
+        async with mqtt_client(mesh.tester_settings(), f"mesh-tester-pub-{uuid.uuid4().hex[:8]}") as publisher:
+            for number in range(queued):
+                await publisher.publish(topic, f"queued {number}".encode(), qos=1)
+
+        async def grown() -> float | None:
+            value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+            away_sessions = await broker_statistic(mesh, http, "mesh_broker_clients_disconnected")
+            return value if value is not None and value >= stored_before + queued and away_sessions else None
+
+        await eventually(grown, BROKER_STATISTICS_WITHIN, f"{queued} queued messages in the broker's store")
+    finally:
+        async with mqtt_client(mesh.tester_settings(), away):  # a clean start discards the session and its queue
+            pass
+
+    async def drained() -> float | None:
+        value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+        return value is not None and value < stored_before + queued
+
+    await eventually(drained, BROKER_STATISTICS_WITHIN, "the queue gone with its session")
 
 
 def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provisioned_datasource() -> None:
@@ -96,9 +160,14 @@ def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provision
 
 def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
     config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    [collector] = jobs.pop(COLLECTOR)["static_configs"]
+    telemetry = collector_config()["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]
+    assert collector["targets"] == [f"{COLLECTOR}:{telemetry['port']}"], "the collector's own metrics"
+    assert str(telemetry["port"]) in compose_services(PROFILE)[COLLECTOR].resolved["expose"]
     targets = {
         target: group["labels"]["mesh_service"]
-        for job in config["scrape_configs"]
+        for job in jobs.values()
         for group in job["static_configs"]
         for target in group["targets"]
     }
@@ -110,29 +179,111 @@ def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
     assert targets == expected
 
 
-def test_traces_go_where_the_profile_receives_them_and_the_collector_config_forwards_them() -> None:
+def collector_config() -> dict[str, Any]:
+    return yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
+
+
+def test_traces_go_through_the_collector_to_jaeger() -> None:
+    """The services export to the profile's collector, whose config (mounted where its command reads it) receives
+    OTLP/HTTP on the port the services send to and exports every pipeline to a port Jaeger listens on."""
     endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
     host, port = endpoint.removeprefix("http://").split(":")
-    assert host in compose_services(PROFILE) and port in compose_services(PROFILE)[host].resolved["expose"]
+    assert host == COLLECTOR, "the services send their spans to the collector"
+    collector = compose_services(PROFILE)[COLLECTOR].resolved
+    assert port in collector["expose"]
+    mounted = {volume["target"]: volume["source"] for volume in collector["volumes"]}
+    [config_uri] = [arg for arg in collector["command"] if arg.startswith("--config=")]
+    config_path = config_uri.removeprefix("--config=").removeprefix("file:")
+    assert (REPO / mounted[config_path]).resolve() == OBSERVABILITY / "otel-collector.yaml"
+    config = collector_config()
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == f"0.0.0.0:{port}"
+    [pipeline] = config["service"]["pipelines"].values()
+    assert pipeline["receivers"] == ["otlp"] and pipeline["processors"][0] == "memory_limiter"
+    for name in pipeline["exporters"]:
+        backend, backend_port = config["exporters"][name]["endpoint"].split(":")
+        assert backend == "jaeger" and backend_port in compose_services(PROFILE)[backend].resolved["expose"], name
+    assert collector["depends_on"] == {"jaeger": {"condition": "service_healthy"}}
+
+
+def test_the_collector_health_check_asks_the_collector_itself_without_a_shell() -> None:
+    """The distroless collector is checked in exec form by its own binary: `validate` with the mounted config and,
+    as a second config source, the health_check extension's endpoint, whose healthy answer must merge as an empty
+    map (anything else would make validate fail on a healthy collector) and whose other answers are not 200."""
+    collector = compose_services(PROFILE)[COLLECTOR].resolved
+    check = collector["healthcheck"]
+    assert check["test"][0] == "CMD", "exec form: the image has no shell"
+    binary, subcommand, *sources = check["test"][1:]
+    assert binary == "/otelcol" and subcommand == "validate"
+    assert sources[0] in collector["command"], "the check validates the config the collector runs"
+    health = collector_config()["extensions"]["health_check"]
+    assert "health_check" in collector_config()["service"]["extensions"]
+    health_port = health["endpoint"].rsplit(":", 1)[1]
+    assert sources[1:] == [f"--config=http://127.0.0.1:{health_port}{health.get('path', '/')}"]
+    assert yaml.safe_load(health["response_body"]["healthy"]) == {}
+    assert check["timeout"] and check["interval"] and check["retries"]
+
+
+def test_tracing_is_off_by_default_and_the_overlay_turns_it_on() -> None:
+    endpoint = dotenv()["OTEL_EXPORTER_OTLP_ENDPOINT"]
     assert dotenv()["OTEL_TRACES_EXPORTER"] == "none", "tracing is off unless a deployment turns it on"
     for name, service in compose_services().items():
         if "MESH_MQTT__HOST" in service.env:  # on the broker: its hops are traced
             assert service.env["OTEL_TRACES_EXPORTER"] == "none", name
             assert service.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, name
-    # the collector Kubernetes' observability overlay sends to: OTLP/HTTP in on 4318, out to a trace backend
-    config = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
-    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
     overlay = yaml.safe_load((REPO / "k8s/overlays/observability/kustomization.yaml").read_text())
-    [generator] = overlay["configMapGenerator"]
-    literals = dict(item.split("=", 1) for item in generator["literals"])
-    assert literals["OTEL_TRACES_EXPORTER"] == "otlp" and literals["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
-    pipeline = config["service"]["pipelines"]["traces"]
-    assert pipeline["receivers"] == ["otlp"] and all(name in config["exporters"] for name in pipeline["exporters"])
+    [generator] = [gen for gen in overlay["configMapGenerator"] if gen["name"] == "mesh-config"]
+    literals = dict(item.split("=", 1) for item in generator.get("literals", []))
+    assert literals["OTEL_TRACES_EXPORTER"] == "otlp", "the overlay turns tracing on"
+
+
+def test_the_kubernetes_overlay_runs_the_same_collector_and_backend_and_the_services_reach_them() -> None:
+    """k8s/overlays/observability deploys the collector (its config a checked copy of Compose's) and Jaeger at the
+    images .env pins, the services' OTLP endpoint names the collector's Service port, and network policies open
+    exactly the span flows: the services to the collector, the collector to Jaeger."""
+    overlay = REPO / "k8s" / "overlays" / "observability"
+    assert (overlay / "otel-collector.yaml").read_text() == (OBSERVABILITY / "otel-collector.yaml").read_text(), (
+        "k8s/overlays/observability/otel-collector.yaml is a copy of infra/observability/otel-collector.yaml"
+    )
+    docs = rendered("observability")
+    env = dotenv()
+    deployments, services = objects(docs, "Deployment"), objects(docs, "Service")
+    images = {
+        COLLECTOR: f"{env['IMAGE_OTEL_COLLECTOR']}:{env['IMAGE_OTEL_COLLECTOR_TAG']}",
+        "jaeger": f"{env['IMAGE_JAEGER']}:{env['IMAGE_JAEGER_TAG']}",
+    }
+    for name, image in images.items():
+        [container] = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == image, f"{name}: the image and tag .env pins for Compose"
+    [config_map] = [doc for doc in objects(docs, "ConfigMap").values() if doc["metadata"]["name"].startswith("mesh-")]
+    endpoint = urlsplit(config_map["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert config_map["data"]["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert endpoint.hostname == COLLECTOR and endpoint.port in {p["port"] for p in services[COLLECTOR]["spec"]["ports"]}
+    backend = urlsplit("//" + collector_config()["exporters"]["otlp_grpc/jaeger"]["endpoint"])
+    assert backend.port in {p["port"] for p in services[backend.hostname]["spec"]["ports"]}
+
+    def allowed(source: dict[str, str], target: str, port: int) -> bool:
+        """Whether pods labelled `source` may reach app=`target` on `port`, both ways round (egress and ingress)."""
+        out = into = False
+        for policy in objects(docs, "NetworkPolicy").values():
+            selected = policy["spec"]["podSelector"].get("matchLabels", {})
+            for rule in policy["spec"].get("egress", []):
+                peers = [peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("to", [])]
+                ports = {p["port"] for p in rule.get("ports", [])}
+                out |= selected.items() <= source.items() and {"app": target} in peers and port in ports
+            for rule in policy["spec"].get("ingress", []):
+                peers = [peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("from", [])]
+                ports = {p["port"] for p in rule.get("ports", [])}
+                into |= selected == {"app": target} and source in peers and port in ports
+        return out and into
+
+    assert allowed({"a2a-mesh.dev/mqtt": "client"}, COLLECTOR, endpoint.port)
+    assert allowed({"app": COLLECTOR}, "jaeger", backend.port)
+    assert not allowed({"a2a-mesh.dev/mqtt": "client"}, "jaeger", backend.port), "spans go through the collector"
 
 
 def test_the_profile_is_optional_pinned_and_hardened() -> None:
     profile = compose_services(PROFILE)
-    assert set(profile) == {"jaeger", "prometheus", "grafana"}
+    assert set(profile) == {"jaeger", "prometheus", "grafana", COLLECTOR}
     raw = load_yaml(REPO / "compose.yaml")["services"]
     env = dotenv()
     for name, service in profile.items():
@@ -144,5 +295,6 @@ def test_the_profile_is_optional_pinned_and_hardened() -> None:
         assert spec["read_only"] and spec["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in spec["security_opt"], name
         assert spec["deploy"]["resources"]["limits"]["memory"], name
+        assert spec["healthcheck"]["test"], f"{name}: health-checked"
         for port in spec.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: published on loopback only"

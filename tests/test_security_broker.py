@@ -440,6 +440,25 @@ async def test_streams_are_read_only_by_the_roles_made_for_them(broker: BrokerHa
         f"$a2a/v1/discovery/{broker.stack.org}/#": {Role.REGISTRY, Role.OBSERVER, Role.REQUESTER},
         "$a2a/v1/event/#": {Role.TASKSTORE, Role.OBSERVER},
         "$SYS/broker/uptime": {Role.HEALTH},
+        # the broker statistics the registry exports for the dashboard (a2amesh.brokerstats), each by its topic
+        **{
+            f"$SYS/broker/{statistic}": {Role.REGISTRY}
+            for statistic in (
+                "clients/connected",
+                "clients/disconnected",
+                "store/messages/count",
+                "store/messages/bytes",
+                "retained messages/count",
+                "subscriptions/count",
+                "messages/received",
+                "messages/sent",
+                "publish/messages/dropped",
+            )
+        },
+        "$SYS/broker/#": set(),
+        "$SYS/broker/clients/+": set(),
+        "$SYS/broker/clients/total": set(),
+        "$SYS/broker/version": set(),
         f"$a2a/v1/reply/{victim}/+": set(),
     }
     publish_rights: dict[str, set[Role]] = {

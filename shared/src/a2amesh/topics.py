@@ -9,6 +9,8 @@ Extensions:
     $a2a/v1/owner/{org}/{unit}/{coordinator}      who created each task a coordinator accepted (for the task store)
     a2a/v1/pool/{org}/{unit}/{pool}               pool requests, consumed via $share/a2a.{org}.{unit}.{pool}/...
                                                   (outside `$`: Mosquitto shares no `$` topic)
+The broker's own:
+    $SYS/broker/{statistic}                       Mosquitto's statistics, retained, refreshed every sys_interval s
 """
 
 from __future__ import annotations
@@ -231,3 +233,14 @@ def discovery_filter(org: str | None = None, unit: str | None = None) -> str:
 def replies_filter(org: str) -> str:
     """Every reply inbox of one org (what an agent may answer on, and what an edge site's bridge carries back)."""
     return f"{PREFIX}/reply/{check_id(org, 'org id')}/#"
+
+
+SYS_BROKER_PREFIX = "$SYS/broker"
+
+
+def broker_statistic_topic(statistic: str) -> str:
+    """The `$SYS` topic on which Mosquitto publishes one of its statistics (`clients/connected`, `store/messages/count`,
+    ...); a `#` filter never matches it, and only the identities granted that exact topic may read it."""
+    if not statistic or statistic.startswith("/") or any(char in statistic for char in "#+"):
+        raise TopicError(f"not a broker statistic: {statistic!r}")
+    return f"{SYS_BROKER_PREFIX}/{statistic}"

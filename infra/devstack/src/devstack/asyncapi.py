@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from a2amesh import mqtt
+from a2amesh import mqtt, tracing
 from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS
 from a2amesh.models import (
     AgentCard,
@@ -95,6 +95,18 @@ TASK_AGENT = UserProperty(
     mqtt.TASK_AGENT_PROPERTY,
     "On an event the coordinator records for another agent: that agent's address (org/unit/agent).",
 )
+TRACEPARENT = UserProperty(
+    tracing.TRACEPARENT,
+    "W3C Trace Context `traceparent` of the span that published the message (`version-traceid-parentid-flags`), "
+    "when tracing is on and the message is a hop of a traced task; a message without it starts a trace of its own.",
+    {"type": "string", "pattern": r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+)
+TRACESTATE = UserProperty(
+    tracing.TRACESTATE,
+    "W3C Trace Context `tracestate`: vendor-specific trace data travelling with `traceparent`, when there is any.",
+)
+TRACE_CONTEXT = (TRACEPARENT, TRACESTATE)
+"""The W3C "Trace Context: MQTT" user properties (a2amesh.tracing) on every request, reply and task event."""
 
 
 def _headers(properties: Iterable[UserProperty]) -> dict[str, Any]:
@@ -203,7 +215,7 @@ def document() -> dict[str, Any]:
         "JSON-RPC request",
         f"An A2A method call. {', '.join(sorted(STREAMING_METHODS))} answer with a stream of replies.",
         "JsonRpcRequest",
-        [AUTHORIZATION],
+        [AUTHORIZATION, *TRACE_CONTEXT],
         **_correlated(),
     )
     reply = _message(
@@ -211,7 +223,7 @@ def document() -> dict[str, Any]:
         "JSON-RPC response",
         "One reply to a request, carrying its correlation data.",
         "JsonRpcResponse",
-        [RESPONDER],
+        [RESPONDER, *TRACE_CONTEXT],
         correlationData=_correlated()["correlationData"],
     )
     event = _message(
@@ -219,7 +231,7 @@ def document() -> dict[str, Any]:
         "Task event",
         "One task event (a task, status update, artifact update or message), as an A2A StreamResponse.",
         "StreamResponse",
-        [EVENT_ID, TASK_AGENT],
+        [EVENT_ID, TASK_AGENT, *TRACE_CONTEXT],
     )
     owners = _message(
         "TaskOwners",

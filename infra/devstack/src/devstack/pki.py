@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from a2amesh.brokerstats import BROKER_STATISTIC_TOPICS
+
 DYNSEC_ITERATIONS = 101
 ADMIN = "mesh-admin"
 TESTER = "mesh-tester"
@@ -37,7 +39,7 @@ class Role(StrEnum):
     AGENT = "agent"  # serve its own requests (and its pool), publish its card, events and replies
     REQUESTER = "requester"  # send requests to agents and pools, read its own reply inbox
     COORDINATOR = "coordinator"  # a requester that also records events for agents that do not, and task owners
-    REGISTRY = "registry"  # read the cards
+    REGISTRY = "registry"  # read the cards, and the broker's statistics it exports (a2amesh.brokerstats)
     TASKSTORE = "taskstore"  # read the events and the task owners
     OBSERVER = "observer"  # read cards and events (meshctl events)
     HEALTH = "health"  # read the broker's uptime, nothing else
@@ -121,7 +123,8 @@ _ROLE_RIGHTS = {
     Role.AGENT: _agent,
     Role.REQUESTER: _requester,
     Role.COORDINATOR: _coordinator,
-    Role.REGISTRY: lambda me, org, unit, pool: ([], ["$a2a/v1/discovery/#"]),
+    # the cards, and each `$SYS` statistic the registry exports for the dashboard by its exact topic, no other
+    Role.REGISTRY: lambda me, org, unit, pool: ([], ["$a2a/v1/discovery/#", *BROKER_STATISTIC_TOPICS]),
     Role.TASKSTORE: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#", "$a2a/v1/owner/#"]),
     Role.OBSERVER: lambda me, org, unit, pool: ([], ["$a2a/v1/event/#", "$a2a/v1/discovery/#"]),
     Role.HEALTH: lambda me, org, unit, pool: ([], ["$SYS/broker/uptime"]),

@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from a2amesh.brokerstats import BrokerStatistics
 from a2amesh.internal import IdentityGate, rule, tls_server_options
+from a2amesh.observability import ServiceMetrics
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import RegistrySettings, read_secret
 from mesh_registry.api import create_app
@@ -34,10 +36,20 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
     )
     index = AgentIndex(redis)
+    statistics = BrokerStatistics()
     consumer = CardConsumer(
-        settings.mqtt, settings.service_address("registry").client_id, index, stop, settings.index_check_interval
+        settings.mqtt,
+        settings.service_address("registry").client_id,
+        index,
+        stop,
+        settings.index_check_interval,
+        statistics,
     )
-    app, options = guarded(create_app(index, consumer.is_connected), settings)
+    # the broker's connections and queues on the registry's /metrics, while its connection is up (a2amesh.brokerstats)
+    statistics.connected = consumer.is_connected
+    metrics = ServiceMetrics("registry")
+    metrics.registry.register(statistics)
+    app, options = guarded(create_app(index, consumer.is_connected, metrics), settings)
     server = http_server(app, settings.http_host, settings.http_port, **options)
     scheme = "https" if options else "http"
     where = urlsplit(settings.redis_url)  # never the password a URL may carry

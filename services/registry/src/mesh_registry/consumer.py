@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from a2amesh.brokerstats import BrokerStatistics
 from a2amesh.models import AgentCard
 from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope
 from a2amesh.settings import MqttSettings
@@ -69,12 +70,21 @@ def record_of(envelope: Envelope, address: AgentAddress) -> AgentRecord:
 
 class CardConsumer:
     """Keeps the index in step with the broker's retained cards, and the index complete across Redis losses.
-    A FastStream subscriber on a clean session: every (re)subscribe re-delivers every retained card."""
+    A FastStream subscriber on a clean session: every (re)subscribe re-delivers every retained card. On the same
+    connection (the registry's identity is pinned to one client id), `broker_statistics` receives the broker's
+    `$SYS` statistics for /metrics (a2amesh.brokerstats)."""
 
     def __init__(
-        self, settings: MqttSettings, client_id: str, index: AgentIndex, stop: asyncio.Event, check_interval: float
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        index: AgentIndex,
+        stop: asyncio.Event,
+        check_interval: float,
+        broker_statistics: BrokerStatistics | None = None,
     ) -> None:
         self.settings = settings
+        self.broker_statistics = broker_statistics
         self.client_id = client_id
         self.index = index
         self.stop = stop
@@ -91,6 +101,8 @@ class CardConsumer:
             title="registry.cards",
             description="Every retained Agent Card, indexed in Redis (an empty payload removes the agent).",
         )(self._receive)
+        if self.broker_statistics is not None:
+            self.broker_statistics.subscribe(broker)
         return broker
 
     def is_connected(self) -> bool:
