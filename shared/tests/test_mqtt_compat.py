@@ -12,7 +12,14 @@ from faststream import AckPolicy
 from faststream.mqtt import MQTTMessage
 
 from a2amesh.mqtt import Envelope, MqttLink, make_client
-from a2amesh.mqtt_compat import VERIFIED_WITH, connection_lost, one_write, paho_client, stream_transport
+from a2amesh.mqtt_compat import (
+    VERIFIED_WITH,
+    connection_lost,
+    memoize_subscription_selection,
+    one_write,
+    paho_client,
+    stream_transport,
+)
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import mqtt_broker, stop_keeping_session, the_message
 from devstack.fixtures import BrokerHandle
@@ -104,3 +111,24 @@ async def test_one_write_sends_a_batch_of_pubacks_that_the_broker_takes(broker: 
     bodies = [f"m{i}".encode() for i in range(5)]
     assert await session(bodies, expect=len(bodies)) == bodies
     assert await session([b"after"], expect=1) == [b"after"], "a PUBACK written by one_write did not arrive"
+
+
+def test_memoized_subscription_selection_follows_the_subscriptions() -> None:
+    """The remembered selection is zmqtt's own, and is forgotten when a subscription is added or removed."""
+    from zmqtt._internal.subscription_index import SubscriptionEntry, SubscriptionIndex
+
+    memoize_subscription_selection()
+    memoize_subscription_selection()  # idempotent: not wrapped twice
+    assert getattr(SubscriptionIndex, "_mesh_memoized", False), "zmqtt's SubscriptionIndex is not memoized"
+    index = SubscriptionIndex()
+    topic = "$a2a/v1/event/acme/default/echo"
+    index.add("$a2a/v1/event/#", SubscriptionEntry(queue=asyncio.Queue()))
+    assert index.select(topic).recipient is not None
+    assert index.select(topic).recipient[0] == "$a2a/v1/event/#"  # type: ignore[index]
+    index.add("$a2a/v1/event/acme/#", SubscriptionEntry(queue=asyncio.Queue()))
+    assert index.select(topic).recipient[0] == "$a2a/v1/event/acme/#"  # type: ignore[index]  # the more specific
+    index.remove("$a2a/v1/event/acme/#")
+    assert index.select(topic).recipient[0] == "$a2a/v1/event/#"  # type: ignore[index]
+    assert index.select("$a2a/v1/owner/acme/default/coordinator").recipient is None
+    index.clear()
+    assert index.select(topic).recipient is None

@@ -158,6 +158,26 @@ def test_a_bad_row_fails_alone(store: TaskStore) -> None:
     assert store.get("fine") is not None
 
 
+def test_a_task_across_batches_builds_on_the_stored_snapshot_even_when_another_writer_changed_it(
+    store: TaskStore,
+) -> None:
+    """The store remembers the snapshots its last batch wrote, to spare parsing them back in the next: a snapshot
+    someone else wrote since (another replica, a repair) is the one the next event applies to."""
+    store.record_many([incoming("s1", task_event("t1")), incoming("s2", task_event("t2"))])
+    second = [incoming("s3", status_event("t1", TaskState.WORKING), 1), incoming("s4", task_event("t2"), 1)]
+    assert store.record_many(second) == [Outcome.STORED, Outcome.STORED]
+    stored = store.get("t1")
+    assert stored is not None and stored.task.status.state is TaskState.WORKING
+    elsewhere = Task(id="t2", context_id="ctx-elsewhere", status=TaskStatus(state=TaskState.WORKING))
+    records = TaskRecord.__table__  # type: ignore[attr-defined]
+    with store.engine.begin() as connection:
+        connection.execute(records.update().where(records.c.task_id == "t2").values(snapshot=elsewhere.to_json()))
+    store.record_many([incoming("s5", status_event("t2", TaskState.COMPLETED), 2)])
+    stored = store.get("t2")
+    assert stored is not None and stored.task.status.state is TaskState.COMPLETED
+    assert stored.task.context_id == "ctx-elsewhere", "the event was applied to a remembered, outdated snapshot"
+
+
 def test_an_owner_lands_whether_before_or_after_the_tasks_events_and_only_once(store: TaskStore) -> None:
     alice, bob = Owner("key:alice", "t1"), Owner("key:bob", "t1")
     assert store.claim_many([("early", alice)]) == [True]  # the owner before any event

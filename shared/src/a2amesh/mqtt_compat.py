@@ -15,7 +15,12 @@ whose MQTT client acknowledges manually through its public API.
 
 - zmqtt (FastStream's MQTT client) sends each PUBACK as its own TLS write and drain (`StreamTransport.write`), which
   was a fifth of the task store's CPU: `one_write` collects the packets a block writes and sends them in one, by
-  shadowing the connection's transport `write` (`client._protocol._transport`, private) for that block."""
+  shadowing the connection's transport `write` (`client._protocol._transport`, private) for that block. It takes
+  a FastStream broker or a bare zmqtt client (the task store's, `a2amesh.zmqtt_consumer`).
+- zmqtt matches every incoming PUBLISH against its subscription tree anew (`SubscriptionIndex.select`: a tree walk,
+  a filter match and a sort by specificity), which was a tenth of the task store's CPU although its events come on
+  a few hundred topics: `memoize_subscription_selection` remembers the selection per topic, forgotten whenever a
+  subscription is added or removed (the index's `add`, `remove` and `clear`; `add_many` goes through `add`)."""
 
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
 
 if TYPE_CHECKING:  # FastStream and zmqtt are the `faststream` extra's: imported only where used
+    import zmqtt
     from faststream.mqtt import MQTTBroker
     from zmqtt._internal.transport.base import StreamTransport
 
@@ -173,18 +179,20 @@ def packed_event_properties(content_type: str, key: str, event_id: str) -> Packe
     return properties
 
 
-def stream_transport(broker: MQTTBroker) -> StreamTransport | None:
-    """The TLS/TCP stream zmqtt writes `broker`'s packets to, or None (not connected, or zmqtt no longer keeps one
-    where this module looks: callers then write packet by packet, as zmqtt does)."""
+def stream_transport(broker: MQTTBroker | zmqtt.MQTTClient) -> StreamTransport | None:
+    """The TLS/TCP stream zmqtt writes the packets of `broker` (a FastStream broker or a zmqtt client) to, or None
+    (not connected, or zmqtt no longer keeps one where this module looks: callers then write packet by packet, as
+    zmqtt does)."""
     from zmqtt._internal.transport.base import StreamTransport  # here: the faststream extra may be absent
 
-    client = getattr(broker.config, "client", None)
+    config = getattr(broker, "config", None)
+    client = getattr(config, "client", None) if config is not None else broker
     transport = getattr(getattr(client, "_protocol", None), "_transport", None)
     return transport if isinstance(transport, StreamTransport) else None
 
 
 @contextlib.asynccontextmanager
-async def one_write(broker: MQTTBroker) -> AsyncIterator[None]:
+async def one_write(broker: MQTTBroker | zmqtt.MQTTClient) -> AsyncIterator[None]:
     """Every packet `broker`'s connection writes inside the block (the PUBACKs of a batch) goes out in one write at
     its end, in order. Meant for a block that does not wait on the network: its writes only queue until the end."""
     transport = stream_transport(broker)
@@ -218,3 +226,52 @@ def with_user_properties(properties: Properties | None, pairs: Iterable[tuple[st
     if extra:
         copy.UserProperty = extra
     return copy
+
+
+SELECTION_CACHE_SIZE = 4096
+"""Topics whose subscription selection is remembered at most (then the memory starts again)."""
+
+
+def memoize_subscription_selection() -> None:
+    """Make zmqtt remember, per topic, which subscription a PUBLISH goes to (see the module's docstring). The
+    selection depends only on the topic and the set of subscriptions, so it is forgotten whenever that set changes.
+    Idempotent; a process-wide patch of zmqtt's `SubscriptionIndex`, whose instances (one per connection) are not
+    reachable before they route their first message."""
+    from zmqtt._internal.subscription_index import SubscriptionIndex  # here: the faststream extra may be absent
+
+    if getattr(SubscriptionIndex, "_mesh_memoized", False):
+        return
+    select, add, remove, clear = (
+        SubscriptionIndex.select,
+        SubscriptionIndex.add,
+        SubscriptionIndex.remove,
+        SubscriptionIndex.clear,
+    )
+
+    def selections(index: SubscriptionIndex) -> dict[str, Any]:
+        memo: dict[str, Any] | None = index.__dict__.get("_mesh_selections")
+        if memo is None:
+            memo = index.__dict__["_mesh_selections"] = {}
+        return memo
+
+    def memoized_select(self: SubscriptionIndex, topic: str) -> Any:
+        memo = selections(self)
+        selection = memo.get(topic)
+        if selection is None:
+            if len(memo) >= SELECTION_CACHE_SIZE:
+                memo.clear()
+            selection = memo[topic] = select(self, topic)
+        return selection
+
+    def forgetting(method: Callable[..., Any]) -> Callable[..., Any]:
+        def changed(self: SubscriptionIndex, *args: Any) -> Any:
+            selections(self).clear()
+            return method(self, *args)
+
+        return changed
+
+    SubscriptionIndex.select = memoized_select  # type: ignore[method-assign]
+    SubscriptionIndex.add = forgetting(add)  # type: ignore[method-assign]
+    SubscriptionIndex.remove = forgetting(remove)  # type: ignore[method-assign]
+    SubscriptionIndex.clear = forgetting(clear)  # type: ignore[method-assign]
+    SubscriptionIndex._mesh_memoized = True  # type: ignore[attr-defined]

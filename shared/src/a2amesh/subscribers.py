@@ -2,6 +2,9 @@
 store's event consumer only subscribe and record, which is what FastStream is for. Agents and the coordinator keep
 the aiomqtt binding (`a2amesh.mqtt`), whose request/reply, presence and back-pressure FastStream does not model.
 
+The task store's event recorder is the exception: every event of the mesh passes through it, so it reads zmqtt
+directly (`a2amesh.zmqtt_consumer`) rather than through FastStream's per-message pipeline.
+
 FastStream 0.7 speaks MQTT through zmqtt, which acknowledges manually through its public API (`Message.ack`), so
 the task store no longer needs aiomqtt's private manual-ack switch. One gap remains, isolated here: a graceful
 `MQTTBroker.stop()` unsubscribes every subscriber, which would delete a persistent session's subscription and lose
@@ -23,11 +26,9 @@ from faststream.security import BaseSecurity, SASLPlaintext
 from a2amesh import tracing
 from a2amesh.mqtt import Envelope, tls_context
 from a2amesh.settings import MqttSettings
+from a2amesh.zmqtt_consumer import RECONNECT
 
 log = logging.getLogger(__name__)
-
-RECONNECT = zmqtt.ReconnectConfig(initial_delay=0.2, max_delay=5.0, backoff_factor=2.0, max_attempts=None)
-"""Retry for ever, from 0.2 s up to 5 s apart, as `a2amesh.mqtt.RECONNECT_DELAYS` does for the binding."""
 
 
 def _security(settings: MqttSettings) -> BaseSecurity | None:

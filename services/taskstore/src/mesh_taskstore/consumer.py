@@ -1,10 +1,17 @@
 """Taking task events and task owners off the broker: decode and validate each message, then hand it to the store
 off the event loop.
 
-There is one writer, fed in the order the broker delivers (the FastStream subscribers hand messages over one at a
-time), so the events of a task are applied in order and no write ever races another. A task's owner (from a
+There is one writer, fed in the order the broker delivers (one reader takes the messages off the connection one at
+a time), so the events of a task are applied in order and no write ever races another. A task's owner (from a
 coordinator's owner topic) may come before or after its first event: the owner has a row of its own, so either
-order ends the same."""
+order ends the same.
+
+This is the mesh's hottest consumer (four or more events for every task), so it reads zmqtt directly
+(`a2amesh.zmqtt_consumer`) instead of through a FastStream subscriber: FastStream's per-message pipeline
+(middlewares, a context and a logging scope per message) cost about a quarter of the store's CPU, and nothing
+here uses what it adds. zmqtt's public API gives the rest: one subscription for both filters (so owners and
+events keep the broker's order), manual acknowledgement after commit, re-subscription after a reconnect, and
+`detach` to stop without ending the persistent session."""
 
 from __future__ import annotations
 
@@ -16,26 +23,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from faststream import AckPolicy
-from faststream.mqtt import MQTTMessage
+import zmqtt
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from a2amesh import tracing
 from a2amesh.models import StreamResponse, TaskOwnerRecords
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.mqtt_compat import one_write
 from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
-from a2amesh.subscribers import (
-    envelope_of,
-    is_connected,
-    mqtt_broker,
-    start_until_stopped,
-    stop_keeping_session,
-    the_message,
-    traced,
-)
 from a2amesh.topics import EVENTS_ALL, OWNERS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
+from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.partition import Partition
 from mesh_taskstore.store import Incoming, Outcome, Owner, OwnerClaims, TaskStore
@@ -47,6 +46,10 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between attempts to write an event while the database is unavailable; the last value repeats."""
 QUIET_BEFORE_STOP = 0.1
 """Seconds without a new message before a stopping consumer disconnects."""
+START_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between attempts to connect and subscribe after a failure; the last value repeats."""
+OWNER_PREFIX = OWNERS_ALL.removesuffix("#")
+"""Owner topics start so; every other message of the subscription is on an event topic."""
 
 
 def event_id_of(envelope: Envelope) -> str:
@@ -128,12 +131,12 @@ class EventConsumer:
     """Consumes `$a2a/v1/event/#` and `$a2a/v1/owner/#` with a persistent session and records every event and
     every task owner in the store.
 
-    A FastStream subscriber only decodes and queues; one writer task records the queue in order, in batches
-    (group commit): a batch is what has arrived by `batch_max_wait` after its first event, at most
-    `batch_max_events`, written in one transaction, and each of its events is acknowledged only once that
-    transaction commits. The fixed cost of a transaction (its statements, its fsync) is then shared by every
-    event of the batch, which is what lets the store keep up with the mesh, and what lets a backlog (the broker
-    keeps up to 10,000 events for us while we are down) be written in seconds."""
+    A reader only decodes and queues; one writer task records the queue in order, in batches (group commit): a
+    batch is what has arrived by `batch_max_wait` after its first event, at most `batch_max_events`, written in
+    one transaction, and each of its events is acknowledged only once that transaction commits. The fixed cost of
+    a transaction (its statements, its fsync) is then shared by every event of the batch, which is what lets the
+    store keep up with the mesh, and what lets a backlog (the broker keeps up to 10,000 events for us while we are
+    down) be written in seconds."""
 
     def __init__(
         self,
@@ -153,26 +156,13 @@ class EventConsumer:
         """The events this replica records; the rest are other replicas' (mesh_taskstore.partition)."""
         self.decode: Decoder = decoder or (lambda envelope, at: decode(envelope, at, trusted_recorders))
         self.store = store
+        self.settings = settings
+        self.client_id = client_id
         self.batch_max_events = batch_max_events
         self.batch_max_wait = batch_max_wait
         self.drain_timeout = drain_timeout
-        self.broker = mqtt_broker(settings, client_id, persistent=True, graceful_timeout=1.0)
-        self.broker.subscriber(
-            EVENTS_ALL,
-            qos=1,
-            ack_policy=AckPolicy.MANUAL,  # PUBACK after the write: an event the store never wrote comes again
-            decoder=the_message,
-            title="taskstore.events",
-            description="Every agent's task events, recorded in order and acknowledged once written.",
-        )(traced(self.handle))
-        self.broker.subscriber(
-            OWNERS_ALL,
-            qos=1,
-            ack_policy=AckPolicy.MANUAL,  # PUBACK after the write, as for events
-            decoder=the_message,
-            title="taskstore.owners",
-            description="Who created each task a coordinator accepted, recorded once whatever the order.",
-        )(self.handle_owners)
+        self.client = consumer_client(settings, client_id, persistent=True)
+        self._subscription: zmqtt.Subscription | None = None
         self._pending: asyncio.Queue[Incoming | OwnerClaims] = asyncio.Queue(maxsize=2 * batch_max_events)
         self._batch_full = asyncio.Event()
         self._writing = 0
@@ -180,8 +170,8 @@ class EventConsumer:
         self._halt = asyncio.Event()
 
     def is_connected(self) -> bool:
-        """Whether the consumer holds a broker connection (the health check reads it)."""
-        return is_connected(self.broker)
+        """Whether the consumer holds a broker connection with its subscription in place (the health check)."""
+        return self._subscription is not None and is_connected(self.client)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then stop receiving, record what was received, and disconnect.
@@ -192,7 +182,7 @@ class EventConsumer:
         redelivery on a graceful stop. The broker never has more than its max_inflight_messages unacknowledged
         events out to us, which bounds our memory too."""
         writer = asyncio.create_task(self._write_loop())
-        starting = asyncio.create_task(start_until_stopped(self.broker, self._halt))  # until the broker answers
+        reader = asyncio.create_task(self._read_loop())
         try:
             await stop.wait()
             deadline = asyncio.get_running_loop().time() + self.drain_timeout
@@ -200,23 +190,71 @@ class EventConsumer:
             log.info("stopping: recording the %d received events still waiting, then disconnecting", waiting)
             await self._until(self._idle, deadline)
             self._halt.set()
-            with contextlib.suppress(Exception):  # receive no more; the session keeps queueing for our return
-                await stop_keeping_session(self.broker)
+            await _cancelled(reader)  # receive no more; the session keeps queueing for our return
+            with contextlib.suppress(Exception):
+                await self._detach()
             await self._until(lambda: self._pending.empty() and not self._writing, deadline)
         finally:
             self._halt.set()
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await starting
+            await _cancelled(reader)
             with contextlib.suppress(Exception):
-                await stop_keeping_session(self.broker)  # a graceful stop must not end the persistent session
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+                await self._disconnect()  # a graceful stop must not end the persistent session
+            await _cancelled(writer)
         unwritten = self._pending.qsize() + self._writing
         if unwritten:
             log.error("stopped with %d received events not recorded", unwritten)
         log.info("consumer stopped")
+
+    async def _read_loop(self) -> None:
+        """Connect, subscribe and hand every message to `_receive`, for ever: after a failure (the broker refusing
+        the connection or the subscription, the connection lost for good), start again on a fresh client, so that
+        nothing of the failed one (its subscriptions, its queue) lingers. Connection losses zmqtt recovers itself
+        (it reconnects and subscribes again, `RECONNECT`), and messages in flight then come again."""
+        attempt = 0
+        while not self._halt.is_set():
+            try:
+                subscription = await self._subscribe()
+                attempt = 0
+                async for message in subscription:
+                    await self._receive(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = START_DELAYS[min(attempt, len(START_DELAYS) - 1)]
+                attempt += 1
+                log.warning("consumer connection failed (%s); starting again in %.1fs", error, delay)
+                with contextlib.suppress(Exception):
+                    await self._disconnect()
+                self.client = consumer_client(self.settings, self.client_id, persistent=True)
+                await _sleep_unless(self._halt, delay)
+
+    async def _subscribe(self) -> zmqtt.Subscription:
+        """Connect (zmqtt retries an unreachable broker for ever) and subscribe both filters in one subscription,
+        so owners and events reach the writer in the order the broker sent them. The receive buffer is the size of
+        a batch: beyond it, zmqtt stops reading the socket (back-pressure, not memory growth)."""
+        await self.client.connect()
+        subscription = self.client.subscribe(
+            EVENTS_ALL,
+            OWNERS_ALL,
+            qos=zmqtt.QoS.AT_LEAST_ONCE,
+            auto_ack=False,  # PUBACK after the write: an event the store never wrote comes again
+            receive_buffer_size=self.batch_max_events,
+        )
+        await subscription.start()
+        self._subscription = subscription
+        log.info("consuming %s and %s as %s", EVENTS_ALL, OWNERS_ALL, self.client_id)
+        return subscription
+
+    async def _detach(self) -> None:
+        """Receive no more, without unsubscribing: the broker keeps queueing our events in the session, and the
+        acknowledgements of what was received can still go out until we disconnect."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.detach()
+
+    async def _disconnect(self) -> None:
+        await self._detach()
+        await self.client.disconnect()
 
     def _idle(self) -> bool:
         """Nothing received is waiting (not in our queue, not in a write) and nothing has arrived for a moment, so
@@ -231,20 +269,33 @@ class EventConsumer:
         while not condition() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def handle(self, message: MQTTMessage) -> None:
-        """Decode one message and queue it for the writer; malformed ones are logged and dropped. A full queue
-        makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
+    async def _receive(self, message: zmqtt.Message) -> None:
+        """Decode one message and queue it for the writer; malformed ones are logged, dropped and acknowledged. A
+        full queue makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
-        if not self.partition.owns(message.raw_message.topic):
-            await message.ack()  # another replica's share: it has its own copy in its own session
+        if tracing.enabled:
+            pairs = message.properties.user_properties if message.properties else ()
+            with tracing.processing(message.topic, pairs, len(message.payload)):
+                item = self._decode_message(message)
+        else:
+            item = self._decode_message(message)
+        if item is None:
+            await message.ack()  # dropped for good (or another replica's): nothing to redeliver
             return
-        incoming = self.decode(envelope_of(message), datetime.now(UTC))
-        if incoming is None:
-            await message.ack()  # dropped for good: nothing to redeliver
-            return
-        await self._pending.put(replace(incoming, ack=message.ack))
+        await self._pending.put(item)
         if self._pending.qsize() >= self.batch_max_events - 1:
             self._batch_full.set()
+
+    def _decode_message(self, message: zmqtt.Message) -> Incoming | OwnerClaims | None:
+        """What a message is to record, carrying its acknowledgement; None for nothing (dropped, or an event of
+        another replica's share: it has its own copy in its own session)."""
+        if message.topic.startswith(OWNER_PREFIX):
+            claims = decode_owners(envelope_of(message), self.trusted_recorders)
+            return None if claims is None else replace(claims, ack=message.ack)
+        if not self.partition.owns(message.topic):
+            return None
+        incoming = self.decode(envelope_of(message), datetime.now(UTC))
+        return None if incoming is None else replace(incoming, ack=message.ack)
 
     async def _next_batch(self) -> list[Incoming | OwnerClaims]:
         """The next batch: the first waiting event, then whatever arrives until the batch is full or
@@ -258,15 +309,6 @@ class EventConsumer:
         while len(batch) < self.batch_max_events and not self._pending.empty():
             batch.append(self._pending.get_nowait())
         return batch
-
-    async def handle_owners(self, message: MQTTMessage) -> None:
-        """Decode a coordinator's owner records and queue them behind the events received before them."""
-        self._last_received = asyncio.get_running_loop().time()
-        claims = decode_owners(envelope_of(message), self.trusted_recorders)
-        if claims is None:
-            await message.ack()
-            return
-        await self._pending.put(replace(claims, ack=message.ack))
 
     async def _write_loop(self) -> None:
         while True:
@@ -297,12 +339,15 @@ class EventConsumer:
                 attempt += 1
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
-        try:
-            async with one_write(self.broker):  # one TLS write for the batch's PUBACKs, not one each
-                for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+        lost = 0
+        async with one_write(self.client):  # one TLS write for the batch's PUBACKs, not one each
+            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                try:
                     await incoming.ack()
-        except Exception as error:  # the connection dropped: the broker redelivers the rest, recorded once
-            log.info("acknowledgements lost with the connection (%s); those events will be redelivered", error)
+                except Exception:  # its connection dropped: the broker redelivers it, recorded once
+                    lost += 1
+        if lost:
+            log.info("%d acknowledgements lost with the connection; those events will be redelivered", lost)
         debug = log.isEnabledFor(logging.DEBUG)
         for incoming, outcome in zip(events, outcomes, strict=True):
             if outcome is Outcome.STORED and not debug:
@@ -324,6 +369,13 @@ class EventConsumer:
         for (task_id, owner), recorded in zip(owners, self.store.claim_many(owners), strict=True):
             if not recorded:
                 log.error("task %s already has another owner; %s not recorded", task_id, owner.principal)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

@@ -21,7 +21,7 @@ from mesh_taskstore import db
 from mesh_taskstore.apply import EventKind, trim
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
 from mesh_taskstore.incoming import Incoming, Outcome, no_ack
-from mesh_taskstore.writes import write_batch
+from mesh_taskstore.writes import SnapshotMemo, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ class TaskStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._memo = SnapshotMemo()
+        """The last batch's snapshots as models (writes are serial: one writer per store)."""
 
     def ping(self) -> None:
         """Raise unless the database answers."""
@@ -156,7 +158,7 @@ class TaskStore:
     def _commit(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """One transaction for the batch (group commit: one fsync for the lot); see `writes.write_batch`."""
         with self.engine.begin() as connection:
-            return write_batch(connection, batch)
+            return write_batch(connection, batch, self._memo)
 
     def claim(self, task_id: str, owner: Owner) -> bool:
         """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""

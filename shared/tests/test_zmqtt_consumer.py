@@ -1,0 +1,49 @@
+"""The task store's bare zmqtt consumer (a2amesh.zmqtt_consumer) against the real broker: manual acknowledgements
+sent in one write reach the broker, and detaching then disconnecting keeps the persistent session, so what was
+not acknowledged and what is published meanwhile both come on the next connection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import zmqtt
+
+from a2amesh.mqtt import make_client
+from a2amesh.mqtt_compat import one_write, stream_transport
+from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
+from devstack.fixtures import BrokerHandle
+
+
+async def test_acknowledged_messages_stay_acknowledged_and_the_session_outlives_a_detach(broker: BrokerHandle) -> None:
+    client_id, topic = f"zc-{uuid.uuid4().hex[:8]}", f"test/zc/{uuid.uuid4().hex[:8]}"
+
+    async def publish(*bodies: bytes) -> None:
+        async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+            for body in bodies:
+                await publisher.publish(topic, body, qos=1)
+
+    async def session(expect: int, acknowledge: int, then_publish: tuple[bytes, ...] = ()) -> list[bytes]:
+        """Receive `expect` messages, acknowledge the first `acknowledge` in one write, detach and disconnect."""
+        client = consumer_client(broker.settings, client_id, persistent=True)
+        await client.connect()
+        subscription = client.subscribe(topic, qos=zmqtt.QoS.AT_LEAST_ONCE, auto_ack=False)
+        await subscription.start()
+        try:
+            assert is_connected(client)
+            await publish(*then_publish)
+            received = [await asyncio.wait_for(subscription.get_message(), timeout=15) for _ in range(expect)]
+            assert stream_transport(client) is not None, "zmqtt's transport moved: one_write writes one by one"
+            async with one_write(client):
+                for message in received[:acknowledge]:
+                    await message.ack()
+            await asyncio.sleep(0.3)  # the write has gone out
+            return [envelope_of(message).payload for message in received]
+        finally:
+            await subscription.detach()
+            await client.disconnect()
+            assert not is_connected(client)
+
+    assert await session(3, acknowledge=2, then_publish=(b"m0", b"m1", b"m2")) == [b"m0", b"m1", b"m2"]
+    await publish(b"while away")
+    assert await session(2, acknowledge=2) == [b"m2", b"while away"], "the session lost or repeated messages"
