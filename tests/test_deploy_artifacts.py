@@ -142,11 +142,20 @@ K8S_REPLICA_ONLY_SETTINGS = {
     "MESH_WORKFLOWS_ID": "each pod hosts its own workflows agent, workflows-<ordinal> (its index)",
 }
 
+# settings the task store's pods get on Kubernetes, where it runs as a StatefulSet of partitions, but not in make dev
+# and Compose (one store, the defaults: partition 0 of 1)
+K8S_PARTITION_ONLY_SETTINGS = {
+    "MESH_REPLICA_ID": "each pod is the partition taskstore-<ordinal>, its own broker identity (its name)",
+    "MESH_PARTITION": "each pod records the share of its ordinal (its index)",
+    "MESH_PARTITIONS": "as many partitions as the StatefulSet has replicas",
+}
+
 # services whose Kubernetes pods enroll their identities as they start: setting prefix -> the pool (or service
 # replica template, devstack.pki.SERVICE_REPLICAS) whose `<name>-<ordinal>` a pod enrolls under that prefix
 ENROLLED_IDENTITIES: dict[str, dict[str, str]] = {
     **{agent: {"MESH_MQTT__": agent} for agent in AGENTS},
     "coordinator": {"MESH_MQTT__": "coordinator", "MESH_WORKFLOWS_MQTT__": "workflows"},
+    "taskstore": {"MESH_MQTT__": "taskstore"},
 }
 
 # Compose services that are one more replica of a service, under a profile (the service they replicate)
@@ -360,15 +369,19 @@ def k8s_pods(service: str) -> list[str | None]:
     any other workload (all alike)."""
     if service not in ENROLLED_IDENTITIES:
         return [None]
-    names = replica_names(service, AGENT_REPLICAS if service in AGENTS else hpa_max(service))
-    return [*names[:2], names[-1]]
+    names = replica_names(service, AGENT_REPLICAS if service in AGENTS else most_pods(service))
+    return list(dict.fromkeys([*names[:2], names[-1]]))
 
 
-def hpa_max(service: str) -> int:
-    """The most pods of `service` any overlay's HPA runs."""
-    return max(
-        objects(rendered(overlay), "HorizontalPodAutoscaler")[service]["spec"]["maxReplicas"] for overlay in OVERLAYS
-    )
+def most_pods(service: str) -> int:
+    """The most pods of `service` any overlay runs: its HPA's maximum, or the StatefulSet's fixed `replicas` (the
+    task store's partitions)."""
+    counts = []
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        hpa = objects(docs, "HorizontalPodAutoscaler").get(service)
+        counts.append(hpa["spec"]["maxReplicas"] if hpa else workloads(docs)[service]["spec"].get("replicas", 1))
+    return max(counts)
 
 
 ENROLLED = b"(the password the init container enrolls)"
@@ -1098,6 +1111,9 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
             if service == "coordinator":
                 assert set(K8S_REPLICA_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_REPLICA_ONLY_SETTINGS)}"
                 k8s -= set(K8S_REPLICA_ONLY_SETTINGS)
+            if service == "taskstore":
+                assert set(K8S_PARTITION_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_PARTITION_ONLY_SETTINGS)}"
+                k8s -= set(K8S_PARTITION_ONLY_SETTINGS)
             assert k8s == compose, (
                 f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
                 f"only in compose {sorted(compose - k8s)}"
@@ -1112,7 +1128,7 @@ def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> Non
         compose = compose_services()[service].env
         k8s = k8s_env(docs, main_container(workloads(docs)[service]))
         for name, value in k8s.items():
-            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS}
+            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS, *K8S_PARTITION_ONLY_SETTINGS}
             if name.startswith("MESH_") and value is not FROM_POD and name not in only_k8s:
                 assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
 
