@@ -926,6 +926,45 @@ def test_the_coordinator_runs_replicas_each_enrolling_identities_of_its_own(over
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_task_store_runs_one_partition_per_pod(overlay: str) -> None:
+    """Issue #18 item 4 on Kubernetes: the task store is a StatefulSet of a fixed number of pods (no HPA), as many as
+    MESH_PARTITIONS says; pod taskstore-<i> records partition <i> (every partition is some pod's, none two pods'),
+    as the identity taskstore-<i> it enrolls; a headless Service governs it and a PDB lets a drain stop one. One
+    partition on SQLite (one file, one writer), more only on PostgreSQL."""
+    docs = rendered(overlay)
+    workload = workloads(docs)["taskstore"]
+    assert workload["kind"] == "StatefulSet", f"{overlay}: pods with names (and partitions) of their own"
+    assert "taskstore" not in {
+        hpa["spec"]["scaleTargetRef"]["name"] for hpa in objects(docs, "HorizontalPodAutoscaler").values()
+    }
+    replicas = workload["spec"].get("replicas", 1)
+    container, enrolls = main_container(workload), enroll_containers(workload)
+    assert int(k8s_env(docs, container)["MESH_PARTITIONS"]) == replicas, f"{overlay}: MESH_PARTITIONS != replicas"
+    assert len(enrolls) == 1, f"{overlay}: an init container enrolls the pod's identity"
+    partitions, identities = [], set()
+    for pod in replica_names("taskstore", replicas):
+        env, enrolled = k8s_env(docs, container, pod), k8s_env(docs, enrolls[0], pod)
+        settings = TaskStoreSettings(partition=int(env["MESH_PARTITION"]), partitions=int(env["MESH_PARTITIONS"]))
+        partitions.append(settings.partition)
+        assert env["MESH_REPLICA_ID"] == pod and service_of(pod) == "taskstore", f"{overlay} {pod}: replica id"
+        assert (enrolled["MESH_AGENT_ID"], enrolled["MESH_POOL"]) == (pod, "taskstore"), f"{overlay} {pod}: enrolls"
+        identities.add(env["MESH_MQTT__USERNAME"])
+        assert env["MESH_MQTT__USERNAME"] == f"{env['MESH_ORG']}/{env['MESH_UNIT']}/{pod}", f"{overlay} {pod}"
+    assert sorted(partitions) == list(range(replicas)), f"{overlay}: each pod its own partition: {partitions}"
+    assert len(identities) == replicas, f"{overlay}: each pod its own identity"
+    database = k8s_env(docs, container)["MESH_DATABASE_URL"]
+    assert replicas == 1 or database.startswith("postgresql"), f"{overlay}: {replicas} partitions on {database}"
+    if overlay == "prod":
+        assert replicas >= 2, "prod runs more than one partition"
+    headless = objects(docs, "Service")[workload["spec"]["serviceName"]]["spec"]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert headless.get("clusterIP") == "None" and headless["selector"].items() <= pod_labels.items(), overlay
+    budget = objects(docs, "PodDisruptionBudget")["taskstore"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items(), f"{overlay}: the PDB selects its pods"
+    assert budget.get("maxUnavailable") == 1, f"{overlay}: a drain stops one partition at a time"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_reference_in_the_render_resolves(overlay: str, k8s_secrets: SecretsScript) -> None:
     """ConfigMaps, Secrets, claims and ServiceAccounts named by pods exist in the render (generated names carry a
     hash; a reference kustomize did not rewrite would dangle), or, for the Secrets of the PKI, among those
