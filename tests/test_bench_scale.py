@@ -1,5 +1,6 @@
 """`make bench-scale` seeds the task store's database straight through SQLite: the rows it writes must read back
-through the store exactly as rows the store wrote itself (else the latency it reports is of failing reads)."""
+through the store exactly as rows the store wrote itself (else the latency it reports is of failing reads). Its
+open-streams measurement runs at a tiny size here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from a2amesh.models import TaskState
 from loadtests.bench.scale import seed
+from loadtests.bench.settings import BenchSettings
+from loadtests.bench.streams import MEASURED, StreamTiming, raise_open_files_limit, render_streams, stream_row
 from mesh_taskstore.db import create_tables, make_engine
 from mesh_taskstore.store import TaskQuery, TaskStore
 
@@ -29,3 +32,25 @@ def test_seeded_tasks_read_back_through_the_store(tmp_path: Path) -> None:
         assert [task.id for task in page.tasks] == [f"seed-{n:08d}" for n in range(1499, 1494, -1)]  # newest first
     finally:
         engine.dispose()
+
+
+def test_open_streams_are_held_measured_and_released(tmp_path: Path) -> None:
+    """The open-streams measurement at a tiny size, on a real mesh: every stream's task is held WORKING by the
+    agent until the benchmark releases it, then completes; memory is read before and while held for each process."""
+    settings = BenchSettings(report_dir=tmp_path, service_envs=False)
+    timing = StreamTiming(plateau_s=1.0, release_s=60.0, settle_s=0.0)
+    row = stream_row(settings, 20, raise_open_files_limit(), timing)
+    assert (row["held"], row["completed"], row["errors"]) == (20, 20, 0), row["error_samples"]
+    assert row["ended_while_held"] == 0, "a task ended before it was released"
+    for name in MEASURED:
+        assert row["idle_rss_mb"][name] > 0 and row["plateau_rss_mb"][name] > 0, name
+        assert row["kb_per_task"][name] is not None, name
+    table = "\n".join(render_streams([row]))
+    assert "| 20 | 20 / 20 / 0 |" in table
+
+
+def test_a_size_the_open_files_limit_cannot_hold_is_reported_not_measured(tmp_path: Path) -> None:
+    settings = BenchSettings(report_dir=tmp_path, service_envs=False)
+    row = stream_row(settings, 10_000, 4096)
+    assert "not_measured" in row and "4096" in row["not_measured"]
+    assert "not measured" in "\n".join(render_streams([row]))

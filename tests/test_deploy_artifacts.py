@@ -144,11 +144,20 @@ K8S_REPLICA_ONLY_SETTINGS = {
     "MESH_WORKFLOWS_ID": "each pod hosts its own workflows agent, workflows-<ordinal> (its index)",
 }
 
+# settings the task store's pods get on Kubernetes, where it runs as a StatefulSet of partitions, but not in make dev
+# and Compose (one store, the defaults: partition 0 of 1)
+K8S_PARTITION_ONLY_SETTINGS = {
+    "MESH_REPLICA_ID": "each pod is the partition taskstore-<ordinal>, its own broker identity (its name)",
+    "MESH_PARTITION": "each pod records the share of its ordinal (its index)",
+    "MESH_PARTITIONS": "as many partitions as the StatefulSet has replicas",
+}
+
 # services whose Kubernetes pods enroll their identities as they start: setting prefix -> the pool (or service
 # replica template, devstack.pki.SERVICE_REPLICAS) whose `<name>-<ordinal>` a pod enrolls under that prefix
 ENROLLED_IDENTITIES: dict[str, dict[str, str]] = {
     **{agent: {"MESH_MQTT__": agent} for agent in AGENTS},
     "coordinator": {"MESH_MQTT__": "coordinator", "MESH_WORKFLOWS_MQTT__": "workflows"},
+    "taskstore": {"MESH_MQTT__": "taskstore"},
 }
 
 # Compose services that are one more replica of a service, under a profile (the service they replicate)
@@ -379,15 +388,19 @@ def k8s_pods(service: str) -> list[str | None]:
     any other workload (all alike)."""
     if service not in ENROLLED_IDENTITIES:
         return [None]
-    names = replica_names(service, AGENT_REPLICAS if service in AGENTS else hpa_max(service))
-    return [*names[:2], names[-1]]
+    names = replica_names(service, AGENT_REPLICAS if service in AGENTS else most_pods(service))
+    return list(dict.fromkeys([*names[:2], names[-1]]))
 
 
-def hpa_max(service: str) -> int:
-    """The most pods of `service` any overlay's HPA runs."""
-    return max(
-        objects(rendered(overlay), "HorizontalPodAutoscaler")[service]["spec"]["maxReplicas"] for overlay in OVERLAYS
-    )
+def most_pods(service: str) -> int:
+    """The most pods of `service` any overlay runs: its HPA's maximum, or the StatefulSet's fixed `replicas` (the
+    task store's partitions)."""
+    counts = []
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        hpa = objects(docs, "HorizontalPodAutoscaler").get(service)
+        counts.append(hpa["spec"]["maxReplicas"] if hpa else workloads(docs)[service]["spec"].get("replicas", 1))
+    return max(counts)
 
 
 ENROLLED = b"(the password the init container enrolls)"
@@ -933,6 +946,45 @@ def test_the_coordinator_runs_replicas_each_enrolling_identities_of_its_own(over
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_task_store_runs_one_partition_per_pod(overlay: str) -> None:
+    """Issue #18 item 4 on Kubernetes: the task store is a StatefulSet of a fixed number of pods (no HPA), as many as
+    MESH_PARTITIONS says; pod taskstore-<i> records partition <i> (every partition is some pod's, none two pods'),
+    as the identity taskstore-<i> it enrolls; a headless Service governs it and a PDB lets a drain stop one. One
+    partition on SQLite (one file, one writer), more only on PostgreSQL."""
+    docs = rendered(overlay)
+    workload = workloads(docs)["taskstore"]
+    assert workload["kind"] == "StatefulSet", f"{overlay}: pods with names (and partitions) of their own"
+    assert "taskstore" not in {
+        hpa["spec"]["scaleTargetRef"]["name"] for hpa in objects(docs, "HorizontalPodAutoscaler").values()
+    }
+    replicas = workload["spec"].get("replicas", 1)
+    container, enrolls = main_container(workload), enroll_containers(workload)
+    assert int(k8s_env(docs, container)["MESH_PARTITIONS"]) == replicas, f"{overlay}: MESH_PARTITIONS != replicas"
+    assert len(enrolls) == 1, f"{overlay}: an init container enrolls the pod's identity"
+    partitions, identities = [], set()
+    for pod in replica_names("taskstore", replicas):
+        env, enrolled = k8s_env(docs, container, pod), k8s_env(docs, enrolls[0], pod)
+        settings = TaskStoreSettings(partition=int(env["MESH_PARTITION"]), partitions=int(env["MESH_PARTITIONS"]))
+        partitions.append(settings.partition)
+        assert env["MESH_REPLICA_ID"] == pod and service_of(pod) == "taskstore", f"{overlay} {pod}: replica id"
+        assert (enrolled["MESH_AGENT_ID"], enrolled["MESH_POOL"]) == (pod, "taskstore"), f"{overlay} {pod}: enrolls"
+        identities.add(env["MESH_MQTT__USERNAME"])
+        assert env["MESH_MQTT__USERNAME"] == f"{env['MESH_ORG']}/{env['MESH_UNIT']}/{pod}", f"{overlay} {pod}"
+    assert sorted(partitions) == list(range(replicas)), f"{overlay}: each pod its own partition: {partitions}"
+    assert len(identities) == replicas, f"{overlay}: each pod its own identity"
+    database = k8s_env(docs, container)["MESH_DATABASE_URL"]
+    assert replicas == 1 or database.startswith("postgresql"), f"{overlay}: {replicas} partitions on {database}"
+    if overlay == "prod":
+        assert replicas >= 2, "prod runs more than one partition"
+    headless = objects(docs, "Service")[workload["spec"]["serviceName"]]["spec"]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert headless.get("clusterIP") == "None" and headless["selector"].items() <= pod_labels.items(), overlay
+    budget = objects(docs, "PodDisruptionBudget")["taskstore"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items(), f"{overlay}: the PDB selects its pods"
+    assert budget.get("maxUnavailable") == 1, f"{overlay}: a drain stops one partition at a time"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_reference_in_the_render_resolves(overlay: str, k8s_secrets: SecretsScript) -> None:
     """ConfigMaps, Secrets, claims and ServiceAccounts named by pods exist in the render (generated names carry a
     hash; a reference kustomize did not rewrite would dangle), or, for the Secrets of the PKI, among those
@@ -1118,6 +1170,9 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
             if service == "coordinator":
                 assert set(K8S_REPLICA_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_REPLICA_ONLY_SETTINGS)}"
                 k8s -= set(K8S_REPLICA_ONLY_SETTINGS)
+            if service == "taskstore":
+                assert set(K8S_PARTITION_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_PARTITION_ONLY_SETTINGS)}"
+                k8s -= set(K8S_PARTITION_ONLY_SETTINGS)
             assert k8s == compose, (
                 f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
                 f"only in compose {sorted(compose - k8s)}"
@@ -1132,7 +1187,7 @@ def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> Non
         compose = compose_services()[service].env
         k8s = k8s_env(docs, main_container(workloads(docs)[service]))
         for name, value in k8s.items():
-            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS}
+            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS, *K8S_PARTITION_ONLY_SETTINGS}
             if name.startswith("MESH_") and value is not FROM_POD and name not in only_k8s:
                 assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
 

@@ -410,6 +410,29 @@ async def test_an_enrolled_coordinator_pod_holds_only_its_own_identities(broker:
             replica_entries(template, name, "x")
 
 
+async def test_an_enrolled_task_store_partition_holds_only_its_own_identity(
+    broker: BrokerHandle, tmp_path: Path
+) -> None:
+    """Kubernetes task store pods enroll taskstore-<i> as they start (k8s/base/taskstore.yaml, the template `make
+    certs` writes): each pinned to its own name, reading the events (its share is kept by topic, not by the broker),
+    publishing nothing and reading no request, reply or card; the template enrolls only task store names."""
+    ordinal = 1000 + int(short_id(), 16) % 10**6  # names no other test on this broker uses
+    first = enrolled(broker, f"taskstore-{ordinal}", "taskstore", tmp_path)
+    second = enrolled(broker, f"taskstore-{ordinal + 1}", "taskstore", tmp_path)
+    assert await connect_error(first.settings, second.client_id) is not None, "connected under the other's id"
+    assert await connect_error(first.settings.model_copy(update={"username": second.client_id}), second.client_id)
+    async with connected(first) as (mine, send):
+        assert await suback(mine, "$a2a/v1/event/#") in GRANTED
+        for topic_filter in ("$a2a/v1/request/#", "$a2a/v1/reply/#", "$a2a/v1/discovery/#", "#"):
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        for topic in (first.address.event_topic, second.address.request_topic, first.address.discovery_topic):
+            assert await send.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+    template = json.loads(broker.stack.pki.enroll_template("taskstore").read_text())
+    for name in ("coordinator-1", "taskstore", "taskstorex-1", "analyst-0"):
+        with pytest.raises(EnrollError):
+            replica_entries(template, name, "x")
+
+
 async def test_a_coordinator_replica_acts_only_as_itself(broker: BrokerHandle) -> None:
     """Coordinator replicas (docs/operations.md, "Scale") each hold their own identity: one cannot take another's
     connection or client id, read its reply inboxes, or record events under its name; on its own topics it may."""

@@ -1,7 +1,8 @@
 """`python -m loadtests bench-scale` (`make bench-scale`): how the mesh grows, kept out of `make bench` for its
-length. Three tables: tasks/s and memory with agent replicas (the pool scenario at 1/2/4/8), with coordinators
-(1/2; skipped until this branch runs more than one), and GetTask/ListTasks latency with 10^4 and 10^6 stored tasks
-(the task store's database seeded in bulk, then read through the store's HTTP API)."""
+length. Four tables: tasks/s and memory with agent replicas (the pool scenario at 1/2/4/8), with coordinators
+(1/2; skipped until this branch runs more than one), GetTask/ListTasks latency with 10^4 and 10^6 stored tasks
+(the task store's database seeded in bulk, then read through the store's HTTP API), and memory per task in flight
+with 1,000 and 10,000 open streams (loadtests.bench.streams)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from loadtests.bench.procstat import rss_of
 from loadtests.bench.report import machine_info
 from loadtests.bench.runner import Bench
 from loadtests.bench.settings import BenchSettings
+from loadtests.bench.streams import STREAM_SIZES, render_streams, stream_rows
 
 log = logging.getLogger("loadtests.bench.scale")
 
@@ -37,24 +39,34 @@ SEED_CHUNK = 20_000
 SEED_SECONDS = 600.0
 """A seeding that has not finished by then stops where it is (the table says how many tasks it reached)."""
 COORDINATOR_NOTE = "not measured: this branch runs one coordinator (replicas are issue #18 item 3)"
+PARTS = ("replicas", "stored", "streams")
 
 
 @dataclass(frozen=True)
 class ScaleSettings:
-    """What `bench-scale` measures (BENCH_SCALE_REPLICAS, BENCH_SCALE_STORED, BENCH_SCALE_READS: smaller runs)."""
+    """What `bench-scale` measures (BENCH_SCALE_PARTS: which tables; BENCH_SCALE_REPLICAS, BENCH_SCALE_STORED,
+    BENCH_SCALE_READS, BENCH_SCALE_STREAMS: smaller runs)."""
 
+    parts: tuple[str, ...] = PARTS
     replicas: tuple[int, ...] = (1, 2, 4, 8)
     stored: tuple[int, ...] = STORED_SIZES
     reads: int = READS
+    streams: tuple[int, ...] = STREAM_SIZES
 
     @classmethod
     def from_env(cls) -> ScaleSettings:
         env = os.environ
         numbers = lambda name, default: tuple(int(n) for n in env.get(name, default).split(",") if n.strip())  # noqa: E731
+        parts = tuple(part.strip() for part in env.get("BENCH_SCALE_PARTS", ",".join(PARTS)).split(",") if part.strip())
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown BENCH_SCALE_PARTS {sorted(unknown)}; choose from {', '.join(PARTS)}")
         return cls(
+            parts=parts,
             replicas=numbers("BENCH_SCALE_REPLICAS", "1,2,4,8"),
             stored=numbers("BENCH_SCALE_STORED", ",".join(str(n) for n in STORED_SIZES)),
             reads=int(env.get("BENCH_SCALE_READS", READS)),
+            streams=numbers("BENCH_SCALE_STREAMS", ",".join(str(n) for n in STREAM_SIZES)),
         )
 
 
@@ -162,26 +174,31 @@ def render(data: dict[str, Any]) -> str:
     machine = data["machine"]
     about = f"{machine['nproc']} x {machine['cpu']}, {machine['memory_gib']} GiB, Python {machine['python']}"
     lines = ["# Scaling figures", "", f"Run of {machine['date']} on {about}, {machine['mosquitto']}.", ""]
-    lines += ["## Agent replicas (pool scenario: one task at a time per replica, 50 ms of work)", ""]
-    lines += ["| replicas | tasks/s | p50 ms | replicas' peak RSS MB (sum) | broker peak RSS MB |"]
-    lines += ["|---|---|---|---|---|"]
-    lines += [
-        f"| {r['replicas']} | {r['tasks_per_s']} | {r['p50_ms']} | {r['replicas_rss_mb']} | {r['broker_rss_mb']} |"
-        for r in data["replicas"]
-    ]
-    lines += ["", "## Coordinators", "", "| coordinators | tasks/s |", "|---|---|"]
-    lines += [f"| 1, 2 | {COORDINATOR_NOTE} |", ""]
-    lines += ["## Stored tasks (task store on SQLite, read through its HTTP API)", ""]
-    lines += [
-        "| stored tasks | seeding s | GetTask p50 / p99 ms | ListTasks (50 + total) p50 / p99 ms | store RSS MB |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['stored']:,} | {r['seed_s']} | {r['get_p50_ms']} / {r['get_p99_ms']} | "
-        f"{r['list_p50_ms']} / {r['list_p99_ms']} | {r['taskstore_rss_mb']} |"
-        for r in data["stored"]
-    ]
-    return "\n".join(lines) + "\n"
+    if "replicas" in data:
+        lines += ["## Agent replicas (pool scenario: one task at a time per replica, 50 ms of work)", ""]
+        lines += ["| replicas | tasks/s | p50 ms | replicas' peak RSS MB (sum) | broker peak RSS MB |"]
+        lines += ["|---|---|---|---|---|"]
+        lines += [
+            f"| {r['replicas']} | {r['tasks_per_s']} | {r['p50_ms']} | {r['replicas_rss_mb']} | {r['broker_rss_mb']} |"
+            for r in data["replicas"]
+        ]
+        lines += ["", "## Coordinators", "", "| coordinators | tasks/s |", "|---|---|"]
+        lines += [f"| 1, 2 | {COORDINATOR_NOTE} |", ""]
+    if "stored" in data:
+        lines += ["## Stored tasks (task store on SQLite, read through its HTTP API)", ""]
+        lines += [
+            "| stored tasks | seeding s | GetTask p50 / p99 ms | ListTasks (50 + total) p50 / p99 ms | store RSS MB |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['stored']:,} | {r['seed_s']} | {r['get_p50_ms']} / {r['get_p99_ms']} | "
+            f"{r['list_p50_ms']} / {r['list_p99_ms']} | {r['taskstore_rss_mb']} |"
+            for r in data["stored"]
+        ]
+        lines += [""]
+    if "streams" in data:
+        lines += render_streams(data["streams"])
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -191,12 +208,14 @@ def main() -> int:
     scale = ScaleSettings.from_env()
     out = bench.report_dir / "scale"
     out.mkdir(parents=True, exist_ok=True)
-    data = {
-        "machine": machine_info(mosquitto_version(find_binary("mosquitto"))),
-        "replicas": replica_rows(replace(bench, report_dir=out / "pool"), scale.replicas),
-        "coordinators": COORDINATOR_NOTE,
-        "stored": stored_rows(out / "stored", scale.stored, scale.reads),
-    }
+    data: dict[str, Any] = {"machine": machine_info(mosquitto_version(find_binary("mosquitto")))}
+    if "replicas" in scale.parts:
+        data["replicas"] = replica_rows(replace(bench, report_dir=out / "pool"), scale.replicas)
+        data["coordinators"] = COORDINATOR_NOTE
+    if "stored" in scale.parts:
+        data["stored"] = stored_rows(out / "stored", scale.stored, scale.reads)
+    if "streams" in scale.parts:
+        data["streams"] = stream_rows(replace(bench, report_dir=out / "streams"), scale.streams)
     (out / "scale.json").write_text(json.dumps(data, indent=2))
     markdown = render(data)
     (out / "scale.md").write_text(markdown)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from a2amesh.agent import MeshAgent, TaskContext, TaskRejectedError, skill
-from a2amesh.binding.machine import IncomingRequest, ReplyAddress, TaskMachine
+from a2amesh.binding.machine import KEEPALIVES_AT_ONCE, IncomingRequest, ReplyAddress, TaskMachine
 from a2amesh.binding.tasks import FinishedTask, Subscriber, TaskRecord
 from a2amesh.binding.wire import encode
 from a2amesh.models import BindingError, ErrorCode, JsonRpcResponse, StreamResponse
@@ -281,6 +281,47 @@ async def test_bad_requests_get_one_clear_error_each() -> None:
     assert outbox.replies[listing][0]["error"]["code"] == ErrorCode.UNSUPPORTED_OPERATION
     assert outbox.replies[bad_id][0]["error"]["code"] == ErrorCode.INVALID_PARAMS
     assert machine.tasks == {} and outbox.events == []
+
+
+class SlowAckOutbox(RecordingOutbox):
+    """Each keepalive waits for its acknowledgement until let go, as a publish at QoS 1 waits for the broker's; counts
+    how many wait at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+        self.most_waiting = 0
+        self.acks = asyncio.Event()
+
+    async def keepalive(self, subscriber: Subscriber, body: bytes) -> None:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            await self.acks.wait()
+        finally:
+            self.waiting -= 1
+        await super().keepalive(subscriber, body)
+
+
+async def test_many_running_tasks_get_their_keepalives_at_once_not_one_after_another() -> None:
+    """One keepalive at a time, each waiting for the broker, took a round longer than the requesters' idle timeout
+    once thousands of tasks ran (docs/benchmarks.md, open streams): they go out KEEPALIVES_AT_ONCE at a time."""
+    tasks = KEEPALIVES_AT_ONCE + 10
+    agent = Clerk(AgentSettings(agent_id="clerk", keepalive_interval=0.05, max_concurrent=tasks))
+    outbox = SlowAckOutbox()
+    machine = agent.task_machine(outbox)
+    for index in range(tasks):
+        await call(machine, "SendStreamingMessage", send_params(f"x{index}", skill="wait"))
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(machine.keep_alive(stop))
+    await until(lambda: outbox.waiting == KEEPALIVES_AT_ONCE)
+    assert outbox.most_waiting == KEEPALIVES_AT_ONCE, "a round sends a batch at once, and no more than a batch"
+    outbox.acks.set()
+    await until(lambda: outbox.keepalives >= tasks)
+    stop.set()
+    agent.release.set()
+    await settle(machine)
+    await asyncio.wait_for(keeper, WAIT)
 
 
 async def test_a_running_task_is_kept_alive_for_its_streaming_listeners() -> None:

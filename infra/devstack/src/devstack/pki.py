@@ -392,9 +392,10 @@ class Pki:
         os.chmod(self.dynsec_file, 0o600)
 
 
-SERVICE_REPLICAS = {"coordinator": Role.COORDINATOR, "workflows": Role.AGENT}
-"""Services whose Kubernetes pods enroll `<service>-<ordinal>` as they start (k8s/base/coordinator.yaml): each
-coordinator replica, and the workflows agent it hosts (no pool: each answers only its own replica's workflows)."""
+SERVICE_REPLICAS = {"coordinator": Role.COORDINATOR, "workflows": Role.AGENT, "taskstore": Role.TASKSTORE}
+"""Services whose Kubernetes pods enroll `<service>-<ordinal>` as they start (k8s/base/coordinator.yaml,
+taskstore.yaml): each coordinator replica, the workflows agent it hosts (no pool: each answers only its own
+replica's workflows), and each task store partition."""
 
 _ADMIN_ACLS = [
     {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},

@@ -74,6 +74,11 @@ FINISHED_TASKS_KEPT = 10_000
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight tasks get to finish on SIGTERM before they are handed to a pool peer or ended FAILED."""
 
+KEEPALIVES_AT_ONCE = 64
+"""Keepalives published at once, each waiting for the broker's acknowledgement. One at a time, a round of them took
+longer than the requesters' stream idle timeout (30 s) once some 4,000 tasks ran: the coordinator then lost every
+relay (`make bench-scale`, open streams, docs/benchmarks.md)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyAddress:
@@ -508,11 +513,17 @@ class TaskMachine:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             if stop.is_set() or not self.outbox.connected:
                 continue
-            for known in list(self.tasks.values()):
-                record = known.unfinished
-                if record is not None and record.active and record.subscribers:
-                    with contextlib.suppress(NotConnectedError):
-                        await self._send_keepalive(record)
+            followed = [
+                record
+                for known in list(self.tasks.values())
+                if (record := known.unfinished) is not None and record.active and record.subscribers
+            ]
+            for start in range(0, len(followed), KEEPALIVES_AT_ONCE):
+                await asyncio.gather(*map(self._keepalive_quietly, followed[start : start + KEEPALIVES_AT_ONCE]))
+
+    async def _keepalive_quietly(self, record: TaskRecord) -> None:
+        with contextlib.suppress(NotConnectedError):
+            await self._send_keepalive(record)
 
     async def _send_keepalive(self, record: TaskRecord) -> None:
         event = TaskStatusUpdateEvent(task_id=record.id, context_id=record.context_id, status=record.task.status)
