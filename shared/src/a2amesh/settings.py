@@ -218,6 +218,13 @@ class CoordinatorSettings(ServiceSettings):
         description="seconds to wait for a task another coordinator replica accepted to reach the task store before "
         "it counts as not found (0: a single coordinator; mesh_coordinator.replicas)",
     )
+    list_recent_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description="seconds a task this coordinator accepted is listed from its memory until the task store lists "
+        "it (ListTasks reads the caller's own writes; mesh_coordinator.listing)",
+    )
     workflows_id: str = Field(
         default="workflows",
         description="the hosted workflows agent's id (each coordinator replica hosts its own: workflows-<n>)",

@@ -41,6 +41,7 @@ from mesh_coordinator.auth import Principal, current_principal
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
+from mesh_coordinator.listing import RecentTasks
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.owners import Owner, OwnerRecorder, TaskOwners, caller, reader_of
 from mesh_coordinator.push import PushConfigs, PushStoreClient, WebhookPolicy
@@ -102,6 +103,7 @@ class MeshRequestHandler(RequestHandler):
         self.registry = registry
         self.store = store
         self.hub = TaskHub()
+        self.recent = RecentTasks(settings.list_recent_seconds)
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
         self.workflows = settings.address(settings.workflows_id)
         self.identity = settings.service_address("coordinator")
@@ -255,6 +257,8 @@ class MeshRequestHandler(RequestHandler):
         )
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         self.hub.start(live, stream)
+        if not request.message.task_id:  # listed to its caller at once, before the store has it
+            self.recent.accepted(live, Owner.of(principal))
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
@@ -410,7 +414,8 @@ class MeshRequestHandler(RequestHandler):
                 query["agent"] = [str(address) for address in await self.router.members(endpoint.name)]
                 if not query["agent"]:
                     return pb.ListTasksResponse()
-            page = await self.store.list_tasks(query, reader_of(principal))
+            reader = reader_of(principal)
+            page = await self.recent.page(request, query, principal, lambda q: self.store.list_tasks(q, reader))
         except ValueError as error:
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
         except DependencyError as error:
