@@ -240,7 +240,19 @@ class CoordinatorSettings(ServiceSettings):
     push_backoff: float = Field(default=0.5, gt=0, description="seconds before a push delivery's first retry (doubles)")
     push_backoff_max: float = Field(default=30.0, gt=0, description="longest wait between two push retries")
     push_timeout: float = Field(default=10.0, gt=0, description="seconds a webhook has to answer one POST")
-    push_poll_interval: float = Field(default=0.5, gt=0, description="seconds between looks for pending deliveries")
+    push_poll_interval: float = Field(
+        default=0.5, gt=0, description="seconds between looks for pending deliveries while there is work or news"
+    )
+    push_idle_interval: float = Field(
+        default=5.0, gt=0, description="longest wait between looks while idle (the wait doubles up to it)"
+    )
+    push_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="how long a replica's claim on a push config's deliveries lasts unless renewed (while it delivers, "
+        "every look renews it); another replica takes over a dead one's deliveries after this",
+    )
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")

@@ -244,6 +244,8 @@ class MeshRequestHandler(RequestHandler):
         except RequestTooLargeError as error:  # published, it would get the coordinator disconnected
             raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
+        if push_config is not None:
+            live.on_event = self.push.wake
         skill = _skill_of(request, self.settings.default_skill)
         live.resume = Resume(
             self.requester,
@@ -509,7 +511,10 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.TaskPushNotificationConfig, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
         async with self.audited("CreateTaskPushNotificationConfig", params.task_id):
-            return await self.push.create(params)
+            created = await self.push.create(params)
+        if (live := self.hub.get(params.task_id)) is not None:  # its updates wake the delivery worker
+            live.on_event = self.push.wake
+        return created
 
     async def on_get_task_push_notification_config(
         self, params: pb.GetTaskPushNotificationConfigRequest, context: ServerCallContext

@@ -86,7 +86,7 @@ def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]
 
 def push_rules(readers: list[str]) -> list[Rule]:
     """Push configs: readers list them and their dead letters; only coordinators (which checked the caller owns the
-    task) write configs, move a delivery cursor, read what is pending and record dead letters."""
+    task) write configs, claim what is pending, move a delivery cursor, release their leases and record dead letters."""
     config = r"/tasks/[^/]+/push-configs/[^/]+"
     return [
         rule("GET", r"/tasks/[^/]+/push-configs", *readers),
@@ -94,7 +94,8 @@ def push_rules(readers: list[str]) -> list[Rule]:
         rule("PUT", config, "coordinator"),
         rule("DELETE", config, "coordinator"),
         rule("PUT", config + "/delivered", "coordinator"),
-        rule("GET", r"/push/pending", "coordinator"),
+        rule("POST", r"/push/claims", "coordinator"),
+        rule("POST", r"/push/release", "coordinator"),
         rule("POST", r"/push/dead-letters", "coordinator"),
     ]
 
