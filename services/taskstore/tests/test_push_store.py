@@ -171,3 +171,33 @@ def test_a_stopping_replica_releases_its_leases_for_the_others(push: PushStore) 
     assert push.release(ONE) == 1
     assert pending_ids(push.claim(TWO, LEASE)) == ["t1"]
     assert push.claim(ONE, LEASE) == []
+
+
+def test_configs_of_tasks_finished_past_the_retention_are_deleted_once_delivered(push: PushStore) -> None:
+    """Recorded at T0 (2025), so a day's retention has passed for those; one task ends just now."""
+    for task_id in ("done", "undelivered", "running", "recent"):
+        record(push, f"{task_id}-e1", task_id, TaskState.SUBMITTED)
+        push.put(task_id, config(), None)
+        push.put(task_id, config("second"), None)
+    for task_id in ("done", "undelivered"):
+        record(push, f"{task_id}-e2", task_id, TaskState.COMPLETED, 1)
+    record(push, "running-e2", "running", TaskState.WORKING, 1)
+    update = TaskStatusUpdateEvent(task_id="recent", context_id="c", status=TaskStatus(state=TaskState.FAILED))
+    push.tasks.record(
+        Incoming("recent-e2", "acme/default/echo", StreamResponse(status_update=update), datetime.now(UTC))
+    )
+    for entry in push.claim(ONE, LEASE):  # every update out, but the undelivered task's first config's
+        for item in entry["events"]:  # type: ignore[union-attr]
+            if (entry["taskId"], entry["id"]) != ("undelivered", "hook"):
+                push.advance(str(entry["taskId"]), str(entry["id"]), int(item["seq"]), ONE)
+    push.claim(ONE, LEASE)  # holds the undelivered config's lease
+    assert push.sweep(retention=86_400) == 3  # "done": both configs; "undelivered": the delivered one
+    assert push.list("done", None) == []
+    assert [c["id"] for c in push.list("undelivered", None) or []] == ["hook"]
+    assert len(push.list("running", None) or []) == 2
+    assert len(push.list("recent", None) or []) == 2  # ended a moment ago: within the retention
+    assert push.sweep(retention=86_400) == 0
+    (entry,) = push.claim(ONE, LEASE)
+    push.advance("undelivered", "hook", int(entry["events"][-1]["seq"]), ONE)  # type: ignore[index]
+    assert push.sweep(retention=86_400) == 1 and push.list("undelivered", None) == []
+    assert push.claim(TWO, LEASE) == []

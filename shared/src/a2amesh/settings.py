@@ -145,6 +145,12 @@ class TaskStoreSettings(ServiceSettings):
         "its MESH_PARTITION (mesh_taskstore.partition)",
     )
     partition: int = Field(default=0, ge=0, description="this replica's share, 0..MESH_PARTITIONS-1")
+    push_retention: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="seconds after a task ended that its push configs (cursors, leases) are deleted, once every "
+        "update went out (delivered or dead-lettered); 0: kept for ever (mesh_taskstore.push)",
+    )
 
     @model_validator(mode="after")
     def _partition_in_range(self) -> TaskStoreSettings:

@@ -17,6 +17,7 @@ from mesh_taskstore.api import build_app
 from mesh_taskstore.consumer import RETRY_DELAYS, EventConsumer
 from mesh_taskstore.db import create_tables, make_engine
 from mesh_taskstore.partition import Partition
+from mesh_taskstore.push import sweep_finished
 from mesh_taskstore.store import TaskStore
 
 log = logging.getLogger("mesh_taskstore")
@@ -66,7 +67,7 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             settings.http_port,
             make_url(settings.database_url).render_as_string(hide_password=True),
         )
-        await serve_until(stop, server, consumer.run(stop))
+        await serve_until(stop, server, consumer.run(stop), sweep_finished(store, settings.push_retention, stop))
     finally:
         engine.dispose()
         log.info("task store stopped")

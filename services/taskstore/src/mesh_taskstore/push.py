@@ -7,12 +7,18 @@ With several coordinator replicas each config is delivered by one at a time: a c
 (holder: the replica, until an expiry), which the holder renews while it delivers and gives up once the cursor
 reaches the task's latest event, or when it stops; a replica that dies loses its leases as they expire, and another
 claims them and carries on from the cursor. Only the lease's holder moves the cursor, so a replica that lost its
-lease (paused past the expiry) cannot move it under the one that took over."""
+lease (paused past the expiry) cannot move it under the one that took over.
+
+Configs do not outlive their use: once a task has ended and every update went out, its configs (with their cursors
+and leases) are deleted MESH_PUSH_RETENTION seconds after the end (`sweep`, run by the service every minute). Dead
+letters stay for their owner to read."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,8 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mesh_taskstore.db import PushConfig, PushDeadLetter, PushLease, TaskEvent, TaskOwner, utc
+from a2amesh.models import TaskState
+from mesh_taskstore.db import PushConfig, PushDeadLetter, PushLease, TaskEvent, TaskOwner, TaskRecord, utc
 from mesh_taskstore.store import Owner, TaskStore, utc_now
+
+log = logging.getLogger(__name__)
 
 PENDING_CONFIGS = 100
 """Configs with pending events handed out per poll."""
@@ -35,6 +44,12 @@ MAX_CONFIGS_PER_TASK = 10
 MAX_LEASE_SECONDS = 300.0
 MAX_HOLDER_LENGTH = 200
 LEASES = PushLease.__table__  # type: ignore[attr-defined]
+SWEEP_INTERVAL = 60.0
+"""Seconds between two sweeps of finished tasks' configs."""
+SWEEP_BATCH = 1_000
+SWEEP_BATCHES = 20
+"""Configs deleted per transaction, and transactions per sweep at most (the rest go in the next sweep)."""
+TERMINAL_STATES = tuple(state.value for state in TaskState if state.is_terminal)
 
 
 def config_wire(row: PushConfig) -> dict[str, Any]:
@@ -191,6 +206,36 @@ class PushStore:
         with self.engine.begin() as connection:
             return int(connection.execute(sa.delete(LEASES).where(LEASES.c.holder == holder)).rowcount)
 
+    def sweep(self, retention: float) -> int:
+        """Delete the configs (cursors and leases with them) of tasks that ended more than `retention` seconds ago
+        and whose every update went out; how many. Bounded: SWEEP_BATCHES transactions of SWEEP_BATCH configs."""
+        cutoff = utc_now() - timedelta(seconds=retention)
+        undelivered = (
+            select(TaskEvent.seq)
+            .where(TaskEvent.task_id == PushConfig.task_id, col(TaskEvent.seq) > PushConfig.delivered_seq)
+            .exists()
+        )
+        done = (
+            select(PushConfig.task_id, PushConfig.config_id)
+            .join(TaskRecord, col(TaskRecord.task_id) == PushConfig.task_id)
+            .where(col(TaskRecord.state).in_(TERMINAL_STATES), col(TaskRecord.updated_at) < cutoff, ~undelivered)
+            .limit(SWEEP_BATCH)
+        )
+        deleted = 0
+        for _ in range(SWEEP_BATCHES):
+            with Session(self.engine) as session:
+                keys = list(session.exec(done).all())
+                for task_id, config_id in keys:
+                    for model in (PushLease, PushConfig):
+                        row = session.get(model, (task_id, config_id))
+                        if row is not None:
+                            session.delete(row)
+                session.commit()
+            deleted += len(keys)
+            if len(keys) < SWEEP_BATCH:
+                break
+        return deleted
+
     def dead_letter(self, letter: dict[str, Any]) -> None:
         with Session(self.engine) as session:
             session.add(
@@ -231,6 +276,23 @@ class PushStore:
                 }
                 for r in rows
             ]
+
+
+async def sweep_finished(store: TaskStore, retention: float, stop: asyncio.Event) -> None:
+    """Every SWEEP_INTERVAL until `stop`: delete the configs of tasks finished `retention` seconds ago (0: never).
+    A failed sweep (the database away) is logged and tried again at the next one."""
+    if retention <= 0:
+        return
+    push = PushStore(store)
+    while not stop.is_set():
+        try:
+            deleted = await asyncio.to_thread(push.sweep, retention)
+            if deleted:
+                log.info("deleted %d push configs of tasks finished over %gs ago", deleted, retention)
+        except Exception as error:
+            log.warning("push config sweep failed: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL)
 
 
 def checked_holder(value: Any) -> str:
