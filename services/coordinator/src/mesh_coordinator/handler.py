@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler
@@ -41,13 +41,15 @@ from mesh_coordinator.auth import Principal, current_principal
 from mesh_coordinator.credentials import CallerCredentials
 from mesh_coordinator.directory import AgentChoice, DependencyError, RegistryClient, TaskStoreClient
 from mesh_coordinator.endpoints import endpoint_of
-from mesh_coordinator.listing import RecentTasks
 from mesh_coordinator.live import LiveTask, TaskHub, new_context_id
 from mesh_coordinator.owners import Owner, OwnerRecorder, TaskOwners, caller, reader_of
 from mesh_coordinator.push import PushConfigs, PushStoreClient, WebhookPolicy
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
+
+if TYPE_CHECKING:
+    from mesh_coordinator.listing import RecentTasks
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class MeshRequestHandler(RequestHandler):
         self.registry = registry
         self.store = store
         self.hub = TaskHub()
-        self.recent = RecentTasks(settings.list_recent_seconds)
+        self._recent: RecentTasks | None = None
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
         self.workflows = settings.address(settings.workflows_id)
         self.identity = settings.service_address("coordinator")
@@ -122,6 +124,16 @@ class MeshRequestHandler(RequestHandler):
         self.push = PushConfigs(self.push_store, self.owners, self.webhooks)
         self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
         """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
+
+    @property
+    def recent(self) -> RecentTasks:
+        """The tasks accepted lately, for ListTasks (mesh_coordinator.listing): made on the first send, so an idle
+        coordinator carries none of it."""
+        if self._recent is None:
+            from mesh_coordinator.listing import RecentTasks
+
+            self._recent = RecentTasks(self.settings.list_recent_seconds)
+        return self._recent
 
     @contextlib.asynccontextmanager
     async def audited(self, method: str, task_id: str | None = None) -> AsyncIterator[dict[str, str]]:

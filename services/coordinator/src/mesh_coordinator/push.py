@@ -49,6 +49,8 @@ EAGER_SECONDS = 3.0
 """After a wake-up, how long the worker keeps looking every MESH_PUSH_POLL_INTERVAL: the store records the event
 that woke it moments later."""
 RELEASE_WAIT = 5.0
+STOP_CHECK = 1.0
+"""Seconds an idle worker takes at most to notice it should stop."""
 NetworkT = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -259,6 +261,9 @@ class DeliveryWorker:
         self.holder = str(settings.service_address("coordinator"))
         """The name leases are held under: this replica's identity (a restarted replica takes its own back)."""
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._ended_meanwhile: set[tuple[str, str]] = set()
+        """Configs whose runner ended while a claim was on its way: that claim may have read their cursor before
+        the runner's last advance, so they wait for the next one (which reads it afresh)."""
         self._woken = asyncio.Event()
         self._eager_until = 0.0
         self.claims = 0
@@ -276,9 +281,9 @@ class DeliveryWorker:
         client: httpx.AsyncClient | None = None
         store_down = False
         interval = self.settings.push_poll_interval
-        stopping = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
+                self._ended_meanwhile = set()
                 try:
                     pending = await self.store.claim(self.holder, self.settings.push_lease_seconds, list(self._running))
                     self.claims += 1
@@ -291,33 +296,44 @@ class DeliveryWorker:
                     store_down, pending = True, []
                 for entry in pending:
                     key = (str(entry["taskId"]), str(entry["id"]))
-                    if key in self._running or len(self._running) >= MAX_PARALLEL_CONFIGS:
+                    if key in self._running or key in self._ended_meanwhile:
+                        continue
+                    if len(self._running) >= MAX_PARALLEL_CONFIGS:
                         continue
                     if client is None:
                         timeout = httpx.Timeout(self.settings.push_timeout)
                         client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
                     runner = asyncio.create_task(self._deliver_all(client, entry, stop))
                     self._running[key] = runner
-                    runner.add_done_callback(lambda _t, key=key: self._running.pop(key, None))
+                    runner.add_done_callback(lambda _t, key=key: self._ended(key))
                 busy = bool(pending or self._running) or time.monotonic() < self._eager_until
                 # while delivering, every look renews the leases: keep looking at least thrice a lease
                 fastest = min(self.settings.push_poll_interval, self.settings.push_lease_seconds / 3)
                 interval = fastest if busy else min(interval * 2, max(self.settings.push_idle_interval, fastest))
                 self._woken.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), interval)
+                await self._pause(interval, stop)
             if self._running:
                 await asyncio.wait(list(self._running.values()), timeout=self.settings.push_timeout)
         finally:
-            stopping.cancel()
             with contextlib.suppress(DependencyError, TimeoutError):
                 await asyncio.wait_for(self.store.release(self.holder), RELEASE_WAIT)
             if client is not None:
                 await client.aclose()
 
-    async def _wake_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        self._woken.set()
+    def _ended(self, key: tuple[str, str]) -> None:
+        self._running.pop(key, None)
+        self._ended_meanwhile.add(key)
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait `seconds`, less when woken, and notice `stop` within STOP_CHECK (no task of its own waits for it: an
+        idle coordinator keeps its memory)."""
+        deadline = time.monotonic() + seconds
+        while not (stop.is_set() or self._woken.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), min(left, STOP_CHECK))
 
     async def _deliver_all(self, client: httpx.AsyncClient, entry: dict[str, Any], stop: asyncio.Event) -> None:
         task_id, config_id = str(entry["taskId"]), str(entry["id"])

@@ -152,15 +152,30 @@ class PushStore:
             if not self._take(row.task_id, row.config_id, holder, now, until):
                 continue  # another replica claimed it a moment ago
             with Session(self.engine) as session:
-                events = session.exec(
-                    select(TaskEvent)
-                    .where(TaskEvent.task_id == row.task_id, col(TaskEvent.seq) > row.delivered_seq)
-                    .order_by(col(TaskEvent.seq))
-                    .limit(PENDING_EVENTS)
-                ).all()
+                # the cursor as it stands now the lease is ours: the last holder may have moved it since the read
+                current = session.get(PushConfig, (row.task_id, row.config_id))
+                events = (
+                    session.exec(
+                        select(TaskEvent)
+                        .where(TaskEvent.task_id == row.task_id, col(TaskEvent.seq) > current.delivered_seq)
+                        .order_by(col(TaskEvent.seq))
+                        .limit(PENDING_EVENTS)
+                    ).all()
+                    if current is not None
+                    else []
+                )
+            if not events:
+                self._give_up(row.task_id, row.config_id, holder)
+                continue
             items = [{"seq": e.seq, "eventId": e.event_id, "event": json.loads(e.payload)} for e in events]
             result.append({**config_wire(row), "events": items})
         return result
+
+    def _give_up(self, task_id: str, config_id: str, holder: str) -> None:
+        """Drop `holder`'s lease on a config with nothing left to deliver: the next update goes to whoever claims."""
+        key = (LEASES.c.task_id == task_id) & (LEASES.c.config_id == config_id) & (LEASES.c.holder == holder)
+        with self.engine.begin() as connection:
+            connection.execute(sa.delete(LEASES).where(key))
 
     def _take(self, task_id: str, config_id: str, holder: str, now: datetime, until: datetime) -> bool:
         """Lease one config to `holder` until `until`, if it is free, expired or already `holder`'s. One short
