@@ -356,3 +356,68 @@ async def test_the_coordinator_scopes_its_own_tasks_from_memory_before_the_owner
         follow_up = {"messageId": "m2", "role": "ROLE_USER", "taskId": task_id, "parts": [{"text": "x"}]}
         refused = await http.post("/", json=rpc("SendMessage", {"message": follow_up}), headers=bearer(BOB))
         assert not_found(refused)
+
+
+async def sdk_client(stack: Stack, secret: str) -> tuple[httpx.AsyncClient, pb.AgentCard]:
+    """An HTTP client calling the coordinator with `secret`, and the card the official a2a-sdk client is made from."""
+    http = httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {secret}"})
+    return http, await A2ACardResolver(http, stack.coordinator_url).get_agent_card()
+
+
+def sdk(http: httpx.AsyncClient, card: pb.AgentCard, streaming: bool = False) -> Any:
+    return ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
+
+
+async def every_page(client: Any, request: pb.ListTasksRequest) -> list[pb.Task]:
+    """Every task of a listing, page after page (bounded)."""
+    tasks: list[pb.Task] = []
+    for _ in range(50):
+        page = await client.list_tasks(request)
+        tasks.extend(page.tasks)
+        if not page.next_page_token:
+            return tasks
+        request.page_token = page.next_page_token
+    raise AssertionError("the listing never ended")
+
+
+async def test_list_tasks_shows_a_callers_own_tasks_the_moment_they_are_sent(unrecorded: Stack) -> None:
+    """Read-your-writes through the official client: the store here never learns who owns a task (as before an
+    owner record lands), yet each caller's ListTasks lists every task it just sent, and none of another caller's;
+    pages hold each task once, also for an operator, whose store read already lists them."""
+    (alice_http, card), (bob_http, _), (ops_http, _) = [await sdk_client(unrecorded, s) for s in (ALICE, BOB, OPS)]
+    alice, bob, ops = sdk(alice_http, card), sdk(bob_http, card), sdk(ops_http, card)
+    context_id = str(uuid.uuid4())
+    try:
+        sent: dict[str, set[str]] = {"alice": set(), "bob": set()}
+        for who, client, count in (("alice", alice, 5), ("bob", bob, 2)):
+            for i in range(count):
+                immediately = i % 2 == 1  # returned at once, still running or just done
+                request = send_request(
+                    user_message(f"{who} {i}", context_id=context_id), skill="echo", return_immediately=immediately
+                )
+                [event] = await collect(client, request)
+                sent[who].add(event.task.id)
+        streaming = sdk(alice_http, card, streaming=True)
+        slow = send_request(user_message("alice streams", context_id=context_id), skill="echo", delayMs=3000)
+        stream = streaming.send_message(slow)
+        first = await anext(stream)  # the stream has started: the task is running
+        sent["alice"].add(first.task.id)
+        running = await alice.list_tasks(pb.ListTasksRequest(context_id=context_id))
+        assert first.task.id in {task.id for task in running.tasks}, "a streaming task is listed while it runs"
+        await stream.aclose()
+        mine = await alice.list_tasks(pb.ListTasksRequest(context_id=context_id))
+        assert {task.id for task in mine.tasks} == sent["alice"], "alice lists exactly her tasks, at once"
+        assert mine.total_size == len(sent["alice"]) and not mine.next_page_token
+        theirs = await bob.list_tasks(pb.ListTasksRequest())
+        assert sent["bob"] <= {task.id for task in theirs.tasks} and not sent["alice"] & {t.id for t in theirs.tasks}
+        paged = await every_page(alice, pb.ListTasksRequest(context_id=context_id, page_size=2))
+        assert sorted(task.id for task in paged) == sorted(sent["alice"]), "two per page, each task once"
+        done = await alice.list_tasks(pb.ListTasksRequest(context_id=context_id, status=pb.TASK_STATE_COMPLETED))
+        assert {task.id for task in done.tasks} <= sent["alice"]
+        assert all(task.status.state == pb.TASK_STATE_COMPLETED for task in done.tasks)
+        everyone = await every_page(ops, pb.ListTasksRequest(context_id=context_id, page_size=3))
+        ids = [task.id for task in everyone]
+        assert sorted(ids) == sorted(sent["alice"] | sent["bob"]), "an operator sees all, each once"
+    finally:
+        for http in (alice_http, bob_http, ops_http):
+            await http.aclose()

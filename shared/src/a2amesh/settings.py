@@ -156,6 +156,12 @@ class TaskStoreSettings(ServiceSettings):
         "its MESH_PARTITION (mesh_taskstore.partition)",
     )
     partition: int = Field(default=0, ge=0, description="this replica's share, 0..MESH_PARTITIONS-1")
+    push_retention: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="seconds after a task ended that its push configs (cursors, leases) are deleted, once every "
+        "update went out (delivered or dead-lettered); 0: kept for ever (mesh_taskstore.push)",
+    )
 
     @model_validator(mode="after")
     def _partition_in_range(self) -> TaskStoreSettings:
@@ -234,6 +240,13 @@ class CoordinatorSettings(ServiceSettings):
         description="seconds to wait for a task another coordinator replica accepted to reach the task store before "
         "it counts as not found (0: a single coordinator; mesh_coordinator.replicas)",
     )
+    list_recent_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description="seconds a task this coordinator accepted is listed from its memory until the task store lists "
+        "it (ListTasks reads the caller's own writes; mesh_coordinator.listing)",
+    )
     workflows_id: str = Field(
         default="workflows",
         description="the hosted workflows agent's id (each coordinator replica hosts its own: workflows-<n>)",
@@ -249,7 +262,19 @@ class CoordinatorSettings(ServiceSettings):
     push_backoff: float = Field(default=0.5, gt=0, description="seconds before a push delivery's first retry (doubles)")
     push_backoff_max: float = Field(default=30.0, gt=0, description="longest wait between two push retries")
     push_timeout: float = Field(default=10.0, gt=0, description="seconds a webhook has to answer one POST")
-    push_poll_interval: float = Field(default=0.5, gt=0, description="seconds between looks for pending deliveries")
+    push_poll_interval: float = Field(
+        default=0.5, gt=0, description="seconds between looks for pending deliveries while there is work or news"
+    )
+    push_idle_interval: float = Field(
+        default=5.0, gt=0, description="longest wait between looks while idle (the wait doubles up to it)"
+    )
+    push_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="how long a replica's claim on a push config's deliveries lasts unless renewed (while it delivers, "
+        "every look renews it); another replica takes over a dead one's deliveries after this",
+    )
     first_reply_timeout: float = Field(default=15.0, description="profile: seconds to the first reply of an attempt")
     stream_idle_timeout: float = Field(default=30.0, description="profile: longest silence inside a stream")
     request_attempts: int = Field(default=3, description="profile: attempts before an agent counts as unreachable")

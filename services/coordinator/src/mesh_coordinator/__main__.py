@@ -56,6 +56,7 @@ def main() -> None:
             workflows = workflow_responder(settings, delegate)
             server = http_server(tracing.asgi(app), settings.http_host, settings.http_port, settings.log_level)
             deliveries = DeliveryWorker(settings, handler.push_store, handler.webhooks)
+            handler.push.wake = deliveries.wake
             workers = [
                 workflows.run(stop),
                 handler.reconciler.run(stop),

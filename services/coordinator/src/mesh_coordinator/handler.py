@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler
@@ -47,6 +47,9 @@ from mesh_coordinator.push import PushConfigs, PushStoreClient, WebhookPolicy
 from mesh_coordinator.reconcile import Reconciler
 from mesh_coordinator.recover import Resume
 from mesh_coordinator.router import Endpoint, MeshRouter, RouteDecision
+
+if TYPE_CHECKING:
+    from mesh_coordinator.listing import RecentTasks
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,7 @@ class MeshRequestHandler(RequestHandler):
         self.registry = registry
         self.store = store
         self.hub = TaskHub()
+        self._recent: RecentTasks | None = None
         self.router = MeshRouter(registry, settings.default_skill, self.hub.in_flight_to)
         self.workflows = settings.address(settings.workflows_id)
         self.identity = settings.service_address("coordinator")
@@ -120,6 +124,16 @@ class MeshRequestHandler(RequestHandler):
         self.push = PushConfigs(self.push_store, self.owners, self.webhooks)
         self.extended_cards: Callable[[Endpoint | None], Awaitable[pb.AgentCard]] | None = None
         """Set by the app that knows the cards (mesh_coordinator.app): the extended card of the root or an endpoint."""
+
+    @property
+    def recent(self) -> RecentTasks:
+        """The tasks accepted lately, for ListTasks (mesh_coordinator.listing): made on the first send, so an idle
+        coordinator carries none of it."""
+        if self._recent is None:
+            from mesh_coordinator.listing import RecentTasks
+
+            self._recent = RecentTasks(self.settings.list_recent_seconds)
+        return self._recent
 
     @contextlib.asynccontextmanager
     async def audited(self, method: str, task_id: str | None = None) -> AsyncIterator[dict[str, str]]:
@@ -242,6 +256,8 @@ class MeshRequestHandler(RequestHandler):
         except RequestTooLargeError as error:  # published, it would get the coordinator disconnected
             raise sdk_errors.InvalidRequestError(message=f"Payload too large for the mesh: {error}") from None
         live = LiveTask(task, agent, self._record_event, mirror=not route.records_events, wants_auth=route.wants_auth)
+        if push_config is not None:
+            live.on_event = self.push.wake
         skill = _skill_of(request, self.settings.default_skill)
         live.resume = Resume(
             self.requester,
@@ -255,6 +271,8 @@ class MeshRequestHandler(RequestHandler):
         )
         # No await from here to the caller's listen(): the relay cannot deliver an event before it listens.
         self.hub.start(live, stream)
+        if not request.message.task_id:  # listed to its caller at once, before the store has it
+            self.recent.accepted(live, Owner.of(principal))
         live.ended_callback(self._count)
         live.ended_callback(self.reconciler.watch)
         log.info("task %s -> %s", task_id, agent, extra={"task_id": task_id, "agent": str(agent)})
@@ -410,7 +428,8 @@ class MeshRequestHandler(RequestHandler):
                 query["agent"] = [str(address) for address in await self.router.members(endpoint.name)]
                 if not query["agent"]:
                     return pb.ListTasksResponse()
-            page = await self.store.list_tasks(query, reader_of(principal))
+            reader = reader_of(principal)
+            page = await self.recent.page(request, query, principal, lambda q: self.store.list_tasks(q, reader))
         except ValueError as error:
             raise sdk_errors.InvalidParamsError(message=str(error)) from None
         except DependencyError as error:
@@ -504,7 +523,10 @@ class MeshRequestHandler(RequestHandler):
         self, params: pb.TaskPushNotificationConfig, context: ServerCallContext
     ) -> pb.TaskPushNotificationConfig:
         async with self.audited("CreateTaskPushNotificationConfig", params.task_id):
-            return await self.push.create(params)
+            created = await self.push.create(params)
+        if (live := self.hub.get(params.task_id)) is not None:  # its updates wake the delivery worker
+            live.on_event = self.push.wake
+        return created
 
     async def on_get_task_push_notification_config(
         self, params: pb.GetTaskPushNotificationConfigRequest, context: ServerCallContext

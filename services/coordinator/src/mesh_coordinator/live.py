@@ -66,6 +66,8 @@ class LiveTask:
         self.resume: Resume | None = None
         """How to pick the task up again when the relay loses it (None: end it FAILED at once)."""
         self.recoveries = 0
+        self.on_event: Callable[[], None] | None = None
+        """Called with each event relayed (the push delivery worker's wake-up, for a task with push configs)."""
 
     @property
     def task(self) -> Task:
@@ -197,6 +199,8 @@ class LiveTask:
 
     def _broadcast(self, item: StreamResponse) -> None:
         self._task = fold(self._task, item)
+        if self.on_event is not None:
+            self.on_event()
         if not self.first_item.done():
             self.first_item.set_result(item)
         for queue in list(self._queues):

@@ -6,7 +6,13 @@ are in order per task and none is lost when the coordinator stops: the cursor mo
 (accepted by the webhook, or dead-lettered after its last retry). Each POST carries the config's authentication
 as `Authorization`, its token as `X-A2A-Notification-Token`, and a delivery id (`X-A2A-Delivery-Id`, the same on
 every retry of one update) for the receiver to drop duplicates by. Webhooks must be public addresses unless the
-operator allow-lists them (MESH_PUSH_ALLOWED_NETWORKS); redirects are never followed."""
+operator allow-lists them (MESH_PUSH_ALLOWED_NETWORKS); redirects are never followed.
+
+With several coordinator replicas, one delivers each config's updates: it claims the config in the store (a lease,
+renewed while it delivers, given up when done or on stop; a dead replica's leases expire after
+MESH_PUSH_LEASE_SECONDS and another replica carries on from the cursor). The worker looks for work every
+MESH_PUSH_POLL_INTERVAL while it has some or was just woken (a task with a push config relayed an event here), and
+less and less often otherwise, up to MESH_PUSH_IDLE_INTERVAL."""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -38,6 +45,12 @@ DELIVERY_NAMESPACE = uuid.UUID("6f1f7f1e-2c53-4a55-9d0c-2f3a0b5e2a20")
 MAX_PARALLEL_CONFIGS = 32
 """Configs delivered to at once (each config's updates go one after the other, in order)."""
 MAX_ID_LENGTH = 128
+EAGER_SECONDS = 3.0
+"""After a wake-up, how long the worker keeps looking every MESH_PUSH_POLL_INTERVAL: the store records the event
+that woke it moments later."""
+RELEASE_WAIT = 5.0
+STOP_CHECK = 1.0
+"""Seconds an idle worker takes at most to notice it should stop."""
 NetworkT = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -113,13 +126,19 @@ class PushStoreClient:
         path = f"/tasks/{_segment(task_id)}/push-configs/{_segment(config_id)}"
         return (await self._call("DELETE", path, params=dict(reader))).status_code == 204
 
-    async def pending(self) -> list[dict[str, Any]]:
-        response = await self._call("GET", "/push/pending")
+    async def claim(self, holder: str, seconds: float, renew: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The configs with pending updates now leased to `holder` (mesh_taskstore.push), renewing those in `renew`."""
+        body = {"holder": holder, "leaseSeconds": seconds, "renew": [{"taskId": t, "id": c} for t, c in renew]}
+        response = await self._call("POST", "/push/claims", json=body)
         return list(response.json()["pending"]) if response.status_code == 200 else []
 
-    async def advance(self, task_id: str, config_id: str, seq: int) -> None:
+    async def advance(self, task_id: str, config_id: str, seq: int, holder: str) -> bool:
+        """Move the cursor; False when another replica holds the config's lease now (this one must stop)."""
         path = f"/tasks/{_segment(task_id)}/push-configs/{_segment(config_id)}/delivered"
-        await self._call("PUT", path, json={"seq": seq})
+        return (await self._call("PUT", path, json={"seq": seq, "holder": holder})).status_code != 409
+
+    async def release(self, holder: str) -> None:
+        await self._call("POST", "/push/release", json={"holder": holder})
 
     async def dead_letter(self, letter: dict[str, Any]) -> None:
         await self._call("POST", "/push/dead-letters", json=letter)
@@ -159,6 +178,8 @@ class PushConfigs:
         self.store = store
         self.owners = owners
         self.policy = policy
+        self.wake: Callable[[], None] = _asleep
+        """Wakes the delivery worker (set by whoever runs it): called for each event of a task with a config."""
 
     async def _owned(self, task_id: str, scope: str) -> dict[str, str]:
         """Check the caller owns the task, and return the store scope to use from then on: every task, since the
@@ -225,26 +246,47 @@ def delivery_id(task_id: str, config_id: str, event_id: str) -> str:
     return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{task_id}\n{config_id}\n{event_id}"))
 
 
+def _asleep() -> None:
+    """No delivery worker runs (a handler without one)."""
+
+
 class DeliveryWorker:
-    """Delivers pending updates: one runner per config with work, its updates in order, each retried with
-    exponential backoff up to MESH_PUSH_MAX_ATTEMPTS POSTs and then dead-lettered."""
+    """Delivers pending updates of the configs this replica claims: one runner per config with work, its updates in
+    order, each retried with exponential backoff up to MESH_PUSH_MAX_ATTEMPTS POSTs and then dead-lettered."""
 
     def __init__(self, settings: CoordinatorSettings, store: PushStoreClient, policy: WebhookPolicy) -> None:
         self.settings = settings
         self.store = store
         self.policy = policy
+        self.holder = str(settings.service_address("coordinator"))
+        """The name leases are held under: this replica's identity (a restarted replica takes its own back)."""
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._ended_meanwhile: set[tuple[str, str]] = set()
+        """Configs whose runner ended while a claim was on its way: that claim may have read their cursor before
+        the runner's last advance, so they wait for the next one (which reads it afresh)."""
+        self._woken = asyncio.Event()
+        self._eager_until = 0.0
+        self.claims = 0
+        """Looks for work so far (for tests and the curious: idle, they become rare)."""
+
+    def wake(self) -> None:
+        """An update is on its way to the store: look for it now, and keep looking briskly for EAGER_SECONDS."""
+        self._eager_until = time.monotonic() + EAGER_SECONDS
+        self._woken.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll the store for pending deliveries until `stop`; open deliveries resume on the next start. The
+        """Claim and deliver until `stop`, then give up the claims so another replica carries on at once. The
         webhook client (its own: never the internal one, whose client certificate is not for strangers) is made
         on the first delivery: a mesh nobody subscribes to pays no TLS context for it."""
         client: httpx.AsyncClient | None = None
         store_down = False
+        interval = self.settings.push_poll_interval
         try:
             while not stop.is_set():
+                self._ended_meanwhile = set()
                 try:
-                    pending = await self.store.pending()
+                    pending = await self.store.claim(self.holder, self.settings.push_lease_seconds, list(self._running))
+                    self.claims += 1
                     if store_down:
                         log.info("push deliveries go on: the task store answers again")
                     store_down = False
@@ -254,21 +296,44 @@ class DeliveryWorker:
                     store_down, pending = True, []
                 for entry in pending:
                     key = (str(entry["taskId"]), str(entry["id"]))
-                    if key in self._running or len(self._running) >= MAX_PARALLEL_CONFIGS:
+                    if key in self._running or key in self._ended_meanwhile:
+                        continue
+                    if len(self._running) >= MAX_PARALLEL_CONFIGS:
                         continue
                     if client is None:
                         timeout = httpx.Timeout(self.settings.push_timeout)
                         client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
                     runner = asyncio.create_task(self._deliver_all(client, entry, stop))
                     self._running[key] = runner
-                    runner.add_done_callback(lambda _t, key=key: self._running.pop(key, None))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.push_poll_interval)
+                    runner.add_done_callback(lambda _t, key=key: self._ended(key))
+                busy = bool(pending or self._running) or time.monotonic() < self._eager_until
+                # while delivering, every look renews the leases: keep looking at least thrice a lease
+                fastest = min(self.settings.push_poll_interval, self.settings.push_lease_seconds / 3)
+                interval = fastest if busy else min(interval * 2, max(self.settings.push_idle_interval, fastest))
+                self._woken.clear()
+                await self._pause(interval, stop)
             if self._running:
                 await asyncio.wait(list(self._running.values()), timeout=self.settings.push_timeout)
         finally:
+            with contextlib.suppress(DependencyError, TimeoutError):
+                await asyncio.wait_for(self.store.release(self.holder), RELEASE_WAIT)
             if client is not None:
                 await client.aclose()
+
+    def _ended(self, key: tuple[str, str]) -> None:
+        self._running.pop(key, None)
+        self._ended_meanwhile.add(key)
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait `seconds`, less when woken, and notice `stop` within STOP_CHECK (no task of its own waits for it: an
+        idle coordinator keeps its memory)."""
+        deadline = time.monotonic() + seconds
+        while not (stop.is_set() or self._woken.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), min(left, STOP_CHECK))
 
     async def _deliver_all(self, client: httpx.AsyncClient, entry: dict[str, Any], stop: asyncio.Event) -> None:
         task_id, config_id = str(entry["taskId"]), str(entry["id"])
@@ -276,7 +341,9 @@ class DeliveryWorker:
             for item in entry["events"]:
                 if not await self._deliver(client, entry, item, stop):
                     return  # stopping: the cursor stays, so this update goes out after the restart
-                await self.store.advance(task_id, config_id, int(item["seq"]))
+                if not await self.store.advance(task_id, config_id, int(item["seq"]), self.holder):
+                    log.info("push deliveries of task %s config %s went to another replica", task_id, config_id)
+                    return
         except DependencyError as error:
             log.warning("push delivery for task %s paused: %s", task_id, error)
         except Exception:

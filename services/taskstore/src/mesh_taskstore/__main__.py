@@ -17,6 +17,7 @@ from mesh_taskstore.api import build_app
 from mesh_taskstore.consumer import RETRY_DELAYS, EventConsumer
 from mesh_taskstore.db import create_tables, make_engine
 from mesh_taskstore.partition import Partition
+from mesh_taskstore.push import sweep_finished
 from mesh_taskstore.store import TaskStore
 
 log = logging.getLogger("mesh_taskstore")
@@ -66,7 +67,7 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             settings.http_port,
             make_url(settings.database_url).render_as_string(hide_password=True),
         )
-        await serve_until(stop, server, consumer.run(stop))
+        await serve_until(stop, server, consumer.run(stop), sweep_finished(store, settings.push_retention, stop))
     finally:
         engine.dispose()
         log.info("task store stopped")
@@ -86,7 +87,7 @@ def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]
 
 def push_rules(readers: list[str]) -> list[Rule]:
     """Push configs: readers list them and their dead letters; only coordinators (which checked the caller owns the
-    task) write configs, move a delivery cursor, read what is pending and record dead letters."""
+    task) write configs, claim what is pending, move a delivery cursor, release their leases and record dead letters."""
     config = r"/tasks/[^/]+/push-configs/[^/]+"
     return [
         rule("GET", r"/tasks/[^/]+/push-configs", *readers),
@@ -94,7 +95,8 @@ def push_rules(readers: list[str]) -> list[Rule]:
         rule("PUT", config, "coordinator"),
         rule("DELETE", config, "coordinator"),
         rule("PUT", config + "/delivered", "coordinator"),
-        rule("GET", r"/push/pending", "coordinator"),
+        rule("POST", r"/push/claims", "coordinator"),
+        rule("POST", r"/push/release", "coordinator"),
         rule("POST", r"/push/dead-letters", "coordinator"),
     ]
 

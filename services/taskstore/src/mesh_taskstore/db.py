@@ -93,6 +93,18 @@ class PushConfig(SQLModel, table=True):
     created_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
+class PushLease(SQLModel, table=True):
+    """Which coordinator replica delivers a config's updates, until when: one at a time, so with N replicas each
+    update is POSTed once. Renewed while it delivers; another replica takes it once it expires (mesh_taskstore.push)."""
+
+    __tablename__ = "push_lease"
+
+    task_id: str = Field(primary_key=True)
+    config_id: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
 class PushDeadLetter(SQLModel, table=True):
     """A delivery the coordinator gave up on after its last retry: kept for its owner to read (and replay)."""
 
@@ -132,7 +144,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def create_tables(engine: Engine) -> None:
     """Create the tables that do not exist yet (no migrations: the schema is additive so far)."""
-    tables = [TaskRecord, TaskEvent, TaskOwner, PushConfig, PushDeadLetter]
+    tables = [TaskRecord, TaskEvent, TaskOwner, PushConfig, PushLease, PushDeadLetter]
     SQLModel.metadata.create_all(engine, tables=[table.__table__ for table in tables])  # type: ignore[attr-defined]
 
 
