@@ -83,6 +83,12 @@ async def _quiesce(pids: Mapping[str, int], limit: float = 15.0) -> None:
         previous = current
 
 
+def wait_quiet(pids: Mapping[str, int], limit: float) -> None:
+    """Block until the processes go quiet (bounded by `limit` seconds): work left over from before a scenario,
+    such as a backlog another process has to catch up on, is not counted in it."""
+    run_on_service_loop(_quiesce(pids, limit))
+
+
 @dataclass
 class _Round:
     load: LoadResult

@@ -1,7 +1,13 @@
 """Read-your-writes for outcomes: every task the coordinator relayed to a final state must end up final in the task
 store too. A broker that dies before persisting queued events, or a store that misses them, would otherwise leave
 the record WORKING forever. A few seconds after a task ends, the coordinator checks the store and, if the store does
-not have that outcome, republishes the final Task snapshot on its own event topic (the store applies it once)."""
+not have that outcome, republishes the final Task snapshot on its own event topic (the store applies it once).
+
+The store is asked in pages, not per task: one listing of the tasks whose status changed since the oldest unchecked
+outcome (`statusTimestampAfter`, newest first, no history or artifacts) confirms every outcome it shows at once,
+including outcomes not due yet. Only what a listing does not confirm is read task by task, as before, and
+republished if the store lacks it. One read per task doubled the coordinator's CPU for a relayed task's bookkeeping
+and cost the store an HTTP request per task (docs/benchmarks.md, issue #18)."""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from a2amesh.models import StreamResponse, Task
+from a2amesh.models import ListTasksRequest, StreamResponse, Task
 from mesh_coordinator.directory import DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 
@@ -28,6 +35,14 @@ CHECK_BACKOFF = (3.0, 6.0, 12.0, 30.0, 60.0)
 MAX_ATTEMPTS = 12
 MAX_WATCHED = 20_000
 BATCH = 200
+"""Outcomes read one by one per check, at most (those no listing confirmed)."""
+LIST_PAGE_SIZE = 100
+"""Tasks per page of the store's listing (its maximum)."""
+LIST_PAGES = 20
+"""Pages read per check, at most: beyond that, the outcomes a listing did not reach are read one by one."""
+LIST_MARGIN = timedelta(milliseconds=10)
+"""How far before the oldest outcome's timestamp a listing starts: the wire keeps milliseconds, an outcome the
+coordinator decided itself has microseconds."""
 
 
 @dataclass
@@ -43,17 +58,25 @@ class Watch:
 class Reconciler:
     """Confirms that the store holds the final state of every task the coordinator relayed."""
 
-    def __init__(self, store: TaskStoreClient, record: Record) -> None:
-        self.store = store
+    def __init__(self, store: TaskStoreClient, record: Record, first_check: float = FIRST_CHECK) -> None:
+        self.store = TaskStoreClient(store.base_url, store.client)
+        """Reads that take the store's answer as it is: a replica's patient read (mesh_coordinator.replicas) would
+        wait MESH_REPLICA_READ_WAIT for every outcome the store lacks, one after the other, while those are the
+        outcomes to republish at once (the first check is already FIRST_CHECK seconds after the end)."""
         self.record = record
+        self.first_check = first_check
         self._watched: OrderedDict[str, Watch] = OrderedDict()
         self.republished = 0
+        self.listed = 0
+        """Outcomes confirmed by a listing."""
+        self.read = 0
+        """Outcomes read one by one."""
 
     def watch(self, live: LiveTask) -> None:
         """Call when a relay ends: a terminal outcome is checked against the store later."""
         if not live.task.status.state.is_terminal:
             return
-        self._watched[live.id] = Watch(live, live.task, time.monotonic() + FIRST_CHECK)
+        self._watched[live.id] = Watch(live, live.task, time.monotonic() + self.first_check)
         while len(self._watched) > MAX_WATCHED:
             task_id, _ = self._watched.popitem(last=False)
             log.warning("reconciler full: no longer checking task %s", task_id)
@@ -77,7 +100,12 @@ class Reconciler:
     async def check_due(self) -> None:
         now = time.monotonic()
         due = [watch for watch in list(self._watched.values())[: BATCH * 5] if watch.due <= now][:BATCH]
+        since = _listing_start(due)
+        if since is not None:
+            await self._confirm_listed(since)
+            due = [watch for watch in due if watch.final.id in self._watched]
         for watch in due:
+            self.read += 1
             stored = await self.store.get_task(watch.final.id, history_length=0)
             if stored is not None and stored.status.state.is_terminal:  # recorded final (whoever decided it)
                 self._watched.pop(watch.final.id, None)
@@ -98,3 +126,25 @@ class Reconciler:
             await self.record(watch.live, StreamResponse(task=watch.final))
             self.republished += 1
             watch.due = now + CHECK_BACKOFF[min(watch.attempts - 1, len(CHECK_BACKOFF) - 1)]
+
+    async def _confirm_listed(self, since: datetime) -> None:
+        """Drop every watched outcome the store lists as final among the tasks whose status changed after `since`
+        (up to LIST_PAGES pages, newest first)."""
+        query = ListTasksRequest(status_timestamp_after=since, page_size=LIST_PAGE_SIZE, history_length=0).to_wire()
+        for _ in range(LIST_PAGES):
+            page = await self.store.list_tasks(query)
+            for task in page.tasks:
+                if task.status.state.is_terminal and self._watched.pop(task.id, None) is not None:
+                    self.listed += 1
+            if not page.next_page_token or not self._watched:
+                return
+            query["pageToken"] = page.next_page_token
+
+
+def _listing_start(due: list[Watch]) -> datetime | None:
+    """Where a listing that could confirm the due outcomes at once starts: just before the oldest timestamp among
+    those not checked yet. None when there are none (an outcome the store was already found lacking is read on
+    its own: left in a listing's range, it would keep every later listing that long)."""
+    stamps = [watch.final.status.timestamp for watch in due if watch.attempts == 0]
+    known = [stamp for stamp in stamps if stamp is not None]
+    return min(known) - LIST_MARGIN if known else None
