@@ -70,7 +70,7 @@ async def test_outcomes_lost_on_the_way_to_the_store_are_republished(small_mesh:
 
 async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Stack) -> None:
     """The reconciler reads the store in pages: outcomes the store holds are confirmed by one listing, not one
-    read each, and only the outcome it lacks is read on its own and republished."""
+    read each, and the outcome the listing lacks is republished without a read of its own."""
     async with httpx.AsyncClient(timeout=30, headers=auth_headers(small_mesh)) as http:
         card = await A2ACardResolver(http, small_mesh.coordinator_url).get_agent_card()
         client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
@@ -103,6 +103,6 @@ async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Sta
         await reconciler.check_due()
 
     assert reconciler.listed == TASKS  # confirmed by the listing
-    assert reconciler.read == 1  # only the lost outcome was read on its own
+    assert reconciler.read == 0  # nothing read task by task
     assert [item.task.id for item in republished if item.task is not None] == [lost.id]
     assert reconciler.pending == 1  # the lost one, checked again later

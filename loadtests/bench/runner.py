@@ -187,7 +187,10 @@ class Bench:
         the freshly started store without their outcomes and republishes each of them (mesh_coordinator.reconcile).
         That burst is a recovery, not the path's steady state: the scenario starts once it is over."""
         self._start_taskstore()
+        log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
+        waited = time.monotonic()
         wait_quiet(self.procs.pids("coordinator", "taskstore", "broker"), BACKLOG_SECONDS)
+        log.info("  quiet after %.1f s", time.monotonic() - waited)
         url, streaming = self.procs.coordinator_url, self.settings.http_streaming
         key, concurrency = self.procs.stack.api_key, self.settings.concurrency
         self._measure(
