@@ -34,6 +34,10 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 """Seconds between attempts to publish a batch while the broker is unreachable; the last value repeats."""
 DRAIN_SECONDS = 5.0
 """On stop, how long the recorder keeps publishing what is queued."""
+LINGER_SECONDS = 0.05
+"""How long the first owner of a batch waits for others before the batch is published (the task store's own
+batches gather for as long, MESH_BATCH_MAX_WAIT). Without it a batch held the one or two owners that arrived during
+the previous publish's round trip: about a message per task for the broker and the store to carry and acknowledge."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,18 @@ class Publisher(Protocol):
 
 class OwnerRecorder:
     """Publishes the owners of new tasks in batches, off the send path: `record` only queues; `run` publishes
-    whatever has gathered (up to MAX_OWNERS_PER_MESSAGE a message), so a burst of tasks costs a few messages."""
+    what has gathered over LINGER_SECONDS (up to MAX_OWNERS_PER_MESSAGE a message), so a burst of tasks costs a few
+    messages."""
 
-    def __init__(self, link: Publisher, topic: str, limit: int = MAX_QUEUED) -> None:
+    def __init__(self, link: Publisher, topic: str, limit: int = MAX_QUEUED, linger: float = LINGER_SECONDS) -> None:
         self.link = link
         self.topic = topic
         self._queue: deque[TaskOwnerRecord] = deque()
         self._limit = limit
+        self._linger = linger
         self._ready = asyncio.Event()
         self.published = 0
+        self.messages = 0
         self.dropped = 0
 
     @property
@@ -110,6 +117,8 @@ class OwnerRecorder:
                 for pending in (waiter, stopping):
                     pending.cancel()
                 continue
+            if self._linger and len(self._queue) < MAX_OWNERS_PER_MESSAGE:
+                await asyncio.sleep(self._linger)  # let the owners of the tasks arriving meanwhile join the batch
             if await self.flush_once():
                 failures = 0
                 continue
@@ -118,6 +127,7 @@ class OwnerRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
         await self.drain(DRAIN_SECONDS)
+        log.info("published %d task owners in %d messages", self.published, self.messages)
 
     async def drain(self, seconds: float) -> None:
         """Publish what is queued, for at most `seconds`."""
@@ -141,6 +151,7 @@ class OwnerRecorder:
         for _ in batch:  # records may have been added behind the batch meanwhile, never in front of it
             self._queue.popleft()
         self.published += len(batch)
+        self.messages += 1
         return True
 
 
