@@ -34,10 +34,6 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 """Seconds between attempts to publish a batch while the broker is unreachable; the last value repeats."""
 DRAIN_SECONDS = 5.0
 """On stop, how long the recorder keeps publishing what is queued."""
-LINGER_SECONDS = 0.05
-"""How long the first owner of a batch waits for others before the batch is published (the task store's own
-batches gather for as long, MESH_BATCH_MAX_WAIT). Without it a batch held the one or two owners that arrived during
-the previous publish's round trip: about a message per task for the broker and the store to carry and acknowledge."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +75,17 @@ class Publisher(Protocol):
 
 class OwnerRecorder:
     """Publishes the owners of new tasks in batches, off the send path: `record` only queues; `run` publishes
-    what has gathered over LINGER_SECONDS (up to MAX_OWNERS_PER_MESSAGE a message), so a burst of tasks costs a few
-    messages."""
+    whatever has gathered (up to MAX_OWNERS_PER_MESSAGE a message), so a burst of tasks costs a few messages.
 
-    def __init__(self, link: Publisher, topic: str, limit: int = MAX_QUEUED, linger: float = LINGER_SECONDS) -> None:
+    It publishes as soon as it has something, never lingering for a fuller batch: an owner still queued when the
+    coordinator dies is lost (its task then readable by operators only), and holding batches back 50 ms to save
+    messages lost the owners of the tasks a replica accepted just before a SIGKILL (tests/test_coordinator_replicas)."""
+
+    def __init__(self, link: Publisher, topic: str, limit: int = MAX_QUEUED) -> None:
         self.link = link
         self.topic = topic
         self._queue: deque[TaskOwnerRecord] = deque()
         self._limit = limit
-        self._linger = linger
         self._ready = asyncio.Event()
         self.published = 0
         self.messages = 0
@@ -117,8 +115,6 @@ class OwnerRecorder:
                 for pending in (waiter, stopping):
                     pending.cancel()
                 continue
-            if self._linger and len(self._queue) < MAX_OWNERS_PER_MESSAGE:
-                await asyncio.sleep(self._linger)  # let the owners of the tasks arriving meanwhile join the batch
             if await self.flush_once():
                 failures = 0
                 continue
