@@ -31,7 +31,8 @@ log = logging.getLogger("loadtests.bench")
 
 MQTT_MESSAGES = "1 request + 4 replies + 4 events (no subscriber)"
 BACKLOG_SECONDS = 90.0
-"""How long `deployed` waits, at most, for the coordinator to reconcile the tasks it relayed before the store ran."""
+"""How long the store's first scenario waits, at most, for the coordinator to reconcile the tasks it relayed before
+the store ran."""
 
 
 class Bench:
@@ -181,16 +182,8 @@ class Bench:
     def deployed(self) -> None:
         """The path as deployed: the HTTP face with the task store recording every event (and the task's owner, which
         the coordinator publishes to the store in batches) and the registry in the loop; the `http-face` scenario is
-        the same path before the store runs.
-
-        The tasks of the scenarios before it were relayed while no store ran, so the coordinator's reconciler finds
-        the freshly started store without their outcomes and republishes each of them (mesh_coordinator.reconcile).
-        That burst is a recovery, not the path's steady state: the scenario starts once it is over."""
+        the same path before the store runs."""
         self._start_taskstore()
-        log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
-        waited = time.monotonic()
-        wait_quiet(self.procs.pids("coordinator", "taskstore", "broker"), BACKLOG_SECONDS)
-        log.info("  quiet after %.1f s", time.monotonic() - waited)
         url, streaming = self.procs.coordinator_url, self.settings.http_streaming
         key, concurrency = self.procs.stack.api_key, self.settings.concurrency
         self._measure(
@@ -205,9 +198,17 @@ class Bench:
         )
 
     def _start_taskstore(self) -> None:
+        """Start the store for `record` or `deployed`, and let the coordinator catch up with it: the HTTP scenarios'
+        tasks were relayed while no store ran, so the coordinator's reconciler finds the new store without their
+        outcomes and republishes each (mesh_coordinator.reconcile). That burst is a recovery, not the path's steady
+        state, and would fall on whichever scenario comes next."""
         if not self.procs.pids("taskstore"):
             self.procs.start_taskstore()
             self._idle("taskstore")
+            log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
+            waited = time.monotonic()
+            wait_quiet(self.procs.pids("coordinator", "taskstore", "broker"), BACKLOG_SECONDS)
+            log.info("  quiet after %.1f s", time.monotonic() - waited)
 
     def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
         settings = self.procs.mqtt
