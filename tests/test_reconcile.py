@@ -4,6 +4,7 @@ reconciler republishes the final state of every task it relayed."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -11,8 +12,13 @@ import pytest
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
+from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus, utc_now
 from a2amesh.mqtt import make_client
+from a2amesh.topics import AgentAddress
 from devstack.stack import Ports, Stack
+from mesh_coordinator.directory import TaskStoreClient
+from mesh_coordinator.live import LiveTask
+from mesh_coordinator.reconcile import Reconciler
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
 TASKS = 6
@@ -60,3 +66,43 @@ async def test_outcomes_lost_on_the_way_to_the_store_are_republished(small_mesh:
         records = await eventually(recorded, timeout=30, what="every outcome recorded after the loss")
     assert all(record["agent"] == f"{small_mesh.org}/{small_mesh.unit}/echo" for record in records)
     assert all(record["events"][-1]["kind"] == "task" for record in records)  # the coordinator's snapshot
+
+
+async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Stack) -> None:
+    """The reconciler reads the store in pages: outcomes the store holds are confirmed by one listing, not one
+    read each, and the outcome the listing lacks is republished without a read of its own."""
+    async with httpx.AsyncClient(timeout=30, headers=auth_headers(small_mesh)) as http:
+        card = await A2ACardResolver(http, small_mesh.coordinator_url).get_agent_card()
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+        sent = [
+            (await collect(client, send_request(user_message(f"r{i}"), skill="echo")))[0].task for i in range(TASKS)
+        ]
+
+        async def stored() -> list[Task] | None:
+            tasks = []
+            for task in sent:
+                response = await http.get(f"{small_mesh.taskstore_url}/tasks/{task.id}?scope=all")
+                if response.status_code != 200 or response.json()["status"]["state"] != "TASK_STATE_COMPLETED":
+                    return None
+                tasks.append(Task.from_wire(response.json()))
+            return tasks
+
+        finals = await eventually(stored, timeout=30, what="every outcome recorded")
+
+    republished: list[StreamResponse] = []
+
+    async def record(_live: LiveTask, item: StreamResponse) -> None:
+        republished.append(item)
+
+    lost = Task(id=str(uuid.uuid4()), context_id="c", status=TaskStatus(state=TaskState.COMPLETED, timestamp=utc_now()))
+    echo = AgentAddress(small_mesh.org, small_mesh.unit, "echo")
+    async with httpx.AsyncClient(timeout=30) as store_http:
+        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), record, first_check=0.0)
+        for task in [*finals, lost]:
+            reconciler.watch(LiveTask(task, echo, record, mirror=False))
+        await reconciler.check_due()
+
+    assert reconciler.listed == TASKS  # confirmed by the listing
+    assert reconciler.read == 0  # nothing read task by task
+    assert [item.task.id for item in republished if item.task is not None] == [lost.id]
+    assert reconciler.pending == 1  # the lost one, checked again later

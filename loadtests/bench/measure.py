@@ -83,6 +83,22 @@ async def _quiesce(pids: Mapping[str, int], limit: float = 15.0) -> None:
         previous = current
 
 
+def wait_quiet(pids: Mapping[str, int], limit: float, quiet_for: float = 2.0) -> None:
+    """Block until the processes stay quiet for `quiet_for` seconds (bounded by `limit`): work left over from
+    before a scenario, such as a backlog a process works through once a second, is not counted in it."""
+
+    async def wait() -> None:
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_for:
+            before = sum(cpu_snapshot(pids).values())
+            await asyncio.sleep(0.5)
+            if sum(cpu_snapshot(pids).values()) - before >= QUIET_CPU:
+                quiet_since = time.monotonic()
+
+    run_on_service_loop(wait())
+
+
 @dataclass
 class _Round:
     load: LoadResult

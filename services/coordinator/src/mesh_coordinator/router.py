@@ -23,7 +23,7 @@ from typing import Any
 from a2amesh.models import AgentCard, AgentSkill, Message
 from a2amesh.text import Bm25, tokenize
 from a2amesh.topics import AgentAddress
-from mesh_coordinator.directory import AgentChoice, RegistryClient
+from mesh_coordinator.directory import AgentChoice, RegistryClient, SingleFlight
 
 MIN_SCORE = 1.0
 """The least BM25 score that counts as a match: about one distinctive card word (one that a single skill of ten
@@ -209,6 +209,7 @@ class MeshRouter:
         self.default_skill = default_skill
         self.in_flight = in_flight
         self._listed: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._refreshes = SingleFlight()
         self._indexes: dict[tuple[str, ...], SkillIndex] = {}
 
     async def online(self) -> list[dict[str, Any]]:
@@ -222,10 +223,14 @@ class MeshRouter:
 
     async def _listing(self, status: str) -> list[dict[str, Any]]:
         cached = self._listed.get(status)
-        if cached is None or time.monotonic() - cached[0] >= ONLINE_TTL:
-            records = await (self.registry.agents(status=status) if status else self.registry.agents())
-            cached = self._listed[status] = (time.monotonic(), records)
-        return cached[1]
+        if cached is not None and time.monotonic() - cached[0] < ONLINE_TTL:
+            return cached[1]
+        return await self._refreshes.run(status, lambda: self._list(status))
+
+    async def _list(self, status: str) -> list[dict[str, Any]]:
+        records = await (self.registry.agents(status=status) if status else self.registry.agents())
+        self._listed[status] = (time.monotonic(), records)
+        return records
 
     async def endpoints(self) -> dict[str, Endpoint]:
         """Every online endpoint by name, sorted by name."""
