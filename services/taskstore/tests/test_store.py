@@ -178,6 +178,34 @@ def test_a_task_across_batches_builds_on_the_stored_snapshot_even_when_another_w
     assert stored.task.context_id == "ctx-elsewhere", "the event was applied to a remembered, outdated snapshot"
 
 
+def test_events_and_their_owners_are_recorded_together(store: TaskStore) -> None:
+    alice, bob = Owner("key:alice", "t1"), Owner("key:bob", "t1")
+    events = [incoming("j1", task_event("joint")), incoming("j2", status_event("joint", TaskState.WORKING), 1)]
+    outcomes, claimed = store.record_with_owners(events, [("joint", alice), ("joint", alice), ("solo", bob)])
+    assert outcomes == [Outcome.STORED, Outcome.STORED]
+    assert claimed == [True, True, True]
+    stored = store.get("joint", alice)
+    assert stored is not None and stored.task.status.state is TaskState.WORKING
+    assert store.get("joint", bob) is None
+    assert store.owner_of("solo") == bob  # an owner whose task has no events yet
+    outcomes, claimed = store.record_with_owners(events, [("joint", bob)])  # redelivered, and a rival owner
+    assert outcomes == [Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert claimed == [False]
+    assert store.owner_of("joint") == alice
+
+
+def test_a_bad_owner_row_costs_its_batch_events_nothing(store: TaskStore) -> None:
+    """The joint transaction fails on the broken row; the fallback records the events and the good owner apart."""
+    alice = Owner("key:alice")
+    broken = Owner(None)  # type: ignore[arg-type]  # NOT NULL: the database refuses it
+    events = [incoming("b1", task_event("kept"))]
+    outcomes, claimed = store.record_with_owners(events, [("kept", alice), ("broken", broken)])
+    assert outcomes == [Outcome.STORED]
+    assert claimed == [True, False]
+    assert store.get("kept", alice) is not None
+    assert store.owner_of("broken") is None
+
+
 def test_an_owner_lands_whether_before_or_after_the_tasks_events_and_only_once(store: TaskStore) -> None:
     alice, bob = Owner("key:alice", "t1"), Owner("key:bob", "t1")
     assert store.claim_many([("early", alice)]) == [True]  # the owner before any event

@@ -327,9 +327,8 @@ class EventConsumer:
         attempt = 0
         while True:
             try:
-                outcomes = await asyncio.to_thread(self.store.record_many, events)
-                if claims:
-                    await asyncio.to_thread(self._claim, claims)
+                owners = [owner for claim in claims for owner in claim.owners]
+                outcomes, claimed = await asyncio.to_thread(self.store.record_with_owners, events, owners)
                 break
             except OperationalError as error:
                 if self._halt.is_set():
@@ -348,6 +347,9 @@ class EventConsumer:
                     lost += 1
         if lost:
             log.info("%d acknowledgements lost with the connection; those events will be redelivered", lost)
+        for (task_id, owner), recorded in zip(owners, claimed, strict=True):
+            if not recorded:
+                log.error("task %s already has another owner; %s not recorded", task_id, owner.principal)
         debug = log.isEnabledFor(logging.DEBUG)
         for incoming, outcome in zip(events, outcomes, strict=True):
             if outcome is Outcome.STORED and not debug:
@@ -362,13 +364,6 @@ class EventConsumer:
                 incoming.agent,
                 outcome.value,
             )
-
-    def _claim(self, claims: list[OwnerClaims]) -> None:
-        """Record the owners in one transaction; a task already owned by another is logged, never overwritten."""
-        owners = [owner for claim in claims for owner in claim.owners]
-        for (task_id, owner), recorded in zip(owners, self.store.claim_many(owners), strict=True):
-            if not recorded:
-                log.error("task %s already has another owner; %s not recorded", task_id, owner.principal)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

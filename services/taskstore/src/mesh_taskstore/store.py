@@ -172,28 +172,32 @@ class TaskStore:
         OperationalError propagates with nothing committed, so the caller can retry."""
         if not claims:
             return []
-        with Session(self.engine) as session:
-            ids = list(dict.fromkeys(task_id for task_id, _ in claims))
-            held = {
-                row.task_id: Owner(row.principal, row.tenant)
-                for row in session.exec(select(TaskOwner).where(col(TaskOwner.task_id).in_(ids)))
-            }
-            now = utc_now()
-            answers = []
-            for task_id, owner in claims:
-                if task_id not in held:
-                    held[task_id] = owner
-                    row = TaskOwner(task_id=task_id, principal=owner.principal, tenant=owner.tenant, claimed_at=now)
-                    session.add(row)
-                answers.append(held[task_id] == owner)
-            try:
-                session.commit()
-            except IntegrityError:  # claimed at the same moment by another writer: one by one, against theirs
-                session.rollback()
-                if len(claims) == 1:
-                    return [self.owner_of(claims[0][0]) == claims[0][1]]
-                return [self.claim(task_id, owner) for task_id, owner in claims]
-        return answers
+        try:
+            with self.engine.begin() as connection:
+                return _claim_rows(connection, claims)
+        except IntegrityError:  # claimed at the same moment by another writer: one by one, against theirs
+            if len(claims) == 1:
+                return [self.owner_of(claims[0][0]) == claims[0][1]]
+            return [self.claim(task_id, owner) for task_id, owner in claims]
+
+    def record_with_owners(
+        self, events: Sequence[Incoming], claims: Sequence[tuple[str, Owner]]
+    ) -> tuple[list[Outcome], list[bool]]:
+        """Record a batch's events and the owners that arrived with them in one transaction: on the deployed
+        path nearly every batch carries both, and a second transaction for the owners was a second fixed cost
+        (its own fsync) per batch. Answers as `record_many` and `claim_many`; when the joint transaction fails
+        for any reason but an unavailable database, it falls back to those two, which isolate the culprit."""
+        if not claims:
+            return self.record_many(events), []
+        try:
+            with self.engine.begin() as connection:
+                outcomes = write_batch(connection, events, self._memo) if events else []
+                return outcomes, _claim_rows(connection, claims)
+        except OperationalError:
+            raise
+        except Exception:
+            log.info("a joint batch of %d events and %d owners failed; recording them apart", len(events), len(claims))
+            return self.record_many(events), self.claim_many(claims)
 
     def owner_of(self, task_id: str) -> Owner | None:
         with Session(self.engine) as session:
@@ -257,6 +261,30 @@ class TaskStore:
         token = Cursor(utc(page[-1].updated_at), page[-1].task_id).encode() if more and page else ""
         tasks = [trim(Task.from_json(row.snapshot), query.history_length, query.include_artifacts) for row in page]
         return TaskPage(tasks, token, int(total))
+
+
+_OWNERS: sa.Table = TaskOwner.__table__  # type: ignore[attr-defined]
+_OWNER_ROWS = sa.select(_OWNERS.c.task_id, _OWNERS.c.principal, _OWNERS.c.tenant).where(
+    _OWNERS.c.task_id.in_(sa.bindparam("ids", expanding=True))
+)
+
+
+def _claim_rows(connection: sa.Connection, claims: Sequence[tuple[str, Owner]]) -> list[bool]:
+    """Insert the owners of tasks nobody owns yet, in `connection`'s transaction; True where the task's owner is
+    (now) the one claimed. Core, not the ORM: it runs inside the event batch's transaction on the hot path."""
+    ids = list(dict.fromkeys(task_id for task_id, _ in claims))
+    held = {row.task_id: Owner(row.principal, row.tenant) for row in connection.execute(_OWNER_ROWS, {"ids": ids})}
+    now = utc_now()
+    rows: list[dict[str, object]] = []
+    answers = []
+    for task_id, owner in claims:
+        if task_id not in held:
+            held[task_id] = owner
+            rows.append({"task_id": task_id, "principal": owner.principal, "tenant": owner.tenant, "claimed_at": now})
+        answers.append(held[task_id] == owner)
+    if rows:
+        connection.execute(_OWNERS.insert(), rows)
+    return answers
 
 
 def utc_now() -> datetime:
