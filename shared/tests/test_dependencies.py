@@ -8,6 +8,7 @@ import ast
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -97,3 +98,42 @@ def test_every_declared_dependency_is_imported(folder: Path) -> None:
         if name not in workspace | RUNTIME_ONLY and not modules_of.get(name, set()) & imported
     ]
     assert not unused, f"{folder.relative_to(REPO)} declares dependencies its code never imports: {unused}"
+
+
+COORDINATOR_START = """
+import base64, os, sys, tempfile
+from pathlib import Path
+from a2amesh.settings import CoordinatorSettings
+import mesh_coordinator.__main__
+from mesh_coordinator.agent_tokens import AgentTokens
+from mesh_coordinator.app import card_finisher
+from mesh_coordinator.cards import ED25519_PKCS8_PREFIX
+from a2a.types import a2a_pb2 as pb
+
+key_file = Path(tempfile.mkdtemp()) / "card-signing.key"
+der = base64.b64encode(ED25519_PKCS8_PREFIX + os.urandom(32)).decode()
+key_file.write_text(f"-----BEGIN PRIVATE KEY-----\\n{der}\\n-----END PRIVATE KEY-----\\n")
+settings = CoordinatorSettings(card_signing_key_file=key_file)
+finisher = card_finisher(settings, "http://127.0.0.1:1")  # what build_app and the handler make at start
+tokens = AgentTokens(key_file, "http://127.0.0.1:1")
+print(*sorted({name.split(".")[0] for name in sys.modules}))
+print("mesh_coordinator.listing" in sys.modules)
+signed = finisher.finish(pb.AgentCard(name="coordinator"))
+assert signed.signatures and tokens.bearer("aud", None) is None and tokens.kid == finisher.key.kid
+print("nacl" in sys.modules)
+"""
+
+
+def test_the_coordinator_loads_at_start_only_what_an_idle_coordinator_uses() -> None:
+    """What the coordinator loads on first use stays out of its start-up (its idle memory target, docs/benchmarks.md):
+    PyNaCl until the first card is signed, PyJWT and `cryptography` without a JWT issuer or an EC key, redis-py without
+    shared rate limits, the ListTasks merge until the first send."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MESH_")}
+    result = subprocess.run(
+        [sys.executable, "-c", COORDINATOR_START], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    started, listing_loaded, signing_loaded = result.stdout.splitlines()
+    assert not {"nacl", "jwt", "cryptography", "redis"} & set(started.split()), started
+    assert listing_loaded == "False"
+    assert signing_loaded == "True", "the first card signed loads PyNaCl"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 
 from a2amesh.tokens import TOKEN_SECONDS, token_claims
@@ -34,8 +35,21 @@ class AgentTokens:
     def use(self, signer: Signer, kid: str | None = None) -> None:
         """Sign with `signer`, named `kid` (default: its RFC 7638 thumbprint, as the JWKS names it)."""
         self.signer = signer
-        self.kid = kid or jwk_thumbprint(signer.public_jwk)
-        self._header = _part({"alg": signer.algorithm, "kid": self.kid, "typ": "JWT"})  # the same for every token
+        self.__dict__.pop("_header", None)
+        if kid:
+            self.kid = kid
+        else:
+            self.__dict__.pop("kid", None)
+
+    # Derived on the first token, not at start: the thumbprint needs the public key, and an Ed25519 signer loads
+    # PyNaCl for it (mesh_coordinator.cards.Ed25519Signer), which an idle coordinator does without.
+    @cached_property
+    def kid(self) -> str:
+        return jwk_thumbprint(self.signer.public_jwk) if self.signer is not None else ""
+
+    @cached_property
+    def _header(self) -> str:
+        return _part({"alg": self.signer.algorithm if self.signer else "", "kid": self.kid, "typ": "JWT"})
 
     def bearer(self, audience: str, principal: Principal | None, seconds: int = TOKEN_SECONDS) -> str | None:
         """The token for a request published on `audience` (a request topic) on behalf of `principal`."""

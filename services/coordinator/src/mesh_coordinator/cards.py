@@ -16,16 +16,19 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from a2a.types import a2a_pb2 as pb
 from a2a.utils._jcs import canonicalize
 from google.protobuf.json_format import MessageToDict
-from nacl.signing import SigningKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
 
 JWKS_PATH = "/.well-known/jwks.json"
 LEGACY_CARD_PATH = "/.well-known/agent.json"
@@ -45,19 +48,32 @@ class Signer(Protocol):
     """A card-signing key: its JWS algorithm, its public JWK, and signing."""
 
     algorithm: str
-    public_jwk: dict[str, str]
+
+    @property
+    def public_jwk(self) -> dict[str, str]: ...
 
     def sign(self, data: bytes) -> bytes: ...
 
 
 class Ed25519Signer:
-    """EdDSA over Ed25519 with PyNaCl (the key `make certs` issues)."""
+    """EdDSA over Ed25519 with PyNaCl (the key `make certs` issues). PyNaCl is loaded on the first signature or
+    public key wanted, not at start: an idle coordinator has signed nothing yet (1.1 MB of its idle memory; any
+    32-byte seed is a valid key, so nothing is left unchecked at start)."""
 
     algorithm = "EdDSA"
 
     def __init__(self, seed: bytes) -> None:
-        self._key = SigningKey(seed)
-        self.public_jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(bytes(self._key.verify_key))}
+        self._seed = seed
+
+    @cached_property
+    def _key(self) -> SigningKey:
+        from nacl.signing import SigningKey
+
+        return SigningKey(self._seed)
+
+    @cached_property
+    def public_jwk(self) -> dict[str, str]:
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(bytes(self._key.verify_key))}
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data).signature
@@ -106,13 +122,23 @@ class CardKey:
 
     def __init__(self, key_file: Path, jwks_url: str) -> None:
         self._signer = load_signer(key_file)
-        algorithm = self._signer.algorithm
-        self.kid = jwk_thumbprint(self._signer.public_jwk)
-        self.public_jwk = {**self._signer.public_jwk, "kid": self.kid, "use": "sig", "alg": algorithm}
         self.jwks_url = jwks_url
-        header = {"alg": algorithm, "typ": "JOSE", "kid": self.kid, "jku": jwks_url}
-        self._protected = b64url(json.dumps(header, separators=(",", ":")).encode())
         self._signed: OrderedDict[bytes, pb.AgentCard] = OrderedDict()
+
+    # The public half, its kid and the JWS header are derived on first use: the Ed25519 signer's public key needs
+    # PyNaCl, which an idle coordinator does not load (Ed25519Signer).
+    @cached_property
+    def kid(self) -> str:
+        return jwk_thumbprint(self._signer.public_jwk)
+
+    @cached_property
+    def public_jwk(self) -> dict[str, str]:
+        return {**self._signer.public_jwk, "kid": self.kid, "use": "sig", "alg": self._signer.algorithm}
+
+    @cached_property
+    def _protected(self) -> str:
+        header = {"alg": self._signer.algorithm, "typ": "JOSE", "kid": self.kid, "jku": self.jwks_url}
+        return b64url(json.dumps(header, separators=(",", ":")).encode())
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.public_jwk]}
