@@ -110,3 +110,52 @@ def test_event_properties_are_what_paho_packs(event_id: str | None) -> None:
     theirs = paho_properties(PacketTypes.PUBLISH, ContentType=JSON, UserProperty=[(key, value)])
     assert ours.pack() == theirs.pack() == publish_properties(user=[(key, value)]).pack()
     assert event_properties().UserProperty != event_properties().UserProperty  # a fresh id each time
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=st.none() | mqtt_text.filter(bool),
+    correlation=st.none() | st.binary(max_size=64),
+    user=st.lists(st.tuples(mqtt_text, mqtt_text), max_size=4),
+    content_type=st.none() | mqtt_text.filter(bool),
+    expiry=st.none() | st.integers(min_value=1, max_value=2**32 - 1),
+    payload_format=st.none() | st.integers(min_value=0, max_value=1),
+    subscription=st.none() | st.integers(min_value=1, max_value=2**28 - 1),
+)
+def test_what_paho_receives_decodes_as_paho_decodes_it(
+    topic: str | None,
+    correlation: bytes | None,
+    user: list[tuple[str, str]],
+    content_type: str | None,
+    expiry: int | None,
+    payload_format: int | None,
+    subscription: int | None,
+) -> None:
+    """A PUBLISH as a broker sends it, decoded by paho's own decoder once it decodes into LeanProperties (what
+    a2amesh.mqtt's clients do): the same properties, read and re-packed, as paho's Properties give."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    from a2amesh.mqtt_compat import lean_incoming_properties
+
+    sent = paho_properties(
+        PacketTypes.PUBLISH,
+        ResponseTopic=topic,
+        CorrelationData=correlation,
+        UserProperty=user,
+        ContentType=content_type,
+        MessageExpiryInterval=expiry,
+        PayloadFormatIndicator=payload_format,
+        SubscriptionIdentifier=[subscription] if subscription is not None else [],
+    )
+    packet = b"\x00\x03a/b" + b"\x00\x07" + sent.pack() + b'{"x":1}'  # topic, packet id (QoS 1), properties, payload
+    lean_incoming_properties()
+    decoded = _packet.decode_publish(0x32, packet, MQTTProtocolVersion.MQTTv5)
+    assert isinstance(decoded.properties, LeanProperties)
+    expected = Properties(PacketTypes.PUBLISH)
+    expected.unpack(sent.pack())
+    names = ("ResponseTopic", "CorrelationData", "UserProperty", "ContentType", "MessageExpiryInterval")
+    for name in (*names, "PayloadFormatIndicator", "SubscriptionIdentifier"):
+        assert getattr(decoded.properties, name, None) == getattr(expected, name, None), name
+    assert decoded.properties.pack() == expected.pack()
+    assert (decoded.topic, decoded.mid, decoded.payload) == (b"a/b", 7, b'{"x":1}')

@@ -24,6 +24,7 @@ from a2amesh.mqtt_compat import (
     acknowledge,
     connection_lost,
     enable_manual_ack,
+    lean_incoming_properties,
     packed_event_properties,
 )
 from a2amesh.settings import MqttSettings
@@ -76,6 +77,7 @@ def make_client(
 ) -> aiomqtt.Client:
     """An MQTT 5 client for `client_id`. A persistent client resumes its session (clean start off, session expiry
     set), so QoS 1 messages published while it was away reach it when it returns."""
+    lean_incoming_properties()  # what the client receives is decoded without paho's per-packet table copies
     connect_properties = Properties(PacketTypes.CONNECT)
     connect_properties.SessionExpiryInterval = settings.session_expiry if persistent else 0
     client = aiomqtt.Client(
