@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from a2amesh import tracing
 from a2amesh.models import StreamResponse, TaskOwnerRecords
 from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
-from a2amesh.mqtt_compat import one_write
+from a2amesh.mqtt_compat import next_messages, one_write
 from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import EVENTS_ALL, OWNERS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
@@ -215,8 +215,9 @@ class EventConsumer:
             try:
                 subscription = await self._subscribe()
                 attempt = 0
-                async for message in subscription:
-                    await self._receive(message)
+                while True:  # ends by an exception: detached, or the connection lost for good
+                    for message in await next_messages(subscription, self.batch_max_events):
+                        await self._receive(message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
