@@ -10,7 +10,7 @@ import uuid
 import zmqtt
 
 from a2amesh.mqtt import make_client
-from a2amesh.mqtt_compat import one_write, stream_transport
+from a2amesh.mqtt_compat import next_messages, one_write, stream_transport
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from devstack.fixtures import BrokerHandle
 
@@ -47,3 +47,32 @@ async def test_acknowledged_messages_stay_acknowledged_and_the_session_outlives_
     assert await session(3, acknowledge=2, then_publish=(b"m0", b"m1", b"m2")) == [b"m0", b"m1", b"m2"]
     await publish(b"while away")
     assert await session(2, acknowledge=2) == [b"m2", b"while away"], "the session lost or repeated messages"
+
+
+async def test_next_messages_takes_every_waiting_message_in_order_then_waits_for_the_next(broker: BrokerHandle) -> None:
+    """A burst is taken at once (up to the limit, in the broker's order); with none waiting, the next to arrive."""
+    topic = f"test/zc/{uuid.uuid4().hex[:8]}"
+    client = consumer_client(broker.settings, f"zc-{uuid.uuid4().hex[:8]}", persistent=False)
+    await client.connect()
+    subscription = client.subscribe(topic, qos=zmqtt.QoS.AT_LEAST_ONCE, auto_ack=False)
+    await subscription.start()
+    try:
+        bodies = [f"m{i}".encode() for i in range(6)]
+        async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+            for body in bodies:
+                await publisher.publish(topic, body, qos=1)
+        received: list[bytes] = []
+        for _ in range(len(bodies)):  # bounded: each call takes at least one message
+            if len(received) == len(bodies):
+                break
+            taken = await asyncio.wait_for(next_messages(subscription, limit=4), timeout=15)
+            assert 1 <= len(taken) <= 4
+            received += [message.payload for message in taken]
+        assert received == bodies
+        later = asyncio.ensure_future(next_messages(subscription, limit=4))
+        async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+            await publisher.publish(topic, b"later", qos=1)
+        assert [message.payload for message in await asyncio.wait_for(later, timeout=15)] == [b"later"]
+    finally:
+        await subscription.detach()
+        await client.disconnect()
