@@ -334,6 +334,8 @@ class EventConsumer:
             self._writing = len(batch)
             try:
                 await self._write(batch)
+            except Exception:  # never let the one writer die: what it did not acknowledge comes again, recorded once
+                log.exception("writing a batch of %d failed; its unacknowledged events will be redelivered", len(batch))
             finally:
                 self._writing = 0
 
@@ -357,12 +359,15 @@ class EventConsumer:
                 log.warning("database unavailable (%s); retrying %d events in %.1fs", error.orig, len(batch), delay)
                 await _sleep_unless(self._halt, delay)
         lost = 0
-        async with one_write(self.client):  # one TLS write for the batch's PUBACKs, not one each
-            for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
-                try:
-                    await incoming.ack()
-                except Exception:  # its connection dropped: the broker redelivers it, recorded once
-                    lost += 1
+        try:
+            async with one_write(self.client):  # one TLS write for the batch's PUBACKs, not one each
+                for incoming in batch:  # in order, as MQTT requires PUBACKs to be sent
+                    try:
+                        await incoming.ack()
+                    except Exception:  # its connection dropped: the broker redelivers it, recorded once
+                        lost += 1
+        except zmqtt.MQTTDisconnectedError:  # the batch's one write met a dropped connection (a broker restart)
+            lost = len(batch)
         if lost:
             log.info("%d acknowledgements lost with the connection; those events will be redelivered", lost)
         for (task_id, owner), recorded in zip(owners, claimed, strict=True):
