@@ -5,6 +5,7 @@ rest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -112,26 +113,35 @@ async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
         return value if value is not None and value >= 3 else None  # at least the registry, task store, coordinator
 
     await eventually(connected, BROKER_STATISTICS_WITHIN, "the mesh's connections counted")
-    stored_before = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
-    assert stored_before is not None
     queued = 25
-    topic, away = f"observability/queue/{uuid.uuid4().hex[:8]}", f"mesh-tester-away-{uuid.uuid4().hex[:8]}"
-    async with mqtt_client(mesh.tester_settings(), away, persistent=True) as subscriber:
-        await subscriber.subscribe(topic, qos=1)
-    try:
-        async with mqtt_client(mesh.tester_settings(), f"mesh-tester-pub-{uuid.uuid4().hex[:8]}") as publisher:
-            for number in range(queued):
-                await publisher.publish(topic, f"queued {number}".encode(), qos=1)
+    topic = f"observability/queue/{uuid.uuid4().hex[:8]}"
+    grown: float | None = None
+    stored_before = 0.0
+    for _attempt in range(3):  # the count is the whole broker's: a session of another test ending can offset it
+        before = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+        assert before is not None
+        stored_before = before
+        away = f"mesh-tester-away-{uuid.uuid4().hex[:8]}"
+        async with mqtt_client(mesh.tester_settings(), away, persistent=True) as subscriber:
+            await subscriber.subscribe(topic, qos=1)
+        try:
+            async with mqtt_client(mesh.tester_settings(), f"mesh-tester-pub-{uuid.uuid4().hex[:8]}") as publisher:
+                for number in range(queued):
+                    await publisher.publish(topic, f"queued {number}".encode(), qos=1)
 
-        async def grown() -> float | None:
-            value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
-            away_sessions = await broker_statistic(mesh, http, "mesh_broker_clients_disconnected")
-            return value if value is not None and value >= stored_before + queued and away_sessions else None
+            async def queue_grown(baseline: float = before) -> float | None:
+                value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+                away_sessions = await broker_statistic(mesh, http, "mesh_broker_clients_disconnected")
+                return value if value is not None and value >= baseline + queued and away_sessions else None
 
-        await eventually(grown, BROKER_STATISTICS_WITHIN, f"{queued} queued messages in the broker's store")
-    finally:
-        async with mqtt_client(mesh.tester_settings(), away):  # a clean start discards the session and its queue
-            pass
+            with contextlib.suppress(AssertionError):
+                grown = await eventually(queue_grown, BROKER_STATISTICS_WITHIN / 3, "queued messages counted")
+        finally:
+            async with mqtt_client(mesh.tester_settings(), away):  # a clean start discards the session and its queue
+                pass
+        if grown is not None:
+            break
+    assert grown is not None, f"{queued} queued messages never showed in the broker's store count"
 
     async def drained() -> float | None:
         value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
