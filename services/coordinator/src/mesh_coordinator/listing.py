@@ -18,16 +18,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from a2amesh.models import ListTasksRequest, ListTasksResponse, Task
+from a2amesh.models import (
+    LIST_TASKS_DEFAULT_PAGE_SIZE,
+    LIST_TASKS_MAX_PAGE_SIZE,
+    ListTasksRequest,
+    ListTasksResponse,
+    Task,
+)
 from mesh_coordinator.auth import Principal
 from mesh_coordinator.live import RECENT_TASKS_KEPT, LiveTask
 from mesh_coordinator.owners import Owner
 
 RECENT_KEPT = RECENT_TASKS_KEPT
 """Accepted tasks remembered for listing at most (the newest), like the relays the hub keeps."""
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
-"""ListTasks pageSize: its default and bounds, as the task store applies them (mesh_taskstore.store)."""
 TOKEN_PREFIX = "m."
 """Marks a token of a listing with held tasks; the store's own tokens are plain base64url (no dot)."""
 
@@ -129,9 +132,9 @@ class RecentTasks:
     ) -> ListTasksResponse:
         """One page of the caller's tasks: `fetch` reads the store (query: its ListTasks params); the tasks held in
         memory come first, newest first, each on one page only."""
-        size = request.page_size if request.page_size is not None else DEFAULT_PAGE_SIZE
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise ValueError(f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
+        size = request.page_size if request.page_size is not None else LIST_TASKS_DEFAULT_PAGE_SIZE
+        if not 1 <= size <= LIST_TASKS_MAX_PAGE_SIZE:
+            raise ValueError(f"pageSize must be between 1 and {LIST_TASKS_MAX_PAGE_SIZE}")
         token = request.page_token or ""
         if token.startswith(TOKEN_PREFIX):
             mark = Mark.decode(token)
@@ -153,7 +156,7 @@ class RecentTasks:
         room = size - len(shown)
         # one read of the store covers this page's rows and the held tasks it may list too (to count them once)
         store_query = {**query, "pageToken": mark.store or None}
-        window = await fetch({**store_query, "pageSize": max(1, min(MAX_PAGE_SIZE, room + len(matching)))})
+        window = await fetch({**store_query, "pageSize": max(1, min(LIST_TASKS_MAX_PAGE_SIZE, room + len(matching)))})
         self._confirm(window.tasks, principal)
         held_ids = {entry.live.id for entry in held}
         fresh = [(index, task) for index, task in enumerate(window.tasks) if task.id not in held_ids]

@@ -17,14 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from a2amesh.models import ListTasksResponse, TaskState
+from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, LIST_TASKS_MAX_PAGE_SIZE, ListTasksResponse, TaskState
 from a2amesh.observability import ServiceMetrics, health_routes
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import utc
 from mesh_taskstore.push import push_routes
 from mesh_taskstore.store import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     Cursor,
     Owner,
     TaskQuery,
@@ -125,7 +123,8 @@ def list_query(request: Request) -> TaskQuery:
         agents=tuple(agent for agent in request.query_params.getlist("agent") if agent),
         state=_state_param(request),
         status_after=_timestamp_param(request, "statusTimestampAfter"),
-        page_size=_int_param(request, "pageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE,
+        page_size=_int_param(request, "pageSize", minimum=1, maximum=LIST_TASKS_MAX_PAGE_SIZE)
+        or LIST_TASKS_DEFAULT_PAGE_SIZE,
         cursor=cursor,
         history_length=_int_param(request, "historyLength", minimum=0),
         include_artifacts=_bool_param(request, "includeArtifacts", default=False),

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
+from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, StreamResponse, Task, TaskState, TaskStatus
 from mesh_taskstore import db
 from mesh_taskstore.apply import EventKind, trim
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
@@ -24,9 +24,6 @@ from mesh_taskstore.incoming import Incoming, Outcome, no_ack
 from mesh_taskstore.writes import SnapshotMemo, write_batch
 
 log = logging.getLogger(__name__)
-
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ class TaskQuery:
     """Only tasks of these agents (org/unit/agent), when any are given: one agent's endpoint lists its own."""
     state: TaskState | None = None
     status_after: datetime | None = None
-    page_size: int = DEFAULT_PAGE_SIZE
+    page_size: int = LIST_TASKS_DEFAULT_PAGE_SIZE
     cursor: Cursor | None = None
     history_length: int | None = None
     include_artifacts: bool = False

@@ -22,6 +22,8 @@ from a2amesh.models.card import (
 )
 from a2amesh.models.core import (
     INTERRUPTED_STATES,
+    LIST_TASKS_DEFAULT_PAGE_SIZE,
+    LIST_TASKS_MAX_PAGE_SIZE,
     TERMINAL_STATES,
     Artifact,
     AuthenticationInfo,
@@ -59,6 +61,8 @@ from a2amesh.models.mesh import MAX_OWNERS_PER_MESSAGE, TaskOwnerRecord, TaskOwn
 
 __all__ = [
     "INTERRUPTED_STATES",
+    "LIST_TASKS_DEFAULT_PAGE_SIZE",
+    "LIST_TASKS_MAX_PAGE_SIZE",
     "MAX_OWNERS_PER_MESSAGE",
     "TERMINAL_STATES",
     "A2AModel",

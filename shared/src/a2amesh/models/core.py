@@ -260,6 +260,12 @@ class GetTaskRequest(A2AModel):
     history_length: Int32 | None = None
 
 
+LIST_TASKS_DEFAULT_PAGE_SIZE = 50
+LIST_TASKS_MAX_PAGE_SIZE = 100
+"""ListTasks pageSize when none is given, and the most one page holds: the task store applies them, and the
+coordinator's listing of its own recent tasks (mesh_coordinator.listing) pages the same way."""
+
+
 class ListTasksRequest(A2AModel):
     """Params of ListTasks: filters and a page."""
 
