@@ -120,6 +120,20 @@ async def binding_client(settings: MqttSettings, topic: str, text: str, **metada
 
 
 # -- HTTP (the coordinator, or the a2a-sdk peer) ---------------------------------------------------------------
+async def stream_results(
+    client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC results of one SendStreamingMessage read over SSE, in order (RpcError on an HTTP error).
+    Iterate it inside `contextlib.aclosing`, so that leaving at the terminal event closes the stream at once."""
+    parser = SseParser()
+    async with client.stream("POST", "/", json=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise RpcError(f"HTTP {response.status_code}")
+        async for chunk in response.aiter_raw():
+            for event in parser.feed(chunk):
+                yield rpc_result(event)
+
+
 @contextlib.asynccontextmanager
 async def http_client(
     url: str, text: str, concurrency: int, *, streaming: bool, api_key: str | None = None, **metadata: Any
@@ -130,19 +144,14 @@ async def http_client(
     async with httpx.AsyncClient(base_url=url, timeout=TASK_TIMEOUT, limits=limits) as client:
 
         async def call_streaming() -> None:
-            parser = SseParser()
             body = rpc("SendStreamingMessage", send_params(text, **metadata))
             headers = {**base, "Accept": "text/event-stream"}
-            async with client.stream("POST", "/", json=body, headers=headers) as response:
-                if response.status_code != 200:
-                    raise RpcError(f"HTTP {response.status_code}")
-                async for chunk in response.aiter_raw():
-                    for event in parser.feed(chunk):
-                        result = rpc_result(event)
-                        if ends_stream(result):
-                            if stream_state(result) != COMPLETED:
-                                raise RpcError(f"task ended {stream_state(result)}")
-                            return
+            async with contextlib.aclosing(stream_results(client, body, headers)) as results:
+                async for result in results:
+                    if ends_stream(result):
+                        if stream_state(result) != COMPLETED:
+                            raise RpcError(f"task ended {stream_state(result)}")
+                        return
             raise RpcError("stream closed before the task ended")
 
         async def call_blocking() -> None:

@@ -33,13 +33,12 @@ from loadtests.a2a import (
     A2A_HEADERS,
     COMPLETED,
     RpcError,
-    SseParser,
     ends_stream,
     rpc,
-    rpc_result,
     send_params,
     stream_state,
 )
+from loadtests.bench.drivers import stream_results
 from loadtests.bench.hold_agent import HOLD_SKILL
 from loadtests.bench.procs import SETTLE_SECONDS, BenchStack, settle
 from loadtests.bench.procstat import rss_of
@@ -111,18 +110,13 @@ def unmeasurable(size: int, open_files: int) -> str | None:
 
 async def _one_stream(client: httpx.AsyncClient, headers: dict[str, str], held: asyncio.Event) -> str | None:
     """Open one stream to the hold skill; set `held` at its first WORKING status; its final state."""
-    parser = SseParser()
     body = rpc("SendStreamingMessage", send_params("hold this", skill=HOLD_SKILL, holdSeconds=HOLD_SECONDS))
-    async with client.stream("POST", "/", json=body, headers=headers) as response:
-        if response.status_code != 200:
-            raise RpcError(f"HTTP {response.status_code}")
-        async for chunk in response.aiter_raw():
-            for event in parser.feed(chunk):
-                result = rpc_result(event)
-                if stream_state(result) == WORKING:
-                    held.set()
-                if ends_stream(result):
-                    return stream_state(result)
+    async with contextlib.aclosing(stream_results(client, body, headers)) as results:
+        async for result in results:
+            if stream_state(result) == WORKING:
+                held.set()
+            if ends_stream(result):
+                return stream_state(result)
     raise RpcError("stream closed before the task ended")
 
 
