@@ -11,7 +11,8 @@
 #   broker-certs          ca.crt broker.crt broker.key dynamic-security.json   the broker: TLS, and the plugin's seed
 #   mqtt-<name>           ca.crt client.crt client.key password                the identity {org}/{unit}/<name>
 #                                                                              (mqtt-health: the identity `health`)
-#   mqtt-<agent>          ca.crt client.crt client.key enroll.json             an agent's pool: the certificate its pods
+#   mqtt-<agent>          ca.crt client.crt client.key enroll.json             an agent's pool (or a service whose pods
+#                                                                              enroll): the certificate its pods
 #                                                                              share and its role template (each pod
 #                                                                              enrolls its own identity as it starts)
 #   mesh-enroller         ca.crt client.crt client.key password                what the pods' init containers enroll as
@@ -90,7 +91,8 @@ for name in $names; do
     mqtt-*)
       id=${name#mqtt-}
       stem=$pki/clients/$org/$unit/$id
-      # an agent's pool (k8s/base/agents/<agent>.yaml): no password, its pods enroll their own identities
+      # an agent's pool (k8s/base/agents/<agent>.yaml) or a service whose pods enroll (coordinator, workflows,
+      # taskstore, registry: devstack.pki.SERVICE_REPLICAS): no password, its pods enroll their own identities
       if [ -f "$pki/enroll/$id.json" ]; then
         secret "$name" ca.crt="$pki/ca.crt" client.crt="$stem.crt" client.key="$stem.key" \
           enroll.json="$pki/enroll/$id.json"

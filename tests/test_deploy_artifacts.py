@@ -152,16 +152,26 @@ K8S_PARTITION_ONLY_SETTINGS = {
     "MESH_PARTITIONS": "as many partitions as the StatefulSet has replicas",
 }
 
+# settings the registry's pods get on Kubernetes, where it always runs replicas, but not make dev's and Compose's
+# first registry (Compose's second, registry-1, sets it too: test_compose_runs_a_second_registry_...)
+K8S_REGISTRY_ONLY_SETTINGS = {
+    "MESH_REPLICA_ID": "each pod is the replica registry-<ordinal>, its own broker identity (its name)",
+}
+
+# the fewest registry pods any overlay runs: one may stop, die or be evicted while another answers
+REGISTRY_REPLICAS = 2
+
 # services whose Kubernetes pods enroll their identities as they start: setting prefix -> the pool (or service
 # replica template, devstack.pki.SERVICE_REPLICAS) whose `<name>-<ordinal>` a pod enrolls under that prefix
 ENROLLED_IDENTITIES: dict[str, dict[str, str]] = {
     **{agent: {"MESH_MQTT__": agent} for agent in AGENTS},
     "coordinator": {"MESH_MQTT__": "coordinator", "MESH_WORKFLOWS_MQTT__": "workflows"},
     "taskstore": {"MESH_MQTT__": "taskstore"},
+    "registry": {"MESH_MQTT__": "registry"},
 }
 
 # Compose services that are one more replica of a service, under a profile (the service they replicate)
-COMPOSE_REPLICAS = {"coordinator-1": "coordinator"}
+COMPOSE_REPLICAS = {"coordinator-1": "coordinator", "registry-1": "registry"}
 
 # workloads an overlay may add to the dev runner's services, and why
 OVERLAY_ONLY_WORKLOADS = {
@@ -985,6 +995,81 @@ def test_the_task_store_runs_one_partition_per_pod(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_registry_runs_replicas_each_enrolling_an_identity_of_its_own(overlay: str) -> None:
+    """Issue #18 item 4 on Kubernetes: the registry is a StatefulSet of 2 or more interchangeable pods, rolled one at
+    a time and spread over nodes, whose PDB lets a drain evict one but never all; pod registry-<i> enrolls the
+    identity registry-<i> as it starts (no two pods share one, none is the plain `registry` Compose runs), names it
+    as its replica id, and never holds the enroller's key; a headless Service governs it, clients use `registry`,
+    and the NetworkPolicies let every pod reach Redis and be reached by the coordinators only on its port."""
+    docs = rendered(overlay)
+    workload = workloads(docs)["registry"]
+    assert workload["kind"] == "StatefulSet", f"{overlay}: pods with names of their own, never two of one name"
+    replicas = workload["spec"].get("replicas", 1)
+    assert replicas >= REGISTRY_REPLICAS, f"{overlay}: {replicas} registry pod(s): one stopping leaves none"
+    assert workload["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate", overlay
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    spread = pod_spec(workload).get("topologySpreadConstraints", [])
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}, f"{overlay}: spread over nodes"
+    assert all(c["labelSelector"]["matchLabels"].items() <= pod_labels.items() for c in spread), overlay
+    budget = objects(docs, "PodDisruptionBudget")["registry"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items(), f"{overlay}: the PDB selects its pods"
+    assert budget.get("maxUnavailable") == 1 < replicas, f"{overlay}: a drain evicts one registry at a time"
+    container, enrolls = main_container(workload), enroll_containers(workload)
+    assert len(enrolls) == 1, f"{overlay}: an init container enrolls the pod's identity"
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+
+    def secrets_of(c: dict[str, Any]) -> set[str]:
+        return {volumes[m["name"]]["secret"]["secretName"] for m in c["volumeMounts"] if "secret" in volumes[m["name"]]}
+
+    assert "mesh-enroller" in secrets_of(enrolls[0]), f"{overlay}: enrolls as mesh-enroller"
+    assert "mesh-enroller" not in secrets_of(container), f"{overlay}: the registry never holds the enroller's key"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/run/secrets/mesh/mqtt"]
+    assert volumes[mount["name"]].get("emptyDir", {}).get("medium") == "Memory", f"{overlay}: enrolled, in memory"
+    assert k8s_env(docs, enrolls[0])["MESH_ENROLL_OUT"] == mount["mountPath"], f"{overlay}: enrolled where it reads"
+    identities = set()
+    for pod in replica_names("registry", replicas):
+        env, enrolled = k8s_env(docs, container, pod), k8s_env(docs, enrolls[0], pod)
+        assert env["MESH_REPLICA_ID"] == pod and service_of(pod) == "registry", f"{overlay} {pod}: replica id"
+        assert (enrolled["MESH_AGENT_ID"], enrolled["MESH_POOL"]) == (pod, "registry"), f"{overlay} {pod}: enrolls"
+        assert env["MESH_MQTT__USERNAME"] == f"{env['MESH_ORG']}/{env['MESH_UNIT']}/{pod}", f"{overlay} {pod}"
+        identities.add(env["MESH_MQTT__USERNAME"])
+    assert len(identities) == replicas, f"{overlay}: each pod its own identity"
+    assert f"{dotenv()['MESH_ORG']}/{dotenv()['MESH_UNIT']}/registry" not in identities, "Compose's own identity"
+    services = objects(docs, "Service")
+    headless = services[workload["spec"]["serviceName"]]["spec"]
+    assert headless.get("clusterIP") == "None" and headless["selector"].items() <= pod_labels.items(), overlay
+    assert services["registry"]["spec"]["selector"].items() <= pod_labels.items(), f"{overlay}: `registry` selects all"
+    port = urlsplit(dotenv()["MESH_REGISTRY_URL"]).port
+    policies = list(objects(docs, "NetworkPolicy").values())
+    governing = [p for p in policies if p["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()]
+    ingress = [
+        (peer.get("podSelector", {}).get("matchLabels"), {entry["port"] for entry in rule.get("ports", [])})
+        for policy in governing
+        for rule in policy["spec"].get("ingress", [])
+        if rule.get("from")
+        for peer in rule["from"]
+    ]
+    assert ({"app": "coordinator"}, {port}) in ingress, f"{overlay}: the coordinators reach every registry pod"
+    egress_to_redis = [
+        rule
+        for policy in governing
+        for rule in policy["spec"].get("egress", [])
+        if any(peer.get("podSelector", {}).get("matchLabels") == {"app": "redis"} for peer in rule.get("to", []))
+    ]
+    redis_in = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"].get("matchLabels") == {"app": "redis"}
+        for rule in policy["spec"].get("ingress", [])
+        if any(
+            peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
+            for peer in rule.get("from", [])
+        )
+    ]
+    assert egress_to_redis and redis_in, f"{overlay}: every registry pod reaches Redis (egress and ingress)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_reference_in_the_render_resolves(overlay: str, k8s_secrets: SecretsScript) -> None:
     """ConfigMaps, Secrets, claims and ServiceAccounts named by pods exist in the render (generated names carry a
     hash; a reference kustomize did not rewrite would dangle), or, for the Secrets of the PKI, among those
@@ -1173,6 +1258,9 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
             if service == "taskstore":
                 assert set(K8S_PARTITION_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_PARTITION_ONLY_SETTINGS)}"
                 k8s -= set(K8S_PARTITION_ONLY_SETTINGS)
+            if service == "registry":
+                assert set(K8S_REGISTRY_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_REGISTRY_ONLY_SETTINGS)}"
+                k8s -= set(K8S_REGISTRY_ONLY_SETTINGS)
             assert k8s == compose, (
                 f"{overlay}: {service}'s settings differ from compose.yaml's: only in k8s {sorted(k8s - compose)}, "
                 f"only in compose {sorted(compose - k8s)}"
@@ -1187,7 +1275,12 @@ def test_dev_overlay_and_compose_give_the_same_values(devstack: DevStack) -> Non
         compose = compose_services()[service].env
         k8s = k8s_env(docs, main_container(workloads(docs)[service]))
         for name, value in k8s.items():
-            only_k8s = {*K8S_AGENT_ONLY_SETTINGS, *K8S_REPLICA_ONLY_SETTINGS, *K8S_PARTITION_ONLY_SETTINGS}
+            only_k8s = {
+                *K8S_AGENT_ONLY_SETTINGS,
+                *K8S_REPLICA_ONLY_SETTINGS,
+                *K8S_PARTITION_ONLY_SETTINGS,
+                *K8S_REGISTRY_ONLY_SETTINGS,
+            }
             if name.startswith("MESH_") and value is not FROM_POD and name not in only_k8s:
                 assert value == compose[name], f"{service} {name}: k8s dev {value!r} != compose {compose[name]!r}"
 
@@ -1453,13 +1546,56 @@ def test_compose_runs_a_second_coordinator_as_an_identity_of_its_own(devstack: D
     own_files = {second.env[f"{prefix}{name}"] for prefix in expected for name in IDENTITY_FILES[1:]}
     assert all(files[path] != theirs[path] for path in own_files), "coordinator-1 mounts the first's credentials"
     identity_settings = {f"{prefix}{name}" for prefix in expected for name in ("USERNAME",)}
-    same = set(first.env) - identity_settings
+    # it reads the second registry (test_compose_runs_a_second_registry_as_an_identity_of_its_own), the first reads
+    # the first
+    registry = urlsplit(second.env["MESH_REGISTRY_URL"])
+    assert (registry.scheme, registry.hostname, registry.port) == (
+        "https",
+        "registry-1",
+        int(dotenv()["REGISTRY_PORT"]),
+    )
+    assert set(second.raw["depends_on"]) - set(first.raw["depends_on"]) == {"registry-1"}, "waits for its registry"
+    same = set(first.env) - identity_settings - {"MESH_REGISTRY_URL"}
     assert {key: second.env.get(key) for key in same} == {key: first.env[key] for key in same}, "other settings"
     assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID", "MESH_WORKFLOWS_ID"}
     shared = urlsplit(first.env["MESH_RATE_LIMIT_REDIS_URL"])
     assert (shared.hostname, shared.username) == ("redis", "coordinator"), "rate limits shared in Redis, own user"
     host_ports = [str(entry).rsplit(":", 1)[0] for s in (first, second) for entry in s.resolved["ports"]]
     assert len(host_ports) == len(set(host_ports)) == 4, f"each coordinator on host ports of its own: {host_ports}"
+
+
+def test_compose_runs_a_second_registry_as_an_identity_of_its_own(devstack: DevStack) -> None:
+    """Compose's registry-1 (profile replicas) is the registry as the broker identity registry-1, which `make certs`
+    issues (its own certificate, key and password mounted, nothing of the first's but the shared Redis user), named
+    as its replica id, serving HTTPS with a server certificate that names the host coordinator-1 reaches it by; it
+    indexes into the same Redis as the first, so both answer alike."""
+    stack, services = devstack.stack, compose_services()
+    first, second = services["registry"], services["registry-1"]
+    assert second.raw.get("profiles") == ["replicas"], "only with --profile replicas"
+    assert "profiles" not in first.raw, "the first registry runs without a profile"
+    assert second.resolved["image"] == first.resolved["image"] and second.raw["build"] == first.raw["build"]
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
+    username = second.env["MESH_MQTT__USERNAME"]
+    assert username == f"{stack.org}/{stack.unit}/registry-1" and issued[username].role is Role.REGISTRY, username
+    assert second.env["MESH_REPLICA_ID"] == "registry-1" and service_of("registry-1") == "registry"
+    files, theirs = compose_pki_files(second, stack.pki.root), compose_pki_files(first, stack.pki.root)
+    identity = stack.pki.client(issued[username])
+    assert common_name(files[second.env["MESH_MQTT__CERT_FILE"]]) == identity.username
+    assert files[second.env["MESH_MQTT__KEY_FILE"]] == identity.key.read_bytes(), "its own key"
+    assert files[second.env["MESH_MQTT__PASSWORD_FILE"]] == identity.password_file.read_bytes(), "its own password"
+    own = ("MESH_MQTT__KEY_FILE", "MESH_MQTT__PASSWORD_FILE", "MESH_INTERNAL__SERVER_KEY_FILE")
+    assert all(files[second.env[key]] != theirs[first.env[key]] for key in own), "registry-1 mounts the first's keys"
+    assert second.env["MESH_REDIS_URL"] == first.env["MESH_REDIS_URL"], "one Redis index for both"
+    different = {"MESH_MQTT__USERNAME", "MESH_REPLICA_ID"}
+    assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID"}
+    assert {k: v for k, v in second.env.items() if k not in different} == {
+        k: v for k, v in first.env.items() if k not in different
+    }, "every other setting as the first's"
+    server = x509.load_pem_x509_certificate(files[second.env["MESH_INTERNAL__SERVER_CERT_FILE"]])
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    reader = urlsplit(services["coordinator-1"].env["MESH_REGISTRY_URL"]).hostname
+    assert reader in names.get_values_for_type(x509.DNSName), f"servers/registry-1 does not name {reader}"
+    assert second.container_ports == first.container_ports and not second.resolved.get("ports"), "not published"
 
 
 def pool_identity(

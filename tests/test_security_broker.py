@@ -433,6 +433,32 @@ async def test_an_enrolled_task_store_partition_holds_only_its_own_identity(
             replica_entries(template, name, "x")
 
 
+async def test_an_enrolled_registry_replica_holds_only_its_own_identity(broker: BrokerHandle, tmp_path: Path) -> None:
+    """Kubernetes registry pods enroll registry-<i> as they start (k8s/base/registry.yaml, the template `make certs`
+    writes): each pinned to its own name, reading the cards and the broker statistics the registry role reads,
+    publishing nothing (no forged card, retained or not) and reading no request, reply or event; the template
+    enrolls only registry names."""
+    ordinal = 1000 + int(short_id(), 16) % 10**6  # names no other test on this broker uses
+    first = enrolled(broker, f"registry-{ordinal}", "registry", tmp_path)
+    second = enrolled(broker, f"registry-{ordinal + 1}", "registry", tmp_path)
+    assert await connect_error(first.settings, second.client_id) is not None, "connected under the other's id"
+    assert await connect_error(first.settings.model_copy(update={"username": second.client_id}), second.client_id)
+    async with connected(first) as (mine, send):
+        for topic_filter in ("$a2a/v1/discovery/#", "$SYS/broker/clients/connected"):
+            assert await suback(mine, topic_filter) in GRANTED, topic_filter
+        # every wide filter but the cards', which the registry reads whole
+        wide = [f for f in WIDE_FILTERS if f != "$a2a/v1/discovery/#"]
+        for topic_filter in ("$a2a/v1/owner/#", "$SYS/#", "$SYS/broker/#", "$CONTROL/dynamic-security/#", *wide):
+            assert await suback(mine, topic_filter) == NOT_AUTHORIZED, topic_filter
+        for topic in (first.address.discovery_topic, first.address.event_topic, second.address.request_topic):
+            assert await send.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+        assert await send.publish(second.address.discovery_topic, b"", retain=True) == NOT_AUTHORIZED
+    template = json.loads(broker.stack.pki.enroll_template("registry").read_text())
+    for name in ("taskstore-1", "registry", "registryx-1", "analyst-0"):
+        with pytest.raises(EnrollError):
+            replica_entries(template, name, "x")
+
+
 async def test_a_coordinator_replica_acts_only_as_itself(broker: BrokerHandle) -> None:
     """Coordinator replicas (docs/operations.md, "Scale") each hold their own identity: one cannot take another's
     connection or client id, read its reply inboxes, or record events under its name; on its own topics it may."""

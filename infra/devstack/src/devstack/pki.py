@@ -192,7 +192,8 @@ class Pki:
 
     def write_enroll_template(self, pool: str) -> Path:
         """Write (or refresh) the pool's enrollment template: an agent's pool (its replicas share its subscription),
-        or a service whose replicas enroll (SERVICE_REPLICAS: coordinator pods and the workflows agents they host)."""
+        or a service whose replicas enroll (SERVICE_REPLICAS: coordinator pods and the workflows agents they host,
+        task store partitions, registry replicas)."""
         role = SERVICE_REPLICAS.get(pool)
         identity = Identity(REPLICA_PLACEHOLDER, role) if role else Identity(REPLICA_PLACEHOLDER, Role.AGENT, pool)
         username = identity.username(self.org, self.unit)
@@ -392,10 +393,15 @@ class Pki:
         os.chmod(self.dynsec_file, 0o600)
 
 
-SERVICE_REPLICAS = {"coordinator": Role.COORDINATOR, "workflows": Role.AGENT, "taskstore": Role.TASKSTORE}
+SERVICE_REPLICAS = {
+    "coordinator": Role.COORDINATOR,
+    "workflows": Role.AGENT,
+    "taskstore": Role.TASKSTORE,
+    "registry": Role.REGISTRY,
+}
 """Services whose Kubernetes pods enroll `<service>-<ordinal>` as they start (k8s/base/coordinator.yaml,
-taskstore.yaml): each coordinator replica, the workflows agent it hosts (no pool: each answers only its own
-replica's workflows), and each task store partition."""
+taskstore.yaml, registry.yaml): each coordinator replica, the workflows agent it hosts (no pool: each answers only
+its own replica's workflows), each task store partition and each registry replica."""
 
 _ADMIN_ACLS = [
     {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "priority": 0, "allow": True},

@@ -23,8 +23,13 @@ from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready,
 from devstack.topology import TOPOLOGY, agent_package
 
 SERVER_NAMES: dict[str, tuple[str, ...]] = {
-    name: (name, f"{name}.a2a-mesh.svc", f"{name}.a2a-mesh.svc.cluster.local", "localhost")
-    for name in ("registry", "taskstore", "postgres")
+    **{
+        name: (name, f"{name}.a2a-mesh.svc", f"{name}.a2a-mesh.svc.cluster.local", "localhost")
+        for name in ("registry", "taskstore", "postgres")
+    },
+    # Compose's second registry (profile replicas), which coordinator-1 reads by its own service name (Kubernetes'
+    # registry pods all serve the Service `registry` with the certificate above)
+    "registry-1": ("registry-1", "localhost"),
 }
 """The DNS names each server certificate carries (Compose service names, Kubernetes Services, loopback)."""
 
