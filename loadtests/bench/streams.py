@@ -88,7 +88,7 @@ RELEASE_SECONDS = 180.0
 HOLD_SECONDS = 600.0
 """How long the agent holds a task if it is never released (the measurement releases them well before)."""
 STREAM_READ_TIMEOUT = 120.0
-"""Longest silence on a held stream (the agent re-sends its status every 10 s)."""
+"""Longest silence on a held stream (the coordinator sends an SSE ping after 15 s without an event)."""
 
 
 @dataclass
