@@ -49,6 +49,19 @@ def test_open_streams_are_held_measured_and_released(tmp_path: Path) -> None:
     assert "| 20 | 20 / 20 / 0 |" in table
 
 
+def test_a_size_not_held_within_the_ramp_is_reported_not_reached(tmp_path: Path) -> None:
+    """Streams opened at 2 a second with 4 s for the ramp: not all 20 are held in time. The row measures what was
+    held, says the size was not reached and why, and opens no stream after the ramp."""
+    settings = BenchSettings(report_dir=tmp_path, service_envs=False)
+    timing = StreamTiming(plateau_s=1.0, release_s=60.0, settle_s=0.0, opening_per_second=2.0, ramp_cap_s=4.0)
+    row = stream_row(settings, 20, raise_open_files_limit(), timing)
+    assert 0 < row["held"] < 20, row
+    assert "not_reached" in row and f"{row['held']} of 20 streams held" in row["not_reached"], row
+    assert row["completed"] == row["held"] and row["errors"] == 0, row["error_samples"]  # the held ones all end
+    table = "\n".join(render_streams([row]))
+    assert "| 20 (not reached) |" in table and "- 20 not reached:" in table
+
+
 def test_a_size_the_open_files_limit_cannot_hold_is_reported_not_measured(tmp_path: Path) -> None:
     settings = BenchSettings(report_dir=tmp_path, service_envs=False)
     row = stream_row(settings, 10_000, 4096)

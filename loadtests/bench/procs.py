@@ -99,8 +99,9 @@ class BenchStack:
     def launch(self, process: ManagedProcess) -> ManagedProcess:
         return self.stack.launch(process, timeout=60)
 
-    def start_core(self) -> None:
-        """Broker, Redis, registry, the echo agent and the coordinator (the task store comes later)."""
+    def start_core(self, coordinator_env: dict[str, str] | None = None) -> None:
+        """Broker, Redis, registry, the echo agent and the coordinator (the task store comes later); `coordinator_env`:
+        more MESH_* settings for the coordinator (a measurement's own timeouts)."""
         stack = self.stack
         stack.run_dir.mkdir(parents=True, exist_ok=True)
         for process in (stack.broker(), stack.redis()):
@@ -109,6 +110,7 @@ class BenchStack:
         self.launch(self._wrap(stack.agent("echo", "agent_echo"), "agent_echo"))
         coordinator = stack.coordinator()
         coordinator.env.update(UNLIMITED)  # the per-key rate limit (50/s) would measure the policy, not the face
+        coordinator.env.update(coordinator_env or {})
         self.launch(self._wrap(coordinator, "mesh_coordinator"))
 
     def start_floor(self) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,6 +51,9 @@ NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds between reconnect attempts; the last value repeats."""
+
+CALL_TIMEOUT = 10.0
+"""Seconds a connect, subscribe or unsubscribe may take (a publish has its own, MqttSettings.publish_timeout)."""
 
 
 def new_event_id() -> str:
@@ -93,7 +97,8 @@ def make_client(
         keepalive=settings.keepalive,
         tls_context=tls_context(settings),
         max_queued_incoming_messages=max_queued_incoming,
-        timeout=10,
+        max_inflight_messages=settings.publish_window,  # paho's own window: what the link lets out never queues there
+        timeout=CALL_TIMEOUT,
         socket_options=[NO_DELAY],  # request/reply is small messages: Nagle's delay would dominate latency
     )
     client.pending_calls_threshold = 10_000  # a busy agent always has QoS 1 publishes in flight: not a warning
@@ -180,6 +185,41 @@ class NotConnectedError(ConnectionError):
     """The link had no broker connection within the time a publish was allowed to wait."""
 
 
+class PublishWindow:
+    """At most `size` publishes of one link out at once (sent and waiting for their PUBACK); the others wait their
+    turn, first come first served (asyncio's semaphore wakes its waiters in order).
+
+    Without it, thousands of publishes started together (an agent's tasks all ending at once) all went to paho at
+    once: each waited behind the others in paho's queue while its PUBACK timeout ran, timed out, was sent again
+    (the first copy still queued), and the tasks ended FAILED. Waiting here is back-pressure instead: the caller
+    waits with its message, nothing piles up in the client, and a publish's time limits start when its turn comes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = asyncio.Semaphore(size)
+        self.waiting = 0
+        """Publishes waiting for their turn now."""
+        self.out = 0
+        """Publishes that have their turn now: sent (or being sent, or retried) and not yet acknowledged."""
+
+    async def enter(self) -> None:
+        """Take a place in the window, waiting for one behind those already waiting; `leave` gives it back (a plain
+        pair, not a context manager: this is on the path of every publish)."""
+        if self._slots.locked():
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        self.out += 1
+
+    def leave(self) -> None:
+        self.out -= 1
+        self._slots.release()
+
+
 class MqttLink:
     """One long-lived MQTT 5 connection that reconnects, re-subscribes, hands each message to a handler in
     order, and lets any number of tasks publish through it.
@@ -209,7 +249,11 @@ class MqttLink:
         self.on_connect = on_connect
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.window = PublishWindow(settings.publish_window)
         self._live: aiomqtt.Client | None = None
+        self._down_seconds = 0.0
+        """Seconds the link spent without a connection, up to `_down_since` (see `downtime`)."""
+        self._down_since: float | None = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until `stop` is set."""
@@ -231,6 +275,7 @@ class MqttLink:
                     self._live = client
                     if self.on_connect is not None:
                         await self.on_connect(client)
+                    self._mark_up()
                     self.connected.set()
                     log.info("connected as %s; subscribed to %s", self.client_id, ", ".join(self.subscriptions) or "-")
                     await self._pump(client, stop)
@@ -245,12 +290,29 @@ class MqttLink:
                 await _sleep_unless(stop, delay)
             finally:
                 self.connected.clear()
+                self._mark_down()
                 self._live = None
 
     @property
     def client(self) -> aiomqtt.Client | None:
         """The live client, while connected (for a last publish during shutdown)."""
         return self._live
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            self._down_seconds += time.monotonic() - self._down_since
+            self._down_since = None
+
+    def _mark_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def downtime(self) -> float:
+        """Seconds this link has spent without a broker connection since it was made (only ever grows)."""
+        down = self._down_seconds
+        if self._down_since is not None:
+            down += time.monotonic() - self._down_since
+        return down
 
     async def publish(
         self,
@@ -262,31 +324,47 @@ class MqttLink:
         properties: Properties | None = None,
         wait: float = 10.0,
     ) -> None:
-        """Publish, waiting up to `wait` seconds for a connection, and retrying within that time if the connection
-        drops mid-publish (a broker restart: the run loop reconnects meanwhile)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        failures = 0
-        while True:
-            if not self.connected.is_set():  # only then wait: wait_for costs a task per publish even when set
-                remaining = deadline - loop.time()
-                try:
-                    await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
-                except TimeoutError:
-                    raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
-            client = self._live
-            if client is not None:
-                try:
-                    await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-                    return
-                except aiomqtt.MqttError as error:
-                    # Retry on whatever connection is current: a stale connection's publish can time out after the
-                    # link reconnected, and must not mark the new one down (the run loop notices real drops itself).
-                    failures += 1
-                    log.warning("publish to %s failed (%s); retrying", topic, error)
-            if loop.time() >= deadline:
-                raise NotConnectedError(f"{self.client_id}: publish to {topic} failed {failures} time(s) in {wait}s")
-            await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+        """Publish through the link's window (`PublishWindow`: in turn, FIFO, once the publishes already out leave
+        room), then wait up to `wait` seconds for a connection and retry within that time if the connection drops
+        mid-publish (a broker restart: the run loop reconnects meanwhile).
+
+        `wait` counts from the publish's turn, not from the call: however many publishes are ahead of it, a publish
+        never fails for having queued behind them. Time without a connection counts from the call, though: once the
+        link has been down for `wait` seconds since then, the publish fails when its turn comes, so a long outage
+        fails every waiting publish within about `wait` seconds, not one window's worth per `wait`."""
+        down_at_call = self.downtime()
+        publish_timeout = self.settings.publish_timeout
+        await self.window.enter()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            failures = 0
+            while True:
+                if not self.connected.is_set():  # only then wait: wait_for costs a task per publish even when set
+                    remaining = min(deadline - loop.time(), wait - (self.downtime() - down_at_call))
+                    try:
+                        await asyncio.wait_for(self.connected.wait(), timeout=max(remaining, 0.01))
+                    except TimeoutError:
+                        raise NotConnectedError(f"{self.client_id}: no broker connection within {wait}s") from None
+                client = self._live
+                if client is not None:
+                    try:
+                        await client.publish(
+                            topic, payload, qos=qos, retain=retain, properties=properties, timeout=publish_timeout
+                        )
+                        return
+                    except aiomqtt.MqttError as error:
+                        # Retry on whatever connection is current: a stale connection's publish can time out after
+                        # the link reconnected, and must not mark the new one down (the run loop notices real drops).
+                        failures += 1
+                        log.warning("publish to %s failed (%s); retrying", topic, error)
+                if loop.time() >= deadline:
+                    raise NotConnectedError(
+                        f"{self.client_id}: publish to {topic} failed {failures} time(s) in {wait}s"
+                    )
+                await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+        finally:
+            self.window.leave()
 
     if tracing.enabled:  # decided once per process: with tracing off, `publish` above is all there is
         _untraced_publish = publish

@@ -28,6 +28,18 @@ class MqttSettings(BaseModel):
     key_file: Path | None = None
     keepalive: int = 30
     session_expiry: int = Field(default=3600, description="seconds the broker keeps a persistent session")
+    publish_window: int = Field(
+        default=100,
+        ge=1,
+        description="QoS 1 publishes one connection has out at once (awaiting PUBACK); more wait their turn, in "
+        "order (a2amesh.mqtt.PublishWindow). At most the broker's max_inflight_messages (100), its Receive Maximum",
+    )
+    publish_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a QoS 1 publish, once sent (its turn in the window came), waits for its PUBACK before "
+        "it is sent again (within the publisher's own wait)",
+    )
 
     def secret(self) -> str | None:
         """The password: given directly, or read from `password_file`."""

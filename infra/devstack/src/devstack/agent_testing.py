@@ -65,8 +65,11 @@ class AgentUnderTest:
 
 
 @contextlib.asynccontextmanager
-async def agent_process(broker: BrokerHandle, run_dir: Path, package: str, name: str) -> AsyncIterator[AgentUnderTest]:
-    """Run `python -m <package>` as agent `<name>-<random>` on the session broker until the block ends."""
+async def agent_process(
+    broker: BrokerHandle, run_dir: Path, package: str, name: str, env: dict[str, str] | None = None
+) -> AsyncIterator[AgentUnderTest]:
+    """Run `python -m <package>` as agent `<name>-<random>` on the session broker until the block ends (`env`: more
+    MESH_* settings for it, e.g. MESH_MAX_CONCURRENT)."""
     agent_id = f"{name}-{short_id()}"
     address = AgentAddress(ORG, UNIT, agent_id)
     cards: asyncio.Queue[Envelope] = asyncio.Queue()
@@ -78,7 +81,8 @@ async def agent_process(broker: BrokerHandle, run_dir: Path, package: str, name:
     requester = MeshRequester(broker.settings, AgentAddress(ORG, UNIT, f"tester-{short_id()}"))
     ports = Ports(mqtt=broker.port, redis=0, registry=0, taskstore=0, coordinator=0)
     stack = Stack(run_dir=run_dir, ports=ports, broker_of=broker.stack)
-    process = stack.service(agent_id, package, {"MESH_AGENT_ID": agent_id, "MESH_HTTP_PORT": "0"}, ready=lambda: True)
+    settings = {"MESH_AGENT_ID": agent_id, "MESH_HTTP_PORT": "0", **(env or {})}
+    process = stack.service(agent_id, package, settings, ready=lambda: True)
     async with running(watcher):
         try:
             stack.launch(process)
