@@ -20,7 +20,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -45,6 +45,7 @@ from a2amesh.topics import (
 )
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from mesh_taskstore.apply import kind_of
+from mesh_taskstore.incoming import no_ack
 from mesh_taskstore.partition import Partition
 from mesh_taskstore.store import Incoming, Outcome, Owner, OwnerClaims, TaskStore
 
@@ -87,7 +88,10 @@ def _event_topic(topic: str) -> tuple[ParsedTopic, str]:
 
 
 def decode(
-    envelope: Envelope, received_at: datetime, trusted_recorders: frozenset[str] = frozenset()
+    envelope: Envelope,
+    received_at: datetime,
+    trusted_recorders: frozenset[str] = frozenset(),
+    ack: Callable[[], Awaitable[None]] = no_ack,
 ) -> Incoming | None:
     """The event an envelope carries, or None (logged) when it is not a task event we can record.
 
@@ -109,7 +113,15 @@ def decode(
     if not event.task_id:
         log.info("ignoring a message without taskId on %s: it belongs to no task", envelope.topic)
         return None
-    return Incoming(event_id_of(envelope), agent, event, received_at)
+    return Incoming(event_id_of(envelope), agent, event, received_at, ack, _text(envelope.payload))
+
+
+def _text(payload: bytes) -> str:
+    """The payload as text for the event log; "" (the model is written instead) if it is not UTF-8."""
+    try:
+        return payload.decode()
+    except UnicodeDecodeError:
+        return ""
 
 
 def decode_owners(envelope: Envelope, coordinators: frozenset[str] = frozenset()) -> OwnerClaims | None:
@@ -140,10 +152,6 @@ def _short(error: ValidationError) -> str:
     return f"{error.error_count()} error(s), first: {first.get('msg', '?')} at {first.get('loc', ())}"
 
 
-Decoder = Callable[[Envelope, datetime], Incoming | None]
-"""The per-message step: what one envelope is to record (None: nothing, dropped and acknowledged)."""
-
-
 class EventConsumer:
     """Consumes `$a2a/v1/event/#` and `$a2a/v1/owner/#` with a persistent session and records every event and
     every task owner in the store.
@@ -166,12 +174,10 @@ class EventConsumer:
         drain_timeout: float = 4.0,
         trusted_recorders: frozenset[str] = frozenset({"coordinator"}),
         partition: Partition | None = None,
-        decoder: Decoder | None = None,
     ) -> None:
         self.trusted_recorders = trusted_recorders
         self.partition = partition or Partition()
         """The events this replica records; the rest are other replicas' (mesh_taskstore.partition)."""
-        self.decode: Decoder = decoder or (lambda envelope, at: decode(envelope, at, trusted_recorders))
         self.store = store
         self.settings = settings
         self.client_id = client_id
@@ -233,8 +239,7 @@ class EventConsumer:
                 subscription = await self._subscribe()
                 attempt = 0
                 while True:  # ends by an exception: detached, or the connection lost for good
-                    for message in await next_messages(subscription, self.batch_max_events):
-                        await self._receive(message)
+                    await self._receive(await next_messages(subscription, self.batch_max_events))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -287,24 +292,31 @@ class EventConsumer:
         while not condition() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def _receive(self, message: zmqtt.Message) -> None:
-        """Decode one message and queue it for the writer; malformed ones are logged, dropped and acknowledged. A
-        full queue makes this wait, which holds back the next messages (back-pressure, not memory growth)."""
+    async def _receive(self, messages: list[zmqtt.Message]) -> None:
+        """Decode what one read took off the connection and queue it for the writer, in order; malformed messages
+        are logged, dropped and acknowledged. A full queue makes this wait, which holds back the next messages
+        (back-pressure, not memory growth)."""
         self._last_received = asyncio.get_running_loop().time()
-        if tracing.enabled:
-            pairs = message.properties.user_properties if message.properties else ()
-            with tracing.processing(message.topic, pairs, len(message.payload)):
-                item = self._decode_message(message)
-        else:
-            item = self._decode_message(message)
-        if item is None:
-            await message.ack()  # dropped for good (or another replica's): nothing to redeliver
-            return
-        await self._pending.put(item)
-        if self._pending.qsize() >= self.batch_max_events - 1:
+        received_at = datetime.now(UTC)  # one read: its messages arrived together
+        pending = self._pending
+        for message in messages:
+            if tracing.enabled:
+                pairs = message.properties.user_properties if message.properties else ()
+                with tracing.processing(message.topic, pairs, len(message.payload)):
+                    item = self._decode_message(message, received_at)
+            else:
+                item = self._decode_message(message, received_at)
+            if item is None:
+                await message.ack()  # dropped for good (or another replica's): nothing to redeliver
+            elif pending.full():
+                self._batch_full.set()  # the writer need not wait out batch_max_wait for room to appear
+                await pending.put(item)
+            else:
+                pending.put_nowait(item)  # the usual case, without a coroutine per message
+        if pending.qsize() >= self.batch_max_events - 1:
             self._batch_full.set()
 
-    def _decode_message(self, message: zmqtt.Message) -> Incoming | OwnerClaims | None:
+    def _decode_message(self, message: zmqtt.Message, received_at: datetime) -> Incoming | OwnerClaims | None:
         """What a message is to record, carrying its acknowledgement; None for nothing (dropped, or an event of
         another replica's share: it has its own copy in its own session)."""
         if message.topic.startswith(OWNER_PREFIX):
@@ -312,8 +324,7 @@ class EventConsumer:
             return None if claims is None else replace(claims, ack=message.ack)
         if not self.partition.owns(message.topic):
             return None
-        incoming = self.decode(envelope_of(message), datetime.now(UTC))
-        return None if incoming is None else replace(incoming, ack=message.ack)
+        return decode(envelope_of(message), received_at, self.trusted_recorders, message.ack)
 
     async def _next_batch(self) -> list[Incoming | OwnerClaims]:
         """The next batch: the first waiting event, then whatever arrives until the batch is full or

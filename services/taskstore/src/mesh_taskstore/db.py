@@ -121,6 +121,10 @@ class PushDeadLetter(SQLModel, table=True):
     failed_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
+SQLITE_CACHE_KIB = 16 * 1024
+"""SQLite's page cache per connection (its default is 2 MiB)."""
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
     worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
@@ -137,6 +141,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cursor = dbapi_connection.cursor()
         if database and database != ":memory:":
             cursor.execute("PRAGMA journal_mode=WAL")
+        # pages the writer touches (random-keyed indexes: event ids, task ids) stay in memory instead of being
+        # read back from the OS per batch; only what is touched is allocated, so the idle footprint is unchanged
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     return engine

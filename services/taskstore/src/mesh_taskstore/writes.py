@@ -154,7 +154,7 @@ def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, 
         "kind": kind_of(incoming.event).value,
         "applied": result.applied,
         "received_at": now,
-        "payload": incoming.event.to_json(),
+        "payload": incoming.wire or incoming.event.to_json(),
     }
     if not result.applied:
         log.warning(
