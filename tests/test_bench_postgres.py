@@ -64,6 +64,7 @@ def test_a_machine_without_postgresql_reports_the_scenario_not_measured(
     assert target["measured"] == f"not measured: {reason}"
 
 
+@pytest.mark.timeout(300)  # a mesh, two stores and a database server start in turn: about 40 s on a busy machine
 def test_record_postgres_runs_the_binding_with_the_store_on_postgresql(tmp_path: Path) -> None:
     """The scenario at a tiny size on a real mesh: every task completes, and the CPU of the store and of the
     PostgreSQL server (which the store's writes keep busy) is in the figures, apart from the SQLite store's."""
