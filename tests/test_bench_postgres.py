@@ -37,7 +37,9 @@ def test_the_postgres_servers_cpu_counts_its_backends_running_and_ended(tmp_path
         procs.stack.wait_for(lambda: not Path(f"/proc/{backend}").exists(), 30, "the backend's exit")
         after = tree_cpu_seconds(server)[POSTGRES]
         assert during - before >= 0.1, (before, during)
-        assert after >= during, "an ended backend's CPU must stay counted (in the postmaster's, once reaped)"
+        # the ended backend's 0.1 s and more stay counted, in the postmaster's once reaped (give or take the kernel's
+        # rounding of a tick or two)
+        assert after >= during - 0.02, (during, after)
     finally:
         procs.stop_all()
     assert not procs.pids(POSTGRES), "the server stops with the run"

@@ -19,16 +19,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _processes() -> dict[int, tuple[int, float]]:
-    """Every process now: its parent, and the CPU seconds of it and of its children it has waited for (utime,
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process now: its parent, and the CPU clock ticks of it and of its children it has waited for (utime,
     stime, cutime, cstime: a child's time moves into its parent's when the parent reaps it)."""
-    found: dict[int, tuple[int, float]] = {}
+    found: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
         if fields is not None:
-            found[int(entry.name)] = (int(fields[1]), sum(int(value) for value in fields[11:15]) / CLOCK_TICKS)
+            found[int(entry.name)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
     return found
 
 
@@ -42,15 +42,15 @@ def tree_cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
         children.setdefault(parent, []).append(pid)
     totals: dict[str, float] = {}
     for name, root in roots.items():
-        total, pending, seen = 0.0, [root], set()
+        ticks, pending, seen = 0, [root], set()
         while pending:  # bounded: each process at most once
             pid = pending.pop()
             if pid in seen or pid not in processes:
                 continue
             seen.add(pid)
-            total += processes[pid][1]
+            ticks += processes[pid][1]
             pending.extend(children.get(pid, ()))
-        totals[name] = total
+        totals[name] = ticks / CLOCK_TICKS  # summed in whole ticks: equal totals read as equal seconds
     return totals
 
 
