@@ -7,8 +7,14 @@ from loadtests.bench.runner import _groups
 
 
 def test_compared_scenarios_next_to_each_other_are_measured_together() -> None:
-    names = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record")
-    assert _groups(names) == [("floor", "binding", "sdk-mqtt"), ("http-face", "sdk-http"), ("pool",), ("record",)]
+    names = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record", "record-postgres")
+    assert _groups(names) == [
+        ("floor", "binding", "sdk-mqtt"),
+        ("http-face", "sdk-http"),
+        ("pool",),
+        ("record",),
+        ("record-postgres",),
+    ]
     # apart, or across groups, they are not
     assert _groups(("floor", "pool", "binding")) == [("floor",), ("pool",), ("binding",)]
     assert _groups(("sdk-mqtt", "sdk-http")) == [("sdk-mqtt",), ("sdk-http",)]
@@ -29,9 +35,12 @@ def test_targets_report_the_best_rounds_and_each_round() -> None:
 
 
 def test_the_task_store_targets_compare_each_path_with_and_without_it() -> None:
-    runs = [("binding", 300.0), ("record", 250.0), ("http-face", 200.0), ("deployed", 150.0)]
+    runs = [("binding", 300.0), ("record", 250.0), ("record-postgres", 210.0)]
+    runs += [("http-face", 200.0), ("deployed", 150.0)]
     data = {"scenarios": [_run(key, rate, [rate]) for key, rate in runs], "idle_rss_mb": {}}
-    [record] = [target for target in targets(data) if "task store recording" in target["target"]]
+    [record] = [target for target in targets(data) if "task store recording on SQLite" in target["target"]]
+    [postgres] = [target for target in targets(data) if "task store recording on PostgreSQL" in target["target"]]
     [deployed] = [target for target in targets(data) if target["target"].startswith("deployed path")]
     assert (record["measured"], record["met"]) == ("0.83x", True)  # record / binding
+    assert (postgres["measured"], postgres["met"]) == ("0.70x", False)  # record-postgres / binding
     assert (deployed["measured"], deployed["met"]) == ("0.75x", False)  # deployed / HTTP face

@@ -24,18 +24,22 @@ class ServiceEnvs:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._pythons: dict[str, str] = {}
+        self._pythons: dict[tuple[str, tuple[str, ...]], str] = {}
 
-    def python(self, module: str) -> str:
-        """The interpreter of the environment that runs `module` (a service package, e.g. `mesh_coordinator`)."""
-        if module not in self._pythons:
-            self._pythons[module] = self._sync(module.replace("_", "-"))
-        return self._pythons[module]
+    def python(self, module: str, extras: tuple[str, ...] = ()) -> str:
+        """The interpreter of the environment that runs `module` (a service package, e.g. `mesh_coordinator`), with
+        the package's `extras` installed as its image installs them (the Dockerfile's SERVICE_EXTRAS: the task
+        store's `postgres`, psycopg, where it records into PostgreSQL)."""
+        key = (module, tuple(sorted(extras)))
+        if key not in self._pythons:
+            self._pythons[key] = self._sync(module.replace("_", "-"), key[1])
+        return self._pythons[key]
 
-    def _sync(self, package: str) -> str:
-        target = self.root / package
+    def _sync(self, package: str, extras: tuple[str, ...]) -> str:
+        target = self.root / "+".join((package, *extras))
         log.info("building %s's own environment in %s", package, target)
         command = ["uv", "sync", "--locked", "--no-dev", "--no-editable", "--quiet", "--package", package]
+        command += [arg for extra in extras for arg in ("--extra", extra)]
         # uv caches a workspace member's wheel by its pyproject.toml alone: rebuild ours from the sources as they are
         command += [arg for member in (package, SHARED_PACKAGE) for arg in ("--reinstall-package", member)]
         env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(target)}

@@ -1,11 +1,15 @@
 """The benchmark's processes on one broker: the mesh services (devstack definitions), the floor responder and the
-two peers, each optionally wrapped for a what-if run (BENCH_WHATIF) or a profile (pyinstrument)."""
+two peers, each optionally wrapped for a what-if run (BENCH_WHATIF) or a profile (pyinstrument), and the PostgreSQL
+server the task store records into in `record-postgres`."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 from a2amesh.runtime import STARTUP_SETTLE
 from a2amesh.settings import MqttSettings
 from devstack.pki import TESTER, Identity, Role
+from devstack.postgres import postgres_server
 from devstack.processes import ManagedProcess, free_port, http_ready
 from devstack.stack import Ports, Stack
 from loadtests.bench.envs import ServiceEnvs
@@ -34,6 +39,15 @@ so they are measured a second after that, not in the middle of it."""
 BENCH_SCRIPTS = "loadtests."
 """Modules under this prefix are the benchmark's own scripts (the floor, the peers); every other one is a mesh
 service, run as deployed."""
+POSTGRES = "postgres"
+"""The PostgreSQL server's name in the figures: its postmaster, with the backends it forks counted in its CPU."""
+POSTGRES_SETTINGS = {"fsync": "on"}
+"""The server as deployed on durability: devstack's throwaway server turns fsync off (a test's data is thrown away),
+but PostgreSQL in production syncs its commits, as the store's SQLite does."""
+
+
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server could start on this machine (no binaries, no `postgres` account...): the reason."""
 
 
 class BenchStack:
@@ -49,6 +63,9 @@ class BenchStack:
         self.sdk_http_port = free_port()
         self.profile_dir = settings.report_dir / "profiles"
         self.envs = ServiceEnvs(settings.report_dir / "envs")
+        self.postgres_pid: int | None = None
+        self._servers = contextlib.ExitStack()
+        """What stops after the mesh's processes: the PostgreSQL server (its store stops first)."""
 
     # -- addresses ------------------------------------------------------------------------------------------------
     @property
@@ -65,21 +82,24 @@ class BenchStack:
         return f"http://127.0.0.1:{self.sdk_http_port}"
 
     def pids(self, *names: str) -> dict[str, int]:
-        """Process ids by name (running ones only)."""
+        """Process ids by name (running ones only; `postgres`: the PostgreSQL server's postmaster)."""
         processes = self.stack.processes
-        return {name: processes[name].pid for name in names if name in processes and processes[name].running}
+        found = {name: processes[name].pid for name in names if name in processes and processes[name].running}
+        if POSTGRES in names and self.postgres_pid is not None and Path(f"/proc/{self.postgres_pid}").exists():
+            found[POSTGRES] = self.postgres_pid
+        return found
 
     def all_pids(self) -> dict[str, int]:
-        return self.pids(*self.stack.processes)
+        return self.pids(*self.stack.processes, POSTGRES)
 
     # -- definitions ----------------------------------------------------------------------------------------------
-    def _wrap(self, process: ManagedProcess, module: str, *args: str) -> ManagedProcess:
+    def _wrap(self, process: ManagedProcess, module: str, *args: str, extras: tuple[str, ...] = ()) -> ManagedProcess:
         """Run `python -m module args` through the what-if and profiling wrappers the settings ask for; a mesh
-        service without either runs in its own environment (see envs.py)."""
+        service without either runs in its own environment, with its package's `extras` (see envs.py)."""
         patches = ",".join(self.settings.whatif)
         as_deployed = self.settings.service_envs and not patches and process.name not in self.settings.profile
         if as_deployed and not module.startswith(BENCH_SCRIPTS):
-            process.argv = [self.envs.python(module), "-m", module, *args]
+            process.argv = [self.envs.python(module, extras), "-m", module, *args]
             return process
         inner = ["loadtests.bench.whatif", patches, module, *args] if patches else [module, *args]
         if process.name in self.settings.profile:
@@ -151,8 +171,37 @@ class BenchStack:
         self.launch(self._wrap(process, "agent_echo"))
         return name
 
-    def start_taskstore(self) -> None:
-        self.launch(self._wrap(self.stack.taskstore(), "mesh_taskstore"))
+    def start_taskstore(
+        self, name: str = "taskstore", database_url: str | None = None, extras: tuple[str, ...] = ()
+    ) -> None:
+        """The task store as `name`, on the stack's SQLite database or on `database_url`. Under any name it is the
+        store's one broker identity and client id: a store started after another stopped takes over its session, as
+        a redeployed store does, so two of them must never run at once."""
+        process = self.stack.taskstore()
+        if database_url is not None:
+            process.env["MESH_DATABASE_URL"] = database_url
+        if name != process.name:
+            process = dataclasses.replace(process, name=name, log_path=process.log_path.with_name(f"{name}.log"))
+        self.launch(self._wrap(process, "mesh_taskstore", extras=extras))
+
+    def start_postgres(self) -> str:
+        """A PostgreSQL server on a free loopback port (devstack.postgres, as the tests start it, with fsync on),
+        until stop_all; its SQLAlchemy URL. Its folder is a top-level temporary one, which the server's account
+        can reach (it runs as `postgres` when the benchmark runs as root); its log is kept with the others."""
+        root = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
+        logs = self.stack.run_dir / "logs"
+        self._servers.callback(shutil.rmtree, root, ignore_errors=True)
+        self._servers.callback(_keep_log, root / "server.log", logs / f"{POSTGRES}.log")
+        try:
+            url = self._servers.enter_context(postgres_server(root, POSTGRES_SETTINGS))
+            self.postgres_pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except subprocess.CalledProcessError as error:
+            program = next((Path(arg).name for arg in error.cmd if "/" in str(arg)), str(error.cmd[0]))
+            output = (error.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise PostgresUnavailable(f"{program} failed: {output[-1] if output else error}") from error
+        except (OSError, KeyError, ValueError, subprocess.SubprocessError) as error:
+            raise PostgresUnavailable(f"{type(error).__name__}: {error}") from error
+        return url
 
     def start_research(self) -> None:
         self.launch(self._wrap(self.stack.agent("research", "agent_research"), "agent_research"))
@@ -164,6 +213,8 @@ class BenchStack:
 
     def stop_all(self) -> None:
         self.stack.stop()
+        self._servers.close()
+        self.postgres_pid = None
         self._render_profiles()
 
     def _render_profiles(self) -> None:
@@ -175,6 +226,13 @@ class BenchStack:
                 check=False,
                 timeout=120,
             )
+
+
+def _keep_log(source: Path, target: Path) -> None:
+    """Copy a server's log out of a folder about to be removed."""
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 def settle(seconds: float = SETTLE_SECONDS) -> None:

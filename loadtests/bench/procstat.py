@@ -10,14 +10,48 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used so far (0.0 once it is gone)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm) " (state first), or None once the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3 of the man page
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime (14) and stime (15)
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process now: its parent, and the CPU clock ticks of it and of its children it has waited for (utime,
+    stime, cutime, cstime: a child's time moves into its parent's when the parent reaps it)."""
+    found: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            found[int(entry.name)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
+    return found
+
+
+def tree_cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process and of every process it started, living or ended: PostgreSQL's server
+    works in the backends its postmaster forks (one per connection), which a reading of the postmaster alone would
+    leave out. One scan of /proc for all of them."""
+    processes = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    totals: dict[str, float] = {}
+    for name, root in roots.items():
+        ticks, pending, seen = 0, [root], set()
+        while pending:  # bounded: each process at most once
+            pid = pending.pop()
+            if pid in seen or pid not in processes:
+                continue
+            seen.add(pid)
+            ticks += processes[pid][1]
+            pending.extend(children.get(pid, ()))
+        totals[name] = ticks / CLOCK_TICKS  # summed in whole ticks: equal totals read as equal seconds
+    return totals
 
 
 def rss_mb(pid: int) -> float:
@@ -39,8 +73,8 @@ def machine_busy_seconds() -> float:
 
 
 def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
-    """CPU seconds of each named process."""
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """CPU seconds of each named process, with the processes it started (tree_cpu_seconds)."""
+    return tree_cpu_seconds(pids)
 
 
 def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:

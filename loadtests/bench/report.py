@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 IDLE_RSS_LIMIT_MB = 80.0
-MESH_SERVICES = ("broker", "redis", "registry", "taskstore", "coordinator", "echo", "research")
-"""The services of the deployment (pool replicas are echo too); the floor and the peers are not held to targets."""
+MESH_SERVICES = ("broker", "redis", "registry", "taskstore", "taskstore-postgres", "coordinator", "echo", "research")
+"""The services of the deployment (pool replicas are echo too; `taskstore-postgres` is the task store built and run
+with PostgreSQL); the floor, the peers and the PostgreSQL server are not held to targets."""
 
 
 def machine_info(mosquitto: str) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with what was measured and whether it was met (None: not measured in this run)."""
-    runs = _by_key(data)
+    runs, skipped = _by_key(data), data.get("not_measured", {})
 
     def rate(key: str) -> float | None:
         return runs[key]["tasks_per_s"] if key in runs else None
@@ -74,8 +75,10 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             _by_round(runs, "http-face", "sdk-http"),
         )
     )
-    recorded = _ratio(rate("record"), rate("binding"))
-    found.append(_target("binding with the task store recording >= 80% of the binding's tasks/s", recorded, 0.8, "x"))
+    for key, database in (("record", "SQLite"), ("record-postgres", "PostgreSQL")):
+        recorded = _ratio(rate(key), rate("binding"))
+        name = f"binding with the task store recording on {database} >= 80% of the binding's tasks/s"
+        found.append(_target(name, recorded, 0.8, "x", why_not=skipped.get(key)))
     deployed = _ratio(rate("deployed"), rate("http-face"))
     found.append(
         _target("deployed path (HTTP face, store, registry) >= 80% of the HTTP face's tasks/s", deployed, 0.8, "x")
@@ -107,9 +110,15 @@ def _by_round(runs: dict[str, dict[str, Any]], ours: str, theirs: str) -> list[f
 
 
 def _target(
-    name: str, value: float | None, goal: float, unit: str, rounds: list[float] | None = None
+    name: str,
+    value: float | None,
+    goal: float,
+    unit: str,
+    rounds: list[float] | None = None,
+    why_not: str | None = None,
 ) -> dict[str, Any]:
-    measured = f"{value:.2f}{unit}" if value is not None else "not measured"
+    """A target's row; `why_not`: the reason a scenario it needs could not run on this machine."""
+    measured = f"{value:.2f}{unit}" if value is not None else "not measured" + (f": {why_not}" if why_not else "")
     if value is not None and rounds and len(rounds) > 1:
         measured += f" (best rounds; round by round: {', '.join(f'{r:.2f}' for r in rounds)})"
     return {"target": name, "measured": measured, "met": None if value is None else value >= goal}
@@ -121,7 +130,7 @@ def _met(flag: bool | None) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
@@ -145,10 +154,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         "## Throughput, latency, CPU",
         "",
-        "CPU ms/task: CPU seconds of the processes on the path (from /proc, including work that finished after the "
-        "last reply) per completed task; client: the benchmark process's own CPU (the requester is part of the "
-        "binding's cost, so ratios use service + client). Other load: CPU that processes "
-        "outside the run used meanwhile, in cores (the machine has "
+        "CPU ms/task: CPU seconds of the processes on the path, each with the processes it started (PostgreSQL's "
+        "backends), from /proc, including work that finished after the last reply, per completed task; client: the "
+        "benchmark process's own CPU (the requester is part of the binding's cost, so ratios use service + client). "
+        "Other load: CPU that processes outside the run used meanwhile, in cores (the machine has "
         f"{machine['nproc']}); figures taken while it is high understate what the machine can do.",
         "",
     ]
@@ -212,6 +221,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         ["process", "idle (fresh)", "peak under load", "after the run"],
         [[n, idle.get(n, ""), peaks.get(n, ""), after.get(n, "")] for n in names],
     )
+    skipped = [f"- {key}: {why}" for key, why in data.get("not_measured", {}).items()]
+    if skipped:
+        lines += ["", "## Not measured", "", *skipped]
     errors = [f"- {r['key']}: {sample}" for r in runs for sample in r["error_samples"]]
     if errors:
         lines += ["", "## Errors (samples)", "", *errors]

@@ -17,9 +17,11 @@ from loadtests.bench.procs import (
     FLOOR_REQUEST_TOPIC,
     ORG,
     POOL,
+    POSTGRES,
     SDK_MQTT_AGENT,
     UNIT,
     BenchStack,
+    PostgresUnavailable,
     mosquitto_version,
     settle,
 )
@@ -33,6 +35,10 @@ MQTT_MESSAGES = "1 request + 4 replies + 4 events (no subscriber)"
 BACKLOG_SECONDS = 90.0
 """How long the store's first scenario waits, at most, for the coordinator to reconcile the tasks it relayed before
 the store ran."""
+STORE = "taskstore"
+POSTGRES_STORE = "taskstore-postgres"
+"""The task store recording into PostgreSQL (`record-postgres`): the same service and broker identity as STORE,
+built and run as deployed with PostgreSQL (its `postgres` extra, psycopg), under a name of its own in the figures."""
 
 
 class Bench:
@@ -44,6 +50,8 @@ class Bench:
         self.text = filler_text(settings.payload_bytes)
         self.results: list[ScenarioResult] = []
         self.idle_rss: dict[str, float] = {}
+        self.not_measured: dict[str, str] = {}
+        """Scenarios this machine could not run, and why (no PostgreSQL server)."""
 
     def _scenario(
         self,
@@ -166,24 +174,41 @@ class Bench:
         self.procs.stop(*replicas)
 
     def record(self) -> None:
-        self._start_taskstore()
+        self._start_taskstore(STORE)
+        self._measure(self._recording("record", "SQLite", STORE))
+
+    def record_postgres(self) -> None:
+        """`record` with the store recording into a PostgreSQL server the run starts on loopback. The SQLite store
+        stops first and this one takes its broker session over (the same identity and client id, as a store
+        redeployed on PostgreSQL would): never two stores at once, and none of the events stays queued for a store
+        that is gone. Its database starts empty, so, as for the first store, the coordinator republishes the
+        outcomes it has not seen confirmed before the scenario starts."""
+        try:
+            url = self.procs.start_postgres()
+        except PostgresUnavailable as error:
+            log.warning("record-postgres not measured: %s", error)
+            self.not_measured["record-postgres"] = f"no PostgreSQL server could start here ({error})"
+            return
+        self.procs.stop(STORE)
+        self._start_taskstore(POSTGRES_STORE, database_url=url, extras=("postgres",))
+        self._measure(self._recording("record-postgres", "PostgreSQL", POSTGRES_STORE, POSTGRES))
+
+    def _recording(self, key: str, database: str, *store: str) -> Scenario:
         topic = AgentAddress(ORG, UNIT, "echo").request_topic
-        self._measure(
-            self._scenario(
-                "record",
-                "binding -> echo, with the task store recording every event",
-                "bench (MeshRequester) -> broker -> echo; events -> task store (SQLite)",
-                "1 request + 4 replies + 4 events delivered to the task store",
-                ("broker", "echo", "taskstore"),
-                self._binding(topic),
-            )
+        return self._scenario(
+            key,
+            f"binding -> echo, with the task store recording every event ({database})",
+            f"bench (MeshRequester) -> broker -> echo; events -> task store ({database})",
+            "1 request + 4 replies + 4 events delivered to the task store",
+            ("broker", "echo", *store),
+            self._binding(topic),
         )
 
     def deployed(self) -> None:
         """The path as deployed: the HTTP face with the task store recording every event (and the task's owner, which
         the coordinator publishes to the store in batches) and the registry in the loop; the `http-face` scenario is
         the same path before the store runs."""
-        self._start_taskstore()
+        self._start_taskstore(STORE)
         url, streaming = self.procs.coordinator_url, self.settings.http_streaming
         key, concurrency = self.procs.stack.api_key, self.settings.concurrency
         self._measure(
@@ -192,22 +217,23 @@ class Bench:
                 "deployed path: HTTP face -> echo, task store recording, registry lookup",
                 "bench (HTTP) -> coordinator (registry, owners batched) -> broker -> echo; events -> task store",
                 _http_messages(streaming, True) + " + 4 events delivered to the task store + owners in batches",
-                ("coordinator", "echo", "broker", "registry", "redis", "taskstore"),
+                ("coordinator", "echo", "broker", "registry", "redis", STORE),
                 lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
             )
         )
 
-    def _start_taskstore(self) -> None:
-        """Start the store for `record` or `deployed`, and let the coordinator catch up with it: the HTTP scenarios'
-        tasks were relayed while no store ran, so the coordinator's reconciler finds the new store without their
-        outcomes and republishes each (mesh_coordinator.reconcile). That burst is a recovery, not the path's steady
-        state, and would fall on whichever scenario comes next."""
-        if not self.procs.pids("taskstore"):
-            self.procs.start_taskstore()
-            self._idle("taskstore")
+    def _start_taskstore(self, name: str, database_url: str | None = None, extras: tuple[str, ...] = ()) -> None:
+        """Start the store for `record`, `deployed` or `record-postgres`, and let the coordinator catch up with it:
+        the tasks it relayed with no store running (the HTTP scenarios'), or before a store on an empty database
+        ran, are missing from it, so the coordinator's reconciler finds the new store without their outcomes and
+        republishes each (mesh_coordinator.reconcile). That burst is a recovery, not the path's steady state, and
+        would fall on whichever scenario comes next."""
+        if not self.procs.pids(name):
+            self.procs.start_taskstore(name, database_url, extras)
+            self._idle(name, POSTGRES)
             log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
             waited = time.monotonic()
-            wait_quiet(self.procs.pids("coordinator", "taskstore", "broker"), BACKLOG_SECONDS)
+            wait_quiet(self.procs.pids("coordinator", name, POSTGRES, "broker"), BACKLOG_SECONDS)
             log.info("  quiet after %.1f s", time.monotonic() - waited)
 
     def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
@@ -225,7 +251,12 @@ class Bench:
             "http-face": self.http_face,
             "sdk-http": self.sdk_http,
         }
-        others: dict[str, Callable[[], None]] = {"pool": self.pool, "record": self.record, "deployed": self.deployed}
+        others: dict[str, Callable[[], None]] = {
+            "pool": self.pool,
+            "record": self.record,
+            "deployed": self.deployed,
+            "record-postgres": self.record_postgres,
+        }
         procs = self.procs
         try:
             procs.start_core()
@@ -249,6 +280,7 @@ class Bench:
             "settings": _settings_dict(self.settings),
             "seconds": round(time.monotonic() - started, 1),
             "scenarios": [result.to_dict() for result in self.results],
+            "not_measured": dict(self.not_measured),
             "idle_rss_mb": {name: round(mb, 1) for name, mb in self.idle_rss.items()},
             "after_load_rss_mb": {name: round(mb, 1) for name, mb in after_rss.items()},
         }

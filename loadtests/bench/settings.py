@@ -9,8 +9,9 @@ from pathlib import Path
 
 from devstack.processes import REPO_ROOT
 
-SCENARIOS = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record", "deployed")
-"""Every scenario, in the order they run."""
+SCENARIOS = ("floor", "binding", "sdk-mqtt", "http-face", "sdk-http", "pool", "record", "deployed", "record-postgres")
+"""Every scenario, in the order they run. The task store's come last, the PostgreSQL one after those on SQLite: the
+store stays running from its first scenario on, and one on PostgreSQL takes the SQLite one's place (runner.py)."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
