@@ -17,7 +17,8 @@ import jwt
 import pytest
 from a2a.types import a2a_pb2 as pb
 
-from a2amesh.mqtt import AUTHORIZATION_PROPERTY, Envelope, make_client, publish_properties
+from a2amesh.mqtt import Envelope, make_client, publish_properties
+from a2amesh.mqtt_base import AUTHORIZATION_PROPERTY
 from a2amesh.topics import AgentAddress, new_reply_suffix
 from devstack.pki import Identity, Role
 from devstack.stack import Stack

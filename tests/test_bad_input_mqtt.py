@@ -28,7 +28,8 @@ from paho.mqtt.properties import Properties
 from a2amesh.binding import MeshRequester, RequestTooLargeError
 from a2amesh.binding.wire import STREAMING_METHODS
 from a2amesh.models import StreamResponse, TaskState
-from a2amesh.mqtt import EVENT_ID_PROPERTY, STATUS_PROPERTY, TASK_AGENT_PROPERTY, Envelope, make_client
+from a2amesh.mqtt import EVENT_ID_PROPERTY, Envelope, make_client
+from a2amesh.mqtt_base import STATUS_PROPERTY, TASK_AGENT_PROPERTY
 from a2amesh.topics import AgentAddress, new_reply_suffix
 from devstack.stack import Stack
 from tests.conftest import eventually

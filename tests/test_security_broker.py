@@ -32,14 +32,8 @@ from a2amesh.binding.requester import RemoteError, RequestTimeoutError, RetryPro
 from a2amesh.binding.responder import Responder
 from a2amesh.enroll import EnrollError, replica_entries
 from a2amesh.enroll import enroll as enroll_replica
-from a2amesh.mqtt import (
-    AUTHORIZATION_PROPERTY,
-    RESPONDER_PROPERTY,
-    STATUS_PROPERTY,
-    Envelope,
-    make_client,
-    publish_properties,
-)
+from a2amesh.mqtt import Envelope, make_client, publish_properties
+from a2amesh.mqtt_base import AUTHORIZATION_PROPERTY, RESPONDER_PROPERTY, STATUS_PROPERTY
 from a2amesh.settings import AgentSettings, EnrollSettings, MqttSettings
 from a2amesh.topics import PoolAddress
 from agent_echo.agent import EchoAgent

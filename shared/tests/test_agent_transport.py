@@ -19,15 +19,8 @@ from a2amesh.binding.machine import IncomingRequest, ReplyAddress
 from a2amesh.binding.tasks import Subscriber
 from a2amesh.binding.transport import AgentTransport
 from a2amesh.models import JsonRpcResponse, StreamResponse, Task, TaskState, TaskStatus, result_response
-from a2amesh.mqtt import (
-    AUTHORIZATION_PROPERTY,
-    EVENT_ID_PROPERTY,
-    LOAD_PROPERTY,
-    RESPONDER_PROPERTY,
-    STATUS_PROPERTY,
-    make_client,
-    publish_properties,
-)
+from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
+from a2amesh.mqtt_base import AUTHORIZATION_PROPERTY, LOAD_PROPERTY, RESPONDER_PROPERTY, STATUS_PROPERTY
 from a2amesh.topics import AgentAddress
 from devstack.agent_testing import running
 from devstack.fixtures import BrokerHandle

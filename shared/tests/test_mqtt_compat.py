@@ -1,9 +1,12 @@
-"""The workarounds in a2amesh.mqtt_compat still work with the installed aiomqtt and paho, against the real broker.
+"""The workarounds in a2amesh.mqtt_compat and a2amesh.zmqtt_compat still work with the installed aiomqtt, paho and
+zmqtt, against the real broker.
 An upgrade that breaks one fails here by name, rather than as a lost event or a hung consumer elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from importlib.metadata import version
 
@@ -11,27 +14,33 @@ import paho.mqtt.client as paho
 from faststream import AckPolicy
 from faststream.mqtt import MQTTMessage
 
+from a2amesh import mqtt_compat, zmqtt_compat
 from a2amesh.mqtt import Envelope, MqttLink, make_client
-from a2amesh.mqtt_compat import (
-    VERIFIED_WITH,
-    connection_lost,
-    memoize_subscription_selection,
-    one_write,
-    paho_client,
-    stream_transport,
-)
+from a2amesh.mqtt_compat import connection_lost, paho_client
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import mqtt_broker, stop_keeping_session, the_message
+from a2amesh.zmqtt_compat import memoize_subscription_selection, one_write, stream_transport
 from devstack.fixtures import BrokerHandle
 
 
 def test_installed_versions_are_the_verified_ones() -> None:
-    for package, verified in VERIFIED_WITH.items():
-        installed = version(package)
-        assert installed in verified, (
-            f"{package} {installed} is not among the versions a2amesh.mqtt_compat was verified with {verified}: "
-            "run shared/tests/test_mqtt_compat.py and test_mqtt_properties.py, then add it to VERIFIED_WITH"
-        )
+    for module in (mqtt_compat, zmqtt_compat):
+        for package, verified in module.VERIFIED_WITH.items():
+            installed = version(package)
+            assert installed in verified, (
+                f"{package} {installed} is not among the versions {module.__name__} was verified with {verified}: "
+                "run shared/tests/test_mqtt_compat.py and test_mqtt_properties.py, then add it to VERIFIED_WITH"
+            )
+
+
+def test_the_task_stores_consumer_loads_neither_aiomqtt_nor_paho() -> None:
+    """The store consumes through zmqtt alone; importing aiomqtt and paho would cost it 4.4 MB of idle memory."""
+    code = (
+        "import sys, mesh_taskstore.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiomqtt', 'paho')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]", f"the task store imports {loaded.stdout.strip()}"
 
 
 async def test_aiomqtt_still_wraps_a_paho_client() -> None:

@@ -10,7 +10,7 @@ import uuid
 import zmqtt
 
 from a2amesh.mqtt import make_client
-from a2amesh.mqtt_compat import next_messages, one_write, stream_transport
+from a2amesh.zmqtt_compat import next_messages, one_write, stream_transport
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from devstack.fixtures import BrokerHandle
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import aiomqtt
 
-from a2amesh.mqtt import TASK_AGENT_PROPERTY, Envelope, make_client
+from a2amesh.mqtt import Envelope, make_client
+from a2amesh.mqtt_base import TASK_AGENT_PROPERTY
 from a2amesh.settings import ServiceSettings
 from a2amesh.topics import EVENTS_ALL, AgentAddress, TopicError, TopicKind, parse_topic
 from meshctl.client import CliError

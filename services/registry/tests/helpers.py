@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import aiomqtt
 import httpx
 
-from a2amesh.mqtt import STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, make_client, publish_properties
+from a2amesh.mqtt import make_client, publish_properties
+from a2amesh.mqtt_base import STATUS_PROPERTY, STATUS_SOURCE_PROPERTY
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress
 from devstack.processes import ManagedProcess, http_ready

@@ -12,7 +12,8 @@ import sys
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 
-from a2amesh.mqtt import STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, make_client, publish_properties
+from a2amesh.mqtt import make_client, publish_properties
+from a2amesh.mqtt_base import STATUS_PROPERTY, STATUS_SOURCE_PROPERTY
 from a2amesh.settings import ServiceSettings
 from a2amesh.topics import AgentAddress
 

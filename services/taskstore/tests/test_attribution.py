@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from a2amesh.models import StreamResponse, TaskState, TaskStatus, TaskStatusUpdateEvent
-from a2amesh.mqtt import TASK_AGENT_PROPERTY, Envelope
+from a2amesh.mqtt import Envelope
+from a2amesh.mqtt_base import TASK_AGENT_PROPERTY
 from a2amesh.topics import AgentAddress
 from mesh_taskstore.consumer import decode
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from a2amesh.binding import MeshRequester
-from a2amesh.mqtt import STATUS_PROPERTY, Envelope, MqttLink
+from a2amesh.mqtt import Envelope, MqttLink
+from a2amesh.mqtt_base import STATUS_PROPERTY
 from a2amesh.topics import AgentAddress
 from devstack.fixtures import BrokerHandle
 from devstack.processes import ManagedProcess

@@ -30,7 +30,8 @@ from a2amesh.models import (
     TaskStatus,
     utc_now,
 )
-from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, new_event_id, publish_properties
+from a2amesh.mqtt import EVENT_ID_PROPERTY, new_event_id, publish_properties
+from a2amesh.mqtt_base import TASK_AGENT_PROPERTY
 from a2amesh.observability import ServiceMetrics
 from a2amesh.sdk import ModelT, SdkEvent, from_proto, to_proto, to_sdk_event
 from a2amesh.settings import CoordinatorSettings

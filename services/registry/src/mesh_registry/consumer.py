@@ -21,7 +21,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from a2amesh.brokerstats import BrokerStatistics
 from a2amesh.models import AgentCard
-from a2amesh.mqtt import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY, Envelope
+from a2amesh.mqtt import Envelope
+from a2amesh.mqtt_base import LOAD_PROPERTY, STATUS_PROPERTY, STATUS_SOURCE_PROPERTY
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import envelope_of, is_connected, mqtt_broker, start_until_stopped, the_message
 from a2amesh.topics import DISCOVERY_ALL, AgentAddress, TopicError, TopicKind, parse_topic

@@ -30,8 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from a2amesh import tracing
 from a2amesh.models import StreamResponse, TaskOwnerRecords
-from a2amesh.mqtt import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
-from a2amesh.mqtt_compat import next_messages, one_write
+from a2amesh.mqtt_base import EVENT_ID_PROPERTY, TASK_AGENT_PROPERTY, Envelope
 from a2amesh.replicas import acts_as
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import (
@@ -43,6 +42,7 @@ from a2amesh.topics import (
     TopicKind,
     parse_topic,
 )
+from a2amesh.zmqtt_compat import next_messages, one_write
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.incoming import no_ack

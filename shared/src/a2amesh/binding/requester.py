@@ -19,14 +19,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS, new_correlation
 from a2amesh.models import BindingError, JsonRpcErrorBody, JsonRpcResponse, StreamResponse
 from a2amesh.models.jsonrpc import JsonRpcId
-from a2amesh.mqtt import (
-    AUTHORIZATION_PROPERTY,
-    KEEPALIVE_PROPERTY,
-    RESPONDER_PROPERTY,
-    Envelope,
-    MqttLink,
-    publish_properties,
-)
+from a2amesh.mqtt import Envelope, MqttLink, publish_properties
+from a2amesh.mqtt_base import AUTHORIZATION_PROPERTY, KEEPALIVE_PROPERTY, RESPONDER_PROPERTY
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, new_reply_suffix
 

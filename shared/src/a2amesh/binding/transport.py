@@ -19,18 +19,14 @@ from a2amesh.binding.machine import IncomingRequest, ReplyAddress
 from a2amesh.binding.tasks import Subscriber
 from a2amesh.binding.wire import MAX_PACKET_BYTES, encode
 from a2amesh.models import ErrorCode, JsonRpcResponse, StreamResponse, error_response, result_response
-from a2amesh.mqtt import (
+from a2amesh.mqtt import Envelope, MqttLink, NotConnectedError, event_properties, publish_properties
+from a2amesh.mqtt_base import (
     AUTHORIZATION_PROPERTY,
     KEEPALIVE_PROPERTY,
     LOAD_PROPERTY,
     RESPONDER_PROPERTY,
     STATUS_PROPERTY,
     STATUS_SOURCE_PROPERTY,
-    Envelope,
-    MqttLink,
-    NotConnectedError,
-    event_properties,
-    publish_properties,
 )
 from a2amesh.settings import MqttSettings
 from a2amesh.topics import AgentAddress, PoolAddress
