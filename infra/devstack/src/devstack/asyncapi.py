@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from a2amesh import mqtt, tracing
+from a2amesh import mqtt_base, tracing
 from a2amesh.binding.wire import MAX_PACKET_BYTES, STREAMING_METHODS
 from a2amesh.models import (
     AgentCard,
@@ -72,27 +72,27 @@ class UserProperty:
 
 
 STATUS = UserProperty(
-    mqtt.STATUS_PROPERTY, "Whether the agent is reachable; absent means online.", {"enum": ["online", "offline"]}
+    mqtt_base.STATUS_PROPERTY, "Whether the agent is reachable; absent means online.", {"enum": ["online", "offline"]}
 )
 STATUS_SOURCE = UserProperty(
-    mqtt.STATUS_SOURCE_PROPERTY,
+    mqtt_base.STATUS_SOURCE_PROPERTY,
     "Who set the status: the agent itself, its Last Will (the broker saw it vanish), or the broker.",
     {"enum": ["agent", "lwt", "broker"]},
 )
 LOAD = UserProperty(
-    mqtt.LOAD_PROPERTY,
+    mqtt_base.LOAD_PROPERTY,
     "The agent's in-flight tasks per concurrent slot, as a decimal (0 idle, 1 saturated, above 1 queueing).",
     {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
 )
-AUTHORIZATION = UserProperty(mqtt.AUTHORIZATION_PROPERTY, "`Bearer <token>` when the agent requires a token.")
+AUTHORIZATION = UserProperty(mqtt_base.AUTHORIZATION_PROPERTY, "`Bearer <token>` when the agent requires a token.")
 RESPONDER = UserProperty(
-    mqtt.RESPONDER_PROPERTY, "On a pool reply: the member that answered (org/unit/agent), to address it directly."
+    mqtt_base.RESPONDER_PROPERTY, "On a pool reply: the member that answered (org/unit/agent), to address it directly."
 )
 EVENT_ID = UserProperty(
-    mqtt.EVENT_ID_PROPERTY, "A unique id per event, by which the task store recognises a redelivered one."
+    mqtt_base.EVENT_ID_PROPERTY, "A unique id per event, by which the task store recognises a redelivered one."
 )
 TASK_AGENT = UserProperty(
-    mqtt.TASK_AGENT_PROPERTY,
+    mqtt_base.TASK_AGENT_PROPERTY,
     "On an event the coordinator records for another agent: that agent's address (org/unit/agent).",
 )
 TRACEPARENT = UserProperty(
@@ -176,13 +176,13 @@ def _message(name: str, title: str, summary: str, payload: str, headers: Iterabl
         "name": name,
         "title": title,
         "summary": summary,
-        "contentType": mqtt.JSON,
+        "contentType": mqtt_base.JSON,
         "payload": {"$ref": SCHEMAS + payload},
     }
     headers = list(headers)
     if headers:
         message["headers"] = _headers(headers)
-    message["bindings"] = {"mqtt": {"contentType": mqtt.JSON, **mqtt5, "bindingVersion": "0.2.0"}}
+    message["bindings"] = {"mqtt": {"contentType": mqtt_base.JSON, **mqtt5, "bindingVersion": "0.2.0"}}
     return message
 
 
@@ -311,7 +311,7 @@ def document() -> dict[str, Any]:
                 f"`make asyncapi`; packets are at most {MAX_PACKET_BYTES} bytes."
             ),
         },
-        "defaultContentType": mqtt.JSON,
+        "defaultContentType": mqtt_base.JSON,
         "servers": {
             "mesh": {
                 "host": "broker:8883",
