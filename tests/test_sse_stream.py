@@ -91,3 +91,42 @@ async def test_a_client_that_goes_away_releases_the_source() -> None:
             assert await asyncio.wait_for(anext(response.aiter_raw()), timeout=5) == b"data: {}\r\n\r\n"
         # the connection is closed; the response notices and ends the source's iteration
         await asyncio.wait_for(source.released.wait(), timeout=10)
+
+
+async def test_the_last_event_goes_out_with_the_end_of_the_response() -> None:
+    """A LastEvent is the response's last body message (not followed by an empty one), so the server writes the event
+    and the end at once; the source is closed then, not left waiting for an end it would never be asked for."""
+    closed = asyncio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield sse.event('{"n":1}')
+            yield sse.LastEvent(sse.event('{"n":2}'))
+            yield sse.event('{"never":true}')
+        finally:
+            closed.set()
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "GET", "path": "/"}
+    await asyncio.wait_for(sse.EventStreamResponse(events(), lambda: None)(scope, receive, send), timeout=10)
+    bodies = [(message["body"], message["more_body"]) for message in sent if message["type"] == "http.response.body"]
+    assert bodies == [(b'data: {"n":1}\r\n\r\n', True), (b'data: {"n":2}\r\n\r\n', False)]
+    assert closed.is_set()
+
+
+async def test_a_last_event_over_a_real_server_ends_the_response() -> None:
+    source = Source()
+    async with serving(source) as url, httpx.AsyncClient(timeout=10) as client:
+        source.queue.put_nowait(sse.event('{"n":1}'))
+        source.queue.put_nowait(sse.LastEvent(sse.event('{"n":2}')))
+        response = await asyncio.wait_for(client.get(url), timeout=10)  # ends without the source's end marker
+    assert response.text == 'data: {"n":1}\r\n\r\ndata: {"n":2}\r\n\r\n'
+    assert not source.released.is_set()

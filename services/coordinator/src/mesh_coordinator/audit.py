@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,18 @@ class AuditRecord:
     task_id: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The record as JSON would have it; built field by field (`dataclasses.asdict` deep-copies, once per call
+        on the send path)."""
+        wire: dict[str, Any] = {
+            "at": self.at,
+            "principal": self.principal,
+            "tenant": self.tenant,
+            "method": self.method,
+            "outcome": self.outcome,
+        }
+        if self.task_id is not None:
+            wire["task_id"] = self.task_id
+        return wire
 
 
 class AuditTrail:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from a2a.server.request_handlers.response_helpers import build_error_response
@@ -115,7 +115,7 @@ def _candidate(scope: Scope) -> bool:
     return any(name == _VERSION_HEADER and value.strip() == _FAST_VERSION for name, value in scope["headers"])
 
 
-async def _events(live: LiveTask, queue: asyncio.Queue[object]) -> AsyncIterator[StreamResponse]:
+async def _events(live: LiveTask, queue: asyncio.Queue[object]) -> AsyncGenerator[StreamResponse]:
     """The task's events from `queue`; an agent's error arrives as the A2A error the HTTP face answers with."""
     try:
         async for item in live.events(queue):
@@ -125,15 +125,22 @@ async def _events(live: LiveTask, queue: asyncio.Queue[object]) -> AsyncIterator
 
 
 async def _frames(
-    request_id: str | int | None, first: StreamResponse | None, events: AsyncIterator[StreamResponse]
-) -> AsyncIterator[bytes]:
-    """Server-sent events, one JSON-RPC response each; a failure mid-stream is a last `error` event."""
+    request_id: str | int | None, first: StreamResponse | None, events: AsyncGenerator[StreamResponse]
+) -> AsyncGenerator[bytes]:
+    """Server-sent events, one JSON-RPC response each, the one that ends the stream (a final or interrupted state:
+    the relay ends there) marked as the last; a failure mid-stream is a last `error` event."""
     try:
-        if first is not None:
-            yield sse.event(rpc_result(request_id, first.to_json()))
-        async for item in events:
-            yield sse.event(rpc_result(request_id, item.to_json()))
+        item = first
+        while item is not None:
+            frame = sse.event(rpc_result(request_id, item.to_json()))
+            if item.ends_stream:
+                yield sse.LastEvent(frame)
+                return
+            yield frame
+            item = await anext(events, None)
     except Exception as error:
         if not isinstance(error, sdk_errors.A2AError):
             log.exception("event stream failed")
         yield sse.event(json.dumps(rpc_error(request_id, error), ensure_ascii=False), name="error")
+    finally:
+        await events.aclose()  # stops listening at once, also when the last event ended the response

@@ -106,22 +106,24 @@ class OwnerRecorder:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop`, then for up to DRAIN_SECONDS what is still queued."""
         failures = 0
-        while not stop.is_set():
-            if not self._queue:
-                self._ready.clear()
-                waiter = asyncio.create_task(self._ready.wait())
-                stopping = asyncio.create_task(stop.wait())
-                await asyncio.wait((waiter, stopping), return_when=asyncio.FIRST_COMPLETED)
-                for pending in (waiter, stopping):
-                    pending.cancel()
-                continue
-            if await self.flush_once():
-                failures = 0
-                continue
-            delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
-            failures += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+        # `stop` wakes the idle wait below: one waiter for the recorder's life, not two tasks per batch
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _done: self._ready.set())
+        try:
+            while not stop.is_set():
+                if not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                if await self.flush_once():
+                    failures = 0
+                    continue
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            stopping.cancel()
         await self.drain(DRAIN_SECONDS)
         log.info("published %d task owners in %d messages", self.published, self.messages)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from mesh_coordinator.bodies import Receive, Scope, Send
 
@@ -33,11 +33,17 @@ def event(data: str, name: str | None = None) -> bytes:
     return f"{head}data: {data}\r\n\r\n".encode()
 
 
-class EventStreamResponse:
-    """An ASGI response: `events` (each already encoded) as a 200 text/event-stream. When the client disconnects,
-    `on_disconnect` is called and must make `events` end; sends after a disconnect would go nowhere."""
+class LastEvent(bytes):
+    """An encoded event known to end its stream (a task's final state): sent with the end of the response, so the
+    server writes both at once and the client reads them at once, rather than the end alone after it."""
 
-    def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]) -> None:
+
+class EventStreamResponse:
+    """An ASGI response: `events` (each already encoded) as a 200 text/event-stream, ended after a LastEvent or
+    when `events` ends. When the client disconnects, `on_disconnect` is called and must make `events` end; sends
+    after a disconnect would go nowhere."""
+
+    def __init__(self, events: AsyncGenerator[bytes], on_disconnect: Callable[[], None]) -> None:
         self.events = events
         self.on_disconnect = on_disconnect
         self._last_sent = 0.0
@@ -49,13 +55,17 @@ class EventStreamResponse:
         watcher = asyncio.create_task(self._watch(receive, send))
         try:
             async for chunk in self.events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last = isinstance(chunk, LastEvent)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
                 self._last_sent = loop.time()
+                if last:
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await self.events.aclose()  # a stream left after its last event runs its cleanup now
 
     async def _watch(self, receive: Receive, send: Send) -> None:
         """Until the client goes away: a ping whenever the stream has been quiet for PING_SECONDS."""
