@@ -113,7 +113,7 @@ async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
         return value if value is not None and value >= 3 else None  # at least the registry, task store, coordinator
 
     await eventually(connected, BROKER_STATISTICS_WITHIN, "the mesh's connections counted")
-    queued = 25
+    queued = 500  # well above what other sessions' comings and goings move the whole broker's count by
     topic = f"observability/queue/{uuid.uuid4().hex[:8]}"
     grown: float | None = None
     stored_before = 0.0
