@@ -38,7 +38,7 @@ import threading
 import time
 import tomllib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -932,26 +932,7 @@ def test_the_coordinator_runs_replicas_each_enrolling_identities_of_its_own(over
         assert redis.scheme == "redis" and redis.hostname == "redis", f"{overlay} {pod}: rate limits in Redis"
         assert redis.port in {p["port"] for p in objects(docs, "Service")["redis"]["spec"]["ports"]}, overlay
     assert not seen & {f"{dotenv()['MESH_ORG']}/{dotenv()['MESH_UNIT']}/{n}" for n in ("coordinator", "workflows")}
-    policies = objects(docs, "NetworkPolicy").values()
-    egress = [
-        rule
-        for policy in policies
-        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()
-        for rule in policy["spec"].get("egress", [])
-        if any(peer.get("podSelector", {}).get("matchLabels") == {"app": "redis"} for peer in rule.get("to", []))
-        and any(port["port"] == redis.port for port in rule.get("ports", []))
-    ]
-    ingress = [
-        rule
-        for policy in policies
-        if policy["spec"]["podSelector"].get("matchLabels") == {"app": "redis"}
-        for rule in policy["spec"].get("ingress", [])
-        if any(
-            peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
-            for peer in rule.get("from", [])
-        )
-        and any(port["port"] == redis.port for port in rule.get("ports", []))
-    ]
+    egress, ingress = redis_rules(objects(docs, "NetworkPolicy").values(), pod_labels, redis.port)
     assert egress and ingress, f"{overlay}: NetworkPolicies let the coordinators reach Redis (egress and ingress)"
 
 
@@ -1050,22 +1031,7 @@ def test_the_registry_runs_replicas_each_enrolling_an_identity_of_its_own(overla
         for peer in rule["from"]
     ]
     assert ({"app": "coordinator"}, {port}) in ingress, f"{overlay}: the coordinators reach every registry pod"
-    egress_to_redis = [
-        rule
-        for policy in governing
-        for rule in policy["spec"].get("egress", [])
-        if any(peer.get("podSelector", {}).get("matchLabels") == {"app": "redis"} for peer in rule.get("to", []))
-    ]
-    redis_in = [
-        rule
-        for policy in policies
-        if policy["spec"]["podSelector"].get("matchLabels") == {"app": "redis"}
-        for rule in policy["spec"].get("ingress", [])
-        if any(
-            peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
-            for peer in rule.get("from", [])
-        )
-    ]
+    egress_to_redis, redis_in = redis_rules(policies, pod_labels)
     assert egress_to_redis and redis_in, f"{overlay}: every registry pod reaches Redis (egress and ingress)"
 
 
@@ -2218,3 +2184,35 @@ def test_the_broker_image_runs_tls_only_with_the_plugin_seeded_from_the_pki(
         assert sh(health).returncode == 0
     finally:
         stop(broker)
+
+
+def redis_rules(
+    policies: Iterable[dict[str, Any]], pod_labels: dict[str, str], port: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The NetworkPolicy rules that let pods with `pod_labels` reach Redis: their egress rules to Redis and Redis's
+    ingress rules from them (only those naming `port`, when given)."""
+    policies = list(policies)
+
+    def on_port(rule: dict[str, Any]) -> bool:
+        return port is None or any(entry["port"] == port for entry in rule.get("ports", []))
+
+    egress = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()
+        for rule in policy["spec"].get("egress", [])
+        if any(peer.get("podSelector", {}).get("matchLabels") == {"app": "redis"} for peer in rule.get("to", []))
+        and on_port(rule)
+    ]
+    ingress = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"].get("matchLabels") == {"app": "redis"}
+        for rule in policy["spec"].get("ingress", [])
+        if any(
+            peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
+            for peer in rule.get("from", [])
+        )
+        and on_port(rule)
+    ]
+    return egress, ingress
