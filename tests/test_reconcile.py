@@ -1,10 +1,13 @@
 """Outcomes reach the record even when the events carrying them are lost: here the task store's queued events are
 thrown away (its persistent session discarded, as a broker crash before its autosave would), and the coordinator's
-reconciler republishes the final state of every task it relayed."""
+reconciler republishes the final state of every task it relayed, whole (history and artifacts), while keeping
+none of the relay it came from."""
 
 from __future__ import annotations
 
+import gc
 import uuid
+import weakref
 from collections.abc import Iterator
 
 import httpx
@@ -12,11 +15,11 @@ import pytest
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
-from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus, utc_now
+from a2amesh.models import Artifact, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus, utc_now
 from a2amesh.mqtt import make_client
 from a2amesh.topics import AgentAddress
 from devstack.stack import Ports, Stack
-from mesh_coordinator.directory import TaskStoreClient
+from mesh_coordinator.directory import DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 from mesh_coordinator.reconcile import Reconciler
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
@@ -64,8 +67,16 @@ async def test_outcomes_lost_on_the_way_to_the_store_are_republished(small_mesh:
             return bodies
 
         records = await eventually(recorded, timeout=30, what="every outcome recorded after the loss")
+        stored = [
+            Task.from_wire((await http.get(f"{small_mesh.taskstore_url}/tasks/{task.id}?scope=all")).json())
+            for task in tasks
+        ]
     assert all(record["agent"] == f"{small_mesh.org}/{small_mesh.unit}/echo" for record in records)
     assert all(record["events"][-1]["kind"] == "task" for record in records)  # the coordinator's snapshot
+    # the snapshot alone made each record, and it was whole: the request in the history, the echo as an artifact
+    for i, task in enumerate(stored):
+        assert [message.text() for message in task.history or []][:1] == [f"t{i}"]
+        assert [part.text for artifact in task.artifacts or [] for part in artifact.parts] == [f"t{i}"]
 
 
 async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Stack) -> None:
@@ -91,18 +102,74 @@ async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Sta
 
     republished: list[StreamResponse] = []
 
-    async def record(_live: LiveTask, item: StreamResponse) -> None:
-        republished.append(item)
+    async def republish(_agent: AgentAddress, event: bytes | str) -> None:
+        republished.append(StreamResponse.from_json(event))
 
     lost = Task(id=str(uuid.uuid4()), context_id="c", status=TaskStatus(state=TaskState.COMPLETED, timestamp=utc_now()))
     echo = AgentAddress(small_mesh.org, small_mesh.unit, "echo")
     async with httpx.AsyncClient(timeout=30) as store_http:
-        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), record, first_check=0.0)
+        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0)
         for task in [*finals, lost]:
-            reconciler.watch(LiveTask(task, echo, record, mirror=False))
+            reconciler.watch(LiveTask(task, echo, not_recorded, mirror=False))
         await reconciler.check_due()
 
     assert reconciler.listed == TASKS  # confirmed by the listing
     assert reconciler.read == 0  # nothing read task by task
     assert [item.task.id for item in republished if item.task is not None] == [lost.id]
     assert reconciler.pending == 1  # the lost one, checked again later
+
+
+async def test_an_outcome_waiting_for_the_store_keeps_its_whole_snapshot_but_not_its_relay(small_mesh: Stack) -> None:
+    """While the store is away, outcomes wait in the reconciler (up to 20,000 of them): each without its relay (the
+    LiveTask, with its request and queues, is let go) and its snapshot packed, yet what it republishes once the
+    store is back is the whole final Task, history and artifacts included: a store that lost the events has only
+    that to make the record from."""
+    context = "c"
+    lost = Task(
+        id=str(uuid.uuid4()),
+        context_id=context,
+        history=[Message(message_id="m1", role=Role.USER, parts=[Part(text="kept whole")], context_id=context)],
+        artifacts=[Artifact(artifact_id="a1", name="echo", parts=[Part(text="kept whole")])],
+        status=TaskStatus(state=TaskState.COMPLETED, timestamp=utc_now()),
+    )
+    lost = lost.model_copy(update={"history": [lost.history[0].model_copy(update={"task_id": lost.id})]})
+    echo = AgentAddress(small_mesh.org, small_mesh.unit, "echo")
+    republished: list[tuple[AgentAddress, StreamResponse]] = []
+
+    async def republish(agent: AgentAddress, event: bytes | str) -> None:
+        republished.append((agent, StreamResponse.from_json(event)))
+
+    store = small_mesh["taskstore"]
+    store.stop()
+    try:
+        async with httpx.AsyncClient(timeout=30) as store_http:
+            reconciler = Reconciler(
+                TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0, keep_whole=0.0
+            )
+            live = LiveTask(lost, echo, not_recorded, mirror=False)
+            relay = weakref.ref(live)
+            reconciler.watch(live)
+            del live
+            with pytest.raises(DependencyError):
+                await reconciler.check_due()  # the store is away: nothing confirmed, nothing dropped
+            gc.collect()
+            assert relay() is None, "the reconciler still holds the relay"
+            assert reconciler.pending == 1
+
+            store.start()
+            store.wait_ready()
+            await reconciler.check_due()
+    finally:
+        if not store.running:
+            store.start()
+            store.wait_ready()
+
+    assert [(agent, item.task.to_wire() if item.task else None) for agent, item in republished] == [
+        (echo, lost.to_wire())
+    ]
+    assert reconciler.pending == 1  # checked again later, until the store shows it
+
+
+async def not_recorded(_live: LiveTask, _item: StreamResponse) -> None:
+    """A relay's recording, for relays that are never started here."""
+    raise AssertionError("a relay that never ran recorded an event")

@@ -119,7 +119,7 @@ class MeshRequestHandler(RequestHandler):
         self.metrics = ServiceMetrics("coordinator")
         self.metrics.track_in_flight(lambda: self.hub.in_flight)
         self.metrics.track_reconnects(lambda: self.requester.link.reconnects)
-        self.reconciler = Reconciler(store, self._record_event)
+        self.reconciler = Reconciler(store, self.publish_event)
         self.webhooks = WebhookPolicy(settings.push_allowed_networks)
         self.push_store = PushStoreClient(store.base_url, store.client)
         self.push = PushConfigs(self.push_store, self.owners, self.webhooks)
@@ -378,10 +378,12 @@ class MeshRequestHandler(RequestHandler):
         """Record an event for the store: an outcome the coordinator decided (an agent that never answered or
         went silent), or an event relayed from an agent that does not record its own. `a2a-task-agent` names
         the agent that holds the task, so follow-ups and cancels still go there."""
-        properties = publish_properties(
-            user=[(EVENT_ID_PROPERTY, new_event_id()), (TASK_AGENT_PROPERTY, str(live.agent))]
-        )
-        await self.requester.link.publish(self.identity.event_topic, item.to_json(), qos=1, properties=properties)
+        await self.publish_event(live.agent, item.to_json())
+
+    async def publish_event(self, agent: AgentAddress, event: bytes | str) -> None:
+        """Publish an event's JSON for the store, from a relay or the reconciler (which keeps outcomes packed)."""
+        properties = publish_properties(user=[(EVENT_ID_PROPERTY, new_event_id()), (TASK_AGENT_PROPERTY, str(agent))])
+        await self.requester.link.publish(self.identity.event_topic, event, qos=1, properties=properties)
 
     # -- reading ---------------------------------------------------------------------------------------------
     async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:

@@ -9,7 +9,14 @@ including outcomes not due yet, and an outcome within a listing's whole range th
 (were the store holding another final state from earlier, it keeps it: a final task takes no other state). What
 no listing covered (a later check, more pages than LIST_PAGES, no timestamp) is read task by task. A read per task
 cost the coordinator a sixth of its CPU on the deployed path, and the store an HTTP request per task
-(docs/benchmarks.md, issue #18)."""
+(docs/benchmarks.md, issue #18).
+
+While the store is away every outcome waits here (up to MAX_WATCHED), so each keeps only what a check and a
+republish need: the task id, the agent, the final state and its timestamp, and the final snapshot. Never the relay
+(a LiveTask holds the request, its queues and its pump). The snapshot stays whole, history and artifacts included,
+because a store whose events were lost gets the task from it alone; but the Task model is kept only while the relay
+holds it anyway, until KEEP_WHOLE seconds past the first check, then as compressed JSON (an echo task: about 5 KB of
+models, 0.4 KB packed). A store that keeps up confirms outcomes before that, so the healthy path packs nothing."""
 
 from __future__ import annotations
 
@@ -17,18 +24,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+import zlib
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from a2amesh.models import ListTasksRequest, StreamResponse, Task
+from a2amesh.models import ListTasksRequest, StreamResponse, Task, TaskState
+from a2amesh.topics import AgentAddress
 from mesh_coordinator.directory import DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 
 log = logging.getLogger(__name__)
 
-Record = Callable[[LiveTask, StreamResponse], Awaitable[None]]
+Republish = Callable[[AgentAddress, bytes | str], Awaitable[None]]
+"""Publish an event (its JSON) on the coordinator's event topic for the task store, naming the agent that holds
+the task (the handler's `publish_event`)."""
 
 FIRST_CHECK = 3.0
 """Seconds after a task ends before the store is first asked (its normal lag is well under a second)."""
@@ -36,6 +47,12 @@ CHECK_BACKOFF = (3.0, 6.0, 12.0, 30.0, 60.0)
 """Seconds between later checks while the store still lacks the outcome (the last value repeats)."""
 MAX_ATTEMPTS = 12
 MAX_WATCHED = 20_000
+"""Outcomes waiting for the store's confirmation at most; past it the oldest are no longer checked (logged)."""
+KEEP_WHOLE = 2.0
+"""Seconds past an outcome's first check during which it keeps the final Task model (the one its relay holds);
+after that the store is late or away, and the snapshot is packed."""
+PACK_LEVEL = 1
+"""zlib level of a packed snapshot: the fastest, about a third of the JSON's size for a small task."""
 BATCH = 200
 """Outcomes read one by one per check, at most (those no listing confirmed)."""
 LIST_PAGE_SIZE = 100
@@ -47,27 +64,63 @@ LIST_MARGIN = timedelta(milliseconds=10)
 coordinator decided itself has microseconds."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Watch:
-    """One finished task whose outcome the store has not confirmed yet."""
+    """One finished task whose outcome the store has not confirmed yet: what a check and a republish need."""
 
-    live: LiveTask
-    final: Task
+    task_id: str
+    agent: AgentAddress
+    """The agent holding the task, named on the republished event (`a2a-task-agent`)."""
+    state: TaskState
+    stamp: datetime | None
+    """The outcome's timestamp in UTC (a naive one taken as UTC, as the wire does)."""
     due: float
+    final: Task | None
+    """The final Task until the snapshot is packed, then None."""
+    packed: bytes = b""
+    """The final snapshot's event (StreamResponse JSON), zlib-compressed, once packed."""
     attempts: int = 0
+
+    @classmethod
+    def of(cls, live: LiveTask, due: float) -> Watch:
+        """What to keep of a relay that ended: its id, agent and final Task, not the relay."""
+        final = live.task
+        stamp = final.status.timestamp
+        if stamp is not None and stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return cls(final.id, live.agent, final.status.state, stamp, due, final)
+
+    def pack(self) -> None:
+        """Keep the final snapshot as compressed JSON instead of models (whole: history and artifacts too)."""
+        if self.final is not None:
+            self.packed = zlib.compress(StreamResponse(task=self.final).to_json().encode(), PACK_LEVEL)
+            self.final = None
+
+    def event(self) -> bytes | str:
+        """The event that republishes the outcome: the final Task snapshot, as JSON."""
+        return StreamResponse(task=self.final).to_json() if self.final is not None else zlib.decompress(self.packed)
 
 
 class Reconciler:
     """Confirms that the store holds the final state of every task the coordinator relayed."""
 
-    def __init__(self, store: TaskStoreClient, record: Record, first_check: float = FIRST_CHECK) -> None:
+    def __init__(
+        self,
+        store: TaskStoreClient,
+        republish: Republish,
+        first_check: float = FIRST_CHECK,
+        keep_whole: float = KEEP_WHOLE,
+    ) -> None:
         self.store = TaskStoreClient(store.base_url, store.client)
         """Reads that take the store's answer as it is: a replica's patient read (mesh_coordinator.replicas) would
         wait MESH_REPLICA_READ_WAIT for every outcome the store lacks, one after the other, while those are the
         outcomes to republish at once (the first check is already FIRST_CHECK seconds after the end)."""
-        self.record = record
+        self.republish = republish
         self.first_check = first_check
+        self.keep_whole = keep_whole
         self._watched: OrderedDict[str, Watch] = OrderedDict()
+        self._whole: deque[tuple[float, str]] = deque()
+        """(when to pack, task id) of the outcomes that may still keep their Task model, oldest first."""
         self.republished = 0
         self.listed = 0
         """Outcomes confirmed by a listing."""
@@ -78,10 +131,23 @@ class Reconciler:
         """Call when a relay ends: a terminal outcome is checked against the store later."""
         if not live.task.status.state.is_terminal:
             return
-        self._watched[live.id] = Watch(live, live.task, time.monotonic() + self.first_check)
+        now = time.monotonic()
+        watch = Watch.of(live, now + self.first_check)
+        self._watched[watch.task_id] = watch
+        self._whole.append((watch.due + self.keep_whole, watch.task_id))
         while len(self._watched) > MAX_WATCHED:
             task_id, _ = self._watched.popitem(last=False)
             log.warning("reconciler full: no longer checking task %s", task_id)
+        self._pack(now)
+
+    def _pack(self, now: float) -> None:
+        """Pack the snapshots of the outcomes still unconfirmed KEEP_WHOLE seconds past their first check (and the
+        oldest beyond MAX_WATCHED of them, should a burst outrun the clock)."""
+        while self._whole and (self._whole[0][0] <= now or len(self._whole) > MAX_WATCHED):
+            _, task_id = self._whole.popleft()
+            watch = self._watched.get(task_id)
+            if watch is not None:
+                watch.pack()
 
     @property
     def pending(self) -> int:
@@ -100,21 +166,29 @@ class Reconciler:
                 log.exception("reconciling outcomes failed; trying again shortly")
 
     async def check_due(self) -> None:
+        """Confirm or republish the outcomes due (at most BATCH read one by one); then pack what stays whole past
+        its time, whether the store answered or not."""
+        try:
+            await self._check_due()
+        finally:
+            self._pack(time.monotonic())
+
+    async def _check_due(self) -> None:
         now = time.monotonic()
         due = [watch for watch in list(self._watched.values())[: BATCH * 5] if watch.due <= now][:BATCH]
         since = _listing_start(due)
         lacking: list[Watch] = []
         if since is not None:
             complete = await self._confirm_listed(since)
-            due = [watch for watch in due if watch.final.id in self._watched]
+            due = [watch for watch in due if watch.task_id in self._watched]
             if complete:  # the store lacks what a whole listing over its time did not show as final
                 lacking = [watch for watch in due if _listed_range(watch, since)]
                 due = [watch for watch in due if not _listed_range(watch, since)]
         for watch in due:
             self.read += 1
-            stored = await self.store.get_task(watch.final.id, history_length=0)
+            stored = await self.store.get_task(watch.task_id, history_length=0)
             if stored is not None and stored.status.state.is_terminal:  # recorded final (whoever decided it)
-                self._watched.pop(watch.final.id, None)
+                self._watched.pop(watch.task_id, None)
                 continue
             lacking.append(watch)
         await self._republish(lacking, now)
@@ -126,20 +200,18 @@ class Reconciler:
         for watch in lacking:
             watch.attempts += 1
             if watch.attempts > MAX_ATTEMPTS:
-                log.error(
-                    "task %s: the store never recorded its outcome %s", watch.final.id, watch.final.status.state.name
-                )
-                self._watched.pop(watch.final.id, None)
+                log.error("task %s: the store never recorded its outcome %s", watch.task_id, watch.state.name)
+                self._watched.pop(watch.task_id, None)
                 continue
             log.warning(
                 "task %s: the store lacks its outcome %s; republishing the final snapshot",
-                watch.final.id,
-                watch.final.status.state.name,
+                watch.task_id,
+                watch.state.name,
             )
             watch.due = now + CHECK_BACKOFF[min(watch.attempts - 1, len(CHECK_BACKOFF) - 1)]
             again.append(watch)
         published = await asyncio.gather(
-            *(self.record(watch.live, StreamResponse(task=watch.final)) for watch in again), return_exceptions=True
+            *(self.republish(watch.agent, watch.event()) for watch in again), return_exceptions=True
         )
         self.republished += sum(1 for outcome in published if not isinstance(outcome, BaseException))
         failed = next((outcome for outcome in published if isinstance(outcome, BaseException)), None)
@@ -163,20 +235,13 @@ class Reconciler:
 
 def _listed_range(watch: Watch, since: datetime) -> bool:
     """Whether a listing from `since` covers the outcome: the store would have listed it, held as final."""
-    stamp = _stamp(watch)
-    return watch.attempts == 0 and stamp is not None and stamp - LIST_MARGIN >= since
-
-
-def _stamp(watch: Watch) -> datetime | None:
-    """The outcome's timestamp, in UTC (a naive one is taken as UTC, as the wire does)."""
-    stamp = watch.final.status.timestamp
-    return stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp
+    return watch.attempts == 0 and watch.stamp is not None and watch.stamp - LIST_MARGIN >= since
 
 
 def _listing_start(due: list[Watch]) -> datetime | None:
     """Where a listing that could confirm the due outcomes at once starts: just before the oldest timestamp among
     those not checked yet. None when there are none (an outcome the store was already found lacking is read on
     its own: left in a listing's range, it would keep every later listing that long)."""
-    stamps = [_stamp(watch) for watch in due if watch.attempts == 0]
+    stamps = [watch.stamp for watch in due if watch.attempts == 0]
     known = [stamp for stamp in stamps if stamp is not None]
     return min(known) - LIST_MARGIN if known else None
