@@ -465,7 +465,8 @@ def dockerfile(path: Path) -> dict[str, Any]:
 
 def service_image(service: str) -> dict[str, Any]:
     """How a Python service's image is built: services/Dockerfile's instructions, with the build arguments
-    compose.yaml gives that service (the workspace member, its extras, the module `python -m` runs, its port)."""
+    compose.yaml gives that service (the workspace member, its extras, the module `python -m` runs, its port, the
+    PYTHONOPTIMIZE level it runs at)."""
     build = compose_services()[service].resolved["build"]
     args = {key: str(value) for key, value in build.get("args", {}).items()}
     return {
@@ -475,6 +476,7 @@ def service_image(service: str) -> dict[str, Any]:
         "module": args.get("SERVICE_MODULE"),
         "extras": args.get("SERVICE_EXTRAS", "").split(),
         "port": int(args["SERVICE_PORT"]) if "SERVICE_PORT" in args else None,
+        "optimize": int(args.get("SERVICE_OPTIMIZE") or 0),
     }
 
 
@@ -807,7 +809,8 @@ def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path)
     )
     assert result.returncode == 0, explain(result)
     module = instructions["module"]
-    result = run([str(venv / "bin" / "python"), "-c", f"import {module}.__main__"], cwd=tmp_path)
+    level = ["-" + "O" * instructions["optimize"]] if instructions["optimize"] else []  # as the image runs it
+    result = run([str(venv / "bin" / "python"), *level, "-c", f"import {module}.__main__"], cwd=tmp_path)
     assert result.returncode == 0, f"the {service} image could not start: {explain(result)}"
 
 

@@ -20,7 +20,7 @@ from devstack.pki import TESTER, Identity, Role
 from devstack.postgres import postgres_server
 from devstack.processes import ManagedProcess, free_port, http_ready
 from devstack.stack import Ports, Stack
-from loadtests.bench.envs import ServiceEnvs
+from loadtests.bench.envs import ServiceEnvs, image_optimization
 from loadtests.bench.settings import BenchSettings
 from loadtests.loadtest import UNLIMITED
 
@@ -100,6 +100,8 @@ class BenchStack:
         as_deployed = self.settings.service_envs and not patches and process.name not in self.settings.profile
         if as_deployed and not module.startswith(BENCH_SCRIPTS):
             process.argv = [self.envs.python(module, extras), "-m", module, *args]
+            if optimize := image_optimization(module):
+                process.env["PYTHONOPTIMIZE"] = optimize
             return process
         inner = ["loadtests.bench.whatif", patches, module, *args] if patches else [module, *args]
         if process.name in self.settings.profile:

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from a2amesh.models import Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus, TaskStatusUpdateEvent
 from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
@@ -16,8 +17,15 @@ from devstack.fixtures import BrokerHandle
 from devstack.processes import free_port
 from devstack.stack import Ports, Stack
 
+IMAGE_OPTIMIZATION = "2"
+"""The level the store's image runs at (services/Dockerfile's SERVICE_OPTIMIZE, as compose.yaml builds it): without
+docstrings and asserts, which must cost it nothing it does."""
 
-async def test_the_store_records_a_task_in_postgresql(broker: BrokerHandle, postgres_url: str, tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("optimize", ["", IMAGE_OPTIMIZATION], ids=["as-dev", "as-image"])
+async def test_the_store_records_a_task_in_postgresql(
+    broker: BrokerHandle, postgres_url: str, tmp_path: Path, optimize: str
+) -> None:
     ports = Ports(mqtt=broker.port, redis=0, registry=0, taskstore=free_port(), coordinator=0)
     stack = Stack(
         run_dir=tmp_path,
@@ -26,7 +34,9 @@ async def test_the_store_records_a_task_in_postgresql(broker: BrokerHandle, post
         broker_of=broker.stack,
         database_url=postgres_url,
     )
-    stack.launch(stack.taskstore())
+    store = stack.taskstore()
+    store.env["PYTHONOPTIMIZE"] = optimize
+    stack.launch(store)
     task_id = str(uuid.uuid4())
     message = Message(message_id="m1", role=Role.USER, parts=[Part(text="hello")], task_id=task_id, context_id="c")
     events = [

@@ -68,7 +68,8 @@ class PeerIdentityProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
 def tls_server_options(tls: InternalTlsSettings) -> dict[str, Any]:
     """uvicorn options serving TLS and asking for (not requiring) a client certificate: health probes come
     without one, and `IdentityGate` refuses everything else that does."""
-    assert tls.server_cert_file and tls.server_key_file and tls.ca_file, "internal TLS needs its files"
+    if not (tls.server_cert_file and tls.server_key_file and tls.ca_file):  # a check, not an assert: -OO drops those
+        raise ValueError("internal TLS needs its server certificate, key and CA files (MESH_INTERNAL__*)")
     return {
         "ssl_certfile": str(tls.server_cert_file),
         "ssl_keyfile": str(tls.server_key_file),
