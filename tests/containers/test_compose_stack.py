@@ -78,7 +78,15 @@ def engine_env() -> dict[str, str]:
 def settings(engine_env: dict[str, str]) -> dict[str, str]:
     """The repository's .env with the locally built bases and this run's image tag."""
     bases = dotenv_lines(run(["bash", str(SCRIPTS / "build-bases.sh")], env=engine_env, timeout=1200))
-    assert set(bases) == {"IMAGE_PYTHON", "IMAGE_UV", "IMAGE_MOSQUITTO", "IMAGE_REDIS", "IMAGE_REDIS_TAG"}
+    assert set(bases) == {
+        "IMAGE_PYTHON",
+        "IMAGE_UV",
+        "IMAGE_MOSQUITTO",
+        "IMAGE_REDIS",
+        "IMAGE_REDIS_TAG",
+        "IMAGE_POSTGRES",
+        "IMAGE_POSTGRES_TAG",
+    }
     return dotenv(REPO / ".env") | bases | {"IMAGE_TAG": TAG}
 
 
