@@ -75,6 +75,9 @@ ENV_FILE = REPO / ".env"
 K8S_ENV_FILE = REPO / "k8s" / "base" / "mesh.env"
 COMPOSE_FILE = REPO / "compose.yaml"
 COMPOSE_EXTEND_FILE = REPO / "compose.extend.yaml"
+# the task store on PostgreSQL as two partitions, loaded after compose.yaml (k8s/components/postgres's counterpart)
+COMPOSE_POSTGRES_FILE = REPO / "compose.postgres.yaml"
+POSTGRES_COMPONENT = REPO / "k8s" / "components" / "postgres"
 OVERLAYS = sorted(path.parent.name for path in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
 BROKER_DIR = REPO / "services" / "broker"
 # the one Dockerfile of every Python service, told which one by build arguments (compose.yaml's build.args)
@@ -700,14 +703,22 @@ def test_compose_files_match_the_compose_spec(tmp_path: Path) -> None:
     # the files as written, and compose.yaml with .env's values in, as Compose will read it
     resolved = tmp_path / "compose.resolved.yaml"
     resolved.write_text(yaml.safe_dump(interpolate(load_yaml(COMPOSE_FILE), "compose.yaml")))
-    files = [str(COMPOSE_FILE), str(COMPOSE_EXTEND_FILE), str(resolved)]
+    resolved_postgres = tmp_path / "compose.postgres.resolved.yaml"
+    resolved_postgres.write_text(yaml.safe_dump(interpolate(load_yaml(COMPOSE_POSTGRES_FILE), "compose.postgres.yaml")))
+    files = [
+        str(COMPOSE_FILE),
+        str(COMPOSE_EXTEND_FILE),
+        str(COMPOSE_POSTGRES_FILE),
+        str(resolved),
+        str(resolved_postgres),
+    ]
     result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *files])
     assert result.returncode == 0, explain(result)
 
 
 def test_dclint_accepts_the_compose_files() -> None:
     assert DCLINT.exists(), "dclint is not installed: run `make validate-deps` (npm ci in infra/validate)"
-    files = [str(COMPOSE_FILE), str(COMPOSE_EXTEND_FILE)]
+    files = [str(COMPOSE_FILE), str(COMPOSE_EXTEND_FILE), str(COMPOSE_POSTGRES_FILE)]
     argv = [str(DCLINT), "--config", str(DCLINT_CONFIG), "--max-warnings", "0", "--formatter", "json", *files]
     result = run(argv, cwd=DCLINT.parents[2])
     assert result.returncode == 0, explain(result)
@@ -1271,7 +1282,8 @@ def test_kubernetes_settings_are_the_values_of_dotenv() -> None:
 def test_compose_uses_only_dotenv_values() -> None:
     """Every ${NAME} in the Compose files is set in .env (interpolate() asserts it), and every service setting of
     .env is used by some service in Compose."""
-    used = set(VARIABLE.findall(COMPOSE_FILE.read_text() + COMPOSE_EXTEND_FILE.read_text()))
+    texts = (COMPOSE_FILE.read_text(), COMPOSE_EXTEND_FILE.read_text(), COMPOSE_POSTGRES_FILE.read_text())
+    used = set(VARIABLE.findall("".join(texts)))
     compose_services()
     settings = {key for key in dotenv() if not key.startswith(COMPOSE_ONLY_PREFIXES)}
     assert settings <= used, f".env keys no Compose service reads: {sorted(settings - used)}"
@@ -1565,6 +1577,120 @@ def test_compose_runs_a_second_registry_as_an_identity_of_its_own(devstack: DevS
     reader = urlsplit(services["coordinator-1"].env["MESH_REGISTRY_URL"]).hostname
     assert reader in names.get_values_for_type(x509.DNSName), f"servers/registry-1 does not name {reader}"
     assert second.container_ports == first.container_ports and not second.resolved.get("ports"), "not published"
+
+
+def compose_with_postgres() -> dict[str, ComposeService]:
+    """The mesh's services as Compose runs them with compose.postgres.yaml loaded after compose.yaml: each service
+    of the second file merged into the first's as Compose merges them (mappings key by key, the later file winning;
+    the second file changes no list of the first's), every profile included."""
+
+    def merge(base: Any, override: Any) -> Any:
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {**base, **{key: merge(base.get(key), value) for key, value in override.items()}}
+        assert base is None or not isinstance(base, list), f"compose.postgres.yaml replaces a list: {override}"
+        return override
+
+    first, second = load_yaml(COMPOSE_FILE)["services"], load_yaml(COMPOSE_POSTGRES_FILE)["services"]
+    merged = {name: merge(first.get(name), second.get(name)) if name in second else first[name] for name in first}
+    merged |= {name: spec for name, spec in second.items() if name not in first}
+    return {name: ComposeService(name, spec, interpolate(spec, f"compose {name}")) for name, spec in merged.items()}
+
+
+def test_compose_postgres_runs_the_task_store_as_partitions_of_one_database(devstack: DevStack) -> None:
+    """Issue #18 item 4 in Compose: with compose.postgres.yaml, the task store runs as k8s/components/postgres runs
+    it, two partitions writing one PostgreSQL: `taskstore` and `taskstore-1` are partitions 0 and 1 of the same
+    MESH_PARTITIONS (the prod overlay's count of pods and its MESH_PARTITIONS), each its own broker identity of
+    role taskstore (the files of its own identity mounted, nothing of the other's), with the prod overlay's database
+    URL; no profile stops one of the two; coordinator-1 reads the second, by a name its server certificate has.
+    Without the file (`make up`), the one task store stays on SQLite with no partitions."""
+    stack, services = devstack.stack, compose_with_postgres()
+    partitioned = {name: service for name, service in services.items() if service_of(name) == "taskstore"}
+    assert set(partitioned) == {"taskstore", "taskstore-1"}, sorted(partitioned)
+    assert not any("profiles" in service.raw for service in (*partitioned.values(), services["postgres"])), (
+        "a partition without its store records nothing: both run, with the database, whenever the file is loaded"
+    )
+    prod = rendered("prod")
+    k8s_store = workloads(prod)["taskstore"]
+    k8s_partitions = k8s_env(prod, main_container(k8s_store))["MESH_PARTITIONS"]
+    counts = {service.env["MESH_PARTITIONS"] for service in partitioned.values()}
+    assert counts == {str(len(partitioned))} == {k8s_partitions} == {str(k8s_store["spec"]["replicas"])}, counts
+    assert sorted(int(service.env["MESH_PARTITION"]) for service in partitioned.values()) == list(range(2))
+    postgres_env = read_env_file(POSTGRES_COMPONENT / "postgres.env")
+    issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
+    usernames, keys = set(), set()
+    for name, service in partitioned.items():
+        env = service.env
+        assert env["MESH_DATABASE_URL"] == postgres_env["MESH_DATABASE_URL"], f"{name}: the prod overlay's database"
+        settings = TaskStoreSettings.model_validate(
+            {
+                "database_url": env["MESH_DATABASE_URL"],
+                "partitions": env["MESH_PARTITIONS"],
+                "partition": env["MESH_PARTITION"],
+            }
+        )
+        assert settings.partition < settings.partitions, name
+        username = env["MESH_MQTT__USERNAME"]
+        assert (
+            username
+            == f"{stack.org}/{stack.unit}/{env.get('MESH_REPLICA_ID', name)}"
+            == f"{stack.org}/{stack.unit}/{name}"
+        )
+        assert issued[username].role is Role.TASKSTORE, f"{name}: make certs issues {username} as a task store"
+        files = compose_pki_files(service, stack.pki.root)
+        identity = stack.pki.client(issued[username])
+        assert common_name(files[env["MESH_MQTT__CERT_FILE"]]) == identity.username, f"{name}: its own certificate"
+        assert files[env["MESH_MQTT__KEY_FILE"]] == identity.key.read_bytes(), f"{name}: its own key"
+        assert files[env["MESH_MQTT__PASSWORD_FILE"]] == identity.password_file.read_bytes(), f"{name}: password"
+        assert service.raw["depends_on"]["postgres"]["condition"] == "service_healthy", f"{name} waits for it"
+        usernames.add(username)
+        keys.add(files[env["MESH_MQTT__KEY_FILE"]])
+    assert len(usernames) == len(keys) == len(partitioned), "each partition its own identity and session"
+    first, second = partitioned["taskstore"], partitioned["taskstore-1"]
+    own = {"MESH_MQTT__USERNAME", "MESH_PARTITION", "MESH_REPLICA_ID"}
+    assert set(second.env) - set(first.env) == {"MESH_REPLICA_ID"}
+    assert {k: v for k, v in second.env.items() if k not in own} == {k: v for k, v in first.env.items() if k not in own}
+    assert second.resolved["image"] == first.resolved["image"] and second.resolved["build"] == first.resolved["build"]
+    assert second.container_ports == first.container_ports and not second.resolved.get("ports"), "not published"
+    server = x509.load_pem_x509_certificate(
+        compose_pki_files(second, stack.pki.root)[second.env["MESH_INTERNAL__SERVER_CERT_FILE"]]
+    )
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    reader = urlsplit(services["coordinator-1"].env["MESH_TASKSTORE_URL"]).hostname
+    assert reader == "taskstore-1" and reader in names.get_values_for_type(x509.DNSName), reader
+    assert set(services["coordinator-1"].raw["depends_on"]) >= {"taskstore", "taskstore-1"}
+    # without the file, compose.yaml's one task store on SQLite, as before
+    alone = compose_services()["taskstore"].env
+    assert alone["MESH_DATABASE_URL"].startswith("sqlite:") and "MESH_PARTITIONS" not in alone
+    assert "taskstore-1" not in compose_services() and "postgres" not in compose_services()
+
+
+def test_compose_postgres_runs_the_prod_overlays_postgresql() -> None:
+    """Compose's PostgreSQL is the prod overlay's: the same image (.env's IMAGE_POSTGRES), credentials, TLS
+    settings and pg_hba.conf, the server certificate `make certs` issues for `postgres`, never published."""
+    docs = rendered("prod")
+    k8s = main_container(workloads(docs)["postgres"])
+    service = compose_with_postgres()["postgres"]
+    assert service.resolved["image"] == k8s["image"], "the same PostgreSQL image (.env IMAGE_POSTGRES:..._TAG)"
+    credentials = read_env_file(POSTGRES_COMPONENT / "postgres.env")
+    assert {k: service.env[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")} == {
+        k: credentials[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+    }, "k8s/components/postgres/postgres.env's placeholders"
+    settings = {arg for arg in service.resolved["command"] if arg != "-c"} - {"postgres"}
+    k8s_settings = {arg for arg in k8s["args"] if arg != "-c"}
+    same = {arg.split("=")[0] for arg in settings & k8s_settings}
+    assert same >= {"ssl", "ssl_min_protocol_version", "hba_file"}, sorted(settings ^ k8s_settings)
+    assert {arg.split("=")[0] for arg in settings ^ k8s_settings} <= {"ssl_key_file", "unix_socket_directories"}, (
+        "only where the key is read (copied into memory first) and the socket lives may differ"
+    )
+    mounts = compose_mounts(service)
+    hba = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("postgres-hba"))
+    hba_target = next(arg.split("=", 1)[1] for arg in settings if arg.startswith("hba_file="))
+    ours = (REPO / mounts[hba_target]).read_text().splitlines()
+    assert [line for line in ours if line and not line.startswith("#")] == hba["data"]["pg_hba.conf"].splitlines()
+    assert mounts["/run/secrets/postgres-tls/tls.crt"] == f"{COMPOSE_PKI}/servers/postgres.crt"
+    assert mounts["/run/secrets/postgres-tls/tls.key"] == f"{COMPOSE_PKI}/servers/postgres.key"
+    assert not service.resolved.get("ports"), "reachable on the Compose network only"
+    assert service.raw["read_only"] and service.raw["cap_drop"] == ["ALL"] and service.raw["user"] != "0"
 
 
 def pool_identity(

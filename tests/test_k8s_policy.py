@@ -292,7 +292,8 @@ LEAKED_KEY = "-----BEGIN RSA PRIVATE KEY-----\n" + base64.b64encode(hashlib.sha5
 def secret_scan_sources() -> list[Path]:
     """What the deployment is made of and could leak a credential into: compose.yaml, .env, every file of k8s/,
     every Dockerfile and the broker's config (the PKI itself, infra/broker-certs, is git-ignored and never here)."""
-    sources = [REPO / "compose.yaml", REPO / "compose.extend.yaml", REPO / ".env", *DOCKERFILES]
+    sources = [REPO / "compose.yaml", REPO / "compose.extend.yaml", REPO / "compose.postgres.yaml", REPO / ".env"]
+    sources += DOCKERFILES
     sources += [path for path in (REPO / "services" / "broker").rglob("*") if path.is_file()]
     return sources + sorted(path for path in K8S.rglob("*") if path.is_file())
 

@@ -5,6 +5,7 @@
 #   python     debian + Debian's python3 (3.11, as python:3.11-slim-bookworm) and the host's CA store
 #   mosquitto  debian + Debian's mosquitto, laid out like eclipse-mosquitto
 #   redis      debian + Debian's redis-server
+#   postgres   debian + Debian's PostgreSQL, with an entrypoint like the official image's (compose.postgres.yaml)
 #   uv         the uv binary of the version the Dockerfiles name, from its wheel on PyPI
 # Each tag is a digest of its recipe (this script, the Containerfiles, the mirror, the uv version, the host's CAs),
 # so a second run finds them all and builds nothing. Prints the build arguments as IMAGE_*=... lines (the names .env
@@ -67,7 +68,7 @@ fi
 
 ca_digest=$(sha256sum "$host_ca" | cut -c1-16)
 declare -A built
-for base in python mosquitto redis; do
+for base in python mosquitto redis postgres; do
   extra=$([ "$base" = python ] && echo "$ca_digest" || true)
   image="$prefix/$base:$suite-$(recipe_digest "$base" "$debian" "$extra")"
   if ! have "$image"; then
@@ -98,6 +99,8 @@ lines="IMAGE_PYTHON=${built[python]}
 IMAGE_UV=$uv_image
 IMAGE_MOSQUITTO=${built[mosquitto]}
 IMAGE_REDIS=${built[redis]%:*}
-IMAGE_REDIS_TAG=${built[redis]##*:}"
+IMAGE_REDIS_TAG=${built[redis]##*:}
+IMAGE_POSTGRES=${built[postgres]%:*}
+IMAGE_POSTGRES_TAG=${built[postgres]##*:}"
 [ -z "${BASES_ENV:-}" ] || echo "$lines" >"$BASES_ENV"
 echo "$lines"

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,9 @@ import pytest
 import yaml
 
 from a2amesh.settings import MqttSettings
+from a2amesh.topics import AgentAddress
 from devstack.processes import free_port
+from mesh_taskstore.partition import Partition
 from tests.conftest import eventually
 from tests.security_helpers import connect_error
 
@@ -78,7 +80,15 @@ def engine_env() -> dict[str, str]:
 def settings(engine_env: dict[str, str]) -> dict[str, str]:
     """The repository's .env with the locally built bases and this run's image tag."""
     bases = dotenv_lines(run(["bash", str(SCRIPTS / "build-bases.sh")], env=engine_env, timeout=1200))
-    assert set(bases) == {"IMAGE_PYTHON", "IMAGE_UV", "IMAGE_MOSQUITTO", "IMAGE_REDIS", "IMAGE_REDIS_TAG"}
+    assert set(bases) == {
+        "IMAGE_PYTHON",
+        "IMAGE_UV",
+        "IMAGE_MOSQUITTO",
+        "IMAGE_REDIS",
+        "IMAGE_REDIS_TAG",
+        "IMAGE_POSTGRES",
+        "IMAGE_POSTGRES_TAG",
+    }
     return dotenv(REPO / ".env") | bases | {"IMAGE_TAG": TAG}
 
 
@@ -110,6 +120,8 @@ class ComposeStack:
     env: dict[str, str]
     settings: dict[str, str]
     services: list[str]
+    variant: str
+    unprofiled: list[str] = field(default_factory=list)
 
     def compose(self, *argv: str, timeout: float = 300) -> str:
         return run([COMPOSE, "-p", self.project, *argv], env=self.env, cwd=self.folder, timeout=timeout)
@@ -143,8 +155,14 @@ class ComposeStack:
                 subprocess.run(argv, env=self.env, capture_output=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
+COMPOSE_VARIANTS = {"sqlite": (), "postgres": ("compose.postgres.yaml",)}
+"""The files loaded between compose.yaml and compose.extend.yaml: `make up` as it is (one task store on SQLite), and
+with the task store as two partitions on PostgreSQL (docs/operations.md, "Scale")."""
+
+
+@pytest.fixture(scope="module", params=list(COMPOSE_VARIANTS))
 def stack(
+    request: pytest.FixtureRequest,
     engine_env: dict[str, str],
     settings: dict[str, str],
     images: dict[str, str],
@@ -157,7 +175,8 @@ def stack(
             path.chmod(path.stat().st_mode | 0o444)
 
     folder = tmp_path_factory.mktemp("compose")
-    for name in ("compose.yaml", "compose.extend.yaml"):
+    files = ["compose.yaml", *COMPOSE_VARIANTS[request.param], "compose.extend.yaml"]
+    for name in files:
         shutil.copy(REPO / name, folder / name)
     for name in ("infra", "services"):  # the bind mounts' sources, where compose.yaml names them
         (folder / name).symlink_to(REPO / name)
@@ -166,10 +185,19 @@ def stack(
     publishing = ("BROKER", "COORDINATOR", "CONSOLE", "COORDINATOR_1", "COORDINATOR_1_GRPC")
     published = {f"PUBLISH_{name}_PORT": str(free_port()) for name in publishing}
     own = settings | published | {"MESH_PUBLIC_URL": f"http://127.0.0.1:{published['PUBLISH_COORDINATOR_PORT']}"}
+    own |= {"COMPOSE_FILE": ":".join(files)}
     (folder / ".env").write_text("".join(f"{key}={value}\n" for key, value in own.items()))
 
-    services = list(yaml.safe_load((REPO / "compose.yaml").read_text())["services"])
-    compose_stack = ComposeStack(f"a2amesh-test-{os.getpid()}", folder, engine_env, own, services)
+    # every service of the files, and whether one runs without a profile (a later file adds or changes services)
+    services: dict[str, bool] = {}
+    for name in files:
+        for service, spec in (yaml.safe_load((REPO / name).read_text())["services"] or {}).items():
+            services[service] = services.get(service, True) and not spec.get("profiles")
+    # podman-compose reads COMPOSE_FILE from the environment only
+    env = engine_env | {"COMPOSE_FILE": own["COMPOSE_FILE"]}
+    project = f"a2amesh-test-{request.param}-{os.getpid()}"
+    compose_stack = ComposeStack(project, folder, env, own, list(services), request.param)
+    compose_stack.unprofiled = [name for name, unprofiled in services.items() if unprofiled]
     try:
         compose_stack.compose("up", "-d", timeout=600)
         compose_stack.wait_healthy()
@@ -186,15 +214,15 @@ def api_key() -> str:
     return (PKI / "coordinator-api-keys").read_text().split()[0]
 
 
-async def send_readme_request(stack: ComposeStack, text: str) -> dict:
-    """README.md's first request (SendMessage to the echo skill), sent to the coordinator container."""
+async def send_readme_request(stack: ComposeStack, text: str, skill: str = "echo") -> dict:
+    """README.md's first request (SendMessage to the echo skill, or another), sent to the coordinator container."""
     body = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "SendMessage",
         "params": {
             "message": {"messageId": f"m-{time.time_ns()}", "role": "ROLE_USER", "parts": [{"text": text}]},
-            "metadata": {"skill": "echo"},
+            "metadata": {"skill": skill},
         },
     }
     headers = {"A2A-Version": "1.0", "Authorization": f"Bearer {api_key()}"}
@@ -226,13 +254,13 @@ async def test_the_broker_refuses_an_anonymous_client(stack: ComposeStack) -> No
     assert await connect_error(admin, "mesh-admin") is None
 
 
-async def get_task(stack: ComposeStack, task_id: str) -> dict | None:
-    """GetTask through the coordinator with the README's key (the task store's port is not published)."""
+async def get_task(stack: ComposeStack, task_id: str, coordinator: str = "coordinator") -> dict | None:
+    """GetTask through a coordinator with the README's key (the task store's port is not published)."""
     body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task_id}}
     headers = {"A2A-Version": "1.0", "Authorization": f"Bearer {api_key()}"}
     async with httpx.AsyncClient(timeout=10) as client:
         try:
-            answer = await client.post(f"http://127.0.0.1:{stack.port('coordinator')}/", json=body, headers=headers)
+            answer = await client.post(f"http://127.0.0.1:{stack.port(coordinator)}/", json=body, headers=headers)
         except httpx.TransportError:
             return None
     return answer.json().get("result") if answer.status_code == 200 else None
@@ -257,10 +285,38 @@ async def test_a_restarted_task_store_keeps_its_tasks(stack: ComposeStack) -> No
     assert after["artifacts"] == before["artifacts"]
 
 
+async def test_both_partitions_record_into_one_database_and_either_answers(stack: ComposeStack) -> None:
+    """With compose.postgres.yaml: a task of echo (whose event topic is partition 0's, `taskstore`) and one of writer
+    (partition 1's, `taskstore-1`) both end COMPLETED as read through `coordinator` (which reads `taskstore`) and
+    `coordinator-1` (which reads `taskstore-1`), and PostgreSQL holds each task's events, each once."""
+    if stack.variant != "postgres":
+        pytest.skip("the task store runs as partitions with compose.postgres.yaml only")
+    shares = {
+        agent: Partition(1, 2).owns(AgentAddress("acme", "default", agent).event_topic) for agent in ("echo", "writer")
+    }
+    assert shares == {"echo": False, "writer": True}, f"pick agents of both partitions: {shares}"
+    echo = await send_readme_request(stack, "recorded by partition 0")
+    writer = await send_readme_request(stack, "Partitions\n\nEvery event is recorded once.", skill="write-report")
+    for task in (echo, writer):
+        for coordinator in ("coordinator", "coordinator_1"):
+
+            async def completed(task_id: str = task["id"], reader: str = coordinator) -> dict | None:
+                found = await get_task(stack, task_id, reader)
+                return found if found and found["status"]["state"] == "TASK_STATE_COMPLETED" else None
+
+            await eventually(completed, timeout=60, what=f"task {task['id']} COMPLETED through {coordinator}")
+    query = (
+        "SELECT task_id, count(*), count(DISTINCT event_id) FROM task_event "
+        f"WHERE task_id IN ('{echo['id']}', '{writer['id']}') GROUP BY task_id"
+    )
+    argv = [ENGINE, "exec", stack.container("postgres"), "psql", "-U", "taskstore", "-d", "taskstore", "-tA", "-F,"]
+    rows = [line.split(",") for line in run([*argv, "-c", query], env=stack.env).split()]
+    assert {task_id for task_id, _, _ in rows} == {echo["id"], writer["id"]}, rows
+    assert all(int(count) >= 2 and count == distinct for _, count, distinct in rows), rows
+
+
 def test_down_leaves_nothing_running(stack: ComposeStack) -> None:
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
-    unprofiled = [name for name in stack.services if not compose[name].get("profiles")]
-    # one container per service of compose.yaml (and per profiled one, where the engine ignores profiles)
-    assert len(unprofiled) <= len(stack.containers()) <= len(stack.services), stack.containers()
+    # one container per service of the files (and per profiled one, where the engine ignores profiles)
+    assert len(stack.unprofiled) <= len(stack.containers()) <= len(stack.services), stack.containers()
     stack.compose("down", "-v")
     assert stack.containers() == []

@@ -30,6 +30,8 @@ SERVER_NAMES: dict[str, tuple[str, ...]] = {
     # Compose's second registry (profile replicas), which coordinator-1 reads by its own service name (Kubernetes'
     # registry pods all serve the Service `registry` with the certificate above)
     "registry-1": ("registry-1", "localhost"),
+    # Compose's second task store partition (compose.postgres.yaml), which coordinator-1 reads by its service name
+    "taskstore-1": ("taskstore-1", "localhost"),
 }
 """The DNS names each server certificate carries (Compose service names, Kubernetes Services, loopback)."""
 
