@@ -19,7 +19,7 @@ from a2amesh.mqtt import Envelope, MqttLink, make_client
 from a2amesh.mqtt_compat import connection_lost, paho_client
 from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import mqtt_broker, stop_keeping_session, the_message
-from a2amesh.zmqtt_compat import memoize_subscription_selection, one_write, stream_transport
+from a2amesh.zmqtt_compat import lean_publish_decoding, memoize_subscription_selection, one_write, stream_transport
 from devstack.fixtures import BrokerHandle
 
 
@@ -141,3 +141,95 @@ def test_memoized_subscription_selection_follows_the_subscriptions() -> None:
     assert index.select("$a2a/v1/owner/acme/default/coordinator").recipient is None
     index.clear()
     assert index.select(topic).recipient is None
+
+
+def _publish_packets() -> list[tuple[bytes, str]]:
+    """PUBLISH packets as zmqtt encodes them: each QoS, retain and dup, with no properties, the mesh's User
+    Properties, and every property a PUBLISH may carry (non-ASCII text too), in MQTT 3.1.1 and 5."""
+    from zmqtt._internal.packets import codec
+    from zmqtt._internal.packets.properties import PublishProperties
+    from zmqtt._internal.packets.publish import Publish
+    from zmqtt._internal.types.qos import QoS
+
+    variants = (
+        None,
+        PublishProperties(user_properties=(("a2a-event-id", "e-1"), ("a2a-task-agent", "acme/default/echo"))),
+        PublishProperties(
+            payload_format_indicator=1,
+            message_expiry_interval=300,
+            topic_alias=3,
+            response_topic="r/t",
+            correlation_data=b"\x00\x01",
+            subscription_identifier=200_000,
+            content_type="application/json",
+            user_properties=(("k", "v"), ("k", "v2"), ("\u00fc", "\u00e9")),
+        ),
+    )
+    packets = []
+    for qos in QoS:
+        for properties in variants:
+            for mqtt_version in ("3.1.1", "5.0"):
+                publish = Publish(
+                    topic="$a2a/v1/event/acme/default/\u00e9cho",
+                    payload=b'{"task": {}}' * 30,
+                    qos=qos,
+                    retain=qos is QoS.AT_LEAST_ONCE,
+                    dup=qos is QoS.EXACTLY_ONCE,
+                    packet_id=None if qos is QoS.AT_MOST_ONCE else 513,
+                    properties=properties if mqtt_version == "5.0" else None,
+                )
+                packets.append((codec.encode(publish, version=mqtt_version), mqtt_version))
+    return packets
+
+
+def _decoded(packet: bytes, mqtt_version: str) -> object:
+    """What zmqtt's `codec.decode` makes of `packet`: the packet and its length, or the error it raises."""
+    from zmqtt._internal.packets import codec
+
+    try:
+        return codec.decode(packet, version=mqtt_version)  # type: ignore[arg-type]
+    except Exception as error:  # the error is what is compared
+        return (type(error), str(error))
+
+
+def test_the_lean_publish_decoder_builds_what_zmqtts_own_builds() -> None:
+    """Every well-formed PUBLISH decodes to the very packet zmqtt's decoder makes, and a malformed one fails with
+    zmqtt's own error: truncated strings and properties, a property a PUBLISH may not carry, QoS 3, bad UTF-8."""
+    from zmqtt._internal.packets import codec
+
+    lean_publish_decoding()
+    lean = codec._decode_publish
+    lean_publish_decoding()  # idempotent: zmqtt's decoder is kept, not the lean one
+    assert codec._decode_publish is lean
+    zmqtt_decoder = zmqtt_compat._ZMQTT["decode_publish"]
+    assert zmqtt_decoder is not lean and zmqtt_decoder.__module__ == codec.__name__
+    packets = _publish_packets()
+    well_formed = len(packets)
+    first, mqtt_version = packets[len(packets) - 1]  # QoS 2 with every property, MQTT 5
+    header = 1 + next(i for i in range(1, 5) if not first[i] & 0x80)
+    body = bytearray(first[header:])
+    topic_end = 2 + int.from_bytes(body[:2], "big")
+    properties_at = topic_end + 2  # after the packet id
+    broken = {
+        "topic longer than the packet": bytes(body[:1]) + b"\xff" + bytes(body[2:]),
+        "not UTF-8": bytes(body[:2]) + b"\xff" + bytes(body[3:]),
+        "a CONNECT property": bytes(body[: properties_at + 1]) + b"\x11" + bytes(body[properties_at + 2 :]),
+        "properties overrun": bytes(body[:properties_at]) + b"\xff\x7f" + bytes(body[properties_at + 1 :]),
+        "no packet id": bytes(body[:topic_end]),
+    }
+    for mangled in broken.values():
+        remaining = len(mangled)
+        length = bytes([remaining & 0x7F | 0x80, remaining >> 7]) if remaining > 127 else bytes([remaining])
+        packets.append((bytes([first[0]]) + length + mangled, mqtt_version))
+    packets.append((bytes([0x36, 0x03, 0x00, 0x01, 0x74]), "5.0"))  # QoS 3
+    errors = 0
+    for index, (packet, packet_version) in enumerate(packets):
+        with_lean = _decoded(packet, packet_version)
+        codec._decode_publish = zmqtt_decoder
+        try:
+            with_zmqtt = _decoded(packet, packet_version)
+        finally:
+            codec._decode_publish = lean
+        assert with_lean == with_zmqtt, f"packet {index} ({'well-formed' if index < well_formed else 'malformed'})"
+        errors += isinstance(with_zmqtt, tuple) and isinstance(with_zmqtt[0], type)
+    assert errors >= 4, "the malformed packets no longer exercise zmqtt's errors"

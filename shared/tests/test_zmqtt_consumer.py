@@ -5,12 +5,13 @@ not acknowledged and what is published meanwhile both come on the next connectio
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 import zmqtt
 
 from a2amesh.mqtt import make_client
-from a2amesh.zmqtt_compat import next_messages, one_write, stream_transport
+from a2amesh.zmqtt_compat import TRICKLE_BYTES, coalesce_reads, next_messages, one_write, stream_transport
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from devstack.fixtures import BrokerHandle
 
@@ -76,3 +77,45 @@ async def test_next_messages_takes_every_waiting_message_in_order_then_waits_for
     finally:
         await subscription.detach()
         await client.disconnect()
+
+
+async def test_coalesced_reads_wait_between_reads_of_a_trickle_and_lose_nothing(broker: BrokerHandle) -> None:
+    """With `coalesce_reads`, a read that emptied the stream is followed by one at least the pause later (what
+    came meanwhile gathered for it), and a trickle of messages still arrives whole and in order."""
+    from zmqtt._internal.transport.base import StreamTransport
+
+    pause = 0.05
+    topic = f"test/zc/{uuid.uuid4().hex[:8]}"
+    zmqtt_read = StreamTransport.read
+    coalesce_reads(pause)
+    coalesced = StreamTransport.read
+    assert coalesced is not zmqtt_read
+    reads: list[tuple[float, int]] = []  # (when each read of our client returned, bytes)
+    client = consumer_client(broker.settings, f"zc-{uuid.uuid4().hex[:8]}", persistent=False)
+
+    async def recorded(self: StreamTransport, n: int) -> bytes:
+        data = await coalesced(self, n)
+        if self is stream_transport(client):
+            reads.append((asyncio.get_running_loop().time(), len(data)))
+        return data
+
+    StreamTransport.read = recorded  # type: ignore[method-assign]
+    try:
+        await client.connect()
+        subscription = client.subscribe(topic, qos=zmqtt.QoS.AT_LEAST_ONCE)
+        await subscription.start()
+        bodies = [f"m{i}".encode() for i in range(30)]
+        async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+            for body in bodies:  # a trickle: one at a time, each acknowledged by the broker before the next
+                await publisher.publish(topic, body, qos=1)
+        received = [(await asyncio.wait_for(subscription.get_message(), timeout=15)).payload for _ in bodies]
+        assert received == bodies
+        await subscription.detach()
+        await client.disconnect()
+    finally:
+        StreamTransport.read = coalesced  # type: ignore[method-assign]
+        coalesce_reads(0)
+    assert StreamTransport.read is zmqtt_read, "coalesce_reads(0) did not give zmqtt its own read back"
+    gaps = [later - earlier for (earlier, size), (later, _) in itertools.pairwise(reads) if size < TRICKLE_BYTES]
+    assert gaps, f"no read followed a short one: {reads}"
+    assert min(gaps) >= pause - 0.005, f"a read came sooner than the pause after the one before: {gaps}"

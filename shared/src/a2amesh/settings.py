@@ -194,6 +194,13 @@ class TaskStoreSettings(ServiceSettings):
         le=1.0,
         description="seconds a batch waits for more events after its first before it is written (0: never waits)",
     )
+    read_pause: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=0.1,
+        description="seconds the consumer lets a trickle of events gather on its connection before reading on, so "
+        "that one wakeup takes many events, not a few (a backlog is read without pausing; 0: read as they come)",
+    )
 
 
 class CoordinatorSettings(ServiceSettings):

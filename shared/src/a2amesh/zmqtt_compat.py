@@ -15,7 +15,18 @@ them. shared/pyproject.toml pins zmqtt with an upper bound, and shared/tests/tes
 - zmqtt's `Subscription.get_message` races the subscription's queue against the client's failure signal with a
   new task, `asyncio.wait` and `gather` for every message, which was a tenth of the task store's CPU: `next_messages`
   takes the messages already waiting in that queue (`Subscription._queue`, private) at once, and calls
-  `get_message` only when none is, so a burst costs one wait, not one per message."""
+  `get_message` only when none is, so a burst costs one wait, not one per message.
+- zmqtt decodes a PUBLISH generically (`codec._decode_publish`: a dictionary of properties keyed by an enum, built
+  and then read back field by field, an enum call for the QoS, a copy per string), about half of the task store's
+  packet decoding: `lean_publish_decoding` puts in a decoder that builds the same packet straight from the bytes
+  (`codec._decode_publish`, private, which `codec.decode` looks up at each call). What it does not expect (a
+  malformed or truncated packet, a property a PUBLISH may not carry) it hands to zmqtt's decoder, so such packets
+  fail exactly as they always have.
+- zmqtt reads the stream as soon as anything arrives, 4 KiB at most: at the mesh's pace that is a wakeup of the
+  event loop, a TLS read and a pass of zmqtt's read loop for every three events or so, about a fifth of the task
+  store's CPU. `coalesce_reads` has a read that emptied the stream wait a few milliseconds (its transport paused
+  through asyncio's public `pause_reading`) before the next, so that each wakeup takes a dozen events or more
+  (`StreamTransport.read` and its private `_writer`)."""
 
 from __future__ import annotations
 
@@ -129,3 +140,173 @@ async def next_messages(subscription: zmqtt.Subscription, limit: int) -> list[zm
     taken = [queue.get_nowait() for _ in range(min(limit, queue.qsize()))]
     await subscription._notify_capacity_available()  # as get_message does: room for messages zmqtt holds back
     return taken
+
+
+READ_SIZE = 1 << 16
+"""Bytes a coalesced read takes from the stream at most (zmqtt asks for 4 KiB: a handful of events)."""
+TRICKLE_BYTES = 1 << 14
+"""A read shorter than this emptied the stream: events are trickling in, so the next read waits for more."""
+
+
+def coalesce_reads(pause: float) -> None:
+    """Make every zmqtt connection of this process let a trickle of messages gather before reading on (see the
+    module's docstring): after a read that emptied the stream, the connection stops reading for `pause` seconds
+    (the transport's own `pause_reading`, so the event loop is not woken per segment either), then takes what
+    gathered in one read. A backlog (reads that fill `READ_SIZE`) is read without a pause. 0 restores zmqtt's read.
+
+    Process-wide (zmqtt's `StreamTransport.read`: a reconnect makes a new transport): for a process whose every
+    zmqtt connection is a consumer that may take its messages up to `pause` late, such as the task store."""
+    from zmqtt._internal.transport.base import StreamTransport  # here: the faststream extra may be absent
+
+    read = StreamTransport.__dict__.get("_mesh_zmqtt_read") or StreamTransport.read
+    StreamTransport._mesh_zmqtt_read = read  # type: ignore[attr-defined]
+    if pause <= 0:
+        StreamTransport.read = read  # type: ignore[method-assign]
+        return
+
+    async def coalescing_read(self: StreamTransport, n: int) -> bytes:
+        if self.__dict__.get("_mesh_trickle"):
+            await _gather_in_socket(self._writer.transport, pause)
+        data = await read(self, max(n, READ_SIZE))
+        self._mesh_trickle = len(data) < TRICKLE_BYTES  # type: ignore[attr-defined]
+        return data
+
+    StreamTransport.read = coalescing_read  # type: ignore[method-assign]
+
+
+async def _gather_in_socket(transport: asyncio.BaseTransport, pause: float) -> None:
+    """Stop reading `transport` for `pause` seconds, unless it is closing or already paused (the stream's own
+    flow control: then it is not ours to resume)."""
+    if not isinstance(transport, asyncio.ReadTransport) or transport.is_closing() or not transport.is_reading():
+        return  # (uvloop's transports are asyncio's Transport too)
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(pause)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()
+
+
+_PUBLISH_PROPERTY_FIELDS = {
+    0x01: "payload_format_indicator",
+    0x02: "message_expiry_interval",
+    0x03: "content_type",
+    0x08: "response_topic",
+    0x09: "correlation_data",
+    0x0B: "subscription_identifier",
+    0x23: "topic_alias",
+}
+"""The properties a PUBLISH may carry besides User Properties (0x26), by identifier (MQTT 5, 3.3.2.3)."""
+
+
+def lean_publish_decoding() -> None:
+    """Decode every PUBLISH of this process's zmqtt connections with `_decode_publish_lean` (see the module's
+    docstring). Idempotent."""
+    from zmqtt._internal.packets import codec  # here: the faststream extra may be absent
+
+    if codec._decode_publish is not _decode_publish_lean:
+        _ZMQTT["decode_publish"] = codec._decode_publish
+        _ZMQTT["qos"] = tuple(codec.QoS)
+        _ZMQTT["publish"] = codec.Publish
+        _ZMQTT["properties"] = codec.decode_publish_properties.__globals__["PublishProperties"]
+        codec._decode_publish = _decode_publish_lean  # type: ignore[attr-defined]
+
+
+_ZMQTT: dict[str, Any] = {}
+"""zmqtt's own PUBLISH decoder, its QoS levels by value and the packet classes, once `lean_publish_decoding` ran."""
+
+
+def _decode_publish_lean(buf: bytes | memoryview, flags: int, version: str) -> Any:
+    """A PUBLISH body decoded as zmqtt's `_decode_publish` would, for a well-formed packet; zmqtt's own decoder
+    for anything else, so that malformed packets fail as they always have."""
+    body = bytes(buf)
+    try:
+        qos = _ZMQTT["qos"][(flags >> 1) & 0x03]
+        end = 2 + ((body[0] << 8) | body[1])
+        topic = body[2:end].decode()
+        pos = end
+        packet_id = None
+        if qos:
+            packet_id = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+        properties = None
+        if version == "5.0":
+            fields, pos = _publish_properties(body, pos)
+            if fields:
+                properties = _ZMQTT["properties"](**fields)
+        if end > len(body) or pos > len(body):
+            raise ValueError("truncated")
+    except (ValueError, IndexError):  # malformed: zmqtt's decoder says how, as it always has
+        return _ZMQTT["decode_publish"](buf, flags, version)
+    return _ZMQTT["publish"](
+        topic=topic,
+        payload=body[pos:],
+        qos=qos,
+        retain=bool(flags & 0x01),
+        dup=bool(flags & 0x08),
+        packet_id=packet_id,
+        properties=properties,
+    )
+
+
+def _publish_properties(body: bytes, pos: int) -> tuple[dict[str, Any], int]:
+    """The properties block at `pos` as PublishProperties' fields, and the position after it. Raises ValueError
+    for anything but a well-formed block of PUBLISH properties."""
+    length, shift = 0, 0
+    while True:  # a variable byte integer: at most four bytes
+        byte = body[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise ValueError("properties length over four bytes")
+    end = pos + length
+    fields: dict[str, Any] = {}
+    pairs: list[tuple[str, str]] = []
+    while pos < end:
+        identifier = body[pos]
+        pos += 1
+        if identifier == 0x26:  # User Property: two strings
+            size = (body[pos] << 8) | body[pos + 1]
+            key = body[pos + 2 : pos + 2 + size].decode()
+            pos += 2 + size
+            size = (body[pos] << 8) | body[pos + 1]
+            pairs.append((key, body[pos + 2 : pos + 2 + size].decode()))
+            pos += 2 + size
+            continue
+        name = _PUBLISH_PROPERTY_FIELDS.get(identifier)
+        if name is None:
+            raise ValueError(f"not a PUBLISH property: {identifier:#04x}")
+        if identifier == 0x01:
+            fields[name] = body[pos]
+            pos += 1
+        elif identifier == 0x02:
+            fields[name] = int.from_bytes(body[pos : pos + 4], "big")
+            pos += 4
+        elif identifier == 0x23:
+            fields[name] = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+        elif identifier == 0x0B:
+            value, shift = 0, 0
+            while True:
+                byte = body[pos]
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise ValueError("subscription identifier over four bytes")
+            fields[name] = value
+        else:  # a string (content type, response topic) or binary data (correlation data)
+            size = (body[pos] << 8) | body[pos + 1]
+            value = body[pos + 2 : pos + 2 + size]
+            fields[name] = value if identifier == 0x09 else value.decode()
+            pos += 2 + size
+    if pos != end:
+        raise ValueError("properties overrun their length")
+    if pairs:
+        fields["user_properties"] = tuple(pairs)
+    return fields, pos

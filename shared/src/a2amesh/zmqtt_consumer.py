@@ -15,7 +15,7 @@ import zmqtt
 
 from a2amesh.mqtt_base import Envelope, tls_context
 from a2amesh.settings import MqttSettings
-from a2amesh.zmqtt_compat import memoize_subscription_selection
+from a2amesh.zmqtt_compat import lean_publish_decoding, memoize_subscription_selection
 
 RECONNECT = zmqtt.ReconnectConfig(initial_delay=0.2, max_delay=5.0, backoff_factor=2.0, max_attempts=None)
 """Retry for ever, from 0.2 s up to 5 s apart, as `a2amesh.mqtt.RECONNECT_DELAYS` does for the binding."""
@@ -26,6 +26,7 @@ def consumer_client(settings: MqttSettings, client_id: str, *, persistent: bool 
     A persistent one resumes its session (clean start off, session expiry set), as `a2amesh.mqtt.make_client`
     does, so what is published while it is away waits for it on the broker."""
     memoize_subscription_selection()  # zmqtt's per-message routing, remembered per topic (a2amesh.zmqtt_compat)
+    lean_publish_decoding()  # and its PUBLISH decoding, straight from the bytes
     context = tls_context(settings)
     return zmqtt.MQTTClient(
         settings.host,

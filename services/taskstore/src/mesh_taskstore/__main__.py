@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine, make_url
 from a2amesh.internal import IdentityGate, Rule, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
 from a2amesh.settings import TaskStoreSettings
+from a2amesh.zmqtt_compat import coalesce_reads
 from mesh_taskstore.api import build_app
 from mesh_taskstore.consumer import RETRY_DELAYS, EventConsumer
 from mesh_taskstore.db import create_tables, make_engine
@@ -47,6 +48,7 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
         if not await _prepare_database(engine, stop):
             return
         store = TaskStore(engine)
+        coalesce_reads(settings.read_pause)  # the consumer is this process's only MQTT connection
         consumer = EventConsumer(
             store,
             settings.mqtt,
