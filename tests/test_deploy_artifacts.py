@@ -825,6 +825,15 @@ def test_image_environment_imports_the_entry_point(service: str, tmp_path: Path)
     assert result.returncode == 0, f"the {service} image could not start: {explain(result)}"
 
 
+def test_the_task_store_image_runs_without_docstrings_as_the_bench_runs_it() -> None:
+    """The store's idle memory on PostgreSQL meets its target (< 80 MB) at PYTHONOPTIMIZE=2 (docs/benchmarks.md):
+    its image is built at that level, and `make bench` runs it at the level compose.yaml gives its image."""
+    from loadtests.bench.envs import image_optimization
+
+    assert service_image("taskstore")["optimize"] == 2
+    assert image_optimization("mesh_taskstore") == "2"
+
+
 # == 2. the artifacts meet the hardening rules ==================================================================
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_pod_is_hardened_limited_and_probed(overlay: str, devstack: DevStack) -> None:
