@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import yaml
 
 from a2amesh.brokerstats import STATISTICS
@@ -64,6 +63,9 @@ def exported(text: str) -> dict[str, set[str]]:
 
 BROKER_STATISTICS_WITHIN = 45.0
 """Seconds until the registry has a broker statistic: Mosquitto publishes them every sys_interval (10 s)."""
+QUEUE_SLACK = 50
+"""Messages the whole broker's stored count may lose elsewhere (in flight to other clients, delivered meanwhile)
+while a test's queue is counted: far below the queue it measures, far above what leaves it between two ticks."""
 
 
 async def registry_metrics(mesh: Stack, http: httpx.AsyncClient) -> str:
@@ -103,30 +105,34 @@ async def test_every_dashboard_panel_reads_metrics_the_services_export(
             assert not unknown, f"{name} has no label(s) {sorted(unknown)} ({expr})"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined: in the full suite the broker's stored count sometimes never shows the queued messages (2 of "
-    "the last 3 CI runs, with 25 and with 500), while it passes alone; cause not found yet (issue #18 closing note)",
-)
 async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
     mesh: Stack, http: httpx.AsyncClient
 ) -> None:
     """The broker panels' metrics follow the broker: the mesh's own connections are counted, and messages published
-    to a persistent session that is away wait in the broker's store (its queue) until that session is gone."""
+    to a persistent session that is away wait in the broker's store (its queue) until that session is gone.
+
+    The stored count is the whole broker's, so it is read with a margin (`QUEUE_SLACK`): a message in flight to
+    another client when the baseline was published may have left the store since (right after the load test, the
+    count once rose by 499 for 500 queued). And the registry learns a new count only at the broker's next `$SYS`
+    tick, so after a session is discarded the next baseline waits for that tick to show its queue gone."""
 
     async def connected() -> float | None:
         value = await broker_statistic(mesh, http, "mesh_broker_clients_connected")
         return value if value is not None and value >= 3 else None  # at least the registry, task store, coordinator
 
+    async def stored() -> float:
+        value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+        assert value is not None, "the registry lost the broker's stored count"
+        return value
+
     await eventually(connected, BROKER_STATISTICS_WITHIN, "the mesh's connections counted")
-    queued = 500  # well above what other sessions' comings and goings move the whole broker's count by
+    queued = 500
+    counted = queued - QUEUE_SLACK
     topic = f"observability/queue/{uuid.uuid4().hex[:8]}"
     grown: float | None = None
-    stored_before = 0.0
-    for _attempt in range(3):  # the count is the whole broker's: a session of another test ending can offset it
-        before = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
-        assert before is not None
-        stored_before = before
+    for _attempt in range(3):  # a burst of another session's messages leaving the store can still offset one attempt
+        before = await stored()
+        highest = before
         away = f"mesh-tester-away-{uuid.uuid4().hex[:8]}"
         async with mqtt_client(mesh.tester_settings(), away, persistent=True) as subscriber:
             await subscriber.subscribe(topic, qos=1)
@@ -136,24 +142,27 @@ async def test_the_registry_exports_the_brokers_connections_and_queue_depth(
                     await publisher.publish(topic, f"queued {number}".encode(), qos=1)
 
             async def queue_grown(baseline: float = before) -> float | None:
-                value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
+                nonlocal highest
+                value = await stored()
+                highest = max(highest, value)
                 away_sessions = await broker_statistic(mesh, http, "mesh_broker_clients_disconnected")
-                return value if value is not None and value >= baseline + queued and away_sessions else None
+                return value if value >= baseline + counted and away_sessions else None
 
             with contextlib.suppress(AssertionError):
                 grown = await eventually(queue_grown, BROKER_STATISTICS_WITHIN / 3, "queued messages counted")
         finally:
             async with mqtt_client(mesh.tester_settings(), away):  # a clean start discards the session and its queue
                 pass
+
+        async def drained(peak: float = highest) -> bool:
+            return await stored() <= peak - counted
+
         if grown is not None:
+            await eventually(drained, BROKER_STATISTICS_WITHIN, "the queue gone with its session")
             break
+        with contextlib.suppress(AssertionError):  # the next baseline must not still hold this queue
+            await eventually(drained, BROKER_STATISTICS_WITHIN / 3, "the missed attempt's queue gone")
     assert grown is not None, f"{queued} queued messages never showed in the broker's store count"
-
-    async def drained() -> float | None:
-        value = await broker_statistic(mesh, http, "mesh_broker_stored_messages")
-        return value is not None and value < stored_before + queued
-
-    await eventually(drained, BROKER_STATISTICS_WITHIN, "the queue gone with its session")
 
 
 def test_the_dashboard_is_valid_grafana_json_with_unique_panels_on_the_provisioned_datasource() -> None:
