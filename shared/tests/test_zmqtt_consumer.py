@@ -8,9 +8,11 @@ import asyncio
 import itertools
 import uuid
 
+import pytest
 import zmqtt
 
 from a2amesh.mqtt import make_client
+from a2amesh.runtime import event_loop_factory
 from a2amesh.zmqtt_compat import TRICKLE_BYTES, coalesce_reads, next_messages, one_write, stream_transport
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from devstack.fixtures import BrokerHandle
@@ -79,9 +81,18 @@ async def test_next_messages_takes_every_waiting_message_in_order_then_waits_for
         await client.disconnect()
 
 
-async def test_coalesced_reads_wait_between_reads_of_a_trickle_and_lose_nothing(broker: BrokerHandle) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_coalesced_reads_wait_between_reads_of_a_trickle_and_lose_nothing(broker: BrokerHandle, loop: str) -> None:
     """With `coalesce_reads`, a read that emptied the stream is followed by one at least the pause later (what
-    came meanwhile gathered for it), and a trickle of messages still arrives whole and in order."""
+    came meanwhile gathered for it), and a trickle of messages still arrives whole and in order; on uvloop's loop
+    (the services') as on asyncio's, whose transports differ."""
+    factory = event_loop_factory() if loop == "uvloop" else asyncio.new_event_loop
+    assert factory is not None, "uvloop is a dependency of the shared package"
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_coalesced_trickle(broker))
+
+
+async def _coalesced_trickle(broker: BrokerHandle) -> None:
     from zmqtt._internal.transport.base import StreamTransport
 
     pause = 0.05

@@ -25,8 +25,8 @@ them. shared/pyproject.toml pins zmqtt with an upper bound, and shared/tests/tes
 - zmqtt reads the stream as soon as anything arrives, 4 KiB at most: at the mesh's pace that is a wakeup of the
   event loop, a TLS read and a pass of zmqtt's read loop for every three events or so, about a fifth of the task
   store's CPU. `coalesce_reads` has a read that emptied the stream wait a few milliseconds (its transport paused
-  through asyncio's public `pause_reading`) before the next, so that each wakeup takes a dozen events or more
-  (`StreamTransport.read` and its private `_writer`)."""
+  through the public `pause_reading` of asyncio's and uvloop's transports) before the next, so that each pass
+  takes a dozen events or more (`StreamTransport.read` and its private `_writer`)."""
 
 from __future__ import annotations
 
@@ -151,8 +151,9 @@ TRICKLE_BYTES = 1 << 14
 def coalesce_reads(pause: float) -> None:
     """Make every zmqtt connection of this process let a trickle of messages gather before reading on (see the
     module's docstring): after a read that emptied the stream, the connection stops reading for `pause` seconds
-    (the transport's own `pause_reading`, so the event loop is not woken per segment either), then takes what
-    gathered in one read. A backlog (reads that fill `READ_SIZE`) is read without a pause. 0 restores zmqtt's read.
+    (the transport's own `pause_reading`: over TLS the socket is still drained into the TLS buffer, but nothing is
+    decrypted or handed to zmqtt), then takes what gathered in one read. Reads that fill `TRICKLE_BYTES` or more
+    (a backlog) are followed without a pause. 0 restores zmqtt's read.
 
     Process-wide (zmqtt's `StreamTransport.read`: a reconnect makes a new transport): for a process whose every
     zmqtt connection is a consumer that may take its messages up to `pause` late, such as the task store."""
@@ -174,11 +175,12 @@ def coalesce_reads(pause: float) -> None:
     StreamTransport.read = coalescing_read  # type: ignore[method-assign]
 
 
-async def _gather_in_socket(transport: asyncio.BaseTransport, pause: float) -> None:
+async def _gather_in_socket(transport: Any, pause: float) -> None:
     """Stop reading `transport` for `pause` seconds, unless it is closing or already paused (the stream's own
     flow control: then it is not ours to resume)."""
-    if not isinstance(transport, asyncio.ReadTransport) or transport.is_closing() or not transport.is_reading():
-        return  # (uvloop's transports are asyncio's Transport too)
+    # by behaviour, not type: uvloop's transports (the services' loop) are not asyncio.ReadTransport subclasses
+    if not hasattr(transport, "is_reading") or transport.is_closing() or not transport.is_reading():
+        return
     transport.pause_reading()
     try:
         await asyncio.sleep(pause)
