@@ -186,6 +186,8 @@ def stack(
     published = {f"PUBLISH_{name}_PORT": str(free_port()) for name in publishing}
     own = settings | published | {"MESH_PUBLIC_URL": f"http://127.0.0.1:{published['PUBLISH_COORDINATOR_PORT']}"}
     own |= {"COMPOSE_FILE": ":".join(files)}
+    if request.param == "postgres":  # its test reads through coordinator-1 (profile replicas), where profiles count
+        own |= {"COMPOSE_PROFILES": "replicas"}
     (folder / ".env").write_text("".join(f"{key}={value}\n" for key, value in own.items()))
 
     # every service of the files, and whether one runs without a profile (a later file adds or changes services)
@@ -194,7 +196,7 @@ def stack(
         for service, spec in (yaml.safe_load((REPO / name).read_text())["services"] or {}).items():
             services[service] = services.get(service, True) and not spec.get("profiles")
     # podman-compose reads COMPOSE_FILE from the environment only
-    env = engine_env | {"COMPOSE_FILE": own["COMPOSE_FILE"]}
+    env = engine_env | {key: own[key] for key in ("COMPOSE_FILE", "COMPOSE_PROFILES") if key in own}
     project = f"a2amesh-test-{request.param}-{os.getpid()}"
     compose_stack = ComposeStack(project, folder, env, own, list(services), request.param)
     compose_stack.unprofiled = [name for name, unprofiled in services.items() if unprofiled]
