@@ -150,7 +150,7 @@ ps: ## list the containers and their health
 # Podman from Debian's packages, base images built locally from Debian's packages (debootstrap; cached by recipe),
 # every image built and the stack run and checked on free ports: tests/containers/test_compose_stack.py
 container-test: python-deps certs ## build every image with Podman and test the Compose stack (no registry needed)
-	@$(UV) run --locked pytest tests/containers
+	@MESH_COMPOSE_VARIANTS=sqlite,postgres $(UV) run --locked pytest tests/containers
 
 # -- Kubernetes (see docs/operations.md) ---------------------------------------------------------------------------
 k8s-secrets: certs ## create or update the Kubernetes Secrets (TLS, identities, API keys) from infra/broker-certs

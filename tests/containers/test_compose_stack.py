@@ -158,9 +158,12 @@ class ComposeStack:
 COMPOSE_VARIANTS = {"sqlite": (), "postgres": ("compose.postgres.yaml",)}
 """The files loaded between compose.yaml and compose.extend.yaml: `make up` as it is (one task store on SQLite), and
 with the task store as two partitions on PostgreSQL (docs/operations.md, "Scale")."""
+RUN_VARIANTS = os.environ.get("MESH_COMPOSE_VARIANTS", "sqlite").split(",")
+"""The variants this run starts: `make container-test` runs both; `make test` (CI) the one `make up` runs, since
+each stack takes minutes to start and stop."""
 
 
-@pytest.fixture(scope="module", params=list(COMPOSE_VARIANTS))
+@pytest.fixture(scope="module", params=[variant for variant in COMPOSE_VARIANTS if variant in RUN_VARIANTS])
 def stack(
     request: pytest.FixtureRequest,
     engine_env: dict[str, str],
