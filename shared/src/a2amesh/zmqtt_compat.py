@@ -251,19 +251,24 @@ def _decode_publish_lean(buf: bytes | memoryview, flags: int, version: str) -> A
     )
 
 
+def _variable_byte_integer(body: bytes, pos: int) -> tuple[int, int]:
+    """The MQTT variable byte integer at `pos` (one to four bytes) and the position after it."""
+    value, shift = 0, 0
+    while True:
+        byte = body[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise ValueError("a variable byte integer over four bytes")
+
+
 def _publish_properties(body: bytes, pos: int) -> tuple[dict[str, Any], int]:
     """The properties block at `pos` as PublishProperties' fields, and the position after it. Raises ValueError
     for anything but a well-formed block of PUBLISH properties."""
-    length, shift = 0, 0
-    while True:  # a variable byte integer: at most four bytes
-        byte = body[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 21:
-            raise ValueError("properties length over four bytes")
+    length, pos = _variable_byte_integer(body, pos)
     end = pos + length
     fields: dict[str, Any] = {}
     pairs: list[tuple[str, str]] = []
@@ -291,17 +296,7 @@ def _publish_properties(body: bytes, pos: int) -> tuple[dict[str, Any], int]:
             fields[name] = (body[pos] << 8) | body[pos + 1]
             pos += 2
         elif identifier == 0x0B:
-            value, shift = 0, 0
-            while True:
-                byte = body[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise ValueError("subscription identifier over four bytes")
-            fields[name] = value
+            fields[name], pos = _variable_byte_integer(body, pos)
         else:  # a string (content type, response topic) or binary data (correlation data)
             size = (body[pos] << 8) | body[pos + 1]
             value = body[pos + 2 : pos + 2 + size]
