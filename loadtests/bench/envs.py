@@ -8,6 +8,7 @@ argument), and the service runs at that level (`PYTHONOPTIMIZE`): without it, ev
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -24,9 +25,11 @@ SHARED_PACKAGE = "a2amesh"
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 
 
+@functools.cache
 def image_optimization(module: str) -> str:
     """The `PYTHONOPTIMIZE` level the image of the service running `module` has (services/Dockerfile's
-    SERVICE_OPTIMIZE, as compose.yaml builds it); "" for none."""
+    SERVICE_OPTIMIZE, as compose.yaml builds it); "" for none. Read once per module: every start of a service
+    in the bench asks again, and compose.yaml does not change during a run."""
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     for service in services.values():
         args = (service.get("build") or {}).get("args") or {}
