@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -29,8 +30,44 @@ def default_signal_dispositions() -> None:
         signal.signal(number, signal.SIG_DFL)
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FROM = 10_000
+"""The low end of the ports `free_port` hands out (above the well-known and registered services tests may meet)."""
+_handed_out: set[int] = set()
+_choose = random.Random()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (and `bind(0)`), from /proc where it can be read."""
+    try:
+        low, high = (int(bound) for bound in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+    """A TCP port on loopback that nothing listens on right now, and that no outgoing connection will take.
+
+    A port from `bind(0)` lies in the kernel's ephemeral range, the range the local ends of outgoing connections
+    come from too: between the moment a test picks it and the moment its service binds it, any connection a
+    running service opens can take it ("address already in use", seen in CI when a coordinator started after the
+    broker, Redis and the store had opened theirs). Ports below that range are only ever taken by a listener that
+    names them, so they are chosen there, never twice in one process, and checked free by binding them once.
+    """
+    ephemeral = ephemeral_ports()
+    below = range(LISTEN_PORTS_FROM, ephemeral.start)
+    for _ in range(200 if len(below) >= 1000 else 0):  # a machine with a wide ephemeral range falls through
+        port = _choose.choice(below)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
