@@ -1,17 +1,20 @@
 """Graceful shutdown: an agent SIGTERMed while a task runs finishes it when it can within its 10 s grace, or ends
 it FAILED with the reason when it cannot; either way it exits 0 and leaves its retained card offline/agent. Then
-every service of the stack exits 0 on SIGTERM, and a task still running at that moment is finished and recorded."""
+every service of the stack exits 0 on SIGTERM, and a task still running at that moment is finished and recorded.
+First, a service that cannot bind its HTTP port stops in order and exits 1: no hang, no crash."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from devstack.processes import ManagedProcess, free_port
 from devstack.stack import Stack
 from tests.conftest import eventually
 from tests.faults.harness import (
@@ -44,6 +47,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     mesh = start_stack(tmp_path_factory.mktemp("fault-sigterm"), {n: {} for n in (FINISHER, QUITTER, LAST)}, PATIENT)
     yield mesh
     mesh.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_service_whose_port_is_taken_stops_in_order_and_exits_1(stack: Stack) -> None:
+    """uvicorn ends a process with sys.exit(1) when its port is taken. A coordinator once kept running headless
+    after that, and another died of SIGSEGV in the event loop's teardown; each service must log why and exit 1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        coordinator = stack.coordinator_replica(1, int(port), free_port())
+        agent = stack.agent("echo-portless", "agent_echo", MESH_HTTP_PORT=port)
+        doomed: list[ManagedProcess] = [coordinator, agent]
+        try:
+            for process in doomed:
+                process.start()
+            codes = await asyncio.gather(*(blocking(process.wait, 45) for process in doomed))
+        finally:
+            for process in doomed:
+                process.kill()
+    logs = "\n".join(f"== {process.name}\n{process.log_tail()}" for process in doomed)
+    assert codes == [1, 1], logs
+    for process in doomed:
+        assert f"HTTP server on port {port} stopped unexpectedly" in process.log_tail(400), logs
 
 
 async def started_task(stack: Stack, agent: str, delay_ms: int) -> tuple[Load, str]:

@@ -135,7 +135,7 @@ async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaita
     """Serve HTTP and run background workers until `stop` is set, then stop the server and the workers together
     within `grace` seconds (what is left is cancelled), so SIGTERM ends the process inside its termination budget.
     If the server ends on its own (a port already taken), the service stops too instead of running headless."""
-    server_task = asyncio.create_task(server.serve())
+    server_task = asyncio.create_task(_serve_http(server))
     worker_tasks = [asyncio.ensure_future(worker) for worker in workers]
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,3 +154,12 @@ async def serve_until(stop: asyncio.Event, server: QuietServer, *workers: Awaita
             await task
     if not server.started:
         raise SystemExit(1)
+
+
+async def _serve_http(server: QuietServer) -> None:
+    """`server.serve()`, ending like any task when uvicorn cannot start. uvicorn calls `sys.exit(1)` when its port
+    is taken; a SystemExit escaping a task stops the event loop at once, before the workers have drained or the MQTT
+    link has closed, and the loop's teardown then waited on tasks that never finished (one coordinator hung, one
+    died of SIGSEGV). Ended here, `serve_until` shuts the service down in order and exits 1 itself."""
+    with contextlib.suppress(SystemExit):
+        await server.serve()

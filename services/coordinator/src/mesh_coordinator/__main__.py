@@ -74,10 +74,12 @@ def main() -> None:
             if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
                 workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))
             # the hosted workflows agent drains like any agent before it goes offline
-            await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)
-            await handler.hub.close()
-            link_stop.set()
-            await link
+            try:
+                await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)
+            finally:  # also when HTTP could not start: the link closes before the process exits 1
+                await handler.hub.close()
+                link_stop.set()
+                await link
 
     run(serve)
 
