@@ -20,7 +20,15 @@ from a2amesh.brokerstats import STATISTICS
 from a2amesh.mqtt import make_client as mqtt_client
 from devstack.stack import Stack
 from tests.conftest import collect, eventually, send_request, user_message
-from tests.test_deploy_artifacts import REPO, compose_services, dotenv, load_yaml, objects, rendered
+from tests.test_deploy_artifacts import (
+    REPO,
+    compose_services,
+    compose_with_postgres,
+    dotenv,
+    load_yaml,
+    objects,
+    rendered,
+)
 from tests.test_operations import http_base, metric
 
 OBSERVABILITY = REPO / "infra" / "observability"
@@ -197,7 +205,7 @@ def test_prometheus_scrapes_every_mesh_service_on_its_port() -> None:
         for target in group["targets"]
     }
     expected = {}
-    for name, service in compose_services().items():
+    for name, service in compose_with_postgres().items():  # every service either Compose file may run
         port = service.env.get("MESH_HTTP_PORT")
         if port is not None:
             expected[f"{name}:{port}"] = name
