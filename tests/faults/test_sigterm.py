@@ -52,14 +52,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.mark.timeout(120)
 async def test_a_service_whose_port_is_taken_stops_in_order_and_exits_1(stack: Stack) -> None:
     """uvicorn ends a process with sys.exit(1) when its port is taken. A coordinator once kept running headless
-    after that, and another died of SIGSEGV in the event loop's teardown; each service must log why and exit 1."""
+    after that, and another died of SIGSEGV in the event loop's teardown; each service must log why and exit 1.
+    The coordinator's gRPC port is bound before anything runs, so a taken one ends it at once with the reason."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", free_port()))
         taken.listen()
         port = str(taken.getsockname()[1])
         coordinator = stack.coordinator_replica(1, int(port), free_port())
         agent = stack.agent("echo-portless", "agent_echo", MESH_HTTP_PORT=port)
-        doomed: list[ManagedProcess] = [coordinator, agent]
+        grpc_less = stack.coordinator_replica(2, free_port(), int(port))
+        doomed: list[ManagedProcess] = [coordinator, agent, grpc_less]
         try:
             for process in doomed:
                 process.start()
@@ -68,9 +70,10 @@ async def test_a_service_whose_port_is_taken_stops_in_order_and_exits_1(stack: S
             for process in doomed:
                 process.kill()
     logs = "\n".join(f"== {process.name}\n{process.log_tail()}" for process in doomed)
-    assert codes == [1, 1], logs
-    for process in doomed:
+    assert codes == [1, 1, 1], logs
+    for process in (coordinator, agent):
         assert f"HTTP server on port {port} stopped unexpectedly" in process.log_tail(400), logs
+    assert f"gRPC cannot listen on 127.0.0.1:{port}" in grpc_less.log_tail(400), logs
 
 
 async def started_task(stack: Stack, agent: str, delay_ms: int) -> tuple[Load, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from a2amesh import tracing
 from a2amesh.binding import MeshRequester
@@ -18,6 +19,8 @@ from mesh_coordinator.handler import MeshRequestHandler, retry_profile
 from mesh_coordinator.push import DeliveryWorker
 from mesh_coordinator.replicas import PatientTaskStore
 from mesh_coordinator.workflows import WorkflowAgent
+
+log = logging.getLogger("mesh_coordinator")  # run as __main__
 
 
 def workflow_responder(settings: CoordinatorSettings, delegate: Delegate) -> Responder:
@@ -48,6 +51,15 @@ def main() -> None:
             handler = MeshRequestHandler(settings, requester, registry, store)
             public_url = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
             app = build_app(handler, registry, public_url)
+            # the A2A gRPC binding, beside HTTP on its own port: bound before anything runs, so a port already
+            # taken ends the process at once with the reason
+            grpc = None
+            if settings.grpc_port is not None:
+                try:
+                    grpc = grpc_server(handler, settings, authenticator(settings, public_url))
+                except OSError as error:
+                    log.error("%s; shutting down", error)
+                    raise SystemExit(1) from None
             link_stop = asyncio.Event()
             link = asyncio.create_task(requester.run(link_stop))
             delegate = Delegate(
@@ -71,8 +83,8 @@ def main() -> None:
                 handler.owners.recorder.run(stop),
                 deliveries.run(stop),
             ]
-            if settings.grpc_port is not None:  # the A2A gRPC binding, beside HTTP on its own port
-                workers.append(serve_grpc(grpc_server(handler, settings, authenticator(settings, public_url)), stop))
+            if grpc is not None:
+                workers.append(serve_grpc(grpc, stop))
             # the hosted workflows agent drains like any agent before it goes offline
             try:
                 await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)

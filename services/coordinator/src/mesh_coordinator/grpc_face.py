@@ -200,7 +200,11 @@ def grpc_server(
     )
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, server)
     address = f"{settings.http_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:  # grpc's own "Failed to bind" (a port already taken)
+        raise OSError(f"gRPC cannot listen on {address}: {error}") from None
+    if bound == 0:
         raise OSError(f"gRPC cannot listen on {address}")
     return server
 
