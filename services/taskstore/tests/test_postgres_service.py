@@ -106,13 +106,14 @@ async def test_the_store_records_a_task_in_postgresql(
 async def test_the_store_connects_with_the_password_of_its_file(
     broker: BrokerHandle, protected_postgres: str, tmp_path: Path
 ) -> None:
-    """MESH_DATABASE_URL without a password, the password in MESH_DATABASE_PASSWORD_FILE (with the newline a
-    mounted secret may end in): the store records into the password-protected server, and its log hides the
-    password. The server does refuse a connection without it, so the file's password is the one that got in."""
+    """The password in MESH_DATABASE_PASSWORD_FILE (with the newline a mounted secret may end in) replaces the one
+    of MESH_DATABASE_URL (here a wrong one): the store records into the password-protected server, and its log hides
+    the password. The server does refuse a connection without it, so the file's password is the one that got in."""
     assert make_url(protected_postgres).password is None
     password_file = tmp_path / "database.password"
     password_file.write_text(PASSWORD + "\n")
-    stack = store_stack(broker, protected_postgres, tmp_path)
+    wrong_in_url = make_url(protected_postgres).set(password="not-the-password")
+    stack = store_stack(broker, wrong_in_url.render_as_string(hide_password=False), tmp_path)
     store = stack.taskstore()
     store.env["MESH_DATABASE_PASSWORD_FILE"] = str(password_file)
     stack.launch(store)
@@ -126,6 +127,15 @@ async def test_the_store_connects_with_the_password_of_its_file(
     log = store.log_path.read_text()
     assert "database postgresql+psycopg://" in log and ":***@" in log, "the startup line names the database"
     assert PASSWORD not in log, "the password leaked into the log"
+
+    in_url = make_url(protected_postgres).set(password=PASSWORD).render_as_string(hide_password=False)
+    stack = store_stack(broker, in_url, tmp_path / "in-url")  # no file: the URL's own password, as before
+    stack.launch(stack.taskstore())
+    try:
+        record = await record_a_task(broker, stack)
+    finally:
+        codes = stack.stop()
+    assert record is not None and codes["taskstore"] == 0, "a URL with its own password no longer works"
 
     unprotected = store_stack(broker, protected_postgres, tmp_path / "without")
     without = unprotected.taskstore()  # the same URL, no file: refused

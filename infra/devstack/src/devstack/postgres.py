@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devstack.processes import free_port
+
+TASKSTORE_PASSWORD_FILE = "postgres/taskstore.password"
+"""Compose's PostgreSQL password of the task store's role, relative to the PKI folder (see taskstore_password)."""
+
+
+def taskstore_password(root: Path) -> Path:
+    """The file holding the password of Compose's PostgreSQL (compose.postgres.yaml): created once by `make certs`
+    under the PKI folder `root` and kept, like the Redis users' passwords. Compose mounts it into PostgreSQL
+    (POSTGRES_PASSWORD_FILE, read when the data volume is first initialised) and into each task store partition
+    (MESH_DATABASE_PASSWORD_FILE); URL-safe, so it may also stand in a URL."""
+    path = root / TASKSTORE_PASSWORD_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        os.chmod(path, 0o600)
+    return path
 
 
 def find_pg_binary(name: str) -> str:
