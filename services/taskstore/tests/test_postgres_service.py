@@ -160,25 +160,30 @@ async def test_a_missing_or_wrong_password_file_fails_clearly(
     broker: BrokerHandle, protected_postgres: str, tmp_path: Path
 ) -> None:
     """A password file that is missing, unreadable or empty stops the store at once with exit 1 and one line naming
-    MESH_DATABASE_PASSWORD_FILE (no traceback, no fallback to the URL alone); a wrong password keeps it out of
-    service, saying the database refused it, until it is stopped."""
+    MESH_DATABASE_PASSWORD_FILE (no traceback, no fallback to the URL alone), as does a URL it cannot parse (without
+    repeating it: it may hold a password); a wrong password keeps it out of service, saying the database refused it,
+    until it is stopped."""
     empty = tmp_path / "empty.password"
     empty.write_text("\n")
+    secret = "p4ss-in-a-bad-url"
     cases = {
-        "missing": (tmp_path / "absent.password", "cannot be read: No such file or directory"),
-        "a folder": (tmp_path, "cannot be read"),
-        "empty": (empty, "is empty"),
+        "missing": (protected_postgres, tmp_path / "absent.password", "cannot be read: No such file or directory"),
+        "a folder": (protected_postgres, tmp_path, "cannot be read"),
+        "empty": (protected_postgres, empty, "is empty"),
+        "a bad URL": (f"postgresql+psycopg://u:{secret}@localhost:port/db", empty, ""),
     }
-    for what, (path, reason) in cases.items():
-        stack = store_stack(broker, protected_postgres, tmp_path / what)
+    for what, (url, path, reason) in cases.items():
+        stack = store_stack(broker, url, tmp_path / what)
         store = stack.taskstore()
         store.env["MESH_DATABASE_PASSWORD_FILE"] = str(path)
         store.start()
         code = store.wait(30)
         log = store.log_tail()
         assert code == 1, f"{what}: exit {code}:\n{log}"
-        assert f"task store not started: MESH_DATABASE_PASSWORD_FILE={path} {reason}" in log, f"{what}:\n{log}"
+        expected = f"MESH_DATABASE_PASSWORD_FILE={path} {reason}" if reason else "MESH_DATABASE_URL is not a database"
+        assert f"task store not started: {expected}" in log, f"{what}:\n{log}"
         assert "Traceback" not in log, f"{what}: a traceback instead of a clear error:\n{log}"
+        assert secret not in log, f"{what}: the URL's password leaked into the log"
 
     wrong_file = tmp_path / "wrong.password"
     wrong_file.write_text("not-" + PASSWORD)

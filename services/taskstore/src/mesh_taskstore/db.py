@@ -138,8 +138,8 @@ def database_url(url: str, password_file: Path | None = None) -> URL:
     mesh, never in the environment. Without the file, a password in the URL still works."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        # the parser's message repeats the URL, password included: not logged
+    except (ArgumentError, ValueError):
+        # the parser's message may repeat the URL, password included: not logged
         raise DatabaseSettingsError(
             "MESH_DATABASE_URL is not a database URL (dialect+driver://user@host:port/database)"
         ) from None
