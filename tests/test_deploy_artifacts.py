@@ -66,6 +66,7 @@ from a2amesh.settings import (
     TaskStoreSettings,
 )
 from devstack.pki import Identity, Pki, Role
+from devstack.postgres import TASKSTORE_PASSWORD_FILE
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import AGENT_REPLICAS, AGENTS, Ports, Stack, find_binary, find_dynsec_plugin, replica_names
 from devstack.topology import TOPOLOGY, TOPOLOGY_FILE
@@ -154,6 +155,14 @@ K8S_PARTITION_ONLY_SETTINGS = {
     "MESH_PARTITION": "each pod records the share of its ordinal (its index)",
     "MESH_PARTITIONS": "as many partitions as the StatefulSet has replicas",
 }
+
+# settings the task store gets where it runs on PostgreSQL (the prod overlay's k8s/components/postgres, Compose with
+# compose.postgres.yaml), but not on compose.yaml's and make dev's SQLite
+POSTGRES_ONLY_SETTINGS = {
+    "MESH_DATABASE_PASSWORD_FILE": "the database password, a mounted file (MESH_DATABASE_URL names no password)",
+}
+# where the task store reads PostgreSQL's password, Compose and Kubernetes alike
+DATABASE_PASSWORD_FILE = "/run/secrets/mesh/postgres/password"
 
 # settings the registry's pods get on Kubernetes, where it always runs replicas, but not make dev's and Compose's
 # first registry (Compose's second, registry-1, sets it too: test_compose_runs_a_second_registry_...)
@@ -560,6 +569,11 @@ def compose_mounts(service: ComposeService) -> dict[str, str]:
             source, target = volume.get("source", ""), volume["target"]
         mounts[target] = source
     return mounts
+
+
+def mount_target(volume: str | dict[str, Any]) -> str:
+    """Where a Compose volume entry (short `source:target[:ro]` or long syntax) is mounted in the container."""
+    return volume.split(":")[1] if isinstance(volume, str) else volume["target"]
 
 
 def compose_pki_files(service: ComposeService, pki: Path) -> dict[str, bytes]:
@@ -1247,6 +1261,10 @@ def test_the_same_setting_names_everywhere(devstack: DevStack) -> None:
             if service == "taskstore":
                 assert set(K8S_PARTITION_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_PARTITION_ONLY_SETTINGS)}"
                 k8s -= set(K8S_PARTITION_ONLY_SETTINGS)
+                if "postgres" in workloads(docs):
+                    on_postgres = set(compose_with_postgres()[service].env)
+                    assert set(POSTGRES_ONLY_SETTINGS) <= k8s & on_postgres, f"{overlay}, compose.postgres.yaml"
+                    k8s -= set(POSTGRES_ONLY_SETTINGS)
             if service == "registry":
                 assert set(K8S_REGISTRY_ONLY_SETTINGS) <= k8s, f"{overlay}: {sorted(K8S_REGISTRY_ONLY_SETTINGS)}"
                 k8s -= set(K8S_REGISTRY_ONLY_SETTINGS)
@@ -1325,21 +1343,50 @@ def test_the_broker_runs_the_same_policy_and_mounts_everywhere() -> None:
         assert k8s_mounts.get("/mosquitto/data") in claims, f"{overlay}: the broker's data on its volume claim"
 
 
+def secret_key_at(workload: dict[str, Any], path: str) -> tuple[str, str] | None:
+    """The (Secret, key) a workload's main container reads at the file `path`, through a Secret volume's item."""
+    spec = workload["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for mount in main_container(workload).get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")  # a volume claim template's mount: none
+        for item in (secret or {}).get("items", []):
+            if f"{mount['mountPath'].rstrip('/')}/{item['path']}" == path:
+                return secret["secretName"], item["key"]
+    return None
+
+
 def test_postgres_credentials_agree_with_the_database_url() -> None:
+    """The prod overlay's task store connects as postgres.env's user to its database, with its password: the URL
+    (in no Secret, not secret) names the user and database and no password; the password is a file, the Secret
+    postgres-credentials' POSTGRES_PASSWORD, the key PostgreSQL itself reads (POSTGRES_PASSWORD_FILE), never an
+    environment variable of the task store."""
     docs = rendered("prod")
     [secret] = [doc for name, doc in objects(docs, "Secret").items() if name.startswith("postgres-credentials")]
     data = secret_data(secret)
-    url = urlsplit(data["MESH_DATABASE_URL"])
+    assert set(data) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}, "only PostgreSQL's own credentials"
+    taskstore_workload = workloads(docs)["taskstore"]
+    taskstore = k8s_env(docs, main_container(taskstore_workload))
+    url = urlsplit(taskstore["MESH_DATABASE_URL"])
     postgres = objects(docs, "Service")["postgres"]["spec"]["ports"][0]["port"]
     assert url.scheme == "postgresql+psycopg", "the task store speaks psycopg 3 (its image installs the extra)"
-    assert (url.username, url.password, url.path.lstrip("/")) == (
-        data["POSTGRES_USER"],
-        data["POSTGRES_PASSWORD"],
-        data["POSTGRES_DB"],
-    ), "k8s/components/postgres/postgres.env: MESH_DATABASE_URL repeats the user, password and database"
+    assert (url.username, url.password, url.path.lstrip("/")) == (data["POSTGRES_USER"], None, data["POSTGRES_DB"]), (
+        "k8s/components/postgres: MESH_DATABASE_URL repeats postgres.env's user and database, and no password"
+    )
     assert (url.hostname, url.port) == ("postgres", postgres)
-    taskstore = k8s_env(docs, main_container(workloads(docs)["taskstore"]))
-    assert taskstore["MESH_DATABASE_URL"] == data["MESH_DATABASE_URL"], "prod: the task store uses PostgreSQL"
+    assert taskstore["MESH_DATABASE_PASSWORD_FILE"] == DATABASE_PASSWORD_FILE
+    password_key = (secret["metadata"]["name"], "POSTGRES_PASSWORD")
+    assert secret_key_at(taskstore_workload, DATABASE_PASSWORD_FILE) == password_key, "the Secret's password, a file"
+    server_workload = workloads(docs)["postgres"]
+    server = k8s_env(docs, main_container(server_workload))
+    assert secret_key_at(server_workload, server["POSTGRES_PASSWORD_FILE"]) == password_key, (
+        "PostgreSQL's password is the one the task store reads"
+    )
+    leaked = [
+        entry["name"]
+        for entry in main_container(taskstore_workload)["env"]
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    ]
+    assert not leaked, f"the task store reads {leaked} from a Secret into its environment: mount it as a file"
     assert "postgres" in service_image("taskstore")["extras"]
 
 
@@ -1593,9 +1640,11 @@ def compose_with_postgres() -> dict[str, ComposeService]:
     of the second file merged into the first's as Compose merges them (mappings key by key, the later file winning;
     the second file changes no list of the first's), every profile included."""
 
-    def merge(base: Any, override: Any) -> Any:
+    def merge(base: Any, override: Any, key: str = "") -> Any:
         if isinstance(base, dict) and isinstance(override, dict):
-            return {**base, **{key: merge(base.get(key), value) for key, value in override.items()}}
+            return {**base, **{name: merge(base.get(name), value, name) for name, value in override.items()}}
+        if key == "volumes" and isinstance(base, list):  # merged by their target, the later file's winning
+            return list({mount_target(mount): mount for mount in [*base, *override]}.values())
         assert base is None or not isinstance(base, list), f"compose.postgres.yaml replaces a list: {override}"
         return override
 
@@ -1624,12 +1673,17 @@ def test_compose_postgres_runs_the_task_store_as_partitions_of_one_database(devs
     counts = {service.env["MESH_PARTITIONS"] for service in partitioned.values()}
     assert counts == {str(len(partitioned))} == {k8s_partitions} == {str(k8s_store["spec"]["replicas"])}, counts
     assert sorted(int(service.env["MESH_PARTITION"]) for service in partitioned.values()) == list(range(2))
-    postgres_env = read_env_file(POSTGRES_COMPONENT / "postgres.env")
+    k8s_store_env = k8s_env(prod, main_container(k8s_store))
     issued = {identity.username(stack.org, stack.unit): identity for identity in stack.identities()}
     usernames, keys = set(), set()
     for name, service in partitioned.items():
         env = service.env
-        assert env["MESH_DATABASE_URL"] == postgres_env["MESH_DATABASE_URL"], f"{name}: the prod overlay's database"
+        assert env["MESH_DATABASE_URL"] == k8s_store_env["MESH_DATABASE_URL"], f"{name}: the prod overlay's database"
+        assert env["MESH_DATABASE_PASSWORD_FILE"] == k8s_store_env["MESH_DATABASE_PASSWORD_FILE"], name
+        assert (
+            compose_pki_files(service, stack.pki.root)[env["MESH_DATABASE_PASSWORD_FILE"]]
+            == (stack.pki.root / TASKSTORE_PASSWORD_FILE).read_bytes()
+        ), f"{name}: the PostgreSQL password of make certs"
         settings = TaskStoreSettings.model_validate(
             {
                 "database_url": env["MESH_DATABASE_URL"],
@@ -1673,17 +1727,27 @@ def test_compose_postgres_runs_the_task_store_as_partitions_of_one_database(devs
     assert "taskstore-1" not in compose_services() and "postgres" not in compose_services()
 
 
-def test_compose_postgres_runs_the_prod_overlays_postgresql() -> None:
-    """Compose's PostgreSQL is the prod overlay's: the same image (.env's IMAGE_POSTGRES), credentials, TLS
-    settings and pg_hba.conf, the server certificate `make certs` issues for `postgres`, never published."""
+def test_compose_postgres_runs_the_prod_overlays_postgresql(devstack: DevStack) -> None:
+    """Compose's PostgreSQL is the prod overlay's: the same image (.env's IMAGE_POSTGRES), user and database, TLS
+    settings and pg_hba.conf, the server certificate `make certs` issues for `postgres`, never published. Its password
+    is a file, as on Kubernetes: `make certs`' postgres/taskstore.password, the file the task store reads, in no
+    environment variable."""
     docs = rendered("prod")
     k8s = main_container(workloads(docs)["postgres"])
-    service = compose_with_postgres()["postgres"]
+    services = compose_with_postgres()
+    service = services["postgres"]
     assert service.resolved["image"] == k8s["image"], "the same PostgreSQL image (.env IMAGE_POSTGRES:..._TAG)"
     credentials = read_env_file(POSTGRES_COMPONENT / "postgres.env")
-    assert {k: service.env[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")} == {
-        k: credentials[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
-    }, "k8s/components/postgres/postgres.env's placeholders"
+    assert {k: service.env[k] for k in ("POSTGRES_USER", "POSTGRES_DB")} == {
+        k: credentials[k] for k in ("POSTGRES_USER", "POSTGRES_DB")
+    }, "k8s/components/postgres/postgres.env's user and database"
+    assert "POSTGRES_PASSWORD" not in service.env, "the password belongs in a file (POSTGRES_PASSWORD_FILE)"
+    pki = devstack.stack.pki.root
+    password = compose_pki_files(service, pki)[service.env["POSTGRES_PASSWORD_FILE"]]
+    assert password == (pki / TASKSTORE_PASSWORD_FILE).read_bytes(), "make certs' postgres/taskstore.password"
+    for name in ("taskstore", "taskstore-1"):
+        store = services[name]
+        assert compose_pki_files(store, pki)[store.env["MESH_DATABASE_PASSWORD_FILE"]] == password, name
     settings = {arg for arg in service.resolved["command"] if arg != "-c"} - {"postgres"}
     k8s_settings = {arg for arg in k8s["args"] if arg != "-c"}
     same = {arg.split("=")[0] for arg in settings & k8s_settings}

@@ -153,7 +153,16 @@ class RegistrySettings(ServiceSettings):
 class TaskStoreSettings(ServiceSettings):
     """The task store: its database, HTTP port, and how it groups events into transactions."""
 
-    database_url: str = "sqlite:///./run/taskstore.db"
+    database_url: str = Field(
+        default="sqlite:///./run/taskstore.db",
+        description="its database (SQLAlchemy URL: SQLite, or postgresql+psycopg://<user>@host:port/db); the password "
+        "belongs in MESH_DATABASE_PASSWORD_FILE",
+    )
+    database_password_file: Path | None = Field(
+        default=None,
+        description="the database user's password, read from this file (a mounted secret); it replaces any password "
+        "in the URL (mesh_taskstore.db.database_url combines the two)",
+    )
     http_port: int = 8002
     trusted_recorders: list[str] = Field(
         default_factory=lambda: ["coordinator"],

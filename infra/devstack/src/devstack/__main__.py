@@ -86,7 +86,8 @@ def certs_command(pki_dir: Path) -> int:
     stack.ensure_pki()
     print(
         f"PKI ready in {pki_dir}: ca.crt, broker.crt, dynamic-security.json, Redis's users (redis/users.acl, "
-        "redis/<user>.password) and, per identity, clients/<org>/<unit>/"
+        "redis/<user>.password), Compose's PostgreSQL password (postgres/taskstore.password) and, per identity, "
+        "clients/<org>/<unit>/"
     )
     for identity in stack.identities():
         print(f"  {identity.username(stack.org, stack.unit):<32} {identity.role}")

@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL server for the tests: the machine's initdb/pg_ctl, a cluster in a temporary folder,
-listening on a free loopback port (and a private socket folder), trust authentication for its own superuser.
+listening on a free loopback port (and a private socket folder), trust authentication for its own superuser (or, with
+a password, SCRAM-SHA-256 over TCP, as in production).
 PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` system user."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devstack.processes import free_port
+
+TASKSTORE_PASSWORD_FILE = "postgres/taskstore.password"
+"""Compose's PostgreSQL password of the task store's role, relative to the PKI folder (see taskstore_password)."""
+
+
+def taskstore_password(root: Path) -> Path:
+    """The file holding the password of Compose's PostgreSQL (compose.postgres.yaml): created once by `make certs`
+    under the PKI folder `root` and kept, like the Redis users' passwords. Compose mounts it into PostgreSQL
+    (POSTGRES_PASSWORD_FILE, read when the data volume is first initialised) and into each task store partition
+    (MESH_DATABASE_PASSWORD_FILE); URL-safe, so it may also stand in a URL."""
+    path = root / TASKSTORE_PASSWORD_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        os.chmod(path, 0o600)
+    return path
 
 
 def find_pg_binary(name: str) -> str:
@@ -30,11 +48,19 @@ def _as_owner(argv: list[str], owner: str | None) -> list[str]:
 
 @contextmanager
 def postgres_server(
-    root: Path, settings: dict[str, str] | None = None, files: dict[str, bytes] | None = None
+    root: Path,
+    settings: dict[str, str] | None = None,
+    files: dict[str, bytes] | None = None,
+    password: str | None = None,
 ) -> Iterator[str]:
     """Run a PostgreSQL cluster under `root` until the block ends; yields a SQLAlchemy URL of an empty database.
     `settings` are more server settings (`-c name=value`); `files` are written under `root` first (owned by the
-    server's account, readable by it alone): certificates or an hba file the settings name as `{root}/...`."""
+    server's account, readable by it alone): certificates or an hba file the settings name as `{root}/...`. With a
+    `password`, the superuser has it and connections over TCP must give it (SCRAM-SHA-256); the URL has none."""
+    auth = ["-A", "trust"]
+    if password is not None:
+        files = {**(files or {}), "initdb.password": password.encode() + b"\n"}
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={root / 'initdb.password'}"]
     owner = "postgres" if os.geteuid() == 0 else None
     data, sockets = root / "data", root / "sockets"
     for folder in (root, data, sockets):
@@ -52,7 +78,7 @@ def postgres_server(
     user = owner or pwd.getpwuid(os.geteuid()).pw_name
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True, "timeout": 60}
     subprocess.run(
-        _as_owner([find_pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner), **quiet
+        _as_owner([find_pg_binary("initdb"), "-D", str(data), *auth, "-U", user, "--no-sync"], owner), **quiet
     )
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
     options += "".join(f" -c {name}={value.replace('{root}', str(root))}" for name, value in (settings or {}).items())

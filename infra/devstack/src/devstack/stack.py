@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from a2amesh.settings import MqttSettings
-from devstack import redis_users
+from devstack import postgres, redis_users
 from devstack.dynsec import add_identity
 from devstack.pki import ADMIN, TESTER, ClientFiles, Identity, Pki, Role
 from devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ready, tcp_ready
@@ -257,14 +257,16 @@ class Stack:
         return context
 
     def ensure_pki(self) -> None:
-        """Every identity's credentials, and the server certificates of the internal services and of PostgreSQL
-        (`servers/<name>.crt/.key`; Kubernetes mounts the PostgreSQL one as the Secret postgres-tls)."""
+        """Every identity's credentials, the server certificates of the internal services and of PostgreSQL
+        (`servers/<name>.crt/.key`; Kubernetes mounts the PostgreSQL one as the Secret postgres-tls), Redis's users
+        and Compose's PostgreSQL password."""
         self.pki.ensure(self.identities(), pools=self.pools())
         for name, hosts in SERVER_NAMES.items():
             if not (self.pki.root / "servers" / f"{name}.crt").exists():
                 self.pki.issue(f"servers/{name}", server_names=hosts)
         self.pki.client(Identity("console", Role.OBSERVER))  # the console's certificate for the internal APIs
         redis_users.write_acl(self.pki.root)  # Redis's users and their passwords (topology.yaml: redis_users)
+        postgres.taskstore_password(self.pki.root)  # Compose's PostgreSQL password (compose.postgres.yaml)
 
     def internal_server_env(self, name: str) -> dict[str, str]:
         """A registry's or task store's server certificate (issued once, SANs localhost, its name, 127.0.0.1)."""

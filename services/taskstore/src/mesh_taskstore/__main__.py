@@ -8,7 +8,7 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine
 
 from a2amesh.internal import IdentityGate, Rule, rule, tls_server_options
 from a2amesh.runtime import http_server, run, serve_until, setup_logging
@@ -16,7 +16,7 @@ from a2amesh.settings import TaskStoreSettings
 from a2amesh.zmqtt_compat import coalesce_reads
 from mesh_taskstore.api import build_app
 from mesh_taskstore.consumer import RETRY_DELAYS, EventConsumer
-from mesh_taskstore.db import create_tables, make_engine
+from mesh_taskstore.db import DatabaseSettingsError, create_tables, database_url, make_engine
 from mesh_taskstore.partition import Partition
 from mesh_taskstore.push import sweep_finished
 from mesh_taskstore.store import TaskStore
@@ -41,9 +41,9 @@ async def _prepare_database(engine: Engine, stop: asyncio.Event) -> bool:
     return False
 
 
-async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
-    """Run the service until `stop` is set."""
-    engine = make_engine(settings.database_url)
+async def serve(stop: asyncio.Event, settings: TaskStoreSettings, database: URL) -> None:
+    """Run the service on `database` (settings.database_url with its password file) until `stop` is set."""
+    engine = make_engine(database)
     try:
         if not await _prepare_database(engine, stop):
             return
@@ -67,7 +67,7 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings) -> None:
             "https" if options else "http",
             settings.http_host,
             settings.http_port,
-            make_url(settings.database_url).render_as_string(hide_password=True),
+            database.render_as_string(hide_password=True),
         )
         await serve_until(stop, server, consumer.run(stop), sweep_finished(store, settings.push_retention, stop))
     finally:
@@ -107,7 +107,12 @@ def main() -> None:
     """Entry point of the container and of `mesh-taskstore`."""
     settings = TaskStoreSettings()
     setup_logging(settings.log_level, settings.log_json)
-    run(lambda stop: serve(stop, settings))
+    try:
+        database = database_url(settings.database_url, settings.database_password_file)
+    except DatabaseSettingsError as error:
+        log.error("task store not started: %s", error)
+        raise SystemExit(1) from None
+    run(lambda stop: serve(stop, settings, database))
 
 
 if __name__ == "__main__":

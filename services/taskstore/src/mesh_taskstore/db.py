@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlmodel import Field, SQLModel, create_engine
+
+from a2amesh.settings import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,34 @@ SQLITE_CACHE_KIB = 16 * 1024
 """SQLite's page cache per connection (its default is 2 MiB)."""
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+class DatabaseSettingsError(ValueError):
+    """The database settings name what the store cannot use: said once at startup, naming the setting."""
+
+
+def database_url(url: str, password_file: Path | None = None) -> URL:
+    """The URL the store connects with: MESH_DATABASE_URL, its password (if any) replaced by the content of
+    MESH_DATABASE_PASSWORD_FILE when that is set, so that the password is a mounted secret like every other of the
+    mesh, never in the environment. Without the file, a password in the URL still works."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # the parser's message may repeat the URL, password included: not logged
+        raise DatabaseSettingsError(
+            "MESH_DATABASE_URL is not a database URL (dialect+driver://user@host:port/database)"
+        ) from None
+    if password_file is None:
+        return parsed
+    try:
+        password = read_secret(password_file)
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise DatabaseSettingsError(f"MESH_DATABASE_PASSWORD_FILE={password_file} cannot be read: {reason}") from None
+    if not password:
+        raise DatabaseSettingsError(f"MESH_DATABASE_PASSWORD_FILE={password_file} is empty")
+    return parsed.set(password=password)
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
     worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
     parsed = make_url(url)
