@@ -2,9 +2,10 @@
 
 The write path is the store's hot loop (four or more events per task, every task of the mesh), so it stays off the
 ORM: building and flushing an ORM object per event and per task cost several times the events' own decoding. Here a
-batch is a fixed handful of statements whatever its size: one read of the known event ids, one read (locked where
-the database can) of the batch's task rows, one multi-row insert of the events, one of the new tasks, one
-executemany update of the changed ones."""
+batch is a fixed handful of statements whatever its size. Portably (SQLite): one read of the known event ids, one
+read (locked where the database can) of the batch's task rows, one executemany insert of the events, one multi-row
+insert of the new tasks, one executemany update of the changed ones. On PostgreSQL (`pgwrites`): one read of both,
+the task rows locked, and one statement writing all three, each prepared once by psycopg."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from a2amesh.models import Task
+from mesh_taskstore import pgwrites
 from mesh_taskstore.apply import apply_event, kind_of
 from mesh_taskstore.db import TaskEvent, TaskRecord, utc
 from mesh_taskstore.incoming import Incoming, Outcome
@@ -102,9 +104,18 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
     Events are applied in order in memory, so a batch may hold several events of one task, or one event twice.
     `memo` keeps the snapshots written for the next batch (its size is one batch's tasks)."""
     memo = memo or SnapshotMemo()
+    on_postgres = _on_postgres(connection.dialect)
     event_ids = list({incoming.event_id for incoming in batch})
-    seen = set(connection.execute(_KNOWN_EVENT_IDS, {"ids": event_ids}).scalars())
-    rows = _read_tasks(connection, list({incoming.task_id for incoming in batch}), memo)
+    task_ids = list({incoming.task_id for incoming in batch})
+    if on_postgres:
+        found, seen = pgwrites.read(connection, task_ids, event_ids)
+    else:
+        seen = set(connection.execute(_KNOWN_EVENT_IDS, {"ids": event_ids}).scalars())
+        found = connection.execute(_TASK_ROWS, {"ids": task_ids})
+    rows = {
+        task_id: _TaskRow(memo.task(task_id, snapshot), agent, created, updated, status_at, exists=True)
+        for task_id, agent, created, updated, status_at, snapshot in found
+    }
     events: list[dict[str, object]] = []
     outcomes: list[Outcome] = []
     for incoming in batch:
@@ -115,31 +126,41 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
         outcome, event_row = _apply_one(incoming, rows)
         events.append(event_row)
         outcomes.append(outcome)
-    if events:
-        _insert_events(connection, events)
     written: dict[str, tuple[str, Task]] = {}
-    new = [row for row in rows.values() if row.changed and not row.exists]
-    if new:
-        connection.execute(
-            _INSERT_RECORDS,
-            [
-                {"task_id": row.task.id, "agent": row.agent, "created_at": row.created_at, **row.values(written)}
-                for row in new
-            ],
-        )
-    changed = [row for row in rows.values() if row.changed and row.exists]
-    if changed:
-        connection.execute(_UPDATE_RECORD, [{"b_task_id": row.task.id, **row.values(written)} for row in changed])
+    new = [
+        {"task_id": row.task.id, "agent": row.agent, "created_at": row.created_at, **row.values(written)}
+        for row in rows.values()
+        if row.changed and not row.exists
+    ]
+    changed = [{"task_id": row.task.id, **row.values(written)} for row in rows.values() if row.changed and row.exists]
+    if on_postgres:
+        if events or new or changed:
+            pgwrites.write(connection, events, new, changed)
+    else:
+        _write_rows(connection, events, new, changed)
     memo.written = written
     return outcomes
 
 
-def _read_tasks(connection: Connection, task_ids: list[str], memo: SnapshotMemo) -> dict[str, _TaskRow]:
-    """The batch's known tasks, locked for this transaction where the database supports it."""
-    return {
-        task_id: _TaskRow(memo.task(task_id, snapshot), agent, created, updated, status_at, exists=True)
-        for task_id, agent, created, updated, status_at, snapshot in connection.execute(_TASK_ROWS, {"ids": task_ids})
-    }
+def _on_postgres(dialect: Dialect) -> bool:
+    """Whether the batch's statements can be PostgreSQL's own (`pgwrites`): its arrays and JSON through psycopg."""
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+def _write_rows(
+    connection: Connection,
+    events: list[dict[str, object]],
+    new: list[dict[str, object]],
+    changed: list[dict[str, object]],
+) -> None:
+    """The batch's rows in portable statements: the events' insert, the new tasks' insert, the changed tasks'
+    executemany update."""
+    if events:
+        _insert_events(connection, events)
+    if new:
+        connection.execute(_INSERT_RECORDS, new)
+    if changed:
+        connection.execute(_UPDATE_RECORD, [{"b_task_id": values.pop("task_id"), **values} for values in changed])
 
 
 def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, dict[str, object]]:
