@@ -146,7 +146,10 @@ def test_a_second_writer_racing_for_the_same_events_records_each_once(postgres_e
     """Two replicas given the same events (a redelivery to another member of a shared subscription): the second
     waits on the first's transaction, then finds its events stored and reports them DUPLICATE, applying nothing
     twice, whether their task was stored before (locked rows) or is new in both batches (the unique event id)."""
-    first, second = TaskStore(postgres_engine), TaskStore(make_engine(str(postgres_engine.url)))
+    first, second = (
+        TaskStore(postgres_engine),
+        TaskStore(make_engine(postgres_engine.url.render_as_string(hide_password=False))),
+    )
     assert first.record_many(BATCHES[0]) == OUTCOMES[0]
     for batch, stored in (
         (BATCHES[1][1:4], "t1 and t2 exist"),
@@ -170,3 +173,10 @@ def test_a_second_writer_racing_for_the_same_events_records_each_once(postgres_e
     states = {row[0]: row[2] for row in record_rows}
     assert states == {"t1": "TASK_STATE_COMPLETED", "t2": "TASK_STATE_FAILED", "t9": "TASK_STATE_SUBMITTED"}
     second.engine.dispose()
+
+
+def test_the_stores_postgresql_sessions_plan_each_run_for_its_values(postgres_engine: Engine) -> None:
+    """A generic plan kept from when the tables were small scans them whole (mesh_taskstore.db._postgres_engine)."""
+    for _ in range(2):  # the pool's connection, and again once it has been checked in and out
+        with postgres_engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
