@@ -89,10 +89,14 @@ BATCHES = [
         ),
         arrival("e8", status("t3", TaskState.COMPLETED), 10),  # a duplicate inside the batch, of a new event
     ],
+    [arrival("e9", StreamResponse(task=Task(id="t4", status=TaskStatus(state=TaskState.SUBMITTED))), 11)],  # no ctx
+    [arrival("e10", StreamResponse(task=Task(id="t4", status=TaskStatus(state=TaskState.COMPLETED))), 12)],  # changed
 ]
 OUTCOMES = [
     [Outcome.STORED, Outcome.STORED, Outcome.DUPLICATE, Outcome.STORED, Outcome.STORED],
     [Outcome.DUPLICATE, Outcome.STORED, Outcome.NOT_APPLIED, Outcome.STORED, Outcome.STORED, Outcome.DUPLICATE],
+    [Outcome.STORED],
+    [Outcome.STORED],
 ]
 
 
@@ -126,10 +130,17 @@ def test_postgresql_writes_the_rows_sqlite_writes(postgres_engine: Engine, sqlit
     for engine in (postgres_engine, sqlite_engine):
         store = TaskStore(engine)
         assert [store.record_many(batch) for batch in BATCHES] == OUTCOMES
-        assert store.record_many(BATCHES[0] + BATCHES[1]) == [Outcome.DUPLICATE] * 11
+        everything = [incoming for batch in BATCHES for incoming in batch]
+        assert store.record_many(everything) == [Outcome.DUPLICATE] * len(everything)
     on_postgres, on_sqlite = stored_rows(postgres_engine), stored_rows(sqlite_engine)
-    assert [row[0] for row in on_postgres[0]] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8"]
-    assert [row[4] for row in on_postgres[0]] == [True, True, True, True, True, False, True, True]
+    assert [row[0] for row in on_postgres[0]] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10"]
+    assert [row[4] for row in on_postgres[0]] == [True, True, True, True, True, False, True, True, True, True]
+    assert [(row[0], row[1], row[2]) for row in on_postgres[1]] == [
+        ("t1", "ctx", "TASK_STATE_COMPLETED"),
+        ("t2", "ctx", "TASK_STATE_FAILED"),
+        ("t3", "ctx-3", "TASK_STATE_WORKING"),
+        ("t4", None, "TASK_STATE_COMPLETED"),
+    ]
     assert on_postgres == on_sqlite
     snapshot = Task.from_json(str(on_postgres[1][0][7]))
     assert snapshot.status.state is TaskState.COMPLETED and snapshot.artifacts is not None

@@ -1,13 +1,12 @@
 """A batch's statements on PostgreSQL: one read, one write, whatever the batch's size.
 
-Each statement's text is fixed (ids travel as arrays, rows as one JSON array), so psycopg prepares it after a few
+Each statement's text is fixed (ids and each column's values travel as arrays), so psycopg prepares it after a few
 runs and the server stops parsing and planning it per batch; and the batch costs two round trips inside its
 transaction instead of one per statement. The rows written are those `writes` builds for every database."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
@@ -42,31 +41,33 @@ WRITE = """
 WITH new_events AS (
     INSERT INTO task_event (event_id, task_id, agent, kind, applied, received_at, payload)
     SELECT event_id, task_id, agent, kind, applied, received_at, payload
-    FROM ROWS FROM (json_to_recordset(%(events)s::json) AS (
-        event_id varchar, task_id varchar, agent varchar, kind varchar, applied boolean, received_at timestamptz,
-        payload text
-    )) WITH ORDINALITY AS e(event_id, task_id, agent, kind, applied, received_at, payload, position)
+    FROM unnest(
+        %(event_event_id)b::varchar[], %(event_task_id)b::varchar[], %(event_agent)b::varchar[],
+        %(event_kind)b::varchar[], %(event_applied)b::boolean[], %(event_received_at)b::timestamptz[],
+        %(event_payload)b::text[]
+    ) WITH ORDINALITY AS e(event_id, task_id, agent, kind, applied, received_at, payload, position)
     ORDER BY position
 ), new_tasks AS (
     INSERT INTO task_record (task_id, agent, created_at, state, context_id, updated_at, status_timestamp, snapshot)
-    SELECT task_id, agent, created_at, state, context_id, updated_at, status_timestamp, snapshot
-    FROM json_to_recordset(%(new_tasks)s::json) AS t(
-        task_id varchar, agent varchar, created_at timestamptz, state varchar, context_id varchar,
-        updated_at timestamptz, status_timestamp timestamptz, snapshot text
+    SELECT * FROM unnest(
+        %(new_task_id)b::varchar[], %(new_agent)b::varchar[], %(new_created_at)b::timestamptz[],
+        %(new_state)b::varchar[], %(new_context_id)b::varchar[], %(new_updated_at)b::timestamptz[],
+        %(new_status_timestamp)b::timestamptz[], %(new_snapshot)b::text[]
     )
 )
 UPDATE task_record AS r
 SET state = c.state, context_id = c.context_id, updated_at = c.updated_at,
     status_timestamp = c.status_timestamp, snapshot = c.snapshot
-FROM json_to_recordset(%(changed_tasks)s::json) AS c(
-    task_id varchar, state varchar, context_id varchar, updated_at timestamptz, status_timestamp timestamptz,
-    snapshot text
-)
+FROM unnest(
+    %(changed_task_id)b::varchar[], %(changed_state)b::varchar[], %(changed_context_id)b::varchar[],
+    %(changed_updated_at)b::timestamptz[], %(changed_status_timestamp)b::timestamptz[], %(changed_snapshot)b::text[]
+) AS c(task_id, state, context_id, updated_at, status_timestamp, snapshot)
 WHERE r.task_id = c.task_id
 """
-"""The batch's events (in arrival order: their `seq`), new tasks and changed tasks in one statement. The new and
-the changed tasks are apart by construction (a row read under lock is changed, one not found is new), so the
-insert and the update never meet the same row."""
+"""The batch's events (in arrival order: their `seq`), new tasks and changed tasks in one statement, each column an
+array in PostgreSQL's binary format (the server copies the values in; JSON rows cost it half as much again to parse
+and the store more to build). The new and the changed tasks are apart by construction (a row read under lock is
+changed, one not found is new), so the insert and the update never meet the same row."""
 
 Row = tuple[str, str | None, datetime | None, datetime | None, datetime | None, str | None]
 """A locked task row: task_id, agent, created_at, updated_at, status_timestamp, snapshot."""
@@ -88,27 +89,16 @@ def read(connection: Connection, task_ids: list[str], event_ids: list[str]) -> t
 def write(
     connection: Connection,
     events: Sequence[Mapping[str, object]],
-    new_tasks: Iterable[Mapping[str, object]],
-    changed_tasks: Iterable[Mapping[str, object]],
+    new_tasks: Sequence[Mapping[str, object]],
+    changed_tasks: Sequence[Mapping[str, object]],
 ) -> None:
     """Insert the events and the new tasks and update the changed tasks, in one statement."""
-    connection.exec_driver_sql(
-        WRITE,
-        {
-            "events": _json_rows(events, EVENT_COLUMNS),
-            "new_tasks": _json_rows(new_tasks, NEW_TASK_COLUMNS),
-            "changed_tasks": _json_rows(changed_tasks, CHANGED_TASK_COLUMNS),
-        },
-    )
-
-
-def _json_rows(rows: Iterable[Mapping[str, object]], columns: Sequence[str]) -> str:
-    """`rows` as a JSON array of objects: timestamps in ISO 8601 with their offset (exact to the microsecond, as
-    PostgreSQL keeps them), the rest as JSON has them."""
-    return json.dumps(
-        [{name: _json_value(row[name]) for name in columns} for row in rows], ensure_ascii=False, check_circular=False
-    )
-
-
-def _json_value(value: object) -> object:
-    return value.isoformat() if isinstance(value, datetime) else value
+    parameters: dict[str, list[object]] = {}
+    for prefix, rows, columns in (
+        ("event_", events, EVENT_COLUMNS),
+        ("new_", new_tasks, NEW_TASK_COLUMNS),
+        ("changed_", changed_tasks, CHANGED_TASK_COLUMNS),
+    ):
+        for name in columns:
+            parameters[prefix + name] = [row[name] for row in rows]
+    connection.exec_driver_sql(WRITE, parameters)
