@@ -56,8 +56,23 @@ _TASK_ROWS = (
 )
 """The batch's reads, built once (an expanding IN takes any number of ids): building them per batch was a tenth of
 the write path's CPU."""
-_INSERT_RECORDS = RECORDS.insert()
 _EVENT_COLUMNS = ("event_id", "task_id", "agent", "kind", "applied", "received_at", "payload")
+_NEW_TASK_COLUMNS = (
+    "task_id",
+    "agent",
+    "created_at",
+    "state",
+    "context_id",
+    "updated_at",
+    "status_timestamp",
+    "snapshot",
+)
+_ROW_WRITES: dict[str, tuple[sa.Table, sa.Executable]] = {
+    "events": (EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in _EVENT_COLUMNS})),
+    "new_tasks": (RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in _NEW_TASK_COLUMNS})),
+    "changed_tasks": (RECORDS, _UPDATE_RECORD),
+}
+"""The portable statements that write a batch's rows, each with the table whose columns its parameters fill."""
 
 
 @dataclass
@@ -154,13 +169,10 @@ def _write_rows(
     changed: list[dict[str, object]],
 ) -> None:
     """The batch's rows in portable statements: the events' insert, the new tasks' insert, the changed tasks'
-    executemany update."""
-    if events:
-        _insert_events(connection, events)
-    if new:
-        connection.execute(_INSERT_RECORDS, new)
-    if changed:
-        connection.execute(_UPDATE_RECORD, [{"b_task_id": values.pop("task_id"), **values} for values in changed])
+    update, each one executemany."""
+    for name, rows in (("events", events), ("new_tasks", new), ("changed_tasks", changed)):
+        if rows:
+            _execute_rows(connection, name, rows)
 
 
 def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, dict[str, object]]:
@@ -197,24 +209,35 @@ def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, 
 
 
 @functools.cache
-def _event_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], tuple[Callable[[object], object] | None, ...]]:
-    """The events' INSERT as `dialect`'s driver takes it, the columns in the order of its parameters, and the
-    conversion each column's type applies to a value before the driver sees it (None: none)."""
-    statement = EVENTS.insert().values({name: sa.bindparam(name) for name in _EVENT_COLUMNS})
+def _row_write(
+    dialect: Dialect, name: str
+) -> tuple[str, tuple[str, ...], tuple[Callable[[object], object] | None, ...]]:
+    """The row write `name` (of `_ROW_WRITES`) as `dialect`'s driver takes it, its parameters in the driver's order,
+    and the conversion each one's column type applies to a value before the driver sees it (None: none)."""
+    table, statement = _ROW_WRITES[name]
     compiled = statement.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or ()) if dialect.positional else _EVENT_COLUMNS
-    processors = tuple(EVENTS.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+    names = tuple(compiled.positiontup or ()) if dialect.positional else tuple(compiled.binds)
+    processors = tuple(
+        table.c[_column_of(parameter)].type.dialect_impl(dialect).bind_processor(dialect) for parameter in names
+    )
     return str(compiled), names, processors
 
 
-def _insert_events(connection: Connection, events: list[dict[str, object]]) -> None:
-    """The batch's event rows in one executemany handed straight to the driver. They are the batch's most
-    numerous rows, and SQLAlchemy's per-row parameter processing for them was a tenth of the write path; the
-    conversions their column types need (SQLite's for the arrival time) are applied here, as SQLAlchemy would."""
-    statement, names, processors = _event_insert(connection.dialect)
-    columns = tuple(zip(names, processors, strict=True))
-    values = [[row[name] if process is None else process(row[name]) for name, process in columns] for row in events]
+def _column_of(parameter: str) -> str:
+    """The column a parameter of `_ROW_WRITES` fills or matches: its own name but the update's key."""
+    return parameter.removeprefix("b_")
+
+
+def _execute_rows(connection: Connection, name: str, rows: list[dict[str, object]]) -> None:
+    """Rows of the batch in one executemany handed straight to the driver: SQLAlchemy's per-row parameter
+    processing was a tenth of the write path. The conversions the columns' types need (SQLite's for timestamps)
+    are applied here, as SQLAlchemy would, so the rows written are the same."""
+    statement, names, processors = _row_write(connection.dialect, name)
+    columns = tuple(zip(map(_column_of, names), processors, strict=True))
+    values = [
+        tuple(row[column] if process is None else process(row[column]) for column, process in columns) for row in rows
+    ]
     if connection.dialect.positional:
-        connection.exec_driver_sql(statement, [tuple(row) for row in values])
+        connection.exec_driver_sql(statement, values)
     else:
         connection.exec_driver_sql(statement, [dict(zip(names, row, strict=True)) for row in values])
