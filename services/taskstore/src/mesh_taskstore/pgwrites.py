@@ -1,8 +1,9 @@
 """A batch's statements on PostgreSQL: one read, one write, whatever the batch's size.
 
 Each statement's text is fixed (ids and each column's values travel as arrays), so psycopg prepares it after a few
-runs and the server stops parsing and planning it per batch; and the batch costs two round trips inside its
-transaction instead of one per statement. The rows written are those `writes` builds for every database."""
+runs and the server parses it once (it still plans each run for its values: `db._postgres_engine`); and the batch
+costs two round trips inside its transaction instead of one per statement. The rows written are those `writes`
+builds for every database."""
 
 from __future__ import annotations
 

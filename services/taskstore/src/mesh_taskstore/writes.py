@@ -158,7 +158,7 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
 
 
 def _on_postgres(dialect: Dialect) -> bool:
-    """Whether the batch's statements can be PostgreSQL's own (`pgwrites`): its arrays and JSON through psycopg."""
+    """Whether the batch's statements can be PostgreSQL's own (`pgwrites`): its arrays through psycopg."""
     return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
