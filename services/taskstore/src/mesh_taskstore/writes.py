@@ -2,9 +2,10 @@
 
 The write path is the store's hot loop (four or more events per task, every task of the mesh), so it stays off the
 ORM: building and flushing an ORM object per event and per task cost several times the events' own decoding. Here a
-batch is a fixed handful of statements whatever its size: one read of the known event ids, one read (locked where
-the database can) of the batch's task rows, one multi-row insert of the events, one of the new tasks, one
-executemany update of the changed ones."""
+batch is a fixed handful of statements whatever its size. Portably (SQLite): one read of the known event ids, one
+read (locked where the database can) of the batch's task rows, one executemany insert of the events, one multi-row
+insert of the new tasks, one executemany update of the changed ones. On PostgreSQL (`pgwrites`): one read of both,
+the task rows locked, and one statement writing all three, each prepared once by psycopg."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from a2amesh.models import Task
+from mesh_taskstore import pgwrites
 from mesh_taskstore.apply import apply_event, kind_of
 from mesh_taskstore.db import TaskEvent, TaskRecord, utc
 from mesh_taskstore.incoming import Incoming, Outcome
@@ -54,8 +56,23 @@ _TASK_ROWS = (
 )
 """The batch's reads, built once (an expanding IN takes any number of ids): building them per batch was a tenth of
 the write path's CPU."""
-_INSERT_RECORDS = RECORDS.insert()
 _EVENT_COLUMNS = ("event_id", "task_id", "agent", "kind", "applied", "received_at", "payload")
+_NEW_TASK_COLUMNS = (
+    "task_id",
+    "agent",
+    "created_at",
+    "state",
+    "context_id",
+    "updated_at",
+    "status_timestamp",
+    "snapshot",
+)
+_ROW_WRITES: dict[str, tuple[sa.Table, sa.Executable]] = {
+    "events": (EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in _EVENT_COLUMNS})),
+    "new_tasks": (RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in _NEW_TASK_COLUMNS})),
+    "changed_tasks": (RECORDS, _UPDATE_RECORD),
+}
+"""The portable statements that write a batch's rows, each with the table whose columns its parameters fill."""
 
 
 @dataclass
@@ -102,9 +119,18 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
     Events are applied in order in memory, so a batch may hold several events of one task, or one event twice.
     `memo` keeps the snapshots written for the next batch (its size is one batch's tasks)."""
     memo = memo or SnapshotMemo()
+    on_postgres = _on_postgres(connection.dialect)
     event_ids = list({incoming.event_id for incoming in batch})
-    seen = set(connection.execute(_KNOWN_EVENT_IDS, {"ids": event_ids}).scalars())
-    rows = _read_tasks(connection, list({incoming.task_id for incoming in batch}), memo)
+    task_ids = list({incoming.task_id for incoming in batch})
+    if on_postgres:
+        found, seen = pgwrites.read(connection, task_ids, event_ids)
+    else:
+        seen = set(connection.execute(_KNOWN_EVENT_IDS, {"ids": event_ids}).scalars())
+        found = connection.execute(_TASK_ROWS, {"ids": task_ids})
+    rows = {
+        task_id: _TaskRow(memo.task(task_id, snapshot), agent, created, updated, status_at, exists=True)
+        for task_id, agent, created, updated, status_at, snapshot in found
+    }
     events: list[dict[str, object]] = []
     outcomes: list[Outcome] = []
     for incoming in batch:
@@ -115,31 +141,38 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
         outcome, event_row = _apply_one(incoming, rows)
         events.append(event_row)
         outcomes.append(outcome)
-    if events:
-        _insert_events(connection, events)
     written: dict[str, tuple[str, Task]] = {}
-    new = [row for row in rows.values() if row.changed and not row.exists]
-    if new:
-        connection.execute(
-            _INSERT_RECORDS,
-            [
-                {"task_id": row.task.id, "agent": row.agent, "created_at": row.created_at, **row.values(written)}
-                for row in new
-            ],
-        )
-    changed = [row for row in rows.values() if row.changed and row.exists]
-    if changed:
-        connection.execute(_UPDATE_RECORD, [{"b_task_id": row.task.id, **row.values(written)} for row in changed])
+    new = [
+        {"task_id": row.task.id, "agent": row.agent, "created_at": row.created_at, **row.values(written)}
+        for row in rows.values()
+        if row.changed and not row.exists
+    ]
+    changed = [{"task_id": row.task.id, **row.values(written)} for row in rows.values() if row.changed and row.exists]
+    if on_postgres:
+        if events or new or changed:
+            pgwrites.write(connection, events, new, changed)
+    else:
+        _write_rows(connection, events, new, changed)
     memo.written = written
     return outcomes
 
 
-def _read_tasks(connection: Connection, task_ids: list[str], memo: SnapshotMemo) -> dict[str, _TaskRow]:
-    """The batch's known tasks, locked for this transaction where the database supports it."""
-    return {
-        task_id: _TaskRow(memo.task(task_id, snapshot), agent, created, updated, status_at, exists=True)
-        for task_id, agent, created, updated, status_at, snapshot in connection.execute(_TASK_ROWS, {"ids": task_ids})
-    }
+def _on_postgres(dialect: Dialect) -> bool:
+    """Whether the batch's statements can be PostgreSQL's own (`pgwrites`): its arrays through psycopg."""
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+def _write_rows(
+    connection: Connection,
+    events: list[dict[str, object]],
+    new: list[dict[str, object]],
+    changed: list[dict[str, object]],
+) -> None:
+    """The batch's rows in portable statements: the events' insert, the new tasks' insert, the changed tasks'
+    update, each one executemany."""
+    for name, rows in (("events", events), ("new_tasks", new), ("changed_tasks", changed)):
+        if rows:
+            _execute_rows(connection, name, rows)
 
 
 def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, dict[str, object]]:
@@ -176,24 +209,35 @@ def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, 
 
 
 @functools.cache
-def _event_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], tuple[Callable[[object], object] | None, ...]]:
-    """The events' INSERT as `dialect`'s driver takes it, the columns in the order of its parameters, and the
-    conversion each column's type applies to a value before the driver sees it (None: none)."""
-    statement = EVENTS.insert().values({name: sa.bindparam(name) for name in _EVENT_COLUMNS})
+def _row_write(
+    dialect: Dialect, name: str
+) -> tuple[str, tuple[str, ...], tuple[Callable[[object], object] | None, ...]]:
+    """The row write `name` (of `_ROW_WRITES`) as `dialect`'s driver takes it, its parameters in the driver's order,
+    and the conversion each one's column type applies to a value before the driver sees it (None: none)."""
+    table, statement = _ROW_WRITES[name]
     compiled = statement.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or ()) if dialect.positional else _EVENT_COLUMNS
-    processors = tuple(EVENTS.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+    names = tuple(compiled.positiontup or ()) if dialect.positional else tuple(compiled.binds)
+    processors = tuple(
+        table.c[_column_of(parameter)].type.dialect_impl(dialect).bind_processor(dialect) for parameter in names
+    )
     return str(compiled), names, processors
 
 
-def _insert_events(connection: Connection, events: list[dict[str, object]]) -> None:
-    """The batch's event rows in one executemany handed straight to the driver. They are the batch's most
-    numerous rows, and SQLAlchemy's per-row parameter processing for them was a tenth of the write path; the
-    conversions their column types need (SQLite's for the arrival time) are applied here, as SQLAlchemy would."""
-    statement, names, processors = _event_insert(connection.dialect)
-    columns = tuple(zip(names, processors, strict=True))
-    values = [[row[name] if process is None else process(row[name]) for name, process in columns] for row in events]
+def _column_of(parameter: str) -> str:
+    """The column a parameter of `_ROW_WRITES` fills or matches: its own name but the update's key."""
+    return parameter.removeprefix("b_")
+
+
+def _execute_rows(connection: Connection, name: str, rows: list[dict[str, object]]) -> None:
+    """Rows of the batch in one executemany handed straight to the driver: SQLAlchemy's per-row parameter
+    processing was a tenth of the write path. The conversions the columns' types need (SQLite's for timestamps)
+    are applied here, as SQLAlchemy would, so the rows written are the same."""
+    statement, names, processors = _row_write(connection.dialect, name)
+    columns = tuple(zip(map(_column_of, names), processors, strict=True))
+    values = [
+        tuple(row[column] if process is None else process(row[column]) for column, process in columns) for row in rows
+    ]
     if connection.dialect.positional:
-        connection.exec_driver_sql(statement, [tuple(row) for row in values])
+        connection.exec_driver_sql(statement, values)
     else:
         connection.exec_driver_sql(statement, [dict(zip(names, row, strict=True)) for row in values])
