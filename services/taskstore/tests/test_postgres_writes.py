@@ -155,8 +155,10 @@ def waiting_on_a_lock(engine: Engine) -> bool:
 
 def test_a_second_writer_racing_for_the_same_events_records_each_once(postgres_engine: Engine) -> None:
     """Two replicas given the same events (a redelivery to another member of a shared subscription): the second
-    waits on the first's transaction, then finds its events stored and reports them DUPLICATE, applying nothing
-    twice, whether their task was stored before (locked rows) or is new in both batches (the unique event id)."""
+    waits on the first's transaction, then reports its events DUPLICATE, applying nothing twice, whether their task
+    was stored before (locked rows) or is new in both batches. Its read of known event ids saw the table as its
+    statement began, before the first committed, so it is the unique event id that refuses its insert, and the
+    store's fallback (one event per transaction) that finds each stored."""
     first, second = (
         TaskStore(postgres_engine),
         TaskStore(make_engine(postgres_engine.url.render_as_string(hide_password=False))),

@@ -60,8 +60,6 @@ def main() -> None:
                 except OSError as error:
                     log.error("%s; shutting down", error)
                     raise SystemExit(1) from None
-            link_stop = asyncio.Event()
-            link = asyncio.create_task(requester.run(link_stop))
             delegate = Delegate(
                 requester, handler.router, retry_profile(settings), handler.credentials, handler.hub.note
             )
@@ -85,6 +83,9 @@ def main() -> None:
             ]
             if grpc is not None:
                 workers.append(serve_grpc(grpc, stop))
+            # the link runs from here on, and closes in the finally whatever ends the service
+            link_stop = asyncio.Event()
+            link = asyncio.create_task(requester.run(link_stop))
             # the hosted workflows agent drains like any agent before it goes offline
             try:
                 await serve_until(stop, server, *workers, grace=SHUTDOWN_GRACE + 5)

@@ -159,7 +159,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for `url`. For SQLite: the file's directory is created, the connection may be used from
     worker threads (all DB work runs in `asyncio.to_thread`), and WAL lets readers run beside the writer."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
         return _postgres_engine(url, **kwargs)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -185,9 +185,10 @@ CUSTOM_PLANS_FROM = 120000
 """PostgreSQL 12, the first with `plan_cache_mode`."""
 
 
-def _postgres_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine whose sessions plan each run of a prepared statement for its own values (`plan_cache_mode =
-    force_custom_plan`), as PostgreSQL plans an unprepared one. psycopg prepares a statement from its fifth run;
+def _postgres_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine (psycopg 3, the driver the store's image installs) whose sessions plan each run of a prepared
+    statement for its own values (`plan_cache_mode = force_custom_plan`), as PostgreSQL plans an unprepared one.
+    psycopg prepares a statement once it has run five times;
     PostgreSQL may then keep one generic plan, made for the tables as they were. Made while the tables were new and
     small, it scanned them whole for every batch until autovacuum analyzed them: a fresh store's cost per batch grew
     with its tables (0.1 -> 0.75 ms of the server's CPU a task over its first 24,000 tasks, offline)."""
