@@ -56,23 +56,13 @@ _TASK_ROWS = (
 )
 """The batch's reads, built once (an expanding IN takes any number of ids): building them per batch was a tenth of
 the write path's CPU."""
-_EVENT_COLUMNS = ("event_id", "task_id", "agent", "kind", "applied", "received_at", "payload")
-_NEW_TASK_COLUMNS = (
-    "task_id",
-    "agent",
-    "created_at",
-    "state",
-    "context_id",
-    "updated_at",
-    "status_timestamp",
-    "snapshot",
-)
 _ROW_WRITES: dict[str, tuple[sa.Table, sa.Executable]] = {
-    "events": (EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in _EVENT_COLUMNS})),
-    "new_tasks": (RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in _NEW_TASK_COLUMNS})),
+    "events": (EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in pgwrites.EVENT_COLUMNS})),
+    "new_tasks": (RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in pgwrites.NEW_TASK_COLUMNS})),
     "changed_tasks": (RECORDS, _UPDATE_RECORD),
 }
-"""The portable statements that write a batch's rows, each with the table whose columns its parameters fill."""
+"""The portable statements that write a batch's rows, each with the table whose columns its parameters fill (the
+columns of PostgreSQL's own statements, `pgwrites`, so both write the same rows)."""
 
 
 @dataclass
