@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 from sqlmodel import SQLModel
 
-from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus, TaskStatusUpdateEvent
+from a2amesh.models import (
+    Artifact,
+    Message,
+    Part,
+    Role,
+    StreamResponse,
+    Task,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+)
+from mesh_taskstore.apply import trim
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine
 from mesh_taskstore.store import Cursor, Incoming, Outcome, Owner, TaskQuery, TaskStore, status_history
 
@@ -110,6 +121,37 @@ def test_list_filters_by_agent(store: TaskStore) -> None:
     pool = store.list_tasks(TaskQuery(agents=("acme/default/research-0", "acme/default/x")))
     assert sorted(t.id for t in pool.tasks) == ["t-e2", "t-e3"] and pool.total_size == 2
     assert store.list_tasks(TaskQuery()).total_size == 3
+
+
+def test_a_listing_shows_each_task_as_trimming_its_model_would(store: TaskStore) -> None:
+    """A listing passes the stored snapshots' JSON on with keys dropped instead of parsing each into a Task: what
+    it shows must be exactly the trimmed model's wire form, for every historyLength and artifacts choice."""
+    messages = [
+        Message(message_id=f"m{i}", role=Role.USER if i % 2 else Role.AGENT, parts=[Part(text=f"é {i}")])
+        for i in range(3)
+    ]
+    final = Message(message_id="done", role=Role.AGENT, parts=[Part(data={"n": 1.5, "ok": True})])
+    whole = Task(
+        id="t-whole",
+        context_id="ctx",
+        history=messages,
+        artifacts=[Artifact(artifact_id="a1", name="echo", parts=[Part(text="out")])],
+        status=TaskStatus(state=TaskState.COMPLETED, timestamp=T0 + timedelta(seconds=1), message=final),
+        metadata={"skill": "echo", "nested": {"list": [1, "two"]}},
+    )
+    store.record(incoming("e1", StreamResponse(task=whole)))
+    store.record(incoming("e2", task_event("t-bare"), 1))  # no history, no artifacts
+    stored = {task_id: store.get(task_id) for task_id in ("t-whole", "t-bare")}
+    for history_length in (None, 0, 1, 2, 10):
+        for include_artifacts in (False, True):
+            page = store.list_tasks(TaskQuery(history_length=history_length, include_artifacts=include_artifacts))
+            expected = {
+                task_id: trim(found.task, history_length, include_artifacts).to_wire()
+                for task_id, found in stored.items()
+                if found is not None
+            }
+            assert {task["id"]: task for task in page.wire} == expected, (history_length, include_artifacts)
+            assert {task.id: task.to_wire() for task in page.tasks} == expected
 
 
 def test_cursor_round_trip_and_garbage() -> None:

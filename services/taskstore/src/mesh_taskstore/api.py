@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, LIST_TASKS_MAX_PAGE_SIZE, ListTasksResponse, TaskState
+from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, LIST_TASKS_MAX_PAGE_SIZE, TaskState
 from a2amesh.observability import ServiceMetrics, health_routes
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import utc
@@ -193,13 +193,14 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
         except BadRequest as error:
             return _error(400, str(error))
         page = await asyncio.to_thread(store.list_tasks, query)
-        response = ListTasksResponse(
-            tasks=page.tasks,
-            next_page_token=page.next_page_token,
-            page_size=query.page_size,
-            total_size=page.total_size,
-        )
-        return JSONResponse(response.to_wire())
+        # ListTasksResponse's wire shape (every field present), built around the snapshots' own JSON
+        response = {
+            "tasks": page.wire,
+            "nextPageToken": page.next_page_token,
+            "pageSize": query.page_size,
+            "totalSize": page.total_size,
+        }
+        return JSONResponse(response)
 
     return Starlette(
         routes=[

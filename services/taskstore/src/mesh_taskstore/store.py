@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, StreamResponse, Task, TaskState, TaskStatus
 from mesh_taskstore import db
-from mesh_taskstore.apply import EventKind, trim
+from mesh_taskstore.apply import EventKind
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
 from mesh_taskstore.incoming import Incoming, Outcome, no_ack
 from mesh_taskstore.writes import SnapshotMemo, write_batch
@@ -94,11 +95,19 @@ class TaskQuery:
 
 @dataclass(frozen=True)
 class TaskPage:
-    """One page of tasks, the token of the next one ("" when this is the last) and how many match in all."""
+    """One page of tasks, the token of the next one ("" when this is the last) and how many match in all.
 
-    tasks: list[Task]
+    The tasks are kept as wire JSON (dicts), as the store wrote them: the HTTP API sends them on unchanged, and
+    parsing each snapshot into a model only to write it back out was most of a listing's cost (issue #18)."""
+
+    wire: list[dict[str, Any]]
     next_page_token: str
     total_size: int
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The page's tasks as models (for callers in Python; the API sends `wire`)."""
+        return [Task.from_wire(task) for task in self.wire]
 
 
 class TaskStore:
@@ -246,17 +255,18 @@ class TaskStore:
                     sa.and_(updated == query.cursor.updated_at, task_id < query.cursor.task_id),
                 )
             )
+        columns = (col(TaskRecord.updated_at), col(TaskRecord.task_id), col(TaskRecord.snapshot))
         with Session(self.engine) as session:
             total = session.exec(select(sa.func.count()).select_from(TaskRecord).where(*filters)).one()
             rows = session.exec(
-                select(TaskRecord)
+                select(*columns)
                 .where(*page_filters)
                 .order_by(col(TaskRecord.updated_at).desc(), col(TaskRecord.task_id).desc())
                 .limit(query.page_size + 1)
             ).all()
         page, more = rows[: query.page_size], len(rows) > query.page_size
         token = Cursor(utc(page[-1].updated_at), page[-1].task_id).encode() if more and page else ""
-        tasks = [trim(Task.from_json(row.snapshot), query.history_length, query.include_artifacts) for row in page]
+        tasks = [trim_wire(json.loads(row.snapshot), query.history_length, query.include_artifacts) for row in page]
         return TaskPage(tasks, token, int(total))
 
 
@@ -282,6 +292,20 @@ def _claim_rows(connection: sa.Connection, claims: Sequence[tuple[str, Owner]]) 
     if rows:
         connection.execute(_OWNERS.insert(), rows)
     return answers
+
+
+def trim_wire(task: dict[str, Any], history_length: int | None, include_artifacts: bool) -> dict[str, Any]:
+    """`apply.trim` on a snapshot's wire JSON, in place: a stored snapshot is a model's own JSON (the write path
+    writes `Task.to_json()`), so dropping keys gives what trimming the model and writing it again would."""
+    history = task.get("history")
+    if history_length is not None and history is not None:
+        if history_length > 0:
+            task["history"] = history[-history_length:]
+        else:
+            del task["history"]
+    if not include_artifacts:
+        task.pop("artifacts", None)
+    return task
 
 
 def utc_now() -> datetime:
