@@ -108,7 +108,12 @@ async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Sta
     lost = Task(id=str(uuid.uuid4()), context_id="c", status=TaskStatus(state=TaskState.COMPLETED, timestamp=utc_now()))
     echo = AgentAddress(small_mesh.org, small_mesh.unit, "echo")
     async with httpx.AsyncClient(timeout=30) as store_http:
-        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0)
+        store = TaskStoreClient(small_mesh.taskstore_url, store_http)
+        query = {"pageSize": 100, "historyLength": 0}
+        states = (await store.list_states(query)).states  # what the reconciler reads of a page: ids and states
+        assert states == {task.id: task.status.state.value for task in (await store.list_tasks(query)).tasks}
+        assert {task.id for task in finals} <= states.keys()
+        reconciler = Reconciler(store, republish, first_check=0.0)
         for task in [*finals, lost]:
             reconciler.watch(LiveTask(task, echo, not_recorded, mirror=False))
         await reconciler.check_due()

@@ -198,6 +198,14 @@ class RegistryClient:
         return bool(await self.agents(skill=skill))
 
 
+@dataclass(frozen=True)
+class StatePage:
+    """One page of the store's listing as the reconciler reads it: task id -> state (its wire name)."""
+
+    states: dict[str, str]
+    next_page_token: str
+
+
 EVERY_TASK = {"scope": "all"}
 """The store's read scope for the coordinator's own bookkeeping and for operators: every caller's tasks."""
 
@@ -242,8 +250,23 @@ class TaskStoreClient:
 
     async def list_tasks(self, query: dict[str, Any], reader: Mapping[str, str] = EVERY_TASK) -> ListTasksResponse:
         """One page of recorded tasks (query: the A2A ListTasks params, camelCase)."""
+        return ListTasksResponse.from_wire(await self._list(query, reader))
+
+    async def list_states(self, query: dict[str, Any], reader: Mapping[str, str] = EVERY_TASK) -> StatePage:
+        """The id and state of each task on one page of recorded tasks, and the next page's token: what the
+        reconciler needs of a listing, read off the JSON without a Task model per task (issue #18)."""
+        body = await self._list(query, reader)
+        states: dict[str, str] = {}
+        for task in body.get("tasks") or ():
+            status = task.get("status") if isinstance(task, dict) else None
+            if isinstance(status, dict) and isinstance(task.get("id"), str) and isinstance(status.get("state"), str):
+                states[task["id"]] = status["state"]
+        token = body.get("nextPageToken")
+        return StatePage(states, token if isinstance(token, str) else "")
+
+    async def _list(self, query: dict[str, Any], reader: Mapping[str, str]) -> dict[str, Any]:
         body = await self._get("/tasks", {**{k: v for k, v in query.items() if v is not None}, **reader})
-        return ListTasksResponse.from_wire(body or {})
+        return body if isinstance(body, dict) else {}
 
 
 def _path_segment(task_id: str) -> str | None:

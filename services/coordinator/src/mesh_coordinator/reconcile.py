@@ -8,8 +8,8 @@ outcome (`statusTimestampAfter`, newest first, no history or artifacts) confirms
 including outcomes not due yet, and an outcome within a listing's whole range that it does not show is lacking
 (were the store holding another final state from earlier, it keeps it: a final task takes no other state). What
 no listing covered (a later check, more pages than LIST_PAGES, no timestamp) is read task by task. A read per task
-cost the coordinator a sixth of its CPU on the deployed path, and the store an HTTP request per task
-(docs/benchmarks.md, issue #18).
+cost the coordinator a sixth of its CPU on the deployed path, and the store an HTTP request per task; a page is
+read as ids and states only, never as Task models, since every outcome is listed once (docs/benchmarks.md, issue #18).
 
 While the store is away every outcome waits here (up to MAX_WATCHED), so each keeps only what a check and a
 republish need: the task id, the agent, the final state and its timestamp, and the final snapshot. Never the relay
@@ -62,6 +62,8 @@ LIST_PAGES = 20
 LIST_MARGIN = timedelta(milliseconds=10)
 """How far before the oldest outcome's timestamp a listing starts: the wire keeps milliseconds, an outcome the
 coordinator decided itself has microseconds."""
+TERMINAL_STATES = frozenset(state.value for state in TaskState if state.is_terminal)
+"""The final states' wire names: a listing is read as (id, state) pairs, never as Task models."""
 
 
 @dataclass(slots=True)
@@ -223,9 +225,9 @@ class Reconciler:
         (up to LIST_PAGES pages, newest first); whether the listing went to its end."""
         query = ListTasksRequest(status_timestamp_after=since, page_size=LIST_PAGE_SIZE, history_length=0).to_wire()
         for _ in range(LIST_PAGES):
-            page = await self.store.list_tasks(query)
-            for task in page.tasks:
-                if task.status.state.is_terminal and self._watched.pop(task.id, None) is not None:
+            page = await self.store.list_states(query)
+            for task_id, state in page.states.items():
+                if state in TERMINAL_STATES and self._watched.pop(task_id, None) is not None:
                     self.listed += 1
             if not page.next_page_token or not self._watched:
                 return True
