@@ -102,6 +102,37 @@ def test_pages_in_keyset_order(store: TaskStore) -> None:
     assert seen == ["t6", "t-same", "t5", "t4", "t3", "t2", "t1", "t0"]
 
 
+def test_later_pages_stop_at_the_oldest_match_yet_list_every_task(store: TaskStore) -> None:
+    """A listing's token carries the oldest match's updated_at from its first page (so a last page does not walk the
+    whole table); tasks that arrive or change meanwhile are newer, and every task matching all along is listed
+    once. A token without that floor (an older store's) pages the same."""
+    for index in range(10):
+        store.record(incoming(f"old{index}", task_event(f"old{index}"), seconds=index))  # never matching
+    after = T0 + timedelta(days=1)
+    for index in range(7):
+        store.record(
+            incoming(
+                f"e{index}",
+                status_event(f"old{index}", TaskState.COMPLETED, after + timedelta(seconds=index)),
+                20 + index,
+            )
+        )
+    query = TaskQuery(status_after=after, page_size=3)
+    first = store.list_tasks(query)
+    cursor = Cursor.decode(first.next_page_token)
+    assert cursor.floor == T0 + timedelta(seconds=21) and first.total_size == 6  # old0: not after `after`
+    store.record(incoming("late", status_event("old9", TaskState.FAILED, after + timedelta(hours=1)), 40))
+    seen = [task.id for task in first.tasks]
+    legacy = Cursor(cursor.updated_at, cursor.task_id)
+    for start in (cursor, legacy):
+        listed, token = list(seen), start
+        while token is not None:
+            page = store.list_tasks(TaskQuery(status_after=after, page_size=3, cursor=token))
+            listed += [task.id for task in page.tasks]
+            token = Cursor.decode(page.next_page_token) if page.next_page_token else None
+        assert listed == ["old6", "old5", "old4", "old3", "old2", "old1"]
+
+
 def test_list_filters(store: TaskStore) -> None:
     store.record(incoming("e1", task_event("t1")))
     store.record(incoming("e2", task_event("t2")))
@@ -157,6 +188,8 @@ def test_a_listing_shows_each_task_as_trimming_its_model_would(store: TaskStore)
 def test_cursor_round_trip_and_garbage() -> None:
     cursor = Cursor(datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "t/1")
     assert Cursor.decode(cursor.encode()) == cursor
+    floored = Cursor(cursor.updated_at, "t/1", floor=datetime(2025, 1, 1, tzinfo=UTC))
+    assert Cursor.decode(floored.encode()) == floored
     for token in ("???", "bm90IGpzb24", "e30"):
         with pytest.raises(ValueError):
             Cursor.decode(token)

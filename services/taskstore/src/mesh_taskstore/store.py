@@ -38,23 +38,33 @@ class StoredTask:
 @dataclass(frozen=True)
 class Cursor:
     """Where a page ends, in the list's order (updated_at desc, task_id desc). Keyset rather than offset, so a
-    task arriving between two page reads does not shift later pages and repeat their first rows."""
+    task arriving between two page reads does not shift later pages and repeat their first rows.
+
+    `floor` is the oldest updated_at among the listing's matches when its first page was read: no later page can
+    hold an older row (a row that changes gets a newer updated_at), and bounding the walk down the updated_at
+    index there keeps a listing's last page from reading every older row of the table to find none (a
+    statusTimestampAfter filter is checked row by row on that walk)."""
 
     updated_at: datetime
     task_id: str
+    floor: datetime | None = None
 
     def encode(self) -> str:
-        raw = json.dumps({"u": utc(self.updated_at).isoformat(), "i": self.task_id}, separators=(",", ":"))
+        fields = {"u": utc(self.updated_at).isoformat(), "i": self.task_id}
+        if self.floor is not None:
+            fields["f"] = utc(self.floor).isoformat()
+        raw = json.dumps(fields, separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, token: str) -> Cursor:
-        """Parse a token this class made; ValueError for anything else."""
+        """Parse a token this class made (one without a floor too); ValueError for anything else."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             data = json.loads(raw)
-            return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]))
-        except (binascii.Error, ValueError, TypeError, KeyError) as error:
+            floor = utc(datetime.fromisoformat(data["f"])) if data.get("f") is not None else None
+            return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]), floor)
+        except (binascii.Error, ValueError, TypeError, KeyError, AttributeError) as error:
             raise ValueError("invalid pageToken") from error
 
 
@@ -246,26 +256,37 @@ class TaskStore:
                 col(TaskOwner.principal) == query.owner.principal, col(TaskOwner.tenant) == query.owner.tenant
             )
             filters.append(col(TaskRecord.task_id).in_(owned))
+        updated, task_id = col(TaskRecord.updated_at), col(TaskRecord.task_id)
         page_filters = list(filters)
         if query.cursor is not None:
-            updated, task_id = col(TaskRecord.updated_at), col(TaskRecord.task_id)
             page_filters.append(
                 sa.or_(
                     updated < query.cursor.updated_at,
                     sa.and_(updated == query.cursor.updated_at, task_id < query.cursor.task_id),
                 )
             )
-        columns = (col(TaskRecord.updated_at), col(TaskRecord.task_id), col(TaskRecord.snapshot))
+        columns = (updated, task_id, col(TaskRecord.snapshot))
         with Session(self.engine) as session:
-            total = session.exec(select(sa.func.count()).select_from(TaskRecord).where(*filters)).one()
-            rows = session.exec(
-                select(*columns)
-                .where(*page_filters)
-                .order_by(col(TaskRecord.updated_at).desc(), col(TaskRecord.task_id).desc())
-                .limit(query.page_size + 1)
-            ).all()
+            if query.cursor is None:  # the first page: how many match, and the oldest of them (the later pages' floor)
+                total, floor = session.exec(select(sa.func.count(), sa.func.min(updated)).where(*filters)).one()
+                floor = utc(floor) if floor is not None else None
+            else:
+                total = session.exec(select(sa.func.count()).select_from(TaskRecord).where(*filters)).one()
+                floor = query.cursor.floor
+            if floor is not None:
+                page_filters.append(updated >= floor)
+            rows = (
+                session.exec(
+                    select(*columns)
+                    .where(*page_filters)
+                    .order_by(updated.desc(), task_id.desc())
+                    .limit(query.page_size + 1)
+                ).all()
+                if total
+                else []
+            )
         page, more = rows[: query.page_size], len(rows) > query.page_size
-        token = Cursor(utc(page[-1].updated_at), page[-1].task_id).encode() if more and page else ""
+        token = Cursor(utc(page[-1].updated_at), page[-1].task_id, floor).encode() if more and page else ""
         tasks = [trim_wire(json.loads(row.snapshot), query.history_length, query.include_artifacts) for row in page]
         return TaskPage(tasks, token, int(total))
 
