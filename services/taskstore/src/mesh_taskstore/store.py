@@ -40,10 +40,12 @@ class Cursor:
     """Where a page ends, in the list's order (updated_at desc, task_id desc). Keyset rather than offset, so a
     task arriving between two page reads does not shift later pages and repeat their first rows.
 
-    `floor` is the oldest updated_at among the listing's matches when its first page was read: no later page can
-    hold an older row (a row that changes gets a newer updated_at), and bounding the walk down the updated_at
-    index there keeps a listing's last page from reading every older row of the table to find none (a
-    statusTimestampAfter filter is checked row by row on that walk)."""
+    `floor` is the oldest updated_at among the listing's matches when its first page was read. Later pages stop
+    there, which keeps a listing's last page from walking every older row of the table down the updated_at index
+    to find none (a statusTimestampAfter filter is checked row by row on that walk). A row written after the first
+    page carries the time its event was received, in practice well after the oldest match; one received earlier
+    still, yet written only after that read, may be left out, as a keyset listing may leave out a row that changes
+    while it pages (for the reconciler, a needless republish at worst: the store keeps a final state)."""
 
     updated_at: datetime
     task_id: str
