@@ -352,6 +352,8 @@ async def test_list_filters_and_pages(agent: Agent, api: StoreClient) -> None:
         {"pageToken": "not-a-token"},
         {"historyLength": "-1"},
         {"statusTimestampAfter": "yesterday"},
+        {"statusTimestampAfter": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC
+        {"pageToken": "eyJ1IjoiMDAwMS0wMS0wMVQwMDowMDowMCswMTowMCIsImkiOiJ0In0"},  # the same time as a cursor
         {"includeArtifacts": "maybe"},
     ],
 )

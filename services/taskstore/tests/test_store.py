@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -190,7 +192,10 @@ def test_cursor_round_trip_and_garbage() -> None:
     assert Cursor.decode(cursor.encode()) == cursor
     floored = Cursor(cursor.updated_at, "t/1", floor=datetime(2025, 1, 1, tzinfo=UTC))
     assert Cursor.decode(floored.encode()) == floored
-    for token in ("???", "bm90IGpzb24", "e30"):
+    out_of_range = "0001-01-01T00:00:00+01:00"  # parses, but is before year 1 once in UTC
+    forged = [{"u": out_of_range, "i": "t"}, {"u": "2025-01-01T00:00:00+00:00", "i": "t", "f": out_of_range}]
+    tokens = [base64.urlsafe_b64encode(json.dumps(fields).encode()).decode() for fields in forged]
+    for token in ("???", "bm90IGpzb24", "e30", *tokens):
         with pytest.raises(ValueError):
             Cursor.decode(token)
 

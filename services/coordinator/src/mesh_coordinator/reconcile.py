@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from a2amesh.models import ListTasksRequest, StreamResponse, Task, TaskState
+from a2amesh.models import TERMINAL_STATES, ListTasksRequest, StreamResponse, Task, TaskState
 from a2amesh.topics import AgentAddress
 from mesh_coordinator.directory import DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
@@ -62,8 +62,6 @@ LIST_PAGES = 20
 LIST_MARGIN = timedelta(milliseconds=10)
 """How far before the oldest outcome's timestamp a listing starts: the wire keeps milliseconds, an outcome the
 coordinator decided itself has microseconds."""
-TERMINAL_STATES = frozenset(state.value for state in TaskState if state.is_terminal)
-"""The final states' wire names: a listing is read as (id, state) pairs, never as Task models."""
 
 
 @dataclass(slots=True)

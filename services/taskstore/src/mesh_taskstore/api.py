@@ -86,7 +86,7 @@ def _timestamp_param(request: Request, name: str) -> datetime | None:
     for candidate in (text, text.replace(" ", "+")):
         try:
             return utc(datetime.fromisoformat(candidate))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an offset that moves the time out of range
             continue
     raise BadRequest(f"{name} must be an ISO-8601 timestamp")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from a2amesh.models import StreamResponse, Task, TaskStatus
 from a2amesh.models.fold import RECORD, fold, refuses, state_set_by
@@ -71,10 +72,25 @@ def apply_event(current: Task | None, event: StreamResponse) -> Applied:
 
 def trim(task: Task, history_length: int | None = None, include_artifacts: bool = True) -> Task:
     """A view of `task` for a reader: the last `history_length` messages (none for 0, all for None), and
-    artifacts only when asked for."""
+    artifacts only when asked for. `trim_wire` is the same on the wire JSON (the listing's, which never parses a
+    model); a test holds the two equal."""
     changes: dict[str, object] = {}
     if history_length is not None and task.history is not None:
         changes["history"] = task.history[-history_length:] if history_length > 0 else None
     if not include_artifacts:
         changes["artifacts"] = None
     return task.model_copy(update=changes) if changes else task
+
+
+def trim_wire(task: dict[str, Any], history_length: int | None, include_artifacts: bool) -> dict[str, Any]:
+    """`trim` on a snapshot's wire JSON, in place: a stored snapshot is a model's own JSON (the write path
+    writes `Task.to_json()`), so dropping keys gives what trimming the model and writing it again would."""
+    history = task.get("history")
+    if history_length is not None and history is not None:
+        if history_length > 0:
+            task["history"] = history[-history_length:]
+        else:
+            del task["history"]
+    if not include_artifacts:
+        task.pop("artifacts", None)
+    return task

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, StreamResponse, Task, TaskState, TaskStatus
 from mesh_taskstore import db
-from mesh_taskstore.apply import EventKind
+from mesh_taskstore.apply import EventKind, trim_wire
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
 from mesh_taskstore.incoming import Incoming, Outcome, no_ack
 from mesh_taskstore.writes import SnapshotMemo, write_batch
@@ -66,7 +66,7 @@ class Cursor:
             data = json.loads(raw)
             floor = utc(datetime.fromisoformat(data["f"])) if data.get("f") is not None else None
             return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]), floor)
-        except (binascii.Error, ValueError, TypeError, KeyError, AttributeError) as error:
+        except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
             raise ValueError("invalid pageToken") from error
 
 
@@ -315,20 +315,6 @@ def _claim_rows(connection: sa.Connection, claims: Sequence[tuple[str, Owner]]) 
     if rows:
         connection.execute(_OWNERS.insert(), rows)
     return answers
-
-
-def trim_wire(task: dict[str, Any], history_length: int | None, include_artifacts: bool) -> dict[str, Any]:
-    """`apply.trim` on a snapshot's wire JSON, in place: a stored snapshot is a model's own JSON (the write path
-    writes `Task.to_json()`), so dropping keys gives what trimming the model and writing it again would."""
-    history = task.get("history")
-    if history_length is not None and history is not None:
-        if history_length > 0:
-            task["history"] = history[-history_length:]
-        else:
-            del task["history"]
-    if not include_artifacts:
-        task.pop("artifacts", None)
-    return task
 
 
 def utc_now() -> datetime:
