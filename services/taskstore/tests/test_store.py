@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from a2amesh.models import (
     Artifact,
@@ -24,7 +24,7 @@ from a2amesh.models import (
     TaskStatusUpdateEvent,
 )
 from mesh_taskstore.apply import trim
-from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine
+from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine, utc
 from mesh_taskstore.store import Cursor, Incoming, Outcome, Owner, TaskQuery, TaskStore, status_history
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -185,6 +185,24 @@ def test_a_listing_shows_each_task_as_trimming_its_model_would(store: TaskStore)
             }
             assert {task["id"]: task for task in page.wire} == expected, (history_length, include_artifacts)
             assert {task.id: task.to_wire() for task in page.tasks} == expected
+
+
+def test_updated_at_never_moves_backward(store: TaskStore) -> None:
+    """Two store replicas receive a task's events on their own clocks: an event received earlier but written
+    later leaves the task's updated_at where it was (a listing's later pages stop at its first page's oldest
+    match), in the same batch and in a later one."""
+    store.record(incoming("n1", task_event("t1"), 10))
+    store.record_many([incoming("n2", status_event("t1", TaskState.WORKING), 5)])
+    assert store.list_tasks(TaskQuery()).wire[0]["id"] == "t1"
+    with Session(store.engine) as session:
+        assert utc(session.get(TaskRecord, "t1").updated_at) == T0 + timedelta(seconds=10)
+    later_then_earlier = [
+        incoming("n3", status_event("t1", TaskState.WORKING), 12),
+        incoming("n4", status_event("t1", TaskState.COMPLETED), 8),
+    ]
+    assert store.record_many(later_then_earlier) == [Outcome.STORED, Outcome.STORED]
+    with Session(store.engine) as session:
+        assert utc(session.get(TaskRecord, "t1").updated_at) == T0 + timedelta(seconds=12)
 
 
 def test_cursor_round_trip_and_garbage() -> None:

@@ -42,7 +42,8 @@ class Cursor:
 
     `floor` is the oldest updated_at among the listing's matches when its first page was read. Later pages stop
     there, which keeps a listing's last page from walking every older row of the table down the updated_at index
-    to find none (a statusTimestampAfter filter is checked row by row on that walk). A row written after the first
+    to find none (a statusTimestampAfter filter is checked row by row on that walk). A row's updated_at never moves
+    backward (`writes`), so a row that matched at the first page stays above the floor. A row written after the first
     page carries the time its event was received, in practice well after the oldest match; one received earlier
     still, yet written only after that read, may be left out, as a keyset listing may leave out a row that changes
     while it pages (for the reconciler, a needless republish at worst: the store keeps a final state)."""

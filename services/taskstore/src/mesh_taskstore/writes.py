@@ -73,6 +73,7 @@ class _TaskRow:
     agent: str
     created_at: datetime
     updated_at: datetime
+    """When the task's latest event was received; it never moves backward (a listing's pages rely on that)."""
     status_timestamp: datetime
     exists: bool
     changed: bool = False
@@ -193,7 +194,8 @@ def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, 
     if result.status is not None:
         row.status_timestamp = utc(result.status.timestamp) if result.status.timestamp else now
     row.task = result.task
-    row.updated_at = now
+    if utc(row.updated_at) < now:  # never backward: store replicas receive a task's events on their own clocks
+        row.updated_at = now
     row.changed = True
     return Outcome.STORED, event_row
 
