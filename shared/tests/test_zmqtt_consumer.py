@@ -5,6 +5,7 @@ not acknowledged and what is published meanwhile both come on the next connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 
@@ -130,3 +131,47 @@ async def _coalesced_trickle(broker: BrokerHandle) -> None:
     gaps = [later - earlier for (earlier, size), (later, _) in itertools.pairwise(reads) if size < TRICKLE_BYTES]
     assert gaps, f"no read followed a short one: {reads}"
     assert min(gaps) >= pause - 0.005, f"a read came sooner than the pause after the one before: {gaps}"
+
+
+async def test_the_lean_qos1_delivery_takes_the_usual_case_and_acknowledges_like_zmqtt(broker: BrokerHandle) -> None:
+    """Messages queued by `lean_qos1_delivery` (room in the queue) and by zmqtt's own path (a full queue: the read
+    waits for room) come in the broker's order, each counted against the receive maximum until acknowledged, and
+    their four-byte PUBACKs, sent in one write, reach the broker: nothing comes again on the persistent session."""
+    client_id, topic = f"zc-{uuid.uuid4().hex[:8]}", f"test/zc/{uuid.uuid4().hex[:8]}"
+    bodies = [f"m{i}".encode() for i in range(6)]
+
+    async def session(publish: list[bytes], expect: int) -> list[zmqtt.Message]:
+        client = consumer_client(broker.settings, client_id, persistent=True)
+        await client.connect()
+        subscription = client.subscribe(topic, qos=zmqtt.QoS.AT_LEAST_ONCE, auto_ack=False, receive_buffer_size=2)
+        await subscription.start()
+        try:
+            async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+                for body in publish:
+                    await publisher.publish(topic, body, qos=1)
+            received: list[zmqtt.Message] = []
+            for _ in range(50):  # bounded: a few messages at a time, the queue holds two
+                if len(received) >= expect:
+                    break
+                received += await asyncio.wait_for(next_messages(subscription, 2), timeout=15)
+            await asyncio.sleep(0.3)  # anything more would be here by now
+            with contextlib.suppress(TimeoutError):
+                received += await asyncio.wait_for(next_messages(subscription, 10), timeout=0.3)
+            flow = client._protocol.inbound  # type: ignore[union-attr]
+            assert len(flow._unacknowledged) == len(received), "the receive maximum no longer counts them"
+            async with one_write(client):
+                for message in received:
+                    await message.ack()
+            assert not flow._unacknowledged, "an acknowledgement did not release its receive-maximum unit"
+            await asyncio.sleep(0.3)  # the write has gone out
+            return received
+        finally:
+            await subscription.detach()
+            await client.disconnect()
+
+    first = await session(bodies, expect=len(bodies))
+    assert [message.payload for message in first] == bodies
+    lean = [type(getattr(message._ack_callback, "__self__", None)).__name__ == "_PubAck" for message in first]
+    assert any(lean), "no message took the lean path: zmqtt's InboundPublishFlow moved"
+    again = await session([b"after"], expect=1)
+    assert [message.payload for message in again] == [b"after"], "a lean PUBACK did not reach the broker"

@@ -15,7 +15,7 @@ import zmqtt
 
 from a2amesh.mqtt_base import Envelope, tls_context
 from a2amesh.settings import MqttSettings
-from a2amesh.zmqtt_compat import lean_publish_decoding, memoize_subscription_selection
+from a2amesh.zmqtt_compat import lean_publish_decoding, lean_qos1_delivery, memoize_subscription_selection
 
 RECONNECT = zmqtt.ReconnectConfig(initial_delay=0.2, max_delay=5.0, backoff_factor=2.0, max_attempts=None)
 """Retry for ever, from 0.2 s up to 5 s apart, as `a2amesh.mqtt.RECONNECT_DELAYS` does for the binding."""
@@ -27,6 +27,7 @@ def consumer_client(settings: MqttSettings, client_id: str, *, persistent: bool 
     does, so what is published while it is away waits for it on the broker."""
     memoize_subscription_selection()  # zmqtt's per-message routing, remembered per topic (a2amesh.zmqtt_compat)
     lean_publish_decoding()  # and its PUBLISH decoding, straight from the bytes
+    lean_qos1_delivery()  # and its QoS 1 delivery and PUBACK, in one step each
     context = tls_context(settings)
     return zmqtt.MQTTClient(
         settings.host,

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -65,14 +65,18 @@ OWNER_PREFIX = OWNERS_ALL.removesuffix("#")
 def event_id_of(envelope: Envelope) -> str:
     """The publisher's event id, or (when it sent none) a hash of topic and payload, so that a redelivery of the
     same bytes still maps to the same id. Over-long ids are hashed to keep the unique index small."""
-    given = envelope.user_properties.get(EVENT_ID_PROPERTY, "").strip()
+    return _event_id(envelope.topic, envelope.payload, envelope.user_properties)
+
+
+def _event_id(topic: str, payload: bytes, user_properties: Mapping[str, str]) -> str:
+    given = user_properties.get(EVENT_ID_PROPERTY, "").strip()
     if given and len(given) <= MAX_EVENT_ID_LENGTH:
         return given
     digest = hashlib.sha256()
     if given:
         digest.update(b"id\0" + given.encode())
     else:
-        digest.update(envelope.topic.encode() + b"\0" + envelope.payload)
+        digest.update(topic.encode() + b"\0" + payload)
     return "sha256:" + digest.hexdigest()
 
 
@@ -97,23 +101,36 @@ def decode(
 
     The agent is the one whose event topic carried it — except that a trusted recorder (the coordinator, recording
     for agents that do not record their own events) names the agent holding the task in `a2a-task-agent`."""
+    return decode_event(envelope.topic, envelope.payload, envelope.user_properties, received_at, trusted_recorders, ack)
+
+
+def decode_event(
+    topic: str,
+    payload: bytes,
+    user_properties: Mapping[str, str],
+    received_at: datetime,
+    trusted_recorders: frozenset[str] = frozenset(),
+    ack: Callable[[], Awaitable[None]] = no_ack,
+) -> Incoming | None:
+    """`decode` on a message's parts: the consumer calls it straight from zmqtt's message, without building an
+    `Envelope` that would only be taken apart again (once for every event the mesh records)."""
     try:
-        parsed, agent = _event_topic(envelope.topic)
-        named = envelope.user_properties.get(TASK_AGENT_PROPERTY)
+        parsed, agent = _event_topic(topic)
+        named = user_properties.get(TASK_AGENT_PROPERTY)
         if named and acts_as(parsed.name, trusted_recorders):  # or a replica of one
             agent = str(AgentAddress.parse(named))
     except TopicError as error:
-        log.warning("dropping message on %r: %s", envelope.topic, error)
+        log.warning("dropping message on %r: %s", topic, error)
         return None
     try:
-        event = StreamResponse.from_json(envelope.payload)
+        event = StreamResponse.from_json(payload)
     except ValidationError as error:
-        log.warning("dropping malformed event on %s: %s", envelope.topic, _short(error))
+        log.warning("dropping malformed event on %s: %s", topic, _short(error))
         return None
     if not event.task_id:
-        log.info("ignoring a message without taskId on %s: it belongs to no task", envelope.topic)
+        log.info("ignoring a message without taskId on %s: it belongs to no task", topic)
         return None
-    return Incoming(event_id_of(envelope), agent, event, received_at, ack, _text(envelope.payload))
+    return Incoming(_event_id(topic, payload, user_properties), agent, event, received_at, ack, _text(payload))
 
 
 def _text(payload: bytes) -> str:
@@ -324,7 +341,11 @@ class EventConsumer:
             return None if claims is None else replace(claims, ack=message.ack)
         if not self.partition.owns(message.topic):
             return None
-        return decode(envelope_of(message), received_at, self.trusted_recorders, message.ack)
+        properties = message.properties
+        user_properties = dict(properties.user_properties) if properties is not None else {}
+        return decode_event(
+            message.topic, message.payload, user_properties, received_at, self.trusted_recorders, message.ack
+        )
 
     async def _next_batch(self) -> list[Incoming | OwnerClaims]:
         """The next batch: the first waiting event, then whatever arrives until the batch is full or
