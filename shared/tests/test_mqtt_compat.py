@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from importlib.metadata import version
+from typing import ClassVar
 
 import paho.mqtt.client as paho
 from faststream import AckPolicy
@@ -21,6 +22,28 @@ from a2amesh.settings import MqttSettings
 from a2amesh.subscribers import mqtt_broker, stop_keeping_session, the_message
 from a2amesh.zmqtt_compat import lean_publish_decoding, memoize_subscription_selection, one_write, stream_transport
 from devstack.fixtures import BrokerHandle
+
+
+def test_lean_pubacks_are_the_bytes_zmqtt_writes() -> None:
+    """`lean_qos1_delivery` acknowledges with four bytes of its own: zmqtt's encoder writes the same for a
+    successful PUBACK, in MQTT 5 and 3.1.1, for any packet id."""
+    from zmqtt._internal.packets import codec
+
+    written: list[bytes] = []
+
+    class Connection:
+        async def _send(self, data: bytes) -> None:
+            written.append(data)
+
+    class Flow:
+        _unacknowledged: ClassVar[set[int]] = {1, 256, 65535}
+        _connection = Connection()
+
+    for packet_id in (1, 256, 65535):
+        asyncio.run(zmqtt_compat._PubAck(Flow(), packet_id).send())
+        for mqtt_version in ("5.0", "3.1.1"):
+            assert written[-1] == codec.encode(codec.PubAck(packet_id=packet_id), version=mqtt_version)
+    assert Flow._unacknowledged == set(), "each ack releases its packet id from the receive maximum"
 
 
 def test_installed_versions_are_the_verified_ones() -> None:

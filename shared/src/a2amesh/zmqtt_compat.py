@@ -1,8 +1,9 @@
 """Every place the mesh relies on internals of zmqtt (FastStream's MQTT client, which the task store also drives
 directly: `a2amesh.zmqtt_consumer`), in this one module, each with the reason and the versions it was verified with,
 as `a2amesh.mqtt_compat` does for aiomqtt and paho. It imports neither of those, so the task store does not load
-them. shared/pyproject.toml pins zmqtt with an upper bound, and shared/tests/test_mqtt_compat.py fails loudly
-(naming this module) if an upgrade breaks any of them.
+them. uv.lock pins zmqtt (FastStream bounds it below 0.3), shared/tests/test_mqtt_compat.py fails loudly (naming
+this module) if an upgrade breaks any of them, and `lean_qos1_delivery`, whose failure would stall the consumer
+rather than fall back, is not installed at all on a zmqtt version it was not verified with.
 
 - zmqtt (FastStream's MQTT client) sends each PUBACK as its own TLS write and drain (`StreamTransport.write`), which
   was a fifth of the task store's CPU: `one_write` collects the packets a block writes and sends them in one, by
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:  # FastStream and zmqtt are the `faststream` extra's: imported
     import zmqtt
     from faststream.mqtt import MQTTBroker
     from zmqtt._internal.transport.base import StreamTransport
+
+log = logging.getLogger(__name__)
 
 VERIFIED_WITH = {"zmqtt": ("0.2.5",)}
 """Versions every workaround here was verified with (shared/tests/test_mqtt_compat.py checks the installed one)."""
@@ -222,7 +226,8 @@ def lean_publish_decoding() -> None:
 
 
 _ZMQTT: dict[str, Any] = {}
-"""zmqtt's own PUBLISH decoder, its QoS levels by value and the packet classes, once `lean_publish_decoding` ran."""
+"""zmqtt's own PUBLISH decoder, its QoS levels by value and the packet classes, once `lean_publish_decoding` ran;
+its own `handle_publish`, QoS 1, message class and plain replay states, once `lean_qos1_delivery` ran."""
 
 
 def _decode_publish_lean(buf: bytes | memoryview, flags: int, version: str) -> Any:
@@ -318,9 +323,17 @@ def _publish_properties(body: bytes, pos: int) -> tuple[dict[str, Any], int]:
 
 def lean_qos1_delivery() -> None:
     """Deliver the usual QoS 1 PUBLISH of this process's zmqtt connections with `_handle_publish_lean` (see the
-    module's docstring). Idempotent."""
+    module's docstring). Idempotent. Not on a zmqtt version other than VERIFIED_WITH's: a moved private name there
+    would fail every PUBLISH in the read loop, and the consumer would restart on the same message for ever; zmqtt's
+    own delivery is then kept, with a warning."""
+    from importlib.metadata import version
+
     from zmqtt._internal import inbound  # here: the faststream extra may be absent
 
+    installed = version("zmqtt")
+    if installed not in VERIFIED_WITH["zmqtt"]:
+        log.warning("zmqtt %s is not one lean_qos1_delivery was verified with; zmqtt delivers as it does", installed)
+        return
     flow = inbound.InboundPublishFlow
     if flow.handle_publish is not _handle_publish_lean:
         _ZMQTT["handle_publish"] = flow.handle_publish

@@ -62,13 +62,9 @@ OWNER_PREFIX = OWNERS_ALL.removesuffix("#")
 """Owner topics start so; every other message of the subscription is on an event topic."""
 
 
-def event_id_of(envelope: Envelope) -> str:
+def _event_id(topic: str, payload: bytes, user_properties: Mapping[str, str]) -> str:
     """The publisher's event id, or (when it sent none) a hash of topic and payload, so that a redelivery of the
     same bytes still maps to the same id. Over-long ids are hashed to keep the unique index small."""
-    return _event_id(envelope.topic, envelope.payload, envelope.user_properties)
-
-
-def _event_id(topic: str, payload: bytes, user_properties: Mapping[str, str]) -> str:
     given = user_properties.get(EVENT_ID_PROPERTY, "").strip()
     if given and len(given) <= MAX_EVENT_ID_LENGTH:
         return given
