@@ -23,7 +23,7 @@ def select_in(connection: Connection, statement: sa.Select[Any], ids: Sequence[s
     """The rows `statement` (a select with one expanding IN parameter, `ids`) reads for these ids."""
     sql, names, processors = _select_in(connection.dialect, statement, len(ids))
     parameters: Sequence[str] | dict[str, str] = tuple(ids) if names is None else dict(zip(names, ids, strict=True))
-    rows = _run(connection, sql, parameters, many=False)
+    rows = execute(connection, sql, parameters, many=False)
     if not any(processors):
         return rows
     return [
@@ -38,9 +38,9 @@ def write_rows(connection: Connection, write: RowWrite, rows: Sequence[Mapping[s
         tuple(row[column] if process is None else process(row[column]) for column, process in columns) for row in rows
     ]
     if names is None:
-        _run(connection, sql, values, many=True)
+        execute(connection, sql, values, many=True)
     else:
-        _run(connection, sql, [dict(zip(names, row, strict=True)) for row in values], many=True)
+        execute(connection, sql, [dict(zip(names, row, strict=True)) for row in values], many=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,9 +92,9 @@ def _select_in(
     return expanded.statement, None if dialect.positional else tuple(expanded.parameters), processors
 
 
-def _run(connection: Connection, sql: str, parameters: Any, *, many: bool) -> list[tuple[Any, ...]]:
-    """Run `sql` on the connection's driver cursor, in the connection's transaction; a driver error as SQLAlchemy
-    raises it."""
+def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = False) -> list[tuple[Any, ...]]:
+    """Run `sql` (in the driver's own dialect and parameter style) on the connection's driver cursor, in the
+    connection's transaction: its rows, if it returns any. A driver error is raised as SQLAlchemy raises it."""
     dialect = connection.dialect
     cursor = connection.connection.cursor()
     try:
