@@ -5,6 +5,7 @@ store as SQLAlchemy's; SQLite's timestamps are the text SQLAlchemy writes."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
 from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
+from devstack.processes import free_port
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine
 from mesh_taskstore.driver import sqlite_timestamp, write_rows
 from mesh_taskstore.store import Incoming, Outcome, Owner, TaskStore
@@ -88,25 +90,52 @@ def test_a_locked_sqlite_database_fails_the_batch_whole_and_a_new_connection_rec
 
 
 def test_a_postgresql_connection_the_server_dropped_is_replaced_and_the_batch_recorded_once(
-    postgres_store: TaskStore,
+    postgres_store: TaskStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The writer holds its connection between batches with no pre-ping: when the server ends it (a restart, a
-    failover, an idle timeout), the next batch fails with nothing committed and its retry reconnects."""
+    failover, an idle timeout), the next batch fails at its first statement with nothing committed and runs again
+    on a new connection, without waiting for the consumer's retry."""
     assert postgres_store.record_many([arrival("e1", "t1")]) == [Outcome.STORED]
-    with postgres_store.writer.transaction() as connection:
-        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    dropped = writer_backend(postgres_store)
     with postgres_store.engine.connect() as admin:
-        assert admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})").scalar() is True
-    with pytest.raises(OperationalError):
-        postgres_store.record_many([arrival("e2", "t2", 1)])
-    assert postgres_store.writer.connection is None
-    assert postgres_store.record_many([arrival("e2", "t2", 1), arrival("e1", "t1", 2)]) == [
-        Outcome.STORED,
-        Outcome.DUPLICATE,
-    ]
-    with postgres_store.writer.transaction() as connection:
-        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != backend
+        assert admin.exec_driver_sql(f"SELECT pg_terminate_backend({dropped})").scalar() is True
+    with caplog.at_level(logging.INFO, logger="mesh_taskstore.db"):
+        outcomes, claimed = postgres_store.record_with_owners(
+            [arrival("e2", "t2", 1), arrival("e1", "t1", 2)], [("t2", Owner("alice"))]
+        )
+    assert (outcomes, claimed) == ([Outcome.STORED, Outcome.DUPLICATE], [True])
+    assert "writing on a new one" in caplog.text
+    assert writer_backend(postgres_store) != dropped
     assert stored_event_ids(postgres_store.engine) == ["e1", "e2"]
+    assert postgres_store.owner_of("t2") == Owner("alice")
+
+
+def test_a_postgresql_server_that_stays_away_fails_the_batch_for_the_consumer_to_retry(
+    postgres_store: TaskStore,
+) -> None:
+    """Replaced once, not for ever: when the new connection cannot be made either, the batch fails with the
+    database unavailable (OperationalError), which the consumer retries until it comes back."""
+    postgres_store.record_many([arrival("e1", "t1")])
+    with postgres_store.engine.connect() as admin:
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({writer_backend(postgres_store)})")
+    postgres_store.engine.pool.dispose()
+    unreachable = postgres_store.engine.url.set(port=free_port())  # nothing listens there: connecting fails
+    postgres_store.writer.engine = make_engine(unreachable)
+    try:
+        with pytest.raises(OperationalError):
+            postgres_store.record_many([arrival("e2", "t2", 1)])
+        assert postgres_store.writer.connection is None
+    finally:
+        postgres_store.writer.engine.dispose()
+        postgres_store.writer.engine = postgres_store.engine
+    assert postgres_store.record_many([arrival("e2", "t2", 1)]) == [Outcome.STORED]
+    assert stored_event_ids(postgres_store.engine) == ["e1", "e2"]
+
+
+def writer_backend(store: TaskStore) -> int:
+    """The server process of the store's writing connection."""
+    with store.writer.transaction() as connection:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

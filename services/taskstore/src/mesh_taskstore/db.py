@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
@@ -19,6 +19,8 @@ from sqlmodel import Field, SQLModel, create_engine
 from a2amesh.settings import read_secret
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def utc(value: datetime) -> datetime:
@@ -226,6 +228,24 @@ class Writer:
         self.connection: Connection | None = None
         self._lock = threading.Lock()
         """Serial anyway in the service (one writer); kept so that no two callers ever share a transaction."""
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """`work` in a transaction on the writing connection, committed when it returns, rolled back if it raises.
+
+        A held connection the server dropped since the last batch (a restart, a failover, an idle timeout) fails at
+        the first statement: then `work` runs once more on a new connection, as the pool's pre-ping spared the
+        batch before. Nothing of the failed attempt was committed, or, if its commit was what failed, a second
+        attempt finds its events stored and changes nothing (events are stored once by id, an owner once)."""
+        reused = self.connection is not None
+        try:
+            with self.transaction() as connection:
+                return work(connection)
+        except DBAPIError as error:
+            if not (reused and error.connection_invalidated):
+                raise
+            log.info("the database dropped the store's writing connection; writing on a new one")
+        with self.transaction() as connection:
+            return work(connection)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -94,7 +94,8 @@ def _select_in(
 
 def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = False) -> list[tuple[Any, ...]]:
     """Run `sql` (in the driver's own dialect and parameter style) on the connection's driver cursor, in the
-    connection's transaction: its rows, if it returns any. A driver error is raised as SQLAlchemy raises it."""
+    connection's transaction: its rows, if it returns any. A driver error is raised as SQLAlchemy raises it, saying
+    whether the connection was lost (`connection_invalidated`)."""
     dialect = connection.dialect
     cursor = connection.connection.cursor()
     try:
@@ -104,6 +105,9 @@ def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = F
         cursor.execute(sql, parameters)
         return cursor.fetchall() if cursor.description is not None else []
     except dialect.loaded_dbapi.Error as error:
-        raise sa.exc.DBAPIError.instance(sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect) from error
+        dropped = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
+        raise sa.exc.DBAPIError.instance(
+            sql, parameters, error, dialect.loaded_dbapi.Error, connection_invalidated=dropped, dialect=dialect
+        ) from error
     finally:
         cursor.close()

@@ -161,8 +161,7 @@ class TaskStore:
 
     def _commit(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """One transaction for the batch (group commit: one fsync for the lot); see `writes.write_batch`."""
-        with self.writer.transaction() as connection:
-            return write_batch(connection, batch, self._memo)
+        return self.writer.run(lambda connection: write_batch(connection, batch, self._memo))
 
     def claim(self, task_id: str, owner: Owner) -> bool:
         """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""
@@ -177,8 +176,7 @@ class TaskStore:
         if not claims:
             return []
         try:
-            with self.writer.transaction() as connection:
-                return _claim_rows(connection, claims)
+            return self.writer.run(lambda connection: _claim_rows(connection, claims))
         except IntegrityError:  # claimed at the same moment by another writer: one by one, against theirs
             if len(claims) == 1:
                 return [self.owner_of(claims[0][0]) == claims[0][1]]
@@ -194,9 +192,12 @@ class TaskStore:
         if not claims:
             return self.record_many(events), []
         try:
-            with self.writer.transaction() as connection:
-                outcomes = write_batch(connection, events, self._memo) if events else []
-                return outcomes, _claim_rows(connection, claims)
+            return self.writer.run(
+                lambda connection: (
+                    write_batch(connection, events, self._memo) if events else [],
+                    _claim_rows(connection, claims),
+                )
+            )
         except OperationalError:
             raise
         except Exception:
