@@ -221,7 +221,8 @@ class Writer:
     Reads (the HTTP API) keep the engine's pool.
 
     A connection that failed with the database unavailable (or gone: a server restart, a dropped socket) is
-    discarded, and the next transaction connects again: the caller's retry (`consumer._write`) is the reconnect."""
+    discarded, and the next transaction connects again: at once in `run` when the server had dropped it between
+    batches, otherwise on the caller's retry (`consumer._write`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -1,11 +1,13 @@
-"""One batch of events written in one transaction, in SQLAlchemy Core.
+"""One batch of events written in one transaction: SQLAlchemy Core statements, compiled once and run on the driver's
+cursor (`driver`).
 
 The write path is the store's hot loop (four or more events per task, every task of the mesh), so it stays off the
 ORM: building and flushing an ORM object per event and per task cost several times the events' own decoding. Here a
 batch is a fixed handful of statements whatever its size. Portably (SQLite): one read of the known event ids, one
 read (locked where the database can) of the batch's task rows, one executemany insert of the events, one executemany
 insert of the new tasks, one executemany update of the changed ones. On PostgreSQL (`pgwrites`): one read of both,
-the task rows locked, and one statement writing all three, each prepared once by psycopg."""
+the task rows locked, and one statement writing all three, each prepared once by psycopg. The transaction is on the
+store's one writing connection (`db.Writer`)."""
 
 from __future__ import annotations
 
