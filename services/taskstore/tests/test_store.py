@@ -42,7 +42,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]
     tables = [TaskRecord.__table__, TaskEvent.__table__, TaskOwner.__table__]  # type: ignore[attr-defined]
     SQLModel.metadata.drop_all(engine, tables=tables)
     create_tables(engine)
-    yield TaskStore(engine)
+    store = TaskStore(engine)
+    yield store
+    store.close()  # its writing connection back to the pool, which the dispose closes
     engine.dispose()
 
 

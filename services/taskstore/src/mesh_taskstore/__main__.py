@@ -69,7 +69,10 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings, database: URL)
             settings.http_port,
             database.render_as_string(hide_password=True),
         )
-        await serve_until(stop, server, consumer.run(stop), sweep_finished(store, settings.push_retention, stop))
+        try:
+            await serve_until(stop, server, consumer.run(stop), sweep_finished(store, settings.push_retention, stop))
+        finally:
+            await asyncio.to_thread(store.close)  # waits for a write still in its thread
     finally:
         engine.dispose()
         log.info("task store stopped")

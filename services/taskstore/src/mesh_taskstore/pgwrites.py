@@ -12,6 +12,8 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from mesh_taskstore.driver import execute
+
 READ = """
 WITH locked AS (
     SELECT task_id, agent, created_at, updated_at, status_timestamp, snapshot
@@ -78,8 +80,7 @@ def read(connection: Connection, task_ids: list[str], event_ids: list[str]) -> t
     """The batch's stored task rows (locked) and its event ids already stored."""
     rows: list[Row] = []
     seen: set[str] = set()
-    result = connection.exec_driver_sql(READ, {"task_ids": task_ids, "event_ids": event_ids})
-    for is_task, key, *columns in result:
+    for is_task, key, *columns in execute(connection, READ, {"task_ids": task_ids, "event_ids": event_ids}):
         if is_task:
             rows.append((key, *columns))
         else:
@@ -102,4 +103,4 @@ def write(
     ):
         for name in columns:
             parameters[prefix + name] = [row[name] for row in rows]
-    connection.exec_driver_sql(WRITE, parameters)
+    execute(connection, WRITE, parameters)

@@ -21,6 +21,7 @@ from a2amesh.models import LIST_TASKS_DEFAULT_PAGE_SIZE, StreamResponse, Task, T
 from mesh_taskstore import db
 from mesh_taskstore.apply import EventKind, trim_wire
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, utc
+from mesh_taskstore.driver import RowWrite, select_in, write_rows
 from mesh_taskstore.incoming import Incoming, Outcome, no_ack
 from mesh_taskstore.writes import SnapshotMemo, write_batch
 
@@ -128,12 +129,18 @@ class TaskStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.writer = db.Writer(engine)
+        """The connection every write of the store runs on (reads take the engine's pool)."""
         self._memo = SnapshotMemo()
         """The last batch's snapshots as models (writes are serial: one writer per store)."""
 
     def ping(self) -> None:
         """Raise unless the database answers."""
         db.ping(self.engine)
+
+    def close(self) -> None:
+        """Let go of the writing connection (before the engine is disposed)."""
+        self.writer.close()
 
     # -- writes ----------------------------------------------------------------------------------------------
     def record(self, incoming: Incoming) -> Outcome:
@@ -176,8 +183,7 @@ class TaskStore:
 
     def _commit(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """One transaction for the batch (group commit: one fsync for the lot); see `writes.write_batch`."""
-        with self.engine.begin() as connection:
-            return write_batch(connection, batch, self._memo)
+        return self.writer.run(lambda connection: write_batch(connection, batch, self._memo))
 
     def claim(self, task_id: str, owner: Owner) -> bool:
         """Record `owner` as the task's creator; False if another owner already holds it (never overwritten)."""
@@ -192,8 +198,7 @@ class TaskStore:
         if not claims:
             return []
         try:
-            with self.engine.begin() as connection:
-                return _claim_rows(connection, claims)
+            return self.writer.run(lambda connection: _claim_rows(connection, claims))
         except IntegrityError:  # claimed at the same moment by another writer: one by one, against theirs
             if len(claims) == 1:
                 return [self.owner_of(claims[0][0]) == claims[0][1]]
@@ -209,9 +214,12 @@ class TaskStore:
         if not claims:
             return self.record_many(events), []
         try:
-            with self.engine.begin() as connection:
-                outcomes = write_batch(connection, events, self._memo) if events else []
-                return outcomes, _claim_rows(connection, claims)
+            return self.writer.run(
+                lambda connection: (
+                    write_batch(connection, events, self._memo) if events else [],
+                    _claim_rows(connection, claims),
+                )
+            )
         except OperationalError:
             raise
         except Exception:
@@ -298,13 +306,18 @@ _OWNERS: sa.Table = TaskOwner.__table__  # type: ignore[attr-defined]
 _OWNER_ROWS = sa.select(_OWNERS.c.task_id, _OWNERS.c.principal, _OWNERS.c.tenant).where(
     _OWNERS.c.task_id.in_(sa.bindparam("ids", expanding=True))
 )
+_NEW_OWNERS = RowWrite(
+    _OWNERS,
+    _OWNERS.insert().values({name: sa.bindparam(name) for name in ("task_id", "principal", "tenant", "claimed_at")}),
+)
 
 
 def _claim_rows(connection: sa.Connection, claims: Sequence[tuple[str, Owner]]) -> list[bool]:
     """Insert the owners of tasks nobody owns yet, in `connection`'s transaction; True where the task's owner is
-    (now) the one claimed. Core, not the ORM: it runs inside the event batch's transaction on the hot path."""
+    (now) the one claimed. Through the driver (`mesh_taskstore.driver`): it runs inside the event batch's
+    transaction on the hot path."""
     ids = list(dict.fromkeys(task_id for task_id, _ in claims))
-    held = {row.task_id: Owner(row.principal, row.tenant) for row in connection.execute(_OWNER_ROWS, {"ids": ids})}
+    held = {task_id: Owner(principal, tenant) for task_id, principal, tenant in select_in(connection, _OWNER_ROWS, ids)}
     now = utc_now()
     rows: list[dict[str, object]] = []
     answers = []
@@ -314,7 +327,7 @@ def _claim_rows(connection: sa.Connection, claims: Sequence[tuple[str, Owner]]) 
             rows.append({"task_id": task_id, "principal": owner.principal, "tenant": owner.tenant, "claimed_at": now})
         answers.append(held[task_id] == owner)
     if rows:
-        connection.execute(_OWNERS.insert(), rows)
+        write_rows(connection, _NEW_OWNERS, rows)
     return answers
 
 

@@ -1,27 +1,29 @@
-"""One batch of events written in one transaction, in SQLAlchemy Core.
+"""One batch of events written in one transaction: SQLAlchemy Core statements, compiled once and run on the driver's
+cursor (`driver`).
 
 The write path is the store's hot loop (four or more events per task, every task of the mesh), so it stays off the
 ORM: building and flushing an ORM object per event and per task cost several times the events' own decoding. Here a
 batch is a fixed handful of statements whatever its size. Portably (SQLite): one read of the known event ids, one
 read (locked where the database can) of the batch's task rows, one executemany insert of the events, one executemany
 insert of the new tasks, one executemany update of the changed ones. On PostgreSQL (`pgwrites`): one read of both,
-the task rows locked, and one statement writing all three, each prepared once by psycopg."""
+the task rows locked, and one statement writing all three, each prepared once by psycopg. The transaction is on the
+store's one writing connection (`db.Writer`)."""
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 
 from a2amesh.models import Task
 from mesh_taskstore import pgwrites
 from mesh_taskstore.apply import apply_event, kind_of
-from mesh_taskstore.db import TaskEvent, TaskRecord, utc
+from mesh_taskstore.db import TaskEvent, TaskRecord, on_psycopg, utc
+from mesh_taskstore.driver import RowWrite, select_in, write_rows
 from mesh_taskstore.incoming import Incoming, Outcome
 
 log = logging.getLogger(__name__)
@@ -54,15 +56,17 @@ _TASK_ROWS = (
     .where(RECORDS.c.task_id.in_(sa.bindparam("ids", expanding=True)))
     .with_for_update()
 )
-"""The batch's reads, built once (an expanding IN takes any number of ids): building them per batch was a tenth of
-the write path's CPU."""
-_ROW_WRITES: dict[str, tuple[sa.Table, sa.Executable]] = {
-    "events": (EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in pgwrites.EVENT_COLUMNS})),
-    "new_tasks": (RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in pgwrites.NEW_TASK_COLUMNS})),
-    "changed_tasks": (RECORDS, _UPDATE_RECORD),
+"""The batch's reads, built once (an expanding IN takes any number of ids) and compiled once for each number of ids
+(`driver.select_in`): building them per batch was a tenth of the write path's CPU."""
+_ROW_WRITES = {
+    "events": RowWrite(EVENTS, EVENTS.insert().values({name: sa.bindparam(name) for name in pgwrites.EVENT_COLUMNS})),
+    "new_tasks": RowWrite(
+        RECORDS, RECORDS.insert().values({name: sa.bindparam(name) for name in pgwrites.NEW_TASK_COLUMNS})
+    ),
+    "changed_tasks": RowWrite(RECORDS, _UPDATE_RECORD),
 }
-"""The portable statements that write a batch's rows, each with the table whose columns its parameters fill (the
-columns of PostgreSQL's own statements, `pgwrites`, so both write the same rows)."""
+"""The portable statements that write a batch's rows (the columns of PostgreSQL's own statements, `pgwrites`, so
+both write the same rows)."""
 
 
 @dataclass
@@ -110,14 +114,14 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
     Events are applied in order in memory, so a batch may hold several events of one task, or one event twice.
     `memo` keeps the snapshots written for the next batch (its size is one batch's tasks)."""
     memo = memo or SnapshotMemo()
-    on_postgres = _on_postgres(connection.dialect)
+    on_postgres = on_psycopg(connection.dialect)
     event_ids = list({incoming.event_id for incoming in batch})
     task_ids = list({incoming.task_id for incoming in batch})
     if on_postgres:
         found, seen = pgwrites.read(connection, task_ids, event_ids)
     else:
-        seen = set(connection.execute(_KNOWN_EVENT_IDS, {"ids": event_ids}).scalars())
-        found = connection.execute(_TASK_ROWS, {"ids": task_ids})
+        seen = {event_id for (event_id,) in select_in(connection, _KNOWN_EVENT_IDS, event_ids)}
+        found = select_in(connection, _TASK_ROWS, task_ids)
     rows = {
         task_id: _TaskRow(memo.task(task_id, snapshot), agent, created, updated, status_at, exists=True)
         for task_id, agent, created, updated, status_at, snapshot in found
@@ -148,11 +152,6 @@ def write_batch(connection: Connection, batch: Sequence[Incoming], memo: Snapsho
     return outcomes
 
 
-def _on_postgres(dialect: Dialect) -> bool:
-    """Whether the batch's statements can be PostgreSQL's own (`pgwrites`): its arrays through psycopg."""
-    return dialect.name == "postgresql" and dialect.driver == "psycopg"
-
-
 def _write_rows(
     connection: Connection,
     events: list[dict[str, object]],
@@ -163,7 +162,7 @@ def _write_rows(
     update, each one executemany."""
     for name, rows in (("events", events), ("new_tasks", new), ("changed_tasks", changed)):
         if rows:
-            _execute_rows(connection, name, rows)
+            write_rows(connection, _ROW_WRITES[name], rows)
 
 
 def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, dict[str, object]]:
@@ -198,38 +197,3 @@ def _apply_one(incoming: Incoming, rows: dict[str, _TaskRow]) -> tuple[Outcome, 
         row.updated_at = now
     row.changed = True
     return Outcome.STORED, event_row
-
-
-@functools.cache
-def _row_write(
-    dialect: Dialect, name: str
-) -> tuple[str, tuple[str, ...], tuple[Callable[[object], object] | None, ...]]:
-    """The row write `name` (of `_ROW_WRITES`) as `dialect`'s driver takes it, its parameters in the driver's order,
-    and the conversion each one's column type applies to a value before the driver sees it (None: none)."""
-    table, statement = _ROW_WRITES[name]
-    compiled = statement.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or ()) if dialect.positional else tuple(compiled.binds)
-    processors = tuple(
-        table.c[_column_of(parameter)].type.dialect_impl(dialect).bind_processor(dialect) for parameter in names
-    )
-    return str(compiled), names, processors
-
-
-def _column_of(parameter: str) -> str:
-    """The column a parameter of `_ROW_WRITES` fills or matches: its own name but the update's key."""
-    return parameter.removeprefix("b_")
-
-
-def _execute_rows(connection: Connection, name: str, rows: list[dict[str, object]]) -> None:
-    """Rows of the batch in one executemany handed straight to the driver: SQLAlchemy's per-row parameter
-    processing was a tenth of the write path. The conversions the columns' types need (SQLite's for timestamps)
-    are applied here, as SQLAlchemy would, so the rows written are the same."""
-    statement, names, processors = _row_write(connection.dialect, name)
-    columns = tuple(zip(map(_column_of, names), processors, strict=True))
-    values = [
-        tuple(row[column] if process is None else process(row[column]) for column, process in columns) for row in rows
-    ]
-    if connection.dialect.positional:
-        connection.exec_driver_sql(statement, values)
-    else:
-        connection.exec_driver_sql(statement, [dict(zip(names, row, strict=True)) for row in values])
