@@ -178,3 +178,35 @@ def test_sqlite_timestamps_are_the_text_sqlalchemy_writes(value: datetime | None
     sqlalchemys = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert sqlalchemys is not None
     assert sqlite_timestamp(value) == sqlalchemys(value)
+
+
+def test_a_connection_closed_under_the_writer_is_replaced_and_the_batch_recorded_once(sqlite_store: TaskStore) -> None:
+    """The driver's own connection closed beneath SQLAlchemy's: the driver raises its own error at the first
+    cursor, which reaches the store as SQLAlchemy's (a disconnect), so the batch runs again on a new connection
+    rather than failing event by event (FAILED events would be acknowledged, and lost)."""
+    assert sqlite_store.record_many([arrival("c1", "t1")]) == [Outcome.STORED]
+    first = sqlite_store.writer.connection
+    assert first is not None
+    first.connection.dbapi_connection.close()
+    assert sqlite_store.record_many([arrival("c2", "t2", 1), arrival("c3", "t3", 2)]) == [Outcome.STORED] * 2
+    assert sqlite_store.writer.connection is not first
+    assert stored_event_ids(sqlite_store.engine) == ["c1", "c2", "c3"]
+
+
+def test_a_closed_writer_refuses_as_an_unavailable_database(sqlite_store: TaskStore) -> None:
+    """A batch written after the store closed its writer (a write still in flight at shutdown) fails as the
+    database being unavailable, which the consumer leaves unacknowledged for redelivery, never as FAILED events."""
+    sqlite_store.close()
+    with pytest.raises(OperationalError):
+        sqlite_store.record_many([arrival("z1", "t1")])
+    assert stored_event_ids(sqlite_store.engine) == []
+
+
+def test_reads_by_id_take_any_number_of_ids(sqlite_store: TaskStore, postgres_store: TaskStore) -> None:
+    """The reads by id are compiled for a power of two of ids, the last repeated: every count reads the same rows."""
+    for store in (sqlite_store, postgres_store):
+        store.record_many([arrival(f"n{i}", f"t{i}", i) for i in range(9)])
+        for count in (1, 2, 3, 5, 8, 9):
+            claims = [(f"t{i}", Owner("alice")) for i in range(count)]
+            assert store.claim_many(claims) == [True] * count
+            assert store.claim_many([(f"t{i}", Owner("bob")) for i in range(count)]) == [False] * count

@@ -229,6 +229,7 @@ class Writer:
         self.connection: Connection | None = None
         self._lock = threading.Lock()
         """Serial anyway in the service (one writer); kept so that no two callers ever share a transaction."""
+        self._closed = False
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """`work` in a transaction on the writing connection, committed when it returns, rolled back if it raises.
@@ -252,6 +253,8 @@ class Writer:
     def transaction(self) -> Iterator[Connection]:
         """A transaction on the writing connection, committed when the block ends, rolled back if it raises."""
         with self._lock:
+            if self._closed:  # the consumer takes this as the database gone: unacknowledged, redelivered next start
+                raise OperationalError("writing a batch", None, RuntimeError("the store's writer is closed"))
             connection = self.connection
             if connection is None or connection.closed or connection.invalidated:
                 connection = self.connection = self.engine.connect()
@@ -264,8 +267,9 @@ class Writer:
                 raise
 
     def close(self) -> None:
-        """Return the connection to the pool (the engine's `dispose` then closes it)."""
+        """Return the connection to the pool (the engine's `dispose` then closes it); no write opens another."""
         with self._lock:
+            self._closed = True
             if self.connection is not None:
                 with contextlib.suppress(Exception):
                     self.connection.close()
@@ -282,12 +286,12 @@ class Writer:
 
 def _lost(connection: Connection, error: BaseException) -> bool:
     """Whether the connection cannot be trusted after `error`: the database was unavailable (or went away), or
-    the rollback did not end the transaction."""
-    if isinstance(error, (OperationalError, InterfaceError)):
+    the driver raised its own error where SQLAlchemy's was expected (a connection closed under it)."""
+    if isinstance(error, (OperationalError, InterfaceError, connection.dialect.loaded_dbapi.Error)):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return connection.invalidated or connection.in_transaction()
+    return connection.invalidated
 
 
 def create_tables(engine: Engine) -> None:

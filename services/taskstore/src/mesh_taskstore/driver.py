@@ -21,8 +21,12 @@ Processor = Callable[[Any], Any] | None
 
 def select_in(connection: Connection, statement: sa.Select[Any], ids: Sequence[str]) -> list[tuple[Any, ...]]:
     """The rows `statement` (a select with one expanding IN parameter, `ids`) reads for these ids."""
-    sql, names, processors = _select_in(connection.dialect, statement, len(ids))
-    parameters: Sequence[str] | dict[str, str] = tuple(ids) if names is None else dict(zip(names, ids, strict=True))
+    if not ids:
+        return []
+    count = 1 << (len(ids) - 1).bit_length()  # the next power of two: the last id repeated, which IN ignores
+    padded = (*ids, *(ids[-1],) * (count - len(ids)))
+    sql, names, processors = _select_in(connection.dialect, statement, count)
+    parameters: Sequence[str] | dict[str, str] = padded if names is None else dict(zip(names, padded, strict=True))
     rows = execute(connection, sql, parameters, many=False)
     if not any(processors):
         return rows
@@ -52,7 +56,7 @@ class RowWrite:
     statement: sa.Executable
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _compiled(
     write: RowWrite, dialect: Dialect
 ) -> tuple[str, tuple[str, ...] | None, tuple[tuple[str, Processor], ...]]:
@@ -81,10 +85,13 @@ def sqlite_timestamp(value: Any) -> str | None:
     return None if value is None else value.isoformat(" ", "microseconds")[:26]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _select_in(
     dialect: Dialect, statement: sa.Select[Any], count: int
 ) -> tuple[str, tuple[str, ...] | None, tuple[Processor, ...]]:
+    """`statement` expanded for `count` ids (a power of two: `select_in` pads), as the driver takes it, the names of
+    its parameters (None: positional) and the result processors of its columns. Keyed by count because the text
+    depends on it; padding keeps the counts, and so the texts PostgreSQL prepares, to a handful."""
     expanded = statement.compile(dialect=dialect).construct_expanded_state({"ids": [""] * count})
     processors = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.selected_columns
@@ -97,8 +104,9 @@ def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = F
     connection's transaction: its rows, if it returns any. A driver error is raised as SQLAlchemy raises it, saying
     whether the connection was lost (`connection_invalidated`)."""
     dialect = connection.dialect
-    cursor = connection.connection.cursor()
+    cursor = None
     try:
+        cursor = connection.connection.cursor()  # in the try: a closed connection fails here, as SQLAlchemy's error
         if many:
             cursor.executemany(sql, parameters)
             return []
@@ -110,4 +118,5 @@ def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = F
             sql, parameters, error, dialect.loaded_dbapi.Error, connection_invalidated=dropped, dialect=dialect
         ) from error
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
