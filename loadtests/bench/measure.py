@@ -83,20 +83,24 @@ async def _quiesce(pids: Mapping[str, int], limit: float = 15.0) -> None:
         previous = current
 
 
-def wait_quiet(pids: Mapping[str, int], limit: float, quiet_for: float = 2.0) -> None:
+def wait_quiet(pids: Mapping[str, int], limit: float, quiet_for: float = 2.0) -> bool:
     """Block until the processes stay quiet for `quiet_for` seconds (bounded by `limit`): work left over from
-    before a scenario, such as a backlog a process works through once a second, is not counted in it."""
+    before a scenario, such as a backlog a process works through once a second, is not counted in it. Whether they
+    did go quiet (False: `limit` ran out first)."""
 
-    async def wait() -> None:
+    async def wait() -> bool:
         deadline = time.monotonic() + limit
         quiet_since = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_for:
+        while time.monotonic() < deadline:
+            if time.monotonic() - quiet_since >= quiet_for:
+                return True
             before = sum(cpu_snapshot(pids).values())
             await asyncio.sleep(0.5)
             if sum(cpu_snapshot(pids).values()) - before >= QUIET_CPU:
                 quiet_since = time.monotonic()
+        return time.monotonic() - quiet_since >= quiet_for
 
-    run_on_service_loop(wait())
+    return run_on_service_loop(wait())
 
 
 @dataclass
