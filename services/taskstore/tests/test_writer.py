@@ -22,7 +22,7 @@ from sqlmodel import SQLModel
 from a2amesh.models import StreamResponse, Task, TaskState, TaskStatus
 from devstack.processes import free_port
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine
-from mesh_taskstore.driver import sqlite_timestamp, write_rows
+from mesh_taskstore.driver import _padded, sqlite_timestamp, write_rows
 from mesh_taskstore.store import Incoming, Outcome, Owner, TaskStore
 from mesh_taskstore.writes import _ROW_WRITES
 
@@ -203,10 +203,12 @@ def test_a_closed_writer_refuses_as_an_unavailable_database(sqlite_store: TaskSt
 
 
 def test_reads_by_id_take_any_number_of_ids(sqlite_store: TaskStore, postgres_store: TaskStore) -> None:
-    """The reads by id are compiled for a power of two of ids, the last repeated: every count reads the same rows."""
+    """The reads by id are compiled for a few counts of ids (powers of two, then multiples of 256), the last id
+    repeated to fill them: every count reads the same rows."""
+    assert [_padded(n) for n in (1, 2, 3, 5, 9, 256, 257, 300, 513)] == [1, 2, 4, 8, 16, 256, 512, 512, 768]
     for store in (sqlite_store, postgres_store):
         store.record_many([arrival(f"n{i}", f"t{i}", i) for i in range(9)])
-        for count in (1, 2, 3, 5, 8, 9):
+        for count in (1, 2, 3, 5, 8, 9, 300):
             claims = [(f"t{i}", Owner("alice")) for i in range(count)]
             assert store.claim_many(claims) == [True] * count
             assert store.claim_many([(f"t{i}", Owner("bob")) for i in range(count)]) == [False] * count

@@ -246,8 +246,14 @@ class Writer:
             if not (reused and error.connection_invalidated):
                 raise
             log.info("the database dropped the store's writing connection; writing on a new one")
-        with self.transaction() as connection:
-            return work(connection)
+        try:
+            with self.transaction() as connection:
+                return work(connection)
+        except DBAPIError as error:
+            if isinstance(error, OperationalError) or not error.connection_invalidated:
+                raise
+            # lost again, as whatever the driver called it: the database is unavailable, for the caller to retry
+            raise OperationalError(error.statement, error.params, error.orig, connection_invalidated=True) from error
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -7,6 +7,7 @@ callers expect."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ def select_in(connection: Connection, statement: sa.Select[Any], ids: Sequence[s
     """The rows `statement` (a select with one expanding IN parameter, `ids`) reads for these ids."""
     if not ids:
         return []
-    count = 1 << (len(ids) - 1).bit_length()  # the next power of two: the last id repeated, which IN ignores
+    count = _padded(len(ids))  # the last id repeated to fill it, which IN ignores
     padded = (*ids, *(ids[-1],) * (count - len(ids)))
     sql, names, processors = _select_in(connection.dialect, statement, count)
     parameters: Sequence[str] | dict[str, str] = padded if names is None else dict(zip(names, padded, strict=True))
@@ -85,11 +86,18 @@ def sqlite_timestamp(value: Any) -> str | None:
     return None if value is None else value.isoformat(" ", "microseconds")[:26]
 
 
+def _padded(count: int) -> int:
+    """How many ids a read by `count` ids is compiled for: the next power of two up to 256, then the next multiple
+    of 256 (a handful of statement texts, and never much over the count: the database's parameter limit stays
+    where it was)."""
+    return 1 << (count - 1).bit_length() if count <= 256 else -(-count // 256) * 256
+
+
 @functools.lru_cache(maxsize=64)
 def _select_in(
     dialect: Dialect, statement: sa.Select[Any], count: int
 ) -> tuple[str, tuple[str, ...] | None, tuple[Processor, ...]]:
-    """`statement` expanded for `count` ids (a power of two: `select_in` pads), as the driver takes it, the names of
+    """`statement` expanded for `count` ids (`_padded`: `select_in` fills them), as the driver takes it, the names of
     its parameters (None: positional) and the result processors of its columns. Keyed by count because the text
     depends on it; padding keeps the counts, and so the texts PostgreSQL prepares, to a handful."""
     expanded = statement.compile(dialect=dialect).construct_expanded_state({"ids": [""] * count})
@@ -119,4 +127,5 @@ def execute(connection: Connection, sql: str, parameters: Any, *, many: bool = F
         ) from error
     finally:
         if cursor is not None:
-            cursor.close()
+            with contextlib.suppress(dialect.loaded_dbapi.Error):  # a closed connection's: the error above stands
+                cursor.close()
