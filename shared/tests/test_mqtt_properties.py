@@ -3,6 +3,8 @@ wire they must be byte for byte what paho itself packs, and read back the same."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from a2amesh.mqtt import (
     LeanProperties,
     PackedProperties,
     event_properties,
+    new_event_id,
     publish_properties,
 )
 
@@ -159,3 +162,18 @@ def test_what_paho_receives_decodes_as_paho_decodes_it(
         assert getattr(decoded.properties, name, None) == getattr(expected, name, None), name
     assert decoded.properties.pack() == expected.pack()
     assert (decoded.topic, decoded.mid, decoded.payload) == (b"a/b", 7, b'{"x":1}')
+
+
+def test_event_ids_are_unique_and_grow_with_time() -> None:
+    """Event ids are 32 hex digits that begin with the milliseconds they were made in (so the task store's unique
+    index takes them at its end), and the random rest keeps ids of one millisecond apart."""
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    assert all(len(event_id) == 32 and int(event_id, 16) >= 0 for event_id in ids)
+    stamps = [int(event_id[:12], 16) for event_id in ids]
+    assert before <= min(stamps) and max(stamps) <= after
+    assert stamps == sorted(stamps), "an id made later carries an earlier millisecond"
+    time.sleep(0.002)
+    assert new_event_id() > max(ids), "an id of a later millisecond sorts before an earlier one"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import uuid
 
 import pytest
@@ -14,7 +15,16 @@ import zmqtt
 
 from a2amesh.mqtt import make_client
 from a2amesh.runtime import event_loop_factory
-from a2amesh.zmqtt_compat import TRICKLE_BYTES, coalesce_reads, next_messages, one_write, stream_transport
+from a2amesh.zmqtt_compat import (
+    GATHER_BYTES,
+    TRICKLE_BYTES,
+    _gather_in_socket,
+    _wakes_on_low_water,
+    coalesce_reads,
+    next_messages,
+    one_write,
+    stream_transport,
+)
 from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
 from devstack.fixtures import BrokerHandle
 
@@ -175,3 +185,48 @@ async def test_the_lean_qos1_delivery_takes_the_usual_case_and_acknowledges_like
     assert any(lean), "no message took the lean path: zmqtt's InboundPublishFlow moved"
     again = await session([b"after"], expect=1)
     assert [message.payload for message in again] == [b"after"], "a lean PUBACK did not reach the broker"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_paused_read_raises_the_sockets_low_water_mark_and_what_gathered_still_comes(
+    broker: BrokerHandle, loop: str
+) -> None:
+    """While a coalesced read pauses, the connection's socket wakes the process only for a burst (SO_RCVLOWAT at
+    GATHER_BYTES), not for every packet; afterwards the mark is 1 byte again, and a message that landed during the
+    pause, far below the mark, is delivered without waiting for another packet to wake the socket."""
+    if not _wakes_on_low_water():
+        pytest.skip("the low-water mark is only raised on Linux 4.18 and later")
+    factory = event_loop_factory() if loop == "uvloop" else asyncio.new_event_loop
+    assert factory is not None, "uvloop is a dependency of the shared package"
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_low_water_during_a_pause(broker))
+
+
+async def _low_water_during_a_pause(broker: BrokerHandle) -> None:
+    topic = f"test/zc/{uuid.uuid4().hex[:8]}"
+    client = consumer_client(broker.settings, f"zc-{uuid.uuid4().hex[:8]}", persistent=False)
+    await client.connect()
+    try:
+        subscription = client.subscribe(topic, qos=zmqtt.QoS.AT_LEAST_ONCE)
+        await subscription.start()
+        stream = stream_transport(client)
+        assert stream is not None, "zmqtt's transport moved"
+        transport = stream._writer.transport
+        sock = transport.get_extra_info("socket")
+        assert _low_water(sock) == 1
+        pause = asyncio.create_task(_gather_in_socket(transport, 1.0))
+        await asyncio.sleep(0.1)
+        assert _low_water(sock) == GATHER_BYTES, "the socket still wakes the process for every packet"
+        async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
+            await publisher.publish(topic, b"landed during the pause", qos=1)
+        await pause
+        assert _low_water(sock) == 1, "the pause left the socket's low-water mark raised"
+        message = await asyncio.wait_for(subscription.get_message(), timeout=15)
+        assert message.payload == b"landed during the pause"
+        await subscription.detach()
+    finally:
+        await client.disconnect()
+
+
+def _low_water(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)

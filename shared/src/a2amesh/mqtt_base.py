@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,8 +34,13 @@ TASK_AGENT_PROPERTY = "a2a-task-agent"
 
 
 def new_event_id() -> str:
-    """A fresh event id: 128 random bits in hex (unique is all it needs to be; a uuid4 costs several times more)."""
-    return os.urandom(16).hex()
+    """A fresh event id, 32 hex digits: the milliseconds since the epoch (12), then 80 random bits (20).
+
+    Unique is all the profile asks of it, but the task store keeps a unique index on it: ids that grow with time
+    land on that index's last pages, where random ones land on a different page each, so a batch of a hundred
+    events dirtied (and wrote back) about a hundred more pages. Two ids of one millisecond differ in their random
+    part, so a collision is less likely than one in a trillion even at a million events in that millisecond."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:

@@ -27,7 +27,10 @@ rather than fall back, is not installed at all on a zmqtt version it was not ver
   event loop, a TLS read and a pass of zmqtt's read loop for every three events or so, about a fifth of the task
   store's CPU. `coalesce_reads` has a read that emptied the stream wait a few milliseconds (its transport paused
   through the public `pause_reading` of asyncio's and uvloop's transports) before the next, so that each pass
-  takes a dozen events or more (`StreamTransport.read` and its private `_writer`).
+  takes a dozen events or more (`StreamTransport.read` and its private `_writer`). A paused TLS transport still
+  drains its socket into the TLS buffer as each packet lands, so for the pause the socket's low-water mark
+  (SO_RCVLOWAT, through the public `get_extra_info("socket")`) is raised too: the kernel then wakes the process
+  once a pause, not once a packet.
 - zmqtt hands each incoming QoS 1 PUBLISH down a chain of about ten coroutines (`InboundPublishFlow.handle_publish`
   through the replay state's `accept` to `_deliver`'s `queue.put`), and sends each manual PUBACK through four more
   and a generic encoder: about 6 µs an event, a twentieth of the task store's CPU. `lean_qos1_delivery` has the
@@ -40,7 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import platform
+import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -157,13 +164,16 @@ READ_SIZE = 1 << 16
 """Bytes a coalesced read takes from the stream at most (zmqtt asks for 4 KiB: a handful of events)."""
 TRICKLE_BYTES = 1 << 14
 """A read shorter than this emptied the stream: events are trickling in, so the next read waits for more."""
+GATHER_BYTES = 1 << 15
+"""The socket's low-water mark while a read pauses: the kernel wakes the process before the pause ends only once
+this much has gathered (a burst), instead of for every packet (a trickle); it is 1 byte again after the pause."""
 
 
 def coalesce_reads(pause: float) -> None:
     """Make every zmqtt connection of this process let a trickle of messages gather before reading on (see the
     module's docstring): after a read that emptied the stream, the connection stops reading for `pause` seconds
-    (the transport's own `pause_reading`: over TLS the socket is still drained into the TLS buffer, but nothing is
-    decrypted or handed to zmqtt), then takes what gathered in one read. Reads that fill `TRICKLE_BYTES` or more
+    (the transport's own `pause_reading`, and the socket's low-water mark raised so that packets landing meanwhile
+    do not wake the process), then takes what gathered in one read. Reads that fill `TRICKLE_BYTES` or more
     (a backlog) are followed without a pause. 0 restores zmqtt's read.
 
     Process-wide (zmqtt's `StreamTransport.read`: a reconnect makes a new transport): for a process whose every
@@ -193,11 +203,35 @@ async def _gather_in_socket(transport: Any, pause: float) -> None:
     if not hasattr(transport, "is_reading") or transport.is_closing() or not transport.is_reading():
         return
     transport.pause_reading()
+    sock = transport.get_extra_info("socket") if _wakes_on_low_water() else None
     try:
+        _set_low_water(sock, GATHER_BYTES)
         await asyncio.sleep(pause)
     finally:
         if not transport.is_closing():
+            _set_low_water(sock, 1)
             transport.resume_reading()
+
+
+def _set_low_water(sock: Any, size: int) -> None:
+    """Set the socket's SO_RCVLOWAT (a socket closed meanwhile has none to set: its transport reports the close)."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+
+
+@functools.cache
+def _wakes_on_low_water() -> bool:
+    """Whether lowering SO_RCVLOWAT wakes a poller for what already waits below the old mark: Linux since 4.18
+    (`tcp_set_rcvlowat`). Elsewhere the bytes that gathered during a pause could wait for the next packet, so the
+    mark is left alone there."""
+    if sys.platform != "linux" or not hasattr(socket, "SO_RCVLOWAT"):
+        return False
+    try:
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (4, 18)
 
 
 _PUBLISH_PROPERTY_FIELDS = {
