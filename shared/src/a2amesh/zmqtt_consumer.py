@@ -54,6 +54,12 @@ def is_connected(client: zmqtt.MQTTClient) -> bool:
     return True
 
 
+def user_properties_of(message: zmqtt.Message) -> dict[str, str]:
+    """A received message's User Properties by name (the last of a repeated name wins, as in the binding)."""
+    properties = message.properties
+    return dict(properties.user_properties) if properties is not None else {}
+
+
 def envelope_of(message: zmqtt.Message) -> Envelope:
     """The binding's view of a message zmqtt received (its ack stays on `message`: zmqtt's is async)."""
     properties = message.properties
@@ -63,5 +69,5 @@ def envelope_of(message: zmqtt.Message) -> Envelope:
         retain=message.retain,
         response_topic=(properties.response_topic or None) if properties else None,
         correlation_data=properties.correlation_data if properties else None,
-        user_properties=dict(properties.user_properties) if properties else {},
+        user_properties=user_properties_of(message),
     )

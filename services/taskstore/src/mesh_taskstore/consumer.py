@@ -43,7 +43,7 @@ from a2amesh.topics import (
     parse_topic,
 )
 from a2amesh.zmqtt_compat import next_messages, one_write
-from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected
+from a2amesh.zmqtt_consumer import consumer_client, envelope_of, is_connected, user_properties_of
 from mesh_taskstore.apply import kind_of
 from mesh_taskstore.incoming import no_ack
 from mesh_taskstore.partition import Partition
@@ -337,11 +337,8 @@ class EventConsumer:
             return None if claims is None else replace(claims, ack=message.ack)
         if not self.partition.owns(message.topic):
             return None
-        properties = message.properties
-        user_properties = dict(properties.user_properties) if properties is not None else {}
-        return decode_event(
-            message.topic, message.payload, user_properties, received_at, self.trusted_recorders, message.ack
-        )
+        named = user_properties_of(message)
+        return decode_event(message.topic, message.payload, named, received_at, self.trusted_recorders, message.ack)
 
     async def _next_batch(self) -> list[Incoming | OwnerClaims]:
         """The next batch: the first waiting event, then whatever arrives until the batch is full or
