@@ -3,7 +3,8 @@ wire they must be byte for byte what paho itself packs, and read back the same."
 
 from __future__ import annotations
 
-import time
+import itertools
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
+from a2amesh import mqtt_base
 from a2amesh.mqtt import (
     EVENT_ID_PROPERTY,
     JSON,
@@ -164,16 +166,16 @@ def test_what_paho_receives_decodes_as_paho_decodes_it(
     assert (decoded.topic, decoded.mid, decoded.payload) == (b"a/b", 7, b'{"x":1}')
 
 
-def test_event_ids_are_unique_and_grow_with_time() -> None:
-    """Event ids are 32 hex digits that begin with the milliseconds they were made in (so the task store's unique
+def test_event_ids_are_unique_and_grow_with_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event ids are 32 hex digits that begin with the millisecond they were made in (so the task store's unique
     index takes them at its end), and the random rest keeps ids of one millisecond apart."""
-    before = time.time_ns() // 1_000_000
     ids = [new_event_id() for _ in range(20_000)]
-    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     assert all(len(event_id) == 32 and int(event_id, 16) >= 0 for event_id in ids)
-    stamps = [int(event_id[:12], 16) for event_id in ids]
-    assert before <= min(stamps) and max(stamps) <= after
-    assert stamps == sorted(stamps), "an id made later carries an earlier millisecond"
-    time.sleep(0.002)
-    assert new_event_id() > max(ids), "an id of a later millisecond sorts before an earlier one"
+    clock = iter([1_700_000_000_000_000_000 + step * 400_000 for step in range(12)])  # 0.4 ms apart
+    monkeypatch.setattr(mqtt_base, "time", SimpleNamespace(time_ns=lambda: next(clock)))
+    stamped = [new_event_id() for _ in range(12)]
+    milliseconds = [1_700_000_000_000 + step * 4 // 10 for step in range(12)]
+    assert [int(event_id[:12], 16) for event_id in stamped] == milliseconds
+    steps = [(earlier, later) for earlier, later in itertools.pairwise(stamped) if earlier[:12] != later[:12]]
+    assert steps and all(later > earlier for earlier, later in steps), "a later millisecond's id sorts first"

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import socket
+import struct
+import termios
 import uuid
 
 import pytest
@@ -219,6 +222,11 @@ async def _low_water_during_a_pause(broker: BrokerHandle) -> None:
         assert _low_water(sock) == GATHER_BYTES, "the socket still wakes the process for every packet"
         async with make_client(broker.settings, f"pub-{uuid.uuid4().hex[:6]}") as publisher:
             await publisher.publish(topic, b"landed during the pause", qos=1)
+        for _ in range(80):  # bounded: until the message waits in the socket, below the mark (or the pause ends)
+            if pause.done() or _waiting_bytes(sock):
+                break
+            await asyncio.sleep(0.01)
+        assert not pause.done() and _waiting_bytes(sock), "the message did not land during the pause"
         await pause
         assert _low_water(sock) == 1, "the pause left the socket's low-water mark raised"
         message = await asyncio.wait_for(subscription.get_message(), timeout=15)
@@ -230,3 +238,8 @@ async def _low_water_during_a_pause(broker: BrokerHandle) -> None:
 
 def _low_water(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+
+def _waiting_bytes(sock: socket.socket) -> int:
+    """Bytes received on the socket that nothing has read yet (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]

@@ -39,7 +39,9 @@ def new_event_id() -> str:
     Unique is all the profile asks of it, but the task store keeps a unique index on it: ids that grow with time
     land on that index's last pages, where random ones land on a different page each, so a batch of a hundred
     events dirtied (and wrote back) about a hundred more pages. Two ids of one millisecond differ in their random
-    part, so a collision is less likely than one in a trillion even at a million events in that millisecond."""
+    part, so a collision is less likely than one in a trillion even at a million events in that millisecond. The
+    wall clock orders them (only the index's locality, never uniqueness, suffers when it steps back), and an id
+    tells when its event was published, as the event's own timestamps do."""
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 

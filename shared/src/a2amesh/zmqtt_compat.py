@@ -202,20 +202,23 @@ async def _gather_in_socket(transport: Any, pause: float) -> None:
     # by behaviour, not type: uvloop's transports (the services' loop) are not asyncio.ReadTransport subclasses
     if not hasattr(transport, "is_reading") or transport.is_closing() or not transport.is_reading():
         return
-    transport.pause_reading()
     sock = transport.get_extra_info("socket") if _wakes_on_low_water() else None
+    transport.pause_reading()
     try:
         _set_low_water(sock, GATHER_BYTES)
         await asyncio.sleep(pause)
     finally:
-        if not transport.is_closing():
+        try:  # lowered even on a closing transport: its TLS close_notify is a small record that must still wake us
             _set_low_water(sock, 1)
-            transport.resume_reading()
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
 
 
 def _set_low_water(sock: Any, size: int) -> None:
-    """Set the socket's SO_RCVLOWAT (a socket closed meanwhile has none to set: its transport reports the close)."""
-    if sock is not None:
+    """Set the socket's SO_RCVLOWAT, Linux's default being 1 (nothing else in the process sets it). A socket closed
+    meanwhile has none to set: its transport reports the close."""
+    if sock is not None and hasattr(sock, "setsockopt"):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
 
