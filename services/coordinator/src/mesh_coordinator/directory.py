@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from a2amesh.binding.wire import pool_of, records_own_events, rerunnable_skills
-from a2amesh.models import AgentCard, ListTasksResponse, Task
+from a2amesh.models import AgentCard, ListTasksResponse, Task, TaskState
 from a2amesh.topics import AgentAddress, PoolAddress
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,9 @@ class StatePage:
     next_page_token: str
 
 
+STATES_PER_REQUEST = 1000
+"""Task ids per `POST /task-states` (the store's maximum, mesh_taskstore.api.MAX_STATE_IDS)."""
+
 EVERY_TASK = {"scope": "all"}
 """The store's read scope for the coordinator's own bookkeeping and for operators: every caller's tasks."""
 
@@ -263,6 +267,37 @@ class TaskStoreClient:
                 states[task["id"]] = status["state"]
         token = body.get("nextPageToken")
         return StatePage(states, token if isinstance(token, str) else "")
+
+    async def states(self, task_ids: Sequence[str], reader: Mapping[str, str] = EVERY_TASK) -> dict[str, TaskState]:
+        """The recorded state of each of these tasks (`POST /task-states`, STATES_PER_REQUEST ids a request); a task
+        the store lacks (or `reader` may not see) is left out. A state the store names that this side does not know
+        is left out too: for the reconciler, not recorded final."""
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, TaskState] = {}
+        for start in range(0, len(ids), STATES_PER_REQUEST):
+            body = await self._post("/task-states", {"ids": ids[start : start + STATES_PER_REQUEST]}, reader)
+            states = body.get("states") if isinstance(body, dict) else None
+            if not isinstance(states, dict):
+                raise DependencyError("task store answered a state read without states")
+            for task_id, state in states.items():
+                with contextlib.suppress(ValueError):
+                    found[task_id] = TaskState(state)
+        return found
+
+    async def _post(self, path: str, body: Any, params: Mapping[str, str]) -> Any:
+        """A read sent as a POST (its question too long for a query string)."""
+        try:
+            response = await self.client.post(f"{self.base_url}{path}", json=body, params=dict(params))
+        except httpx.HTTPError as error:
+            raise DependencyError(f"task store unavailable: {error}") from error
+        if response.status_code == 400:
+            raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code != 200:
+            raise DependencyError(f"task store answered {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as error:
+            raise DependencyError(f"task store answered nonsense: {error}") from error
 
     async def _list(self, query: dict[str, Any], reader: Mapping[str, str]) -> dict[str, Any]:
         body = await self._get("/tasks", {**{k: v for k, v in query.items() if v is not None}, **reader})
