@@ -19,9 +19,10 @@ from a2amesh.models import Artifact, Message, Part, Role, StreamResponse, Task, 
 from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
 from a2amesh.topics import AgentAddress
 from devstack.stack import Ports, Stack
-from mesh_coordinator.directory import DependencyError, TaskStoreClient
+from mesh_coordinator.directory import STATES_PER_REQUEST, DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 from mesh_coordinator.reconcile import Reconciler
+from mesh_taskstore.api import MAX_STATE_IDS
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
 TASKS = 6
@@ -175,6 +176,21 @@ async def test_outcomes_no_listing_covers_are_read_by_id_in_one_request(small_me
     assert (reconciler.read, reconciler.state_reads) == (TASKS + 2, 1)  # every outcome, in one request
     assert sorted(republished) == sorted([unfinished.id, lost])
     assert reconciler.pending == 2  # checked again later
+
+    republished.clear()  # a store without the batched read (an older one, mid-upgrade): read one by one, as before
+    async with httpx.AsyncClient(timeout=30) as store_http:
+        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0)
+        reconciler.store.states_path = "/no-such-route"  # the real store answers 404, as one without the route does
+        for task_id in [*(task.id for task in sent), unfinished.id, lost]:
+            reconciler.watch(LiveTask(undated(task_id), echo, not_recorded, mirror=False))
+        await reconciler.check_due()
+    assert (reconciler.read, reconciler.state_reads) == (TASKS + 2, 0)
+    assert sorted(republished) == sorted([unfinished.id, lost])
+    assert reconciler.pending == 2
+
+
+def test_the_coordinator_asks_no_more_ids_at_once_than_the_store_answers() -> None:
+    assert STATES_PER_REQUEST <= MAX_STATE_IDS
 
 
 async def test_an_outcome_waiting_for_the_store_keeps_its_whole_snapshot_but_not_its_relay(small_mesh: Stack) -> None:

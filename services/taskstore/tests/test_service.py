@@ -534,8 +534,8 @@ async def test_states_by_id_are_read_in_one_request_within_the_readers_scope(
     scoped as every read is: an owner sees only its own tasks, an operator (scope=all) every one."""
     coordinator = AgentAddress(store_stack.org, store_stack.unit, "coordinator")
     done, working, theirs, unknown = (new_id("task-") for _ in range(4))
-    await publish_owners(mqtt_client, coordinator.owner_topic, (done, "key:alice"), (working, "key:alice"))
-    await publish_owners(mqtt_client, coordinator.owner_topic, (theirs, "key:bob"))
+    owners = ((done, "key:alice"), (working, "key:alice"), (theirs, "key:bob"))
+    await publish_owners(mqtt_client, coordinator.owner_topic, *owners)  # one message: they land together
     context = new_id("ctx-")
     for task_id in (done, working, theirs):
         await agent.publish(snapshot(task_id, context, TaskState.WORKING))
@@ -570,6 +570,9 @@ async def test_states_by_id_are_read_in_one_request_within_the_readers_scope(
         ({"scope": "all"}, b'{"ids": [null]}'),
         ({"scope": "all"}, json.dumps({"ids": [f"t{i}" for i in range(1001)]}).encode()),  # over 1,000 ids
         ({"scope": "all"}, json.dumps({"ids": ["x" * 1_100_000]}).encode()),  # over the body's size
+        ({"scope": "all"}, b'{"ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),  # nested past the parser's depth
+        ({"scope": "all"}, b'{"ids": ["\\ud800"]}'),  # a lone surrogate: no database can take it
+        ({"scope": "all"}, b'{"ids": ["a\\u0000b"]}'),  # NUL: PostgreSQL text cannot hold it
     ],
 )
 async def test_invalid_state_reads_are_400(api: StoreClient, params: dict[str, str], body: bytes) -> None:

@@ -40,6 +40,11 @@ class DependencyError(RuntimeError):
 T = TypeVar("T")
 
 
+class StatesUnsupported(DependencyError):
+    """The task store answers but has no batched state read (`POST /task-states`): a store older than this
+    coordinator, during a rolling upgrade."""
+
+
 class SingleFlight:
     """One refresh of a cached answer at a time per key: the callers that find it stale together (every task in
     flight, the moment a TTL runs out) wait for the same registry query instead of sending one each. At 16 tasks
@@ -218,6 +223,9 @@ class TaskStoreClient:
     """Reads the durable record of tasks, each read scoped to a caller (`reader`: the store's owner=/tenant=
     parameters, or EVERY_TASK)."""
 
+    states_path = "/task-states"
+    """Where the store answers the batched state read (`states`)."""
+
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
@@ -231,6 +239,8 @@ class TaskStoreClient:
             return None
         if response.status_code == 400:
             raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
+            raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
         if response.status_code != 200:
             raise DependencyError(f"task store answered {response.status_code}")
         return response.json()
@@ -275,7 +285,7 @@ class TaskStoreClient:
         ids = list(dict.fromkeys(task_ids))
         found: dict[str, TaskState] = {}
         for start in range(0, len(ids), STATES_PER_REQUEST):
-            body = await self._post("/task-states", {"ids": ids[start : start + STATES_PER_REQUEST]}, reader)
+            body = await self._post(self.states_path, {"ids": ids[start : start + STATES_PER_REQUEST]}, reader)
             states = body.get("states") if isinstance(body, dict) else None
             if not isinstance(states, dict):
                 raise DependencyError("task store answered a state read without states")
@@ -292,6 +302,8 @@ class TaskStoreClient:
             raise DependencyError(f"task store unavailable: {error}") from error
         if response.status_code == 400:
             raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
+            raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
         if response.status_code != 200:
             raise DependencyError(f"task store answered {response.status_code}")
         try:

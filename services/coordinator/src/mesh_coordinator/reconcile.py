@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 from a2amesh.models import TERMINAL_STATES, ListTasksRequest, StreamResponse, Task, TaskState
 from a2amesh.topics import AgentAddress
-from mesh_coordinator.directory import STATES_PER_REQUEST, DependencyError, TaskStoreClient
+from mesh_coordinator.directory import STATES_PER_REQUEST, DependencyError, StatesUnsupported, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,14 @@ many are due; it was 200 while each was an HTTP request of its own. It also boun
 LIST_PAGE_SIZE = 100
 """Tasks per page of the store's listing (its maximum)."""
 LIST_PAGES = 20
-"""Pages read per check, at most: beyond that, the outcomes a listing did not reach are read one by one."""
+"""Pages read per check, at most: beyond that, the outcomes a listing did not reach are read by id."""
+ONE_BY_ONE = 200
+"""Outcomes read one by one per check, at most, from a store without the batched read (an older one, during a
+rolling upgrade); the rest wait for the next check."""
+RETRY_BATCHED = 300.0
+"""Seconds before the batched read is tried again on a store that lacked it (it may have been upgraded since)."""
+REPUBLISH_AT_ONCE = 100
+"""Republishes in flight at once (the broker's max_inflight_messages): a check may republish BATCH."""
 LIST_MARGIN = timedelta(milliseconds=10)
 """How far before the oldest outcome's timestamp a listing starts: the wire keeps milliseconds, an outcome the
 coordinator decided itself has microseconds."""
@@ -133,6 +140,8 @@ class Reconciler:
         """Outcomes read by id (those no listing confirmed)."""
         self.state_reads = 0
         """Requests that read them (`POST /task-states`, up to STATES_PER_REQUEST outcomes each)."""
+        self._batched_from = 0.0
+        """When the store may be asked by `POST /task-states` again (after it answered that it has none)."""
 
     def watch(self, live: LiveTask) -> None:
         """Call when a relay ends: a terminal outcome is checked against the store later."""
@@ -196,19 +205,43 @@ class Reconciler:
 
     async def _read_lacking(self, due: list[Watch]) -> list[Watch]:
         """Read the state of these outcomes by id, STATES_PER_REQUEST a request: drop those the store records
-        final (any final state, whoever decided it); the others, absent or not final, are lacking."""
+        final (any final state, whoever decided it); the others, absent or not final, are lacking. A store
+        without the batched read is read one by one, as before it had one (ONE_BY_ONE a check)."""
         lacking: list[Watch] = []
         for start in range(0, len(due), STATES_PER_REQUEST):
             chunk = due[start : start + STATES_PER_REQUEST]
+            if time.monotonic() < self._batched_from:
+                return lacking + await self._read_one_by_one(due[start:])
+            try:
+                stored = await self.store.states([watch.task_id for watch in chunk])
+            except StatesUnsupported as error:
+                log.warning("%s; reading outcomes one by one for %.0f s", error, RETRY_BATCHED)
+                self._batched_from = time.monotonic() + RETRY_BATCHED
+                return lacking + await self._read_one_by_one(due[start:])
             self.state_reads += 1
-            stored = await self.store.states([watch.task_id for watch in chunk])
             self.read += len(chunk)
-            for watch in chunk:
-                state = stored.get(watch.task_id)
-                if state is not None and state.is_terminal:
-                    self._watched.pop(watch.task_id, None)
-                else:
-                    lacking.append(watch)
+            lacking += self._lacking(chunk, stored)
+        return lacking
+
+    async def _read_one_by_one(self, due: list[Watch]) -> list[Watch]:
+        """`_read_lacking` on a store without the batched read: a GetTask each, the first ONE_BY_ONE."""
+        stored: dict[str, TaskState] = {}
+        for watch in due[:ONE_BY_ONE]:
+            task = await self.store.get_task(watch.task_id, history_length=0)
+            self.read += 1
+            if task is not None:
+                stored[watch.task_id] = task.status.state
+        return self._lacking(due[:ONE_BY_ONE], stored)
+
+    def _lacking(self, read: list[Watch], stored: dict[str, TaskState]) -> list[Watch]:
+        """Drop what the store records final; the rest of `read` (absent, or not final) is lacking."""
+        lacking: list[Watch] = []
+        for watch in read:
+            state = stored.get(watch.task_id)
+            if state is not None and state.is_terminal:
+                self._watched.pop(watch.task_id, None)
+            else:
+                lacking.append(watch)
         return lacking
 
     async def _republish(self, lacking: list[Watch], now: float) -> None:
@@ -228,9 +261,12 @@ class Reconciler:
             )
             watch.due = now + CHECK_BACKOFF[min(watch.attempts - 1, len(CHECK_BACKOFF) - 1)]
             again.append(watch)
-        published = await asyncio.gather(
-            *(self.republish(watch.agent, watch.event()) for watch in again), return_exceptions=True
-        )
+        published: list[object] = []
+        for start in range(0, len(again), REPUBLISH_AT_ONCE):
+            published += await asyncio.gather(
+                *(self.republish(watch.agent, watch.event()) for watch in again[start : start + REPUBLISH_AT_ONCE]),
+                return_exceptions=True,
+            )
         self.republished += sum(1 for outcome in published if not isinstance(outcome, BaseException))
         failed = next((outcome for outcome in published if isinstance(outcome, BaseException)), None)
         if failed is not None:  # tried again at the watch's next check

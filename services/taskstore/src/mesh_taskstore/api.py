@@ -149,14 +149,28 @@ async def state_ids(request: Request) -> list[str]:
             raise BadRequest(f"the body must be at most {MAX_STATES_BODY} bytes")
     try:
         parsed = json.loads(body)
-    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
         parsed = None
     ids = parsed.get("ids") if isinstance(parsed, dict) else None
     if not isinstance(ids, list) or not all(isinstance(task_id, str) for task_id in ids):
         raise BadRequest('the body must be {"ids": [<task id>, ...]}')
     if len(ids) > MAX_STATE_IDS:
         raise BadRequest(f"at most {MAX_STATE_IDS} ids per request (got {len(ids)})")
+    if not all(_storable(task_id) for task_id in ids):
+        raise BadRequest("a task id must be UTF-8 text without NUL characters")
     return ids
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
+    holds no NUL (no stored id has either: events arrive as UTF-8 JSON)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None) -> Starlette:
@@ -224,7 +238,7 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
         except BadRequest as error:
             return _error(400, str(error))
         states = await asyncio.to_thread(store.states, ids, owner)
-        return JSONResponse({"states": {task_id: state.value for task_id, state in states.items()}})
+        return JSONResponse({"states": states})
 
     async def list_tasks(request: Request) -> JSONResponse:
         try:
