@@ -16,12 +16,13 @@ from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import a2a_pb2 as pb
 
 from a2amesh.models import Artifact, Message, Part, Role, StreamResponse, Task, TaskState, TaskStatus, utc_now
-from a2amesh.mqtt import make_client
+from a2amesh.mqtt import EVENT_ID_PROPERTY, make_client, publish_properties
 from a2amesh.topics import AgentAddress
 from devstack.stack import Ports, Stack
-from mesh_coordinator.directory import DependencyError, TaskStoreClient
+from mesh_coordinator.directory import STATES_PER_REQUEST, DependencyError, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 from mesh_coordinator.reconcile import Reconciler
+from mesh_taskstore.api import MAX_STATE_IDS
 from tests.conftest import auth_headers, collect, eventually, send_request, user_message
 
 TASKS = 6
@@ -124,6 +125,74 @@ async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Sta
     assert reconciler.pending == 1  # the lost one, checked again later
 
 
+async def test_outcomes_no_listing_covers_are_read_by_id_in_one_request(small_mesh: Stack) -> None:
+    """Outcomes no listing can confirm (here: without a timestamp, as after a first republish) are read by id, all
+    of a check's in one request: those the store holds final are confirmed, the rest republished, whether the store
+    lacks the task or holds it unfinished (its final events lost)."""
+    async with httpx.AsyncClient(timeout=30, headers=auth_headers(small_mesh)) as http:
+        card = await A2ACardResolver(http, small_mesh.coordinator_url).get_agent_card()
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+        sent = [
+            (await collect(client, send_request(user_message(f"b{i}"), skill="echo")))[0].task for i in range(TASKS)
+        ]
+        echo = AgentAddress(small_mesh.org, small_mesh.unit, "echo")
+        unfinished = Task(id=str(uuid.uuid4()), context_id="c", status=TaskStatus(state=TaskState.WORKING))
+        async with make_client(small_mesh.tester_settings(), f"reconcile-{uuid.uuid4().hex[:8]}") as mqtt:
+            await mqtt.publish(
+                echo.event_topic,
+                StreamResponse(task=unfinished).to_json(),
+                qos=1,
+                properties=publish_properties(user=[(EVENT_ID_PROPERTY, str(uuid.uuid4()))]),
+            )
+
+        async def recorded() -> bool:
+            for task, state in [*((task, "TASK_STATE_COMPLETED") for task in sent), (unfinished, "TASK_STATE_WORKING")]:
+                response = await http.get(f"{small_mesh.taskstore_url}/tasks/{task.id}?scope=all")
+                if response.status_code != 200 or response.json()["status"]["state"] != state:
+                    return False
+            return True
+
+        await eventually(recorded, timeout=30, what="every task recorded")
+
+    republished: list[str] = []
+
+    async def republish(_agent: AgentAddress, event: bytes | str) -> None:
+        task = StreamResponse.from_json(event).task
+        republished.append(task.id if task is not None else "")
+
+    def undated(task_id: str) -> Task:
+        return Task(id=task_id, context_id="c", status=TaskStatus(state=TaskState.COMPLETED))
+
+    lost = str(uuid.uuid4())
+    async with httpx.AsyncClient(timeout=30) as store_http:
+        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0)
+        for task_id in [*(task.id for task in sent), unfinished.id, lost]:
+            reconciler.watch(LiveTask(undated(task_id), echo, not_recorded, mirror=False))
+        await reconciler.check_due()
+        many = [*(f"none-{i}" for i in range(1500)), sent[0].id]  # more than one request takes: two
+        assert await reconciler.store.states(many) == {sent[0].id: TaskState.COMPLETED}
+
+    assert reconciler.listed == 0  # nothing a listing could cover
+    assert (reconciler.read, reconciler.state_reads) == (TASKS + 2, 1)  # every outcome, in one request
+    assert sorted(republished) == sorted([unfinished.id, lost])
+    assert reconciler.pending == 2  # checked again later
+
+    republished.clear()  # a store without the batched read (an older one, mid-upgrade): read one by one, as before
+    async with httpx.AsyncClient(timeout=30) as store_http:
+        reconciler = Reconciler(TaskStoreClient(small_mesh.taskstore_url, store_http), republish, first_check=0.0)
+        reconciler.store.states_path = "/no-such-route"  # the real store answers 404, as one without the route does
+        for task_id in [*(task.id for task in sent), unfinished.id, lost]:
+            reconciler.watch(LiveTask(undated(task_id), echo, not_recorded, mirror=False))
+        await reconciler.check_due()
+    assert (reconciler.read, reconciler.state_reads) == (TASKS + 2, 0)
+    assert sorted(republished) == sorted([unfinished.id, lost])
+    assert reconciler.pending == 2
+
+
+def test_the_coordinator_asks_no_more_ids_at_once_than_the_store_answers() -> None:
+    assert STATES_PER_REQUEST <= MAX_STATE_IDS
+
+
 async def test_an_outcome_waiting_for_the_store_keeps_its_whole_snapshot_but_not_its_relay(small_mesh: Stack) -> None:
     """While the store is away, outcomes wait in the reconciler (up to 20,000 of them): each without its relay (the
     LiveTask, with its request and queues, is let go) and its snapshot packed, yet what it republishes once the
@@ -157,6 +226,8 @@ async def test_an_outcome_waiting_for_the_store_keeps_its_whole_snapshot_but_not
             del live
             with pytest.raises(DependencyError):
                 await reconciler.check_due()  # the store is away: nothing confirmed, nothing dropped
+            with pytest.raises(DependencyError):
+                await reconciler.store.states([lost.id])  # its read by id says so too
             gc.collect()
             assert relay() is None, "the reconciler still holds the relay"
             assert reconciler.pending == 1

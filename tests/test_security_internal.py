@@ -91,11 +91,13 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
             got.text[:300],
         )
 
-    reads = {
-        "store GET /tasks": ("GET", f"{store}/tasks?scope=all"),
-        "store GET /tasks/{id}": ("GET", f"{store}/tasks/{task_id}?scope=all"),
-        "store GET /tasks/{id}/events": ("GET", f"{store}/tasks/{task_id}/events?scope=all"),
-        "registry GET /agents": ("GET", f"{registry}/agents"),
+    states = {"json": {"ids": [task_id]}}
+    reads: dict[str, tuple[str, str, dict[str, object]]] = {
+        "store GET /tasks": ("GET", f"{store}/tasks?scope=all", {}),
+        "store GET /tasks/{id}": ("GET", f"{store}/tasks/{task_id}?scope=all", {}),
+        "store GET /tasks/{id}/events": ("GET", f"{store}/tasks/{task_id}/events?scope=all", {}),
+        "store POST /task-states": ("POST", f"{store}/task-states?scope=all", states),  # a read, as a POST
+        "registry GET /agents": ("GET", f"{registry}/agents", {}),
     }
     claim = ("PUT", f"{store}/tasks/{task_id}/owner")
     no_cert = context(sealed.pki.ca_cert)
@@ -107,21 +109,21 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
         "the task store's certificate": as_identity(sealed, "taskstore", Role.TASKSTORE),
         "an agent's certificate (echo)": as_identity(sealed, "echo", Role.AGENT),
     }
-    for what, (method, url) in reads.items():
-        code = await status(no_cert, method, url)
+    for what, (method, url, request) in reads.items():
+        code = await status(no_cert, method, url, **request)
         tally.attack(f"{what} without a certificate", "anyone", code == 401, str(code))
-        code = await status(foreign, method, url)
+        code = await status(foreign, method, url, **request)
         tally.attack(f"{what} with another CA's certificate", "outsider", isinstance(code, str), str(code))
-        code = await status(False, method, url.replace("https://", "http://"))
+        code = await status(False, method, url.replace("https://", "http://"), **request)
         tally.attack(f"{what} over plain HTTP", "anyone", code != 200, str(code))
         for who, ctx in others.items():
-            code = await status(ctx, method, url)
+            code = await status(ctx, method, url, **request)
             tally.attack(f"{what} with {who}", who, code == 403, str(code))
         for who, ctx in (
             ("coordinator", as_identity(sealed, "coordinator", Role.COORDINATOR)),
             ("meshctl", as_identity(sealed, "meshctl", Role.OBSERVER)),
         ):
-            code = await status(ctx, method, url)
+            code = await status(ctx, method, url, **request)
             tally.control(f"{what} as {who}", who, code == 200, str(code))
     body = {"json": {"principal": "key:mallory", "tenant": ""}}
     for who, ctx in {  # read-only for all: owners come over MQTT from the coordinators, not through this API
@@ -133,14 +135,13 @@ async def test_the_internal_apis_admit_only_the_mesh_identities_named_for_each_r
         code = await status(ctx, *claim, **body)
         tally.attack(f"store PUT /tasks/{{id}}/owner with {who}", who, code in (401, 403), str(code))
     console = as_identity(sealed, "console", Role.OBSERVER)  # its certificate: what the console presents
-    for what, (method, url) in {
-        "store GET /tasks": reads["store GET /tasks"],
-        "store GET /tasks/{id}": reads["store GET /tasks/{id}"],
-    }.items():
-        code = await status(console, method, url)
+    for what in ("store GET /tasks", "store GET /tasks/{id}", "store POST /task-states"):
+        method, url, request = reads[what]
+        code = await status(console, method, url, **request)
         tally.attack(f"{what} with the console's certificate", "console", code == 403, str(code))
     for what in ("store GET /tasks/{id}/events", "registry GET /agents"):
-        code = await status(console, *reads[what])
+        method, url, request = reads[what]
+        code = await status(console, method, url, **request)
         tally.control(f"{what} as the console", "console", code == 200, str(code))
     cookies = {KEY_COOKIE: sealed.api_key}
     async with httpx.AsyncClient(base_url=sealed.console_url, timeout=30, cookies=cookies) as http:

@@ -525,3 +525,57 @@ async def test_unhealthy_without_broker(tmp_path: Any) -> None:
     finally:
         code = await asyncio.to_thread(process.stop)
     assert code == 0, process.log_tail()
+
+
+async def test_states_by_id_are_read_in_one_request_within_the_readers_scope(
+    agent: Agent, api: StoreClient, store_stack: Stack, mqtt_client: aiomqtt.Client
+) -> None:
+    """`POST /task-states`: the states of the tasks the store holds among the ids asked (unknown ones left out),
+    scoped as every read is: an owner sees only its own tasks, an operator (scope=all) every one."""
+    coordinator = AgentAddress(store_stack.org, store_stack.unit, "coordinator")
+    done, working, theirs, unknown = (new_id("task-") for _ in range(4))
+    owners = ((done, "key:alice"), (working, "key:alice"), (theirs, "key:bob"))
+    await publish_owners(mqtt_client, coordinator.owner_topic, *owners)  # one message: they land together
+    context = new_id("ctx-")
+    for task_id in (done, working, theirs):
+        await agent.publish(snapshot(task_id, context, TaskState.WORKING))
+    await agent.publish(status(done, context, TaskState.COMPLETED))
+    await api.wait_events(done, 2)
+
+    async def states(**scope: str) -> dict[str, str] | None:
+        response = await api.http.post("/task-states", params=scope, json={"ids": [done, working, theirs, unknown]})
+        assert response.status_code == 200, response.text
+        return response.json()["states"]
+
+    everyone = {done: "TASK_STATE_COMPLETED", working: "TASK_STATE_WORKING", theirs: "TASK_STATE_WORKING"}
+    assert await eventually(lambda: _is(states(scope="all"), everyone), what="every state recorded")
+    alices = {done: "TASK_STATE_COMPLETED", working: "TASK_STATE_WORKING"}
+    assert await eventually(lambda: _is(states(owner="key:alice", tenant="t1"), alices), what="the owners landed")
+    assert await states(owner="key:bob", tenant="t1") == {theirs: "TASK_STATE_WORKING"}
+    assert await states(owner="key:bob") == {}  # another tenant's key:bob
+    most = [*(new_id("none-") for _ in range(999)), done]  # the most one request may ask about
+    response = await api.http.post("/task-states", params={"scope": "all"}, json={"ids": most})
+    assert response.status_code == 200 and response.json() == {"states": {done: "TASK_STATE_COMPLETED"}}
+
+
+@pytest.mark.parametrize(
+    ("params", "body"),
+    [
+        ({}, b'{"ids": []}'),  # no read scope
+        ({"scope": "all"}, b"{not json"),
+        ({"scope": "all"}, b"\xff\xfe"),  # not UTF-8
+        ({"scope": "all"}, b'["a list"]'),
+        ({"scope": "all"}, b'{"ids": "one id"}'),
+        ({"scope": "all"}, b'{"ids": [1, 2]}'),
+        ({"scope": "all"}, b'{"ids": [null]}'),
+        ({"scope": "all"}, json.dumps({"ids": [f"t{i}" for i in range(1001)]}).encode()),  # over 1,000 ids
+        ({"scope": "all"}, json.dumps({"ids": ["x" * 1_100_000]}).encode()),  # over the body's size
+        ({"scope": "all"}, b'{"ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),  # nested past the parser's depth
+        ({"scope": "all"}, b'{"ids": ["\\ud800"]}'),  # a lone surrogate: no database can take it
+        ({"scope": "all"}, b'{"ids": ["a\\u0000b"]}'),  # NUL: PostgreSQL text cannot hold it
+    ],
+)
+async def test_invalid_state_reads_are_400(api: StoreClient, params: dict[str, str], body: bytes) -> None:
+    response = await api.http.post("/task-states", params=params, content=body)
+    assert response.status_code == 400
+    assert isinstance(response.json()["error"], str)

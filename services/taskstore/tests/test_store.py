@@ -25,7 +25,16 @@ from a2amesh.models import (
 )
 from mesh_taskstore.apply import trim
 from mesh_taskstore.db import TaskEvent, TaskOwner, TaskRecord, create_tables, make_engine, utc
-from mesh_taskstore.store import Cursor, Incoming, Outcome, Owner, TaskQuery, TaskStore, status_history
+from mesh_taskstore.store import (
+    STATES_CHUNK,
+    Cursor,
+    Incoming,
+    Outcome,
+    Owner,
+    TaskQuery,
+    TaskStore,
+    status_history,
+)
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -320,3 +329,24 @@ def test_an_owner_lands_whether_before_or_after_the_tasks_events_and_only_once(s
     listed = store.list_tasks(TaskQuery(owner=alice))
     assert sorted(task.id for task in listed.tasks) == ["early", "late"]
     assert store.list_tasks(TaskQuery(owner=bob)).tasks == []  # "other" has no events yet
+
+
+def test_states_by_id_span_chunks_and_keep_to_the_owner(store: TaskStore) -> None:
+    """A read of many states by id: more ids than one SELECT takes, repeats and unknown ids among them; with an
+    owner, only that owner's tasks (a task with no owner row is an operator's only)."""
+    alice, bob = Owner("key:alice", "t1"), Owner("key:bob", "t1")
+    count = STATES_CHUNK + 100
+    ids = [f"s{i}" for i in range(count)]
+    final = {task_id for i, task_id in enumerate(ids) if i % 3 == 0}
+    events = [incoming(f"e-{task_id}", task_event(task_id)) for task_id in ids]
+    events += [incoming(f"f-{task_id}", status_event(task_id, TaskState.COMPLETED), 1) for task_id in sorted(final)]
+    claims = [(task_id, alice if i % 2 == 0 else bob) for i, task_id in enumerate(ids[:-1])]  # the last: no owner
+    store.record_with_owners(events, claims)
+
+    asked = ["unknown", *reversed(ids), ids[0], "also-unknown"]
+    expected = {task_id: TaskState.COMPLETED if task_id in final else TaskState.SUBMITTED for task_id in ids}
+    assert store.states(asked) == expected
+    assert store.states(asked, alice) == {task_id: expected[task_id] for task_id in ids[:-1:2]}
+    assert store.states(asked, bob) == {task_id: expected[task_id] for task_id in ids[1:-1:2]}
+    assert store.states(ids, Owner("key:alice", "other-tenant")) == {}
+    assert store.states([]) == {}

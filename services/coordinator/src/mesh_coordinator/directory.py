@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from a2amesh.binding.wire import pool_of, records_own_events, rerunnable_skills
-from a2amesh.models import AgentCard, ListTasksResponse, Task
+from a2amesh.models import AgentCard, ListTasksResponse, Task, TaskState
 from a2amesh.topics import AgentAddress, PoolAddress
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class DependencyError(RuntimeError):
 
 
 T = TypeVar("T")
+
+
+class StatesUnsupported(DependencyError):
+    """The task store answers but has no batched state read (`POST /task-states`): a store older than this
+    coordinator, during a rolling upgrade."""
 
 
 class SingleFlight:
@@ -206,6 +212,9 @@ class StatePage:
     next_page_token: str
 
 
+STATES_PER_REQUEST = 1000
+"""Task ids per `POST /task-states` (the store's maximum, mesh_taskstore.api.MAX_STATE_IDS)."""
+
 EVERY_TASK = {"scope": "all"}
 """The store's read scope for the coordinator's own bookkeeping and for operators: every caller's tasks."""
 
@@ -213,6 +222,9 @@ EVERY_TASK = {"scope": "all"}
 class TaskStoreClient:
     """Reads the durable record of tasks, each read scoped to a caller (`reader`: the store's owner=/tenant=
     parameters, or EVERY_TASK)."""
+
+    states_path = "/task-states"
+    """Where the store answers the batched state read (`states`)."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
@@ -227,6 +239,8 @@ class TaskStoreClient:
             return None
         if response.status_code == 400:
             raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
+            raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
         if response.status_code != 200:
             raise DependencyError(f"task store answered {response.status_code}")
         return response.json()
@@ -263,6 +277,39 @@ class TaskStoreClient:
                 states[task["id"]] = status["state"]
         token = body.get("nextPageToken")
         return StatePage(states, token if isinstance(token, str) else "")
+
+    async def states(self, task_ids: Sequence[str], reader: Mapping[str, str] = EVERY_TASK) -> dict[str, TaskState]:
+        """The recorded state of each of these tasks (`POST /task-states`, STATES_PER_REQUEST ids a request); a task
+        the store lacks (or `reader` may not see) is left out. A state the store names that this side does not know
+        is left out too: for the reconciler, not recorded final."""
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, TaskState] = {}
+        for start in range(0, len(ids), STATES_PER_REQUEST):
+            body = await self._post(self.states_path, {"ids": ids[start : start + STATES_PER_REQUEST]}, reader)
+            states = body.get("states") if isinstance(body, dict) else None
+            if not isinstance(states, dict):
+                raise DependencyError("task store answered a state read without states")
+            for task_id, state in states.items():
+                with contextlib.suppress(ValueError):
+                    found[task_id] = TaskState(state)
+        return found
+
+    async def _post(self, path: str, body: Any, params: Mapping[str, str]) -> Any:
+        """A read sent as a POST (its question too long for a query string)."""
+        try:
+            response = await self.client.post(f"{self.base_url}{path}", json=body, params=dict(params))
+        except httpx.HTTPError as error:
+            raise DependencyError(f"task store unavailable: {error}") from error
+        if response.status_code == 400:
+            raise ValueError(response.json().get("error", "invalid request"))
+        if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
+            raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
+        if response.status_code != 200:
+            raise DependencyError(f"task store answered {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as error:
+            raise DependencyError(f"task store answered nonsense: {error}") from error
 
     async def _list(self, query: dict[str, Any], reader: Mapping[str, str]) -> dict[str, Any]:
         body = await self._get("/tasks", {**{k: v for k, v in query.items() if v is not None}, **reader})

@@ -7,9 +7,11 @@ The store is asked in pages, not per task: one listing of the tasks whose status
 outcome (`statusTimestampAfter`, newest first, no history or artifacts) confirms every outcome it shows at once,
 including outcomes not due yet, and an outcome within a listing's whole range that it does not show is lacking
 (were the store holding another final state from earlier, it keeps it: a final task takes no other state). What
-no listing covered (a later check, more pages than LIST_PAGES, no timestamp) is read task by task. A read per task
-cost the coordinator a sixth of its CPU on the deployed path, and the store an HTTP request per task; a page is
-read as ids and states only, never as Task models, since every outcome is listed once (docs/benchmarks.md, issue #18).
+no listing covered (a later check, more pages than LIST_PAGES, no timestamp) is read by id, all of a check's
+outcomes in one request (`POST /task-states`: ids in, states out, a SELECT per few hundred ids in the store). A read
+per task cost the coordinator a sixth of its CPU on the deployed path and the store an HTTP request per task, and
+after a store outage it made the catch-up of thousands of outcomes take a minute and a half; pages and reads by id
+bring ids and states only, never Task models (docs/benchmarks.md, issue #18).
 
 While the store is away every outcome waits here (up to MAX_WATCHED), so each keeps only what a check and a
 republish need: the task id, the agent, the final state and its timestamp, and the final snapshot. Never the relay
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import zlib
@@ -32,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 from a2amesh.models import TERMINAL_STATES, ListTasksRequest, StreamResponse, Task, TaskState
 from a2amesh.topics import AgentAddress
-from mesh_coordinator.directory import DependencyError, TaskStoreClient
+from mesh_coordinator.directory import STATES_PER_REQUEST, DependencyError, StatesUnsupported, TaskStoreClient
 from mesh_coordinator.live import LiveTask
 
 log = logging.getLogger(__name__)
@@ -53,12 +56,21 @@ KEEP_WHOLE = 2.0
 after that the store is late or away, and the snapshot is packed."""
 PACK_LEVEL = 1
 """zlib level of a packed snapshot: the fastest, about a third of the JSON's size for a small task."""
-BATCH = 200
-"""Outcomes read one by one per check, at most (those no listing confirmed)."""
+BATCH = 1000
+"""Outcomes a check takes up, at most: those due among the oldest BATCH * 5 watched. What no listing confirmed is
+read by id in one request (the store's maximum, STATES_PER_REQUEST), so a check costs the same few requests however
+many are due; it was 200 while each was an HTTP request of its own. It also bounds a check's republishes."""
 LIST_PAGE_SIZE = 100
 """Tasks per page of the store's listing (its maximum)."""
 LIST_PAGES = 20
-"""Pages read per check, at most: beyond that, the outcomes a listing did not reach are read one by one."""
+"""Pages read per check, at most: beyond that, the outcomes a listing did not reach are read by id."""
+ONE_BY_ONE = 200
+"""Outcomes read one by one per check, at most, from a store without the batched read (an older one, during a
+rolling upgrade); the rest wait for the next check."""
+RETRY_BATCHED = 300.0
+"""Seconds before the batched read is tried again on a store that lacked it (it may have been upgraded since)."""
+REPUBLISH_AT_ONCE = 100
+"""Republishes in flight at once (the broker's max_inflight_messages): a check may republish BATCH."""
 LIST_MARGIN = timedelta(milliseconds=10)
 """How far before the oldest outcome's timestamp a listing starts: the wire keeps milliseconds, an outcome the
 coordinator decided itself has microseconds."""
@@ -125,7 +137,11 @@ class Reconciler:
         self.listed = 0
         """Outcomes confirmed by a listing."""
         self.read = 0
-        """Outcomes read one by one."""
+        """Outcomes read by id (those no listing confirmed)."""
+        self.state_reads = 0
+        """Requests that read them (`POST /task-states`, up to STATES_PER_REQUEST outcomes each)."""
+        self._batched_from = 0.0
+        """When the store may be asked by `POST /task-states` again (after it answered that it has none)."""
 
     def watch(self, live: LiveTask) -> None:
         """Call when a relay ends: a terminal outcome is checked against the store later."""
@@ -166,8 +182,8 @@ class Reconciler:
                 log.exception("reconciling outcomes failed; trying again shortly")
 
     async def check_due(self) -> None:
-        """Confirm or republish the outcomes due (at most BATCH read one by one); then pack what stays whole past
-        its time, whether the store answered or not."""
+        """Confirm or republish the outcomes due (at most BATCH); then pack what stays whole past its time, whether
+        the store answered or not."""
         try:
             await self._check_due()
         finally:
@@ -175,7 +191,7 @@ class Reconciler:
 
     async def _check_due(self) -> None:
         now = time.monotonic()
-        due = [watch for watch in list(self._watched.values())[: BATCH * 5] if watch.due <= now][:BATCH]
+        due = [watch for watch in itertools.islice(self._watched.values(), BATCH * 5) if watch.due <= now][:BATCH]
         since = _listing_start(due)
         lacking: list[Watch] = []
         if since is not None:
@@ -184,14 +200,49 @@ class Reconciler:
             if complete:  # the store lacks what a whole listing over its time did not show as final
                 lacking = [watch for watch in due if _listed_range(watch, since)]
                 due = [watch for watch in due if not _listed_range(watch, since)]
-        for watch in due:
-            self.read += 1
-            stored = await self.store.get_task(watch.task_id, history_length=0)
-            if stored is not None and stored.status.state.is_terminal:  # recorded final (whoever decided it)
-                self._watched.pop(watch.task_id, None)
-                continue
-            lacking.append(watch)
+        lacking += await self._read_lacking(due)
         await self._republish(lacking, now)
+
+    async def _read_lacking(self, due: list[Watch]) -> list[Watch]:
+        """Read the state of these outcomes by id, STATES_PER_REQUEST a request: drop those the store records
+        final (any final state, whoever decided it); the others, absent or not final, are lacking. A store
+        without the batched read is read one by one, as before it had one (ONE_BY_ONE a check)."""
+        lacking: list[Watch] = []
+        for start in range(0, len(due), STATES_PER_REQUEST):
+            chunk = due[start : start + STATES_PER_REQUEST]
+            if time.monotonic() < self._batched_from:
+                return lacking + await self._read_one_by_one(due[start:])
+            try:
+                stored = await self.store.states([watch.task_id for watch in chunk])
+            except StatesUnsupported as error:
+                log.warning("%s; reading outcomes one by one for %.0f s", error, RETRY_BATCHED)
+                self._batched_from = time.monotonic() + RETRY_BATCHED
+                return lacking + await self._read_one_by_one(due[start:])
+            self.state_reads += 1
+            self.read += len(chunk)
+            lacking += self._lacking(chunk, stored)
+        return lacking
+
+    async def _read_one_by_one(self, due: list[Watch]) -> list[Watch]:
+        """`_read_lacking` on a store without the batched read: a GetTask each, the first ONE_BY_ONE."""
+        stored: dict[str, TaskState] = {}
+        for watch in due[:ONE_BY_ONE]:
+            task = await self.store.get_task(watch.task_id, history_length=0)
+            self.read += 1
+            if task is not None:
+                stored[watch.task_id] = task.status.state
+        return self._lacking(due[:ONE_BY_ONE], stored)
+
+    def _lacking(self, read: list[Watch], stored: dict[str, TaskState]) -> list[Watch]:
+        """Drop what the store records final; the rest of `read` (absent, or not final) is lacking."""
+        lacking: list[Watch] = []
+        for watch in read:
+            state = stored.get(watch.task_id)
+            if state is not None and state.is_terminal:
+                self._watched.pop(watch.task_id, None)
+            else:
+                lacking.append(watch)
+        return lacking
 
     async def _republish(self, lacking: list[Watch], now: float) -> None:
         """Publish the final snapshot of each outcome the store lacks (all at once: a store that was away can lack
@@ -210,9 +261,12 @@ class Reconciler:
             )
             watch.due = now + CHECK_BACKOFF[min(watch.attempts - 1, len(CHECK_BACKOFF) - 1)]
             again.append(watch)
-        published = await asyncio.gather(
-            *(self.republish(watch.agent, watch.event()) for watch in again), return_exceptions=True
-        )
+        published: list[object] = []
+        for start in range(0, len(again), REPUBLISH_AT_ONCE):
+            published += await asyncio.gather(
+                *(self.republish(watch.agent, watch.event()) for watch in again[start : start + REPUBLISH_AT_ONCE]),
+                return_exceptions=True,
+            )
         self.republished += sum(1 for outcome in published if not isinstance(outcome, BaseException))
         failed = next((outcome for outcome in published if isinstance(outcome, BaseException)), None)
         if failed is not None:  # tried again at the watch's next check

@@ -79,14 +79,16 @@ async def serve(stop: asyncio.Event, settings: TaskStoreSettings, database: URL)
 
 
 def guarded(app: Any, settings: TaskStoreSettings) -> tuple[Any, dict[str, Any]]:
-    """With internal TLS on: the API behind mutual TLS, read-only, for the readers (coordinator, meshctl); the
-    console only reads a task's event log (for a task the coordinator already showed its user). Owners are not
-    written here: they come over MQTT from the coordinators (mesh_taskstore.consumer)."""
+    """With internal TLS on: the API behind mutual TLS, read-only, for the readers (coordinator, meshctl; their
+    POST /task-states is a read too); the console only reads a task's event log (for a task the coordinator already
+    showed its user). Owners are not written here: they come over MQTT from the coordinators
+    (mesh_taskstore.consumer)."""
     if not settings.internal.enabled:
         return app, {}
     readers = settings.internal.readers
     events = rule("GET", r"/tasks/[^/]+/events", *readers, *settings.internal.browsers)
-    rules = [events, rule("GET", r"/tasks(/[^/]+)?", *readers), *push_rules(readers)]
+    tasks = rule("GET", r"/tasks(/[^/]+)?", *readers)
+    rules = [events, tasks, rule("POST", r"/task-states", *readers), *push_rules(readers)]
     return IdentityGate(app, settings, rules), tls_server_options(settings.internal)
 
 

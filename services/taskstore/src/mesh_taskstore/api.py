@@ -1,4 +1,5 @@
-"""The HTTP read API: tasks as A2A wire JSON (GetTask / ListTasks shapes), each task's event log, and health.
+"""The HTTP read API: tasks as A2A wire JSON (GetTask / ListTasks shapes), many tasks' states by id, each task's
+event log, and health.
 
 Query parameters are validated here and turned into 400 {"error": ...}; the store only ever sees clean values.
 Database calls run in worker threads so a slow query never stalls the consumer sharing this event loop."""
@@ -132,6 +133,46 @@ def list_query(request: Request) -> TaskQuery:
     )
 
 
+MAX_STATE_IDS = 1000
+"""Task ids one `POST /task-states` may ask about, at most (the coordinator's reconciler asks for up to this many)."""
+MAX_STATES_BODY = 1_048_576
+"""Bytes of a `POST /task-states` body, at most: room for MAX_STATE_IDS ids of about a kilobyte each."""
+
+
+async def state_ids(request: Request) -> list[str]:
+    """The task ids of a `POST /task-states` body, `{"ids": [...]}`; BadRequest for anything else, for more than
+    MAX_STATE_IDS ids, and for a body over MAX_STATES_BODY bytes (read no further than that)."""
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_STATES_BODY:
+            raise BadRequest(f"the body must be at most {MAX_STATES_BODY} bytes")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+        parsed = None
+    ids = parsed.get("ids") if isinstance(parsed, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(task_id, str) for task_id in ids):
+        raise BadRequest('the body must be {"ids": [<task id>, ...]}')
+    if len(ids) > MAX_STATE_IDS:
+        raise BadRequest(f"at most {MAX_STATE_IDS} ids per request (got {len(ids)})")
+    if not all(_storable(task_id) for task_id in ids):
+        raise BadRequest("a task id must be UTF-8 text without NUL characters")
+    return ids
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
+    holds no NUL (no stored id has either: events arrive as UTF-8 JSON)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None) -> Starlette:
     """The Starlette app over `store`; `mqtt_connected` tells the health check whether events are flowing in."""
 
@@ -187,6 +228,18 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
         history = [status.to_wire() for status in status_history(rows)]
         return JSONResponse({"taskId": task_id, "agent": stored.agent, "events": events, "statusHistory": history})
 
+    async def task_states(request: Request) -> JSONResponse:
+        """The state of many tasks at once, by id (`{"states": {id: state}}`; ids the reader may not see or the
+        store lacks are left out): the coordinator's reconciler checks its outcomes with it, a request per check
+        rather than one per task."""
+        try:
+            owner = read_scope(request)
+            ids = await state_ids(request)
+        except BadRequest as error:
+            return _error(400, str(error))
+        states = await asyncio.to_thread(store.states, ids, owner)
+        return JSONResponse({"states": states})
+
     async def list_tasks(request: Request) -> JSONResponse:
         try:
             query = list_query(request)
@@ -208,6 +261,7 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             Route("/tasks", list_tasks, methods=["GET"]),
             Route("/tasks/{task_id}/events", task_events, methods=["GET"]),
             Route("/tasks/{task_id}", get_task, methods=["GET"]),
+            Route("/task-states", task_states, methods=["POST"]),
             *push_routes(store, read_scope),
             *health_routes(metrics or ServiceMetrics("taskstore")),
         ]
