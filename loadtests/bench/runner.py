@@ -34,8 +34,9 @@ log = logging.getLogger("loadtests.bench")
 MQTT_MESSAGES = "1 request + 4 replies + 4 events (no subscriber)"
 BACKLOG_SECONDS = 240.0
 """How long the store's first scenario waits, at most, for the coordinator to reconcile the tasks it relayed before
-the store ran. The reconciler republishes and then re-reads at most 200 outcomes a second (mesh_coordinator.reconcile),
-so the HTTP scenarios' ~8,000 take about 90 s: a wait cut shorter measured `record` beside that catch-up."""
+the store ran (the HTTP scenarios' ~8,000). The reconciler republishes them and confirms them again by id, a
+thousand a request (mesh_coordinator.reconcile); while it re-read them one by one, 200 a second, this took about
+90 s, and a shorter wait measured `record` beside that catch-up. The wait ends as soon as the processes are quiet."""
 STORE = "taskstore"
 POSTGRES_STORE = "taskstore-postgres"
 """The task store recording into PostgreSQL (`record-postgres`): the same service and broker identity as STORE,
