@@ -82,7 +82,9 @@ def read_keys(given: list[str], file: Path | None) -> frozenset[str]:
 class ServiceSettings(BaseSettings):
     """What every mesh process shares: its identity on the broker, the broker, logging."""
 
-    model_config = SettingsConfigDict(env_prefix="MESH_", env_nested_delimiter="__", extra="ignore")
+    # defer_build: a process builds the validator of the settings it reads (its own service's) when it first reads
+    # them, not every service's at import (idle memory, docs/benchmarks.md); validation is the same
+    model_config = SettingsConfigDict(env_prefix="MESH_", env_nested_delimiter="__", extra="ignore", defer_build=True)
 
     org: str = "acme"
     unit: str = "default"

@@ -74,6 +74,9 @@ class A2AModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="ignore",
+        # each model's validator is built on its first use, not at import: a process builds only those of the
+        # models it handles (idle memory, docs/benchmarks.md); validation is the same
+        defer_build=True,
     )
 
     def to_wire(self) -> JsonObject:
