@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from mesh_coordinator.auth import (
     token_scopes,
 )
 from mesh_coordinator.jwtauth import JwtVerifier
-from mesh_coordinator.keys import key_line
+from mesh_coordinator.keys import DESCRIPTION, key_line
 
 
 def test_a_hashed_line_has_its_id_scopes_and_tenant() -> None:
@@ -97,3 +99,15 @@ def test_symmetric_or_no_algorithms_are_refused_at_start(algorithms: tuple[str, 
     policy = JwtPolicy(issuer="https://i", audience="a", jwks_url="http://127.0.0.1:1/jwks", algorithms=algorithms)
     with pytest.raises(ValueError, match="asymmetric"):
         JwtVerifier(policy)
+
+
+def test_the_key_tools_help_survives_the_images_optimization() -> None:
+    """The coordinator's image runs at PYTHONOPTIMIZE=2, which drops docstrings: the key tool's help is a constant."""
+    shown = subprocess.run(
+        [sys.executable, "-OO", "-m", "mesh_coordinator.keys", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert " ".join(DESCRIPTION.split()[:8]) in " ".join(shown.stdout.split())

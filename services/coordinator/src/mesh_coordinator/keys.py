@@ -1,4 +1,5 @@
-"""`python -m mesh_coordinator.keys ID [--scopes send,read,cancel] [--tenant T]`: a new API key (DESCRIPTION)."""
+"""`python -m mesh_coordinator.keys ID [--scopes send,read,cancel] [--tenant T]`: a new API key; its help text is
+DESCRIPTION (a constant, not this docstring: the image runs at PYTHONOPTIMIZE=2, which drops docstrings)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class A2AModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         # each model's validator is built on its first use, not at import: a process builds only those of the
-        # models it handles (idle memory, docs/benchmarks.md); validation is the same
+        # models it handles (idle memory before its first traffic, docs/benchmarks.md); validation is the same
         defer_build=True,
     )
 
