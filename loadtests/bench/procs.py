@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from a2amesh.runtime import STARTUP_SETTLE
@@ -207,6 +209,20 @@ class BenchStack:
 
     def start_research(self) -> None:
         self.launch(self._wrap(self.stack.agent("research", "agent_research"), "agent_research"))
+
+    @contextlib.contextmanager
+    def held(self, *names: str) -> Iterator[None]:
+        """The named processes stopped (SIGSTOP) for the block, and continued (SIGCONT) after it, whatever happens:
+        what they would send meanwhile waits in them."""
+        pids = list(self.pids(*names).values())
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def stop(self, *names: str) -> None:
         for name in names:
