@@ -239,8 +239,6 @@ class TaskStoreClient:
             return None
         if response.status_code == 400:
             raise ValueError(response.json().get("error", "invalid request"))
-        if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
-            raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
         if response.status_code != 200:
             raise DependencyError(f"task store answered {response.status_code}")
         return response.json()
