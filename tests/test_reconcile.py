@@ -120,7 +120,7 @@ async def test_one_listing_confirms_the_outcomes_the_store_holds(small_mesh: Sta
         await reconciler.check_due()
 
     assert reconciler.listed == TASKS  # confirmed by the listing
-    assert reconciler.read == 0  # nothing read task by task
+    assert reconciler.read == 0  # nothing read by id
     assert [item.task.id for item in republished if item.task is not None] == [lost.id]
     assert reconciler.pending == 1  # the lost one, checked again later
 

@@ -214,13 +214,14 @@ class BenchStack:
     def held(self, *names: str) -> Iterator[None]:
         """The named processes stopped (SIGSTOP) for the block, and continued (SIGCONT) after it, whatever happens:
         what they would send meanwhile waits in them."""
-        pids = list(self.pids(*names).values())
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        stopped: list[int] = []
         try:
+            for pid in self.pids(*names).values():
+                stopped.append(pid)
+                os.kill(pid, signal.SIGSTOP)
             yield
         finally:
-            for pid in pids:
+            for pid in stopped:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 

@@ -37,6 +37,9 @@ BACKLOG_SECONDS = 240.0
 the store ran (the HTTP scenarios' ~8,000). The reconciler republishes them and confirms them again by id, a
 thousand a request (mesh_coordinator.reconcile); while it re-read them one by one, 200 a second, this took about
 90 s, and a shorter wait measured `record` beside that catch-up. The wait ends as soon as the processes are quiet."""
+HOLD_WARNING = 30.0
+"""Seconds the coordinator may be held while a store starts before the run says so: the broker drops a client
+silent for one and a half keepalives (30 s), and its reconnect would then fall in the catch-up."""
 STORE = "taskstore"
 POSTGRES_STORE = "taskstore-postgres"
 """The task store recording into PostgreSQL (`record-postgres`): the same service and broker identity as STORE,
@@ -233,9 +236,13 @@ class Bench:
         and its idle footprint is taken: a store that is confirming thousands of outcomes is not idle, and since
         the reconciler confirms a thousand at a time, that burst came within the idle sample."""
         if not self.procs.pids(name):
+            held = time.monotonic()
             with self.procs.held("coordinator"):
                 self.procs.start_taskstore(name, database_url, extras)
                 self._idle(name, POSTGRES)
+            held = time.monotonic() - held
+            if held > HOLD_WARNING:  # past the keepalive's grace: the broker may have dropped the coordinator
+                log.warning("the coordinator was held %.0f s while the store started; it may have reconnected", held)
             log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
             waited = time.monotonic()
             if wait_quiet(self.procs.pids("coordinator", name, POSTGRES, "broker"), BACKLOG_SECONDS):

@@ -218,6 +218,9 @@ class Reconciler:
                 log.warning("%s; reading outcomes one by one for %.0f s", error, RETRY_BATCHED)
                 self._batched_from = time.monotonic() + RETRY_BATCHED
                 return lacking + await self._read_one_by_one(due[start:])
+            except ValueError as error:  # an id the store refuses to be asked about: the chunk one by one
+                log.warning("the task store refused to read %d outcomes by id (%s): one by one", len(chunk), error)
+                return lacking + await self._read_one_by_one(due[start:])
             self.state_reads += 1
             self.read += len(chunk)
             lacking += self._lacking(chunk, stored)
