@@ -204,27 +204,24 @@ class Reconciler:
         await self._republish(lacking, now)
 
     async def _read_lacking(self, due: list[Watch]) -> list[Watch]:
-        """Read the state of these outcomes by id, STATES_PER_REQUEST a request: drop those the store records
-        final (any final state, whoever decided it); the others, absent or not final, are lacking. A store
-        without the batched read is read one by one, as before it had one (ONE_BY_ONE a check)."""
-        lacking: list[Watch] = []
-        for start in range(0, len(due), STATES_PER_REQUEST):
-            chunk = due[start : start + STATES_PER_REQUEST]
-            if time.monotonic() < self._batched_from:
-                return lacking + await self._read_one_by_one(due[start:])
+        """Read the state of these outcomes by id (at most BATCH: one request of STATES_PER_REQUEST): drop those
+        the store records final (any final state, whoever decided it); the others, absent or not final, are
+        lacking. A store without the batched read, or one refusing an id, is read one by one (ONE_BY_ONE a check)."""
+        if not due:
+            return []
+        if time.monotonic() >= self._batched_from:
             try:
-                stored = await self.store.states([watch.task_id for watch in chunk])
+                stored = await self.store.states([watch.task_id for watch in due])
             except StatesUnsupported as error:
                 log.warning("%s; reading outcomes one by one for %.0f s", error, RETRY_BATCHED)
                 self._batched_from = time.monotonic() + RETRY_BATCHED
-                return lacking + await self._read_one_by_one(due[start:])
-            except ValueError as error:  # an id the store refuses to be asked about: the chunk one by one
-                log.warning("the task store refused to read %d outcomes by id (%s): one by one", len(chunk), error)
-                return lacking + await self._read_one_by_one(due[start:])
-            self.state_reads += 1
-            self.read += len(chunk)
-            lacking += self._lacking(chunk, stored)
-        return lacking
+            except ValueError as error:  # an id the store refuses to be asked about
+                log.warning("the task store refused to read %d outcomes by id (%s): one by one", len(due), error)
+            else:
+                self.state_reads += -(-len(due) // STATES_PER_REQUEST)
+                self.read += len(due)
+                return self._lacking(due, stored)
+        return await self._read_one_by_one(due)
 
     async def _read_one_by_one(self, due: list[Watch]) -> list[Watch]:
         """`_read_lacking` on a store without the batched read: a GetTask each, the first ONE_BY_ONE."""
