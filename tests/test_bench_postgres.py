@@ -12,7 +12,7 @@ from sqlalchemy.pool import NullPool
 import devstack.postgres
 from loadtests.bench.procs import POSTGRES, BenchStack
 from loadtests.bench.procstat import tree_cpu_seconds
-from loadtests.bench.report import render_markdown, targets
+from loadtests.bench.report import render_markdown, targets, twin_key
 from loadtests.bench.runner import POSTGRES_STORE, Bench
 from loadtests.bench.settings import BenchSettings
 
@@ -55,7 +55,7 @@ def test_a_machine_without_postgresql_reports_the_scenario_not_measured(
     try:
         bench.record_postgres()
     finally:
-        bench.procs.stop_all()
+        bench.stop_all()
     assert bench.results == []
     reason = bench.not_measured["record-postgres"]
     assert "initdb-not-installed not found" in reason
@@ -82,8 +82,12 @@ def test_record_postgres_runs_the_binding_with_the_store_on_postgresql(tmp_path:
         bench.record_postgres()
         assert not procs.pids("taskstore"), "the SQLite store stops before the PostgreSQL one starts"
         assert procs.pids(POSTGRES_STORE)[POSTGRES_STORE] != sqlite_store
+        twin = bench.twin()
+        assert set(twin.pids("broker", "echo", "coordinator")) == {"broker", "echo", "coordinator"}
+        assert not twin.pids("taskstore", POSTGRES_STORE), "no task store ever runs on the twin"
     finally:
-        procs.stop_all()
+        bench.stop_all()
+    assert not bench.twin().all_pids(), "the twin stops with the run"
     assert bench.not_measured == {}
     runs = {result.key: result for result in bench.results}
     on_postgres = runs["record-postgres"]
@@ -94,6 +98,10 @@ def test_record_postgres_runs_the_binding_with_the_store_on_postgresql(tmp_path:
     assert on_postgres.cpu_s[POSTGRES_STORE] > 0 and on_postgres.cpu_s[POSTGRES] >= 0
     assert "taskstore" in runs["record"].cpu_s
     assert {POSTGRES_STORE, POSTGRES} <= set(bench.idle_rss)
+    for beside in ("record", "record-postgres"):  # the binding on the twin, its rounds interleaved with the store's
+        twin_binding = runs[twin_key("binding", beside)]
+        assert (twin_binding.completed, twin_binding.errors) == (40, 0), twin_binding.error_samples
+        assert set(twin_binding.cpu_s) == {"broker", "echo"}
 
     data = {
         "machine": {"date": "", "nproc": 2, "cpu": "", "memory_gib": 0, "kernel": "", "python": "", "mosquitto": ""},

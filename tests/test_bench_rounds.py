@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtests.bench.report import targets
+from loadtests.bench.report import targets, twin_key
 from loadtests.bench.runner import _groups
 
 
@@ -62,3 +62,18 @@ def test_the_task_store_targets_show_the_ratio_the_cpu_per_task_allows() -> None
     ]
     assert (record["measured"], record["met"]) == ("0.75x (by CPU per task: 0.80x)", False)
     assert (deployed["measured"], deployed["met"]) == ("0.90x (by CPU per task: 0.89x)", True)
+
+
+def test_the_task_store_targets_compare_with_the_twin_measured_beside_them() -> None:
+    """With the twin's binding and HTTP face in the run, each store target is measured against them round by round,
+    and the ratio against the first stack's (minutes earlier) is shown beside it, not used."""
+    runs = [("binding", 900.0, [900.0]), ("http-face", 300.0, [300.0])]
+    runs += [("record", 640.0, [600.0, 640.0]), (twin_key("binding", "record"), 760.0, [700.0, 760.0])]
+    runs += [("deployed", 230.0, [230.0, 200.0]), (twin_key("http-face", "deployed"), 320.0, [320.0, 310.0])]
+    data = {"scenarios": [_run(key, rate, rounds) for key, rate, rounds in runs], "idle_rss_mb": {}}
+    [record] = [target for target in targets(data) if "task store recording on SQLite" in target["target"]]
+    [deployed] = [target for target in targets(data) if target["target"].startswith("deployed path")]
+    measured = "0.84x (best rounds; round by round: 0.86, 0.84); against the `binding` measured earlier: 0.71x"
+    assert (record["measured"], record["met"]) == (measured, True)
+    measured = "0.72x (best rounds; round by round: 0.72, 0.65); against the `http-face` measured earlier: 0.77x"
+    assert (deployed["measured"], deployed["met"]) == (measured, False)

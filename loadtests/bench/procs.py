@@ -55,15 +55,16 @@ class PostgresUnavailable(RuntimeError):
 class BenchStack:
     """Starts and stops every process of a run; names them for the report."""
 
-    def __init__(self, settings: BenchSettings) -> None:
+    def __init__(self, settings: BenchSettings, run: str = "run") -> None:
+        """`run`: the folder under the report's for this stack's processes (a second stack, the twin, has its own)."""
         self.settings = settings
-        shutil.rmtree(settings.report_dir / "run", ignore_errors=True)  # no broker state from an earlier run
-        shutil.rmtree(settings.report_dir / "profiles", ignore_errors=True)
+        shutil.rmtree(settings.report_dir / run, ignore_errors=True)  # no broker state from an earlier run
+        self.profile_dir = settings.report_dir / "profiles" / ("" if run == "run" else run)
+        shutil.rmtree(self.profile_dir, ignore_errors=True)
         self.stack = Stack(
-            run_dir=settings.report_dir / "run", ports=Ports.random(), org=ORG, unit=UNIT, agents={}, tester=True
+            run_dir=settings.report_dir / run, ports=Ports.random(), org=ORG, unit=UNIT, agents={}, tester=True
         )
         self.sdk_http_port = free_port()
-        self.profile_dir = settings.report_dir / "profiles"
         self.envs = ServiceEnvs(settings.report_dir / "envs")
         self.postgres_pid: int | None = None
         self._servers = contextlib.ExitStack()

@@ -17,6 +17,12 @@ MESH_SERVICES = ("broker", "redis", "registry", "taskstore", "taskstore-postgres
 with PostgreSQL); the floor, the peers and the PostgreSQL server are not held to targets."""
 
 
+def twin_key(path: str, beside: str) -> str:
+    """The key of `path` (`binding`, `http-face`) measured on the twin stack, its rounds interleaved with the task
+    store's scenario `beside` (runner.Bench.twin)."""
+    return f"{path}-beside-{beside}"
+
+
 def machine_info(mosquitto: str) -> dict[str, Any]:
     """What the run ran on."""
     cpu_model = "unknown"
@@ -55,17 +61,14 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with what was measured and whether it was met (None: not measured in this run)."""
     runs, skipped = _by_key(data), data.get("not_measured", {})
 
-    def rate(key: str) -> float | None:
-        return runs[key]["tasks_per_s"] if key in runs else None
-
     pools = sorted(int(key.split("-")[1]) for key in runs if key.startswith("pool-"))
     biggest = pools[-1] if pools else None
     found = []
-    binding = _ratio(rate("binding"), rate("floor"))
+    binding = _ratio(_rate(runs, "binding"), _rate(runs, "floor"))
     found.append(
         _target("binding tasks/s >= 60% of the floor's", binding, 0.6, "x floor", _by_round(runs, "binding", "floor"))
     )
-    http = _ratio(rate("http-face"), rate("sdk-http"))
+    http = _ratio(_rate(runs, "http-face"), _rate(runs, "sdk-http"))
     found.append(
         _target(
             "HTTP face tasks/s >= a2a-sdk in-process server's",
@@ -76,22 +79,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     for key, database in (("record", "SQLite"), ("record-postgres", "PostgreSQL")):
-        recorded = _ratio(rate(key), rate("binding"))
         name = f"binding with the task store recording on {database} >= 80% of the binding's tasks/s"
-        found.append(
-            _target(name, recorded, 0.8, "x", why_not=skipped.get(key), by_cpu=_cpu_ratio(runs, key, "binding"))
-        )
-    deployed = _ratio(rate("deployed"), rate("http-face"))
-    found.append(
-        _target(
-            "deployed path (HTTP face, store, registry) >= 80% of the HTTP face's tasks/s",
-            deployed,
-            0.8,
-            "x",
-            by_cpu=_cpu_ratio(runs, "deployed", "http-face"),
-        )
-    )
-    scaling = _ratio(rate(f"pool-{biggest}"), rate("pool-1")) if biggest and biggest > 1 else None
+        found.append(_store_target(runs, name, key, "binding", why_not=skipped.get(key)))
+    name = "deployed path (HTTP face, store, registry) >= 80% of the HTTP face's tasks/s"
+    found.append(_store_target(runs, name, "deployed", "http-face"))
+    scaling = _ratio(_rate(runs, f"pool-{biggest}"), _rate(runs, "pool-1")) if biggest and biggest > 1 else None
     found.append(
         _target(f"{biggest or 4} replicas >= 3.5x one on the 50 ms agent", scaling, 3.5 * (biggest or 4) / 4, "x")
     )
@@ -106,6 +98,33 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     return found
+
+
+def _store_target(
+    runs: dict[str, dict[str, Any]], name: str, ours: str, without: str, why_not: str | None = None
+) -> dict[str, Any]:
+    """A task store target: `ours` against the path `without` the store, as measured on the twin stack with their
+    rounds interleaved when the run did so, and beside it the ratio against the first stack's `without`, measured
+    minutes earlier (the only comparison of runs without a twin)."""
+    beside = twin_key(without, ours)
+    reference = beside if beside in runs else without
+    value = _ratio(_rate(runs, ours), _rate(runs, reference))
+    target = _target(
+        name,
+        value,
+        0.8,
+        "x",
+        _by_round(runs, ours, reference) if reference == beside else None,
+        why_not=why_not,
+        by_cpu=_cpu_ratio(runs, ours, reference),
+    )
+    if value is not None and reference == beside and (earlier := _ratio(_rate(runs, ours), _rate(runs, without))):
+        target["measured"] += f"; against the `{without}` measured earlier: {earlier:.2f}x"
+    return target
+
+
+def _rate(runs: dict[str, dict[str, Any]], key: str) -> float | None:
+    return runs[key]["tasks_per_s"] if key in runs else None
 
 
 def _by_round(runs: dict[str, dict[str, Any]], ours: str, theirs: str) -> list[float]:

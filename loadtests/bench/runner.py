@@ -26,7 +26,7 @@ from loadtests.bench.procs import (
     settle,
 )
 from loadtests.bench.procstat import rss_of
-from loadtests.bench.report import machine_info, write_report
+from loadtests.bench.report import machine_info, twin_key, write_report
 from loadtests.bench.settings import BenchSettings
 
 log = logging.getLogger("loadtests.bench")
@@ -40,6 +40,10 @@ thousand a request (mesh_coordinator.reconcile); while it re-read them one by on
 HOLD_WARNING = 30.0
 """Seconds the coordinator may be held while a store starts before the run says so: the broker drops a client
 silent for one and a half keepalives (30 s), and its reconnect would then fall in the catch-up."""
+TWIN = "twin"
+"""The second stack's folder under the report's, beside the first's `run`."""
+TWIN_START_SECONDS = 60.0
+"""How long the twin's processes may take, at most, to go quiet after they start."""
 STORE = "taskstore"
 POSTGRES_STORE = "taskstore-postgres"
 """The task store recording into PostgreSQL (`record-postgres`): the same service and broker identity as STORE,
@@ -52,6 +56,7 @@ class Bench:
     def __init__(self, settings: BenchSettings) -> None:
         self.settings = settings
         self.procs = BenchStack(settings)
+        self._twin: BenchStack | None = None
         self.text = filler_text(settings.payload_bytes)
         self.results: list[ScenarioResult] = []
         self.idle_rss: dict[str, float] = {}
@@ -68,6 +73,7 @@ class Bench:
         client: ClientFactory,
         *,
         pool: bool = False,
+        procs: BenchStack | None = None,
     ) -> Scenario:
         s = self.settings
         return Scenario(
@@ -75,7 +81,7 @@ class Bench:
             label,
             path=path,
             messages=messages,
-            pids=self.procs.pids(*names),
+            pids=(procs or self.procs).pids(*names),
             client=client,
             tasks=s.pool_tasks if pool else s.tasks,
             concurrency=s.pool_concurrency if pool else s.concurrency,
@@ -123,6 +129,35 @@ class Bench:
             MQTT_MESSAGES,
             ("broker", "echo"),
             self._binding(topic),
+        )
+
+    def twin(self) -> BenchStack:
+        """A second stack like the first (its own broker, echo agent, registry and coordinator) where no task store
+        ever runs: the store's scenarios are measured with their rounds interleaved with the same path on the twin
+        (`binding`, `http-face` without the store), so that each target compares the two paths in the same spells
+        of a shared machine's speed. The first stack's `binding` and `http-face` ran minutes before the store
+        started, and the machine's pace moved that much between them (the binding alone at 672-880 tasks/s from one
+        run to the next). Only one of the two stacks has work at a time; the other idles."""
+        if self._twin is None:
+            self._twin = BenchStack(self.settings, run=TWIN)
+            self._twin.start_core()
+            settle()
+            wait_quiet(self._twin.all_pids(), TWIN_START_SECONDS)
+        return self._twin
+
+    def twin_binding(self, beside: str) -> Scenario:
+        """The binding on the twin, measured beside the store's scenario `beside`."""
+        twin = self.twin()
+        topic = AgentAddress(ORG, UNIT, "echo").request_topic
+        settings = twin.mqtt
+        return self._scenario(
+            twin_key("binding", beside),
+            f"binding on the twin stack (no task store), rounds interleaved with {beside}",
+            "bench (MeshRequester) -> twin broker -> twin echo",
+            MQTT_MESSAGES,
+            ("broker", "echo"),
+            lambda: binding_client(settings, topic, self.text),
+            procs=twin,
         )
 
     def sdk_mqtt(self) -> Scenario:
@@ -180,7 +215,7 @@ class Bench:
 
     def record(self) -> None:
         self._start_taskstore(STORE)
-        self._measure(self._recording("record", "SQLite", STORE))
+        self._measure(self._recording("record", "SQLite", STORE), self.twin_binding("record"))
 
     def record_postgres(self) -> None:
         """`record` with the store recording into a PostgreSQL server the run starts on loopback. The SQLite store
@@ -196,7 +231,8 @@ class Bench:
             return
         self.procs.stop(STORE)
         self._start_taskstore(POSTGRES_STORE, database_url=url, extras=("postgres",))
-        self._measure(self._recording("record-postgres", "PostgreSQL", POSTGRES_STORE, POSTGRES))
+        recording = self._recording("record-postgres", "PostgreSQL", POSTGRES_STORE, POSTGRES)
+        self._measure(recording, self.twin_binding("record-postgres"))
 
     def _recording(self, key: str, database: str, *store: str) -> Scenario:
         topic = AgentAddress(ORG, UNIT, "echo").request_topic
@@ -224,7 +260,23 @@ class Bench:
                 _http_messages(streaming, True) + " + 4 events delivered to the task store + owners in batches",
                 ("coordinator", "echo", "broker", "registry", "redis", STORE),
                 lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
-            )
+            ),
+            self.twin_http_face("deployed"),
+        )
+
+    def twin_http_face(self, beside: str) -> Scenario:
+        """The HTTP face on the twin, measured beside the store's scenario `beside`."""
+        twin = self.twin()
+        url, streaming = twin.coordinator_url, self.settings.http_streaming
+        key, concurrency = twin.stack.api_key, self.settings.concurrency
+        return self._scenario(
+            twin_key("http-face", beside),
+            f"coordinator HTTP face -> echo agent on the twin stack (no task store), rounds interleaved with {beside}",
+            "bench (HTTP) -> twin coordinator -> twin registry lookup -> twin broker -> twin echo",
+            _http_messages(streaming, True),
+            ("coordinator", "echo", "broker", "registry", "redis"),
+            lambda: http_client(url, self.text, concurrency, streaming=streaming, api_key=key, skill="echo"),
+            procs=twin,
         )
 
     def _start_taskstore(self, name: str, database_url: str | None = None, extras: tuple[str, ...] = ()) -> None:
@@ -236,6 +288,7 @@ class Bench:
         and its idle footprint is taken: a store that is confirming thousands of outcomes is not idle, and since
         the reconciler confirms a thousand at a time, that burst came within the idle sample."""
         if not self.procs.pids(name):
+            self.twin()  # started, and quiet again, before the store is
             held = time.monotonic()
             with self.procs.held("coordinator"):
                 self.procs.start_taskstore(name, database_url, extras)
@@ -253,6 +306,14 @@ class Bench:
     def _binding(self, topic: str, **metadata: Any) -> ClientFactory:
         settings = self.procs.mqtt
         return lambda: binding_client(settings, topic, self.text, **metadata)
+
+    def stop_all(self) -> None:
+        """Stop every process of the run, the twin's too."""
+        try:
+            self.procs.stop_all()
+        finally:
+            if self._twin is not None:
+                self._twin.stop_all()
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -288,7 +349,7 @@ class Bench:
             settle()
             after_rss = rss_of(procs.all_pids())
         finally:
-            procs.stop_all()
+            self.stop_all()
         return {
             "machine": machine_info(mosquitto_version(find_binary("mosquitto"))),
             "settings": _settings_dict(self.settings),

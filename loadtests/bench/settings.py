@@ -37,9 +37,8 @@ class BenchSettings:
     warmup: int = 100
     rounds: int = 5
     """Measured runs per scenario after the warm-up; the fastest is reported (noise on a shared machine only slows).
-    Five, not three: the binding's rounds once ran at 637, 784 and 701 tasks/s on the quiet machine, and the task
-    store's scenarios, which run minutes after it, are compared with its fastest; more rounds bring each scenario's
-    fastest nearer its undisturbed pace (a full run takes about 8.5 minutes instead of 6)."""
+    Five, not three: the binding's rounds once ran at 637, 784 and 701 tasks/s on the quiet machine; more rounds
+    bring each scenario's fastest nearer its undisturbed pace (a full run takes about 8.5 minutes instead of 6)."""
     concurrency: int = 16
     """Tasks in flight at once, the same for every throughput scenario."""
     payload_bytes: int = 256
