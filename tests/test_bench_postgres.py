@@ -113,3 +113,4 @@ def test_record_postgres_runs_the_binding_with_the_store_on_postgresql(tmp_path:
     }
     markdown = render_markdown(data)
     assert f"{POSTGRES_STORE} " in markdown and f", {POSTGRES} " in markdown  # the per-process CPU table
+    assert "| broker (twin) |" in markdown  # the twin's memory apart from the first stack's processes of one name

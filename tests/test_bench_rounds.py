@@ -77,3 +77,10 @@ def test_the_task_store_targets_compare_with_the_twin_measured_beside_them() -> 
     assert (record["measured"], record["met"]) == (measured, True)
     measured = "0.72x (best rounds; round by round: 0.72, 0.65); against the `http-face` measured earlier: 0.77x"
     assert (deployed["measured"], deployed["met"]) == (measured, False)
+
+
+def test_a_twin_that_completed_nothing_leaves_the_earlier_comparison() -> None:
+    runs = [("binding", 800.0, [800.0]), ("record", 680.0, [680.0]), (twin_key("binding", "record"), 0.0, [0.0])]
+    data = {"scenarios": [_run(key, rate, rounds) for key, rate, rounds in runs], "idle_rss_mb": {}}
+    [record] = [target for target in targets(data) if "task store recording on SQLite" in target["target"]]
+    assert (record["measured"], record["met"]) == ("0.85x", True)

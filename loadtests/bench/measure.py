@@ -155,9 +155,12 @@ def measure_together(
                 if warmup:
                     await closed_loop(call, tasks=warmup, concurrency=scenario.concurrency, max_seconds=max_seconds)
             measured: list[list[_Round]] = [[] for _ in scenarios]
+            # every scenario's processes, not only the next one's: what one scenario's round left running (a
+            # backlog) must not fall into another's
+            everyone = {f"{i}/{name}": pid for i, s in enumerate(scenarios) for name, pid in s.pids.items()}
             for _ in range(max(1, rounds)):
                 for scenario, call, done in zip(scenarios, calls, measured, strict=True):
-                    await _quiesce(scenario.pids, limit=5.0)
+                    await _quiesce(everyone, limit=5.0)
                     done.append(await _round(call, scenario.pids, scenario.tasks, scenario.concurrency, max_seconds))
             return measured
 

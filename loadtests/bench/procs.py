@@ -55,8 +55,10 @@ class PostgresUnavailable(RuntimeError):
 class BenchStack:
     """Starts and stops every process of a run; names them for the report."""
 
-    def __init__(self, settings: BenchSettings, run: str = "run") -> None:
-        """`run`: the folder under the report's for this stack's processes (a second stack, the twin, has its own)."""
+    def __init__(self, settings: BenchSettings, run: str = "run", envs: ServiceEnvs | None = None) -> None:
+        """`run`: the folder under the report's for this stack's processes (a second stack, the twin, has its own);
+        `envs`: the service environments of another stack, to run from them as they are (a new ServiceEnvs builds
+        them again, under the other stack's running processes)."""
         self.settings = settings
         shutil.rmtree(settings.report_dir / run, ignore_errors=True)  # no broker state from an earlier run
         self.profile_dir = settings.report_dir / "profiles" / ("" if run == "run" else run)
@@ -65,7 +67,7 @@ class BenchStack:
             run_dir=settings.report_dir / run, ports=Ports.random(), org=ORG, unit=UNIT, agents={}, tester=True
         )
         self.sdk_http_port = free_port()
-        self.envs = ServiceEnvs(settings.report_dir / "envs")
+        self.envs = envs or ServiceEnvs(settings.report_dir / "envs")
         self.postgres_pid: int | None = None
         self._servers = contextlib.ExitStack()
         """What stops after the mesh's processes: the PostgreSQL server (its store stops first)."""

@@ -107,7 +107,7 @@ def _store_target(
     rounds interleaved when the run did so, and beside it the ratio against the first stack's `without`, measured
     minutes earlier (the only comparison of runs without a twin)."""
     beside = twin_key(without, ours)
-    reference = beside if beside in runs else without
+    reference = beside if _rate(runs, beside) else without  # a twin that completed nothing: the earlier figure
     value = _ratio(_rate(runs, ours), _rate(runs, reference))
     target = _target(
         name,
@@ -127,6 +127,11 @@ def _rate(runs: dict[str, dict[str, Any]], key: str) -> float | None:
     return runs[key]["tasks_per_s"] if key in runs else None
 
 
+def is_twin(key: str) -> bool:
+    """Whether a scenario ran on the twin stack (its processes are not the first stack's, though named alike)."""
+    return "-beside-" in key
+
+
 def _by_round(runs: dict[str, dict[str, Any]], ours: str, theirs: str) -> list[float]:
     """The ratio in each round: rounds of scenarios measured together ran one after the other, so round i of
     each saw the same spell of the machine."""
@@ -138,8 +143,8 @@ def _by_round(runs: dict[str, dict[str, Any]], ours: str, theirs: str) -> list[f
 
 def _cpu_ratio(runs: dict[str, dict[str, Any]], ours: str, theirs: str) -> float | None:
     """What the two paths' CPU per task (services and client) allows `ours` against `theirs` on a machine they
-    saturate: their cost over ours. The paths run minutes apart, so a slower spell of a shared machine during one
-    moves the ratio of tasks/s; the CPU each task costs moves far less."""
+    saturate: their cost over ours. Paths measured minutes apart (without the twin) can fall in spells of a shared
+    machine of different speed, which moves the ratio of tasks/s; the CPU each task costs moves far less."""
     if ours not in runs or theirs not in runs:
         return None
 
@@ -257,7 +262,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Resident memory (MiB)", ""]
     peaks: dict[str, float] = {}
     for run in runs:
-        for name, mb in run["rss_peak_mb"].items():
+        for process, mb in run["rss_peak_mb"].items():
+            name = f"{process} (twin)" if is_twin(run["key"]) else process
             peaks[name] = max(peaks.get(name, 0.0), mb)
     idle, after = data["idle_rss_mb"], data["after_load_rss_mb"]
     names = sorted(set(idle) | set(peaks), key=lambda n: (n not in MESH_SERVICES, n))

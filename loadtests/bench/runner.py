@@ -38,8 +38,10 @@ the store ran (the HTTP scenarios' ~8,000). The reconciler republishes them and 
 thousand a request (mesh_coordinator.reconcile); while it re-read them one by one, 200 a second, this took about
 90 s, and a shorter wait measured `record` beside that catch-up. The wait ends as soon as the processes are quiet."""
 HOLD_WARNING = 30.0
-"""Seconds the coordinator may be held while a store starts before the run says so: the broker drops a client
-silent for one and a half keepalives (30 s), and its reconnect would then fall in the catch-up."""
+"""Seconds the coordinator may be held while a store starts before the run says so. Its MQTT keepalive is 30 s
+(MqttSettings) and a broker drops a client silent for one and a half keepalives (45 s, counted from its last packet,
+which came shortly before the hold in a run); past one keepalive it may have been dropped, and its reconnect would
+fall in the catch-up."""
 TWIN = "twin"
 """The second stack's folder under the report's, beside the first's `run`."""
 TWIN_START_SECONDS = 60.0
@@ -139,7 +141,7 @@ class Bench:
         started, and the machine's pace moved that much between them (the binding alone at 672-880 tasks/s from one
         run to the next). Only one of the two stacks has work at a time; the other idles."""
         if self._twin is None:
-            self._twin = BenchStack(self.settings, run=TWIN)
+            self._twin = BenchStack(self.settings, run=TWIN, envs=self.procs.envs)
             self._twin.start_core()
             settle()
             wait_quiet(self._twin.all_pids(), TWIN_START_SECONDS)
@@ -247,8 +249,8 @@ class Bench:
 
     def deployed(self) -> None:
         """The path as deployed: the HTTP face with the task store recording every event (and the task's owner, which
-        the coordinator publishes to the store in batches) and the registry in the loop; the `http-face` scenario is
-        the same path before the store runs."""
+        the coordinator publishes to the store in batches) and the registry in the loop; measured beside the same path
+        on the twin, where no store runs (the `http-face` scenario is that path on this stack, before the store ran)."""
         self._start_taskstore(STORE)
         url, streaming = self.procs.coordinator_url, self.settings.http_streaming
         key, concurrency = self.procs.stack.api_key, self.settings.concurrency
@@ -294,7 +296,7 @@ class Bench:
                 self.procs.start_taskstore(name, database_url, extras)
                 self._idle(name, POSTGRES)
             held = time.monotonic() - held
-            if held > HOLD_WARNING:  # past the keepalive's grace: the broker may have dropped the coordinator
+            if held > HOLD_WARNING:  # near the broker's 45 s limit: it may have dropped the coordinator
                 log.warning("the coordinator was held %.0f s while the store started; it may have reconnected", held)
             log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
             waited = time.monotonic()
