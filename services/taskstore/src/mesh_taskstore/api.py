@@ -29,6 +29,7 @@ from mesh_taskstore.store import (
     TaskQuery,
     TaskStore,
     status_history,
+    storable,
 )
 
 log = logging.getLogger(__name__)
@@ -156,21 +157,9 @@ async def state_ids(request: Request) -> list[str]:
         raise BadRequest('the body must be {"ids": [<task id>, ...]}')
     if len(ids) > MAX_STATE_IDS:
         raise BadRequest(f"at most {MAX_STATE_IDS} ids per request (got {len(ids)})")
-    if not all(_storable(task_id) for task_id in ids):
+    if not all(storable(task_id) for task_id in ids):
         raise BadRequest("a task id must be UTF-8 text without NUL characters")
     return ids
-
-
-def _storable(text: str) -> bool:
-    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
-    holds no NUL (no stored id has either: events arrive as UTF-8 JSON)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None) -> Starlette:
@@ -199,7 +188,8 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             owner = read_scope(request)
         except BadRequest as error:
             return _error(400, str(error))
-        stored = await asyncio.to_thread(store.get, request.path_params["task_id"], owner)
+        task_id = request.path_params["task_id"]
+        stored = await asyncio.to_thread(store.get, task_id, owner) if storable(task_id) else None
         if stored is None:
             return _error(404, "task not found")
         return JSONResponse(trim(stored.task, history_length).to_wire())
@@ -210,7 +200,7 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             owner = read_scope(request)
         except BadRequest as error:
             return _error(400, str(error))
-        stored = await asyncio.to_thread(store.get, task_id, owner)
+        stored = await asyncio.to_thread(store.get, task_id, owner) if storable(task_id) else None
         if stored is None:
             return _error(404, "task not found")
         rows = await asyncio.to_thread(store.events, task_id)

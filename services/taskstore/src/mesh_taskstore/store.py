@@ -28,6 +28,19 @@ from mesh_taskstore.writes import SnapshotMemo, write_batch
 log = logging.getLogger(__name__)
 
 
+def storable(text: str) -> bool:
+    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
+    holds no NUL (no stored id has either: events arrive as UTF-8 JSON). The routes check an id with it before any
+    query, so SQLite and PostgreSQL answer alike: a read by such an id finds nothing, as SQLite's query would."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class StoredTask:
     """A task snapshot and the agent that reported it."""
