@@ -3,6 +3,8 @@ over SQLite and over PostgreSQL: each answers as for an id the store lacks, the 
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,3 +70,30 @@ async def test_a_nul_in_an_id_is_answered_as_an_unknown_id(store: Stack) -> None
 
         health = await http.get("/healthz")
         assert health.status_code == 200, health.text
+
+
+def page_token(task_id: str) -> str:
+    """A page token as the store's Cursor writes one, naming `task_id`."""
+    raw = json.dumps({"u": "2025-01-01T00:00:00+00:00", "i": task_id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def test_a_nul_in_a_listing_or_a_readers_name_is_a_clear_400(store: Stack) -> None:
+    """What a listing filters on, and whose tasks a read may see, is asked of the database too: NUL there is refused
+    alike on both, where PostgreSQL failed the query."""
+    async with httpx.AsyncClient(base_url=store.taskstore_url, timeout=10) as http:
+        good = await http.get("/tasks", params={"scope": "all", "pageToken": page_token("t1")})
+        assert good.status_code == 200, good.text  # the token as the store makes it reads
+        for params in (
+            {"scope": "all", "contextId": "c\x00"},
+            {"scope": "all", "agent": ["acme/default/echo", "a\x00"]},
+            {"scope": "all", "pageToken": page_token("t\x00")},
+            {"owner": "key:\x00"},
+            {"owner": "key:alice", "tenant": "\x00"},
+        ):
+            response = await http.get("/tasks", params=params)
+            assert response.status_code == 400, (params, response.text)
+            assert isinstance(response.json()["error"], str)
+        for path in ("/tasks/t1", "/tasks/t1/events", "/push/dead-letters"):
+            response = await http.get(path, params={"owner": "key:\x00"})
+            assert response.status_code == 400 and "NUL" in response.json()["error"], (path, response.text)

@@ -69,6 +69,14 @@ def _bool_param(request: Request, name: str, default: bool) -> bool:
     raise BadRequest(f"{name} must be true or false")
 
 
+def _text_param(request: Request, name: str) -> str | None:
+    """A text parameter the database is asked about (see `storable`); BadRequest for one it could not be."""
+    text = request.query_params.get(name)
+    if text and not storable(text):
+        raise BadRequest(f"{name} must be text without NUL characters")
+    return text
+
+
 def _state_param(request: Request) -> TaskState | None:
     text = request.query_params.get("status")
     if not text or text == "TASK_STATE_UNSPECIFIED":
@@ -105,9 +113,9 @@ ALL_TASKS = "all"
 def read_scope(request: Request) -> Owner | None:
     """Whose tasks a read may see: `owner=<principal>` (and `tenant=`), or every task with `scope=all`. A read
     that says neither is refused, so no client reads across callers by forgetting a filter."""
-    principal = request.query_params.get("owner")
+    principal = _text_param(request, "owner")
     if principal:
-        return Owner(principal, request.query_params.get("tenant") or "")
+        return Owner(principal, _text_param(request, "tenant") or "")
     if request.query_params.get("scope") == ALL_TASKS:
         return None
     raise BadRequest("a read must name its owner (owner=, tenant=) or ask for every task (scope=all)")
@@ -120,9 +128,12 @@ def list_query(request: Request) -> TaskQuery:
         cursor = Cursor.decode(token) if token else None
     except ValueError as error:
         raise BadRequest(str(error)) from None
+    agents = tuple(agent for agent in request.query_params.getlist("agent") if agent)
+    if not all(storable(agent) for agent in agents):
+        raise BadRequest("agent must be text without NUL characters")
     return TaskQuery(
-        context_id=request.query_params.get("contextId") or None,
-        agents=tuple(agent for agent in request.query_params.getlist("agent") if agent),
+        context_id=_text_param(request, "contextId") or None,
+        agents=agents,
         state=_state_param(request),
         status_after=_timestamp_param(request, "statusTimestampAfter"),
         page_size=_int_param(request, "pageSize", minimum=1, maximum=LIST_TASKS_MAX_PAGE_SIZE)

@@ -80,7 +80,10 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             data = json.loads(raw)
             floor = utc(datetime.fromisoformat(data["f"])) if data.get("f") is not None else None
-            return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]), floor)
+            task_id = str(data["i"])
+            if not storable(task_id):  # no token this class made: no stored id has one
+                raise ValueError("unstorable task id")
+            return cls(utc(datetime.fromisoformat(data["u"])), task_id, floor)
         except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
             raise ValueError("invalid pageToken") from error
 
