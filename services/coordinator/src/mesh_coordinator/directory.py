@@ -231,17 +231,11 @@ class TaskStoreClient:
         self.client = client
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any | None:
-        try:
-            response = await self.client.get(f"{self.base_url}{path}", params=params)
-        except httpx.HTTPError as error:
-            raise DependencyError(f"task store unavailable: {error}") from error
+        """A read; None when the store has no such task (or not one the reader may see)."""
+        response = await self._send("GET", path, params=params)
         if response.status_code == 404:
             return None
-        if response.status_code == 400:
-            raise ValueError(response.json().get("error", "invalid request"))
-        if response.status_code != 200:
-            raise DependencyError(f"task store answered {response.status_code}")
-        return response.json()
+        return _answer(response)
 
     async def get_task(
         self, task_id: str, history_length: int | None = None, reader: Mapping[str, str] = EVERY_TASK
@@ -293,25 +287,47 @@ class TaskStoreClient:
         return found
 
     async def _post(self, path: str, body: Any, params: Mapping[str, str]) -> Any:
-        """A read sent as a POST (its question too long for a query string)."""
-        try:
-            response = await self.client.post(f"{self.base_url}{path}", json=body, params=dict(params))
-        except httpx.HTTPError as error:
-            raise DependencyError(f"task store unavailable: {error}") from error
-        if response.status_code == 400:
-            raise ValueError(response.json().get("error", "invalid request"))
+        """A read sent as a POST (its question too long for a query string). Only here do 403/404/405 mean a store
+        without the route: on a GET, 404 is a task the store lacks."""
+        response = await self._send("POST", path, json=body, params=dict(params))
         if response.status_code in (403, 404, 405):  # an older store: no such route, or its gate knows none
             raise StatesUnsupported(f"task store answered {response.status_code} to POST {path}")
-        if response.status_code != 200:
-            raise DependencyError(f"task store answered {response.status_code}")
+        return _answer(response)
+
+    async def _send(self, method: str, path: str, **request: Any) -> httpx.Response:
+        """The store's response, whatever its status; DependencyError when none comes."""
         try:
-            return response.json()
-        except ValueError as error:
-            raise DependencyError(f"task store answered nonsense: {error}") from error
+            return await self.client.request(method, f"{self.base_url}{path}", **request)
+        except httpx.HTTPError as error:
+            raise DependencyError(f"task store unavailable: {error}") from error
 
     async def _list(self, query: dict[str, Any], reader: Mapping[str, str]) -> dict[str, Any]:
         body = await self._get("/tasks", {**{k: v for k, v in query.items() if v is not None}, **reader})
         return body if isinstance(body, dict) else {}
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The JSON body of the store's answer to a read, once the caller has taken the statuses only its own request
+    gives meaning to: 400 is the reader's question refused (ValueError, its text the store's error), any other
+    status but 200, or a body that is not JSON, the store failing (DependencyError)."""
+    if response.status_code == 400:
+        raise ValueError(_error_text(response))
+    if response.status_code != 200:
+        raise DependencyError(f"task store answered {response.status_code}")
+    try:
+        return response.json()
+    except ValueError as error:
+        raise DependencyError(f"task store answered nonsense: {error}") from error
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The `error` of a refusal, as the store words it ({"error": ...}), or a generic one."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else "invalid request"
 
 
 def _path_segment(task_id: str) -> str | None:

@@ -29,6 +29,7 @@ from mesh_taskstore.store import (
     TaskQuery,
     TaskStore,
     status_history,
+    storable,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,14 @@ def _bool_param(request: Request, name: str, default: bool) -> bool:
     raise BadRequest(f"{name} must be true or false")
 
 
+def _text_param(request: Request, name: str) -> str | None:
+    """A text parameter the database is asked about (see `storable`); BadRequest for one it could not be."""
+    text = request.query_params.get(name)
+    if text and not storable(text):
+        raise BadRequest(f"{name} must be text without NUL characters")
+    return text
+
+
 def _state_param(request: Request) -> TaskState | None:
     text = request.query_params.get("status")
     if not text or text == "TASK_STATE_UNSPECIFIED":
@@ -104,9 +113,9 @@ ALL_TASKS = "all"
 def read_scope(request: Request) -> Owner | None:
     """Whose tasks a read may see: `owner=<principal>` (and `tenant=`), or every task with `scope=all`. A read
     that says neither is refused, so no client reads across callers by forgetting a filter."""
-    principal = request.query_params.get("owner")
+    principal = _text_param(request, "owner")
     if principal:
-        return Owner(principal, request.query_params.get("tenant") or "")
+        return Owner(principal, _text_param(request, "tenant") or "")
     if request.query_params.get("scope") == ALL_TASKS:
         return None
     raise BadRequest("a read must name its owner (owner=, tenant=) or ask for every task (scope=all)")
@@ -119,9 +128,12 @@ def list_query(request: Request) -> TaskQuery:
         cursor = Cursor.decode(token) if token else None
     except ValueError as error:
         raise BadRequest(str(error)) from None
+    agents = tuple(agent for agent in request.query_params.getlist("agent") if agent)
+    if not all(storable(agent) for agent in agents):
+        raise BadRequest("agent must be text without NUL characters")
     return TaskQuery(
-        context_id=request.query_params.get("contextId") or None,
-        agents=tuple(agent for agent in request.query_params.getlist("agent") if agent),
+        context_id=_text_param(request, "contextId") or None,
+        agents=agents,
         state=_state_param(request),
         status_after=_timestamp_param(request, "statusTimestampAfter"),
         page_size=_int_param(request, "pageSize", minimum=1, maximum=LIST_TASKS_MAX_PAGE_SIZE)
@@ -156,21 +168,9 @@ async def state_ids(request: Request) -> list[str]:
         raise BadRequest('the body must be {"ids": [<task id>, ...]}')
     if len(ids) > MAX_STATE_IDS:
         raise BadRequest(f"at most {MAX_STATE_IDS} ids per request (got {len(ids)})")
-    if not all(_storable(task_id) for task_id in ids):
+    if not all(storable(task_id) for task_id in ids):
         raise BadRequest("a task id must be UTF-8 text without NUL characters")
     return ids
-
-
-def _storable(text: str) -> bool:
-    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
-    holds no NUL (no stored id has either: events arrive as UTF-8 JSON)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: ServiceMetrics | None = None) -> Starlette:
@@ -199,7 +199,8 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             owner = read_scope(request)
         except BadRequest as error:
             return _error(400, str(error))
-        stored = await asyncio.to_thread(store.get, request.path_params["task_id"], owner)
+        task_id = request.path_params["task_id"]
+        stored = await asyncio.to_thread(store.get, task_id, owner) if storable(task_id) else None
         if stored is None:
             return _error(404, "task not found")
         return JSONResponse(trim(stored.task, history_length).to_wire())
@@ -210,7 +211,7 @@ def build_app(store: TaskStore, mqtt_connected: Callable[[], bool], metrics: Ser
             owner = read_scope(request)
         except BadRequest as error:
             return _error(400, str(error))
-        stored = await asyncio.to_thread(store.get, task_id, owner)
+        stored = await asyncio.to_thread(store.get, task_id, owner) if storable(task_id) else None
         if stored is None:
             return _error(404, "task not found")
         rows = await asyncio.to_thread(store.events, task_id)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from a2amesh.models import TaskState
 from mesh_taskstore.db import PushConfig, PushDeadLetter, PushLease, TaskEvent, TaskOwner, TaskRecord, utc
-from mesh_taskstore.store import Owner, TaskStore, utc_now
+from mesh_taskstore.store import Owner, TaskStore, storable, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,11 @@ def claim_body(body: Any) -> tuple[str, float, list[tuple[str, str]]]:
     return checked_holder(body["holder"]), seconds, renew
 
 
+def stored_ids(params: Mapping[str, str]) -> bool:
+    """Whether a push config's path (its task's id and its own) can name one the store holds (see `storable`)."""
+    return storable(params["task_id"]) and storable(params["config_id"])
+
+
 def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
     """The push API: configs under /tasks/{id}/push-configs (owner-scoped like every read: owner=, tenant= or
     scope=all), the delivery workers' claims (leases), cursors and release, and the dead letters."""
@@ -339,8 +344,10 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
             body = await request.json()
             if not isinstance(body, dict) or not body.get("url"):
                 raise ValueError("body must be a push config with a url")
-            body["id"] = request.path_params["config_id"]
-            saved = await asyncio.to_thread(push.put, request.path_params["task_id"], body, owner)
+            task_id, body["id"] = request.path_params["task_id"], request.path_params["config_id"]
+            if not storable(body["id"]):
+                raise ValueError("a push config id must be UTF-8 text without NUL characters")
+            saved = await asyncio.to_thread(push.put, task_id, body, owner) if storable(task_id) else None
         except ValueError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         if saved is None:
@@ -352,7 +359,8 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
             owner = scope(request)
         except ValueError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
-        configs = await asyncio.to_thread(push.list, request.path_params["task_id"], owner)
+        task_id = request.path_params["task_id"]
+        configs = await asyncio.to_thread(push.list, task_id, owner) if storable(task_id) else None
         if configs is None:
             return JSONResponse({"error": "task not found"}, status_code=404)
         return JSONResponse({"configs": configs})
@@ -363,7 +371,9 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
         except ValueError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         params = request.path_params
-        if not await asyncio.to_thread(push.delete, params["task_id"], params["config_id"], owner):
+        if not stored_ids(params) or not await asyncio.to_thread(
+            push.delete, params["task_id"], params["config_id"], owner
+        ):
             return JSONResponse({"error": "push config not found"}, status_code=404)
         return Response(status_code=204)
 
@@ -389,6 +399,8 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'body must be {"seq": <int>, "holder": <replica>}'}, status_code=400)
         params = request.path_params
+        if not stored_ids(params):
+            return JSONResponse({"error": "push config not found"}, status_code=404)
         moved = await asyncio.to_thread(push.advance, params["task_id"], params["config_id"], seq, holder)
         if moved is None:
             return JSONResponse({"error": "the lease is another replica's"}, status_code=409)

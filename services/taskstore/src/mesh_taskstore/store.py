@@ -28,6 +28,19 @@ from mesh_taskstore.writes import SnapshotMemo, write_batch
 log = logging.getLogger(__name__)
 
 
+def storable(text: str) -> bool:
+    """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
+    holds no NUL (no stored id has either: events arrive as UTF-8 JSON). The routes check an id with it before any
+    query, so SQLite and PostgreSQL answer alike: a read by such an id finds nothing, as SQLite's query would."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class StoredTask:
     """A task snapshot and the agent that reported it."""
@@ -67,7 +80,10 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             data = json.loads(raw)
             floor = utc(datetime.fromisoformat(data["f"])) if data.get("f") is not None else None
-            return cls(utc(datetime.fromisoformat(data["u"])), str(data["i"]), floor)
+            task_id = str(data["i"])
+            if not storable(task_id):  # no token this class made: no stored id has one
+                raise ValueError("unstorable task id")
+            return cls(utc(datetime.fromisoformat(data["u"])), task_id, floor)
         except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
             raise ValueError("invalid pageToken") from error
 
