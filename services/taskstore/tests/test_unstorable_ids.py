@@ -65,6 +65,13 @@ async def test_a_nul_in_an_id_is_answered_as_an_unknown_id(store: Stack) -> None
         # a write that would store one is refused, as is a batched read asking about one
         put = await answer(http, "PUT", "/tasks/t1/push-configs/a%00b", {"url": "https://example.com/hook"})
         assert put[0] == 400 and "NUL" in put[1], put
+        for config in (
+            {"url": "https://example.com/\x00"},
+            {"url": "https://example.com/hook", "token": "t\x00"},
+            {"url": "https://example.com/hook", "authentication": {"scheme": "Bearer", "credentials": "\x00"}},
+        ):
+            put = await answer(http, "PUT", "/tasks/t1/push-configs/hook", config)
+            assert put[0] == 400 and "NUL" in put[1], (config, put)
         states = await http.post("/task-states", params=OWNER, json={"ids": ["t1", "a\x00b"]})
         assert states.status_code == 400 and "NUL" in states.json()["error"]
 

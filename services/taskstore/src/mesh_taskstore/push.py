@@ -330,6 +330,15 @@ def stored_ids(params: Mapping[str, str]) -> bool:
     return storable(params["task_id"]) and storable(params["config_id"])
 
 
+def _config_texts(body: dict[str, Any]) -> list[str]:
+    """The text a push config stores besides its ids (`storable` must hold for each)."""
+    authentication = body.get("authentication")
+    fields = [body.get("url"), body.get("token")]
+    if isinstance(authentication, dict):
+        fields += [authentication.get("scheme"), authentication.get("credentials")]
+    return [field for field in fields if isinstance(field, str)]
+
+
 def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
     """The push API: configs under /tasks/{id}/push-configs (owner-scoped like every read: owner=, tenant= or
     scope=all), the delivery workers' claims (leases), cursors and release, and the dead letters."""
@@ -347,6 +356,8 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
             task_id, body["id"] = request.path_params["task_id"], request.path_params["config_id"]
             if not storable(body["id"]):
                 raise ValueError("a push config id must be UTF-8 text without NUL characters")
+            if not all(storable(text) for text in _config_texts(body)):
+                raise ValueError("a push config's url, token and authentication must be text without NUL characters")
             saved = await asyncio.to_thread(push.put, task_id, body, owner) if storable(task_id) else None
         except ValueError as error:
             return JSONResponse({"error": str(error)}, status_code=400)

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 def storable(text: str) -> bool:
     """Whether a database can be asked about `text`: a lone surrogate encodes to no UTF-8, and PostgreSQL's text
-    holds no NUL (no stored id has either: events arrive as UTF-8 JSON). The routes check an id with it before any
-    query, so SQLite and PostgreSQL answer alike: a read by such an id finds nothing, as SQLite's query would."""
+    holds no NUL (the mesh's own ids have neither). The routes check an id with it before any query, so SQLite and
+    PostgreSQL answer alike: a read by such an id finds nothing (on SQLite too, even for an agent's event that
+    carried one in its JSON)."""
     if "\x00" in text:
         return False
     try:
