@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,11 +38,11 @@ BACKLOG_SECONDS = 240.0
 the store ran (the HTTP scenarios' ~8,000). The reconciler republishes them and confirms them again by id, a
 thousand a request (mesh_coordinator.reconcile); while it re-read them one by one, 200 a second, this took about
 90 s, and a shorter wait measured `record` beside that catch-up. The wait ends as soon as the processes are quiet."""
-HOLD_WARNING = 30.0
+HOLD_WARNING = 15.0
 """Seconds the coordinator may be held while a store starts before the run says so. Its MQTT keepalive is 30 s
-(MqttSettings) and a broker drops a client silent for one and a half keepalives (45 s, counted from its last packet,
-which came shortly before the hold in a run); past one keepalive it may have been dropped, and its reconnect would
-fall in the catch-up."""
+(MqttSettings) and a broker drops a client silent for one and a half keepalives (45 s) after its last packet, which
+for a coordinator idle before the hold can be a ping 30 s old: past 15 s it may have been dropped, and its reconnect
+would fall in the catch-up. A hold lasts the store's start and settling, a few seconds."""
 TWIN = "twin"
 """The second stack's folder under the report's, beside the first's `run`."""
 TWIN_START_SECONDS = 60.0
@@ -58,6 +59,7 @@ class Bench:
     def __init__(self, settings: BenchSettings) -> None:
         self.settings = settings
         self.procs = BenchStack(settings)
+        shutil.rmtree(settings.report_dir / TWIN, ignore_errors=True)  # an earlier run's, if this one needs none
         self._twin: BenchStack | None = None
         self.text = filler_text(settings.payload_bytes)
         self.results: list[ScenarioResult] = []
@@ -144,7 +146,8 @@ class Bench:
             self._twin = BenchStack(self.settings, run=TWIN, envs=self.procs.envs)
             self._twin.start_core()
             settle()
-            wait_quiet(self._twin.all_pids(), TWIN_START_SECONDS)
+            if not wait_quiet(self._twin.all_pids(), TWIN_START_SECONDS):
+                log.warning("the twin stack still busy %.0f s after it started", TWIN_START_SECONDS)
         return self._twin
 
     def twin_binding(self, beside: str) -> Scenario:
@@ -296,7 +299,7 @@ class Bench:
                 self.procs.start_taskstore(name, database_url, extras)
                 self._idle(name, POSTGRES)
             held = time.monotonic() - held
-            if held > HOLD_WARNING:  # near the broker's 45 s limit: it may have dropped the coordinator
+            if held > HOLD_WARNING:  # the broker may have dropped the coordinator (HOLD_WARNING)
                 log.warning("the coordinator was held %.0f s while the store started; it may have reconnected", held)
             log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
             waited = time.monotonic()
