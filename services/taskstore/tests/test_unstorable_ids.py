@@ -75,6 +75,18 @@ async def test_a_nul_in_an_id_is_answered_as_an_unknown_id(store: Stack) -> None
         states = await http.post("/task-states", params=OWNER, json={"ids": ["t1", "a\x00b"]})
         assert states.status_code == 400 and "NUL" in states.json()["error"]
 
+        # and so are the push workers' own requests (only the coordinator's replicas send them)
+        letter = {"deliveryId": "d1", "taskId": "t1", "configId": "c1", "url": "https://example.com/hook"}
+        for path, body in (
+            ("/push/claims", {"holder": "h\x00", "leaseSeconds": 5}),
+            ("/push/claims", {"holder": "h1", "leaseSeconds": 5, "renew": [{"taskId": "t\x00", "id": "c1"}]}),
+            ("/push/release", {"holder": "h\x00"}),
+            ("/push/dead-letters", {**letter, "taskId": "t\x00", "eventSeq": 1, "attempts": 3, "error": "e"}),
+            ("/push/dead-letters", {**letter, "eventSeq": 1, "attempts": 3, "error": "refused \x00"}),
+        ):
+            response = await http.post(path, json=body)
+            assert response.status_code == 400 and "NUL" in response.json()["error"], (path, body, response.text)
+
         health = await http.get("/healthz")
         assert health.status_code == 200, health.text
 

@@ -311,8 +311,8 @@ async def sweep_finished(store: TaskStore, retention: float, stop: asyncio.Event
 
 
 def checked_holder(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_HOLDER_LENGTH:
-        raise ValueError(f"holder must be a replica id of 1 to {MAX_HOLDER_LENGTH} characters")
+    if not isinstance(value, str) or not value or len(value) > MAX_HOLDER_LENGTH or not storable(value):
+        raise ValueError(f"holder must be a replica id of 1 to {MAX_HOLDER_LENGTH} characters, without NUL")
     return value
 
 
@@ -322,7 +322,13 @@ def claim_body(body: Any) -> tuple[str, float, list[tuple[str, str]]]:
     if not 0 < seconds <= MAX_LEASE_SECONDS:
         raise ValueError(f"leaseSeconds must be above 0 and at most {MAX_LEASE_SECONDS:g}")
     renew = [(str(item["taskId"]), str(item["id"])) for item in body.get("renew", [])[:PENDING_CONFIGS]]
+    if not all(storable(task_id) and storable(config_id) for task_id, config_id in renew):
+        raise ValueError("a config to renew must have ids without NUL characters")
     return checked_holder(body["holder"]), seconds, renew
+
+
+LETTER_TEXTS = ("deliveryId", "taskId", "configId", "url", "error")
+"""The text fields of a dead letter the store keeps (`PushStore.dead_letter`)."""
 
 
 def stored_ids(params: Mapping[str, str]) -> bool:
@@ -421,7 +427,10 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
 
     async def add_dead_letter(request: Request) -> JSONResponse:
         try:
-            await asyncio.to_thread(push.dead_letter, await request.json())
+            letter = await request.json()
+            if not isinstance(letter, dict) or not all(storable(str(letter.get(key, ""))) for key in LETTER_TEXTS):
+                raise ValueError("a dead letter must be an object whose texts have no NUL characters")
+            await asyncio.to_thread(push.dead_letter, letter)
         except (ValueError, KeyError, TypeError) as error:
             return JSONResponse({"error": f"invalid dead letter: {error}"}, status_code=400)
         return JSONResponse({"recorded": True})
