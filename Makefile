@@ -167,7 +167,7 @@ loadtest: deps ## headless Locust run against a local mesh; reports in reports/l
 bench: deps ## side-by-side benchmark (floor, binding, HTTP face, peers, pools); report in reports/bench/
 	@$(UV) run --locked python -m loadtests bench
 
-bench-scale: deps ## scaling figures: agent replicas 1-8, stored tasks 10^4 and 10^6, open streams 10^3 and 10^4 (~15 min); reports/bench/scale/
+bench-scale: deps ## scaling figures: agent replicas 1-8, coordinators 1-2, stored tasks 10^4 and 10^6, open streams 10^3 and 10^4 (~15 min); reports/bench/scale/
 	@$(UV) run --locked python -m loadtests bench-scale
 
 CHAOS_SECONDS ?= 180

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from a2amesh.models import TaskState
+from loadtests.bench.coordinators import coordinator_rows, render_coordinators
 from loadtests.bench.scale import seed
 from loadtests.bench.settings import BenchSettings
 from loadtests.bench.streams import MEASURED, StreamTiming, raise_open_files_limit, render_streams, stream_row
@@ -67,3 +68,19 @@ def test_a_size_the_open_files_limit_cannot_hold_is_reported_not_measured(tmp_pa
     row = stream_row(settings, 10_000, 4096)
     assert "not_measured" in row and "4096" in row["not_measured"]
     assert "not measured" in "\n".join(render_streams([row]))
+
+
+def test_the_coordinators_table_sends_tasks_to_every_replica_in_turn(tmp_path: Path) -> None:
+    """The coordinators table at a tiny size, on real stacks: one coordinator, then two replicas of it, each task
+    sent to the next; every task completes and both replicas did work for them (their CPU is in the figures)."""
+    settings = BenchSettings(tasks=40, warmup=4, rounds=1, concurrency=4, report_dir=tmp_path, service_envs=False)
+    one, two = coordinator_rows(settings, (1, 2))
+    for row in (one, two):
+        assert (row["completed"], row["errors"]) == (40, 0), row["error_samples"]
+        assert row["coordinators_idle_rss_mb"] > 0 and row["coordinators_peak_rss_mb"] > 0, row
+    assert set(one["coordinator_cpu_ms_per_task"]) == {"coordinator"}
+    shares = two["coordinator_cpu_ms_per_task"]
+    assert set(shares) == {"coordinator", "coordinator-1"}
+    assert all(ms > 0 for ms in shares.values()), shares  # the second replica served tasks too
+    table = "\n".join(render_coordinators([one, two]))
+    assert "| 2 | " in table and "coordinator-1 " in table

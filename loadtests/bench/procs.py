@@ -69,6 +69,8 @@ class BenchStack:
         self.sdk_http_port = free_port()
         self.envs = envs or ServiceEnvs(settings.report_dir / "envs")
         self.postgres_pid: int | None = None
+        self.coordinator_urls: list[str] = []
+        """Where each running coordinator serves the HTTP face: `coordinator`'s first, then `coordinator-1`'s..."""
         self._servers = contextlib.ExitStack()
         """What stops after the mesh's processes: the PostgreSQL server (its store stops first)."""
 
@@ -126,19 +128,23 @@ class BenchStack:
     def launch(self, process: ManagedProcess) -> ManagedProcess:
         return self.stack.launch(process, timeout=60)
 
-    def start_core(self, coordinator_env: dict[str, str] | None = None) -> None:
+    def start_core(self, coordinator_env: dict[str, str] | None = None, coordinators: int = 1) -> None:
         """Broker, Redis, registry, the echo agent and the coordinator (the task store comes later); `coordinator_env`:
-        more MESH_* settings for the coordinator (a measurement's own timeouts)."""
+        more MESH_* settings for the coordinator (a measurement's own timeouts); `coordinators`: replicas of it, as
+        Kubernetes runs them (`coordinator`, `coordinator-1`, ...: their own identities, rate limits in Redis)."""
         stack = self.stack
         stack.run_dir.mkdir(parents=True, exist_ok=True)
         for process in (stack.broker(), stack.redis()):
             self.launch(process)
         self.launch(self._wrap(stack.registry(), "mesh_registry"))
         self.launch(self._wrap(stack.agent("echo", "agent_echo"), "agent_echo"))
-        coordinator = stack.coordinator()
-        coordinator.env.update(UNLIMITED)  # the per-key rate limit (50/s) would measure the policy, not the face
-        coordinator.env.update(coordinator_env or {})
-        self.launch(self._wrap(coordinator, "mesh_coordinator"))
+        replicas = [stack.coordinator(replicated=coordinators > 1)]
+        replicas += [stack.coordinator_replica(n, free_port(), free_port()) for n in range(1, coordinators)]
+        for coordinator in replicas:
+            coordinator.env.update(UNLIMITED)  # the per-key rate limit (50/s) would measure the policy, not the face
+            coordinator.env.update(coordinator_env or {})
+            self.launch(self._wrap(coordinator, "mesh_coordinator"))
+        self.coordinator_urls = [process.env["MESH_PUBLIC_URL"] for process in replicas]
 
     def start_floor(self) -> None:
         log = self.stack.run_dir / "logs" / "floor.log"

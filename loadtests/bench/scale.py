@@ -1,6 +1,6 @@
 """`python -m loadtests bench-scale` (`make bench-scale`): how the mesh grows, kept out of `make bench` for its
 length. Four tables: tasks/s and memory with agent replicas (the pool scenario at 1/2/4/8), with coordinators
-(1/2; skipped until this branch runs more than one), GetTask/ListTasks latency with 10^4 and 10^6 stored tasks
+(1/2: loadtests.bench.coordinators), GetTask/ListTasks latency with 10^4 and 10^6 stored tasks
 (the task store's database seeded in bulk, then read through the store's HTTP API), and memory per task in flight
 with 1,000 and 10,000 open streams (loadtests.bench.streams)."""
 
@@ -22,6 +22,7 @@ import httpx
 
 from a2amesh.models import Message, Part, Role, Task, TaskState, TaskStatus
 from devstack.stack import Ports, Stack, find_binary
+from loadtests.bench.coordinators import COORDINATOR_COUNTS, coordinator_rows, render_coordinators
 from loadtests.bench.measure import percentile
 from loadtests.bench.procs import mosquitto_version
 from loadtests.bench.procstat import rss_of
@@ -38,17 +39,17 @@ READS = 200
 SEED_CHUNK = 20_000
 SEED_SECONDS = 600.0
 """A seeding that has not finished by then stops where it is (the table says how many tasks it reached)."""
-COORDINATOR_NOTE = "not measured: this branch runs one coordinator (replicas are issue #18 item 3)"
-PARTS = ("replicas", "stored", "streams")
+PARTS = ("replicas", "coordinators", "stored", "streams")
 
 
 @dataclass(frozen=True)
 class ScaleSettings:
-    """What `bench-scale` measures (BENCH_SCALE_PARTS: which tables; BENCH_SCALE_REPLICAS, BENCH_SCALE_STORED,
-    BENCH_SCALE_READS, BENCH_SCALE_STREAMS: smaller runs)."""
+    """What `bench-scale` measures (BENCH_SCALE_PARTS: which tables; BENCH_SCALE_REPLICAS, BENCH_SCALE_COORDINATORS,
+    BENCH_SCALE_STORED, BENCH_SCALE_READS, BENCH_SCALE_STREAMS: smaller runs)."""
 
     parts: tuple[str, ...] = PARTS
     replicas: tuple[int, ...] = (1, 2, 4, 8)
+    coordinators: tuple[int, ...] = COORDINATOR_COUNTS
     stored: tuple[int, ...] = STORED_SIZES
     reads: int = READS
     streams: tuple[int, ...] = STREAM_SIZES
@@ -64,6 +65,7 @@ class ScaleSettings:
         return cls(
             parts=parts,
             replicas=numbers("BENCH_SCALE_REPLICAS", "1,2,4,8"),
+            coordinators=numbers("BENCH_SCALE_COORDINATORS", ",".join(str(n) for n in COORDINATOR_COUNTS)),
             stored=numbers("BENCH_SCALE_STORED", ",".join(str(n) for n in STORED_SIZES)),
             reads=int(env.get("BENCH_SCALE_READS", READS)),
             streams=numbers("BENCH_SCALE_STREAMS", ",".join(str(n) for n in STREAM_SIZES)),
@@ -182,8 +184,9 @@ def render(data: dict[str, Any]) -> str:
             f"| {r['replicas']} | {r['tasks_per_s']} | {r['p50_ms']} | {r['replicas_rss_mb']} | {r['broker_rss_mb']} |"
             for r in data["replicas"]
         ]
-        lines += ["", "## Coordinators", "", "| coordinators | tasks/s |", "|---|---|"]
-        lines += [f"| 1, 2 | {COORDINATOR_NOTE} |", ""]
+        lines += [""]
+    if "coordinators" in data:
+        lines += render_coordinators(data["coordinators"])
     if "stored" in data:
         lines += ["## Stored tasks (task store on SQLite, read through its HTTP API)", ""]
         lines += [
@@ -211,7 +214,8 @@ def main() -> int:
     data: dict[str, Any] = {"machine": machine_info(mosquitto_version(find_binary("mosquitto")))}
     if "replicas" in scale.parts:
         data["replicas"] = replica_rows(replace(bench, report_dir=out / "pool"), scale.replicas)
-        data["coordinators"] = COORDINATOR_NOTE
+    if "coordinators" in scale.parts:
+        data["coordinators"] = coordinator_rows(replace(bench, report_dir=out / "coordinators"), scale.coordinators)
     if "stored" in scale.parts:
         data["stored"] = stored_rows(out / "stored", scale.stored, scale.reads)
     if "streams" in scale.parts:

@@ -1,0 +1,114 @@
+"""`make bench-scale`'s coordinators table: the HTTP face's tasks/s, CPU and memory with one coordinator and with
+two replicas of it (issue #18 item 3), each on a stack of its own. The benchmark sends its tasks to the replicas in
+turn, as a load balancer in front of them would; both reach the one echo agent through the one broker."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loadtests.a2a import filler_text
+from loadtests.bench.drivers import Call, http_client
+from loadtests.bench.envs import ServiceEnvs
+from loadtests.bench.measure import Scenario, measure_together
+from loadtests.bench.procs import BenchStack, settle
+from loadtests.bench.procstat import rss_of
+from loadtests.bench.settings import BenchSettings
+
+log = logging.getLogger("loadtests.bench.coordinators")
+
+COORDINATOR_COUNTS = (1, 2)
+PATH = ("echo", "broker", "registry", "redis")
+"""The processes on the HTTP face's path besides the coordinators (no task store, as in `make bench`'s http-face)."""
+
+
+@contextlib.asynccontextmanager
+async def round_robin(urls: list[str], text: str, concurrency: int, api_key: str) -> AsyncIterator[Call]:
+    """One call that sends each task to the next coordinator in turn (an HTTP client of each)."""
+    async with contextlib.AsyncExitStack() as stack:
+        calls = [
+            await stack.enter_async_context(
+                http_client(url, text, concurrency, streaming=True, api_key=api_key, skill="echo")
+            )
+            for url in urls
+        ]
+        turn = itertools.cycle(calls)
+
+        async def call() -> None:
+            await next(turn)()
+
+        yield call
+
+
+def coordinator_names(count: int) -> list[str]:
+    """The coordinators' process names, as devstack names the replicas."""
+    return ["coordinator", *(f"coordinator-{n}" for n in range(1, count))]
+
+
+def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINATOR_COUNTS) -> list[dict[str, Any]]:
+    """At each count: tasks/s and p50 through the replicas in turn, every coordinator's share of the CPU per task,
+    and their idle and peak memory."""
+    text = filler_text(settings.payload_bytes)
+    envs = ServiceEnvs(settings.report_dir / "envs")  # built once, for every count's stack
+    rows = []
+    for count in counts:
+        procs = BenchStack(settings, run=f"run-{count}", envs=envs)
+        try:
+            procs.start_core(coordinators=count)
+            settle()
+            names = coordinator_names(count)
+            idle = rss_of(procs.pids(*names))
+            urls, key = procs.coordinator_urls, procs.stack.api_key
+            scenario = Scenario(
+                f"coordinators-{count}",
+                f"HTTP face through {count} coordinator(s) in turn -> echo agent",
+                path="bench (HTTP, replicas in turn) -> coordinators -> registry lookup -> broker -> echo",
+                messages="as http-face",
+                pids=procs.pids(*names, *PATH),
+                client=lambda urls=urls, key=key: round_robin(urls, text, settings.concurrency, key),
+                tasks=settings.tasks,
+                concurrency=settings.concurrency,
+            )
+            [result] = measure_together(
+                [scenario], max_seconds=settings.max_seconds, warmup=settings.warmup, rounds=settings.rounds
+            )
+        finally:
+            procs.stop_all()
+        per_task = {name: round(1000 * result.cpu_s.get(name, 0.0) / max(result.completed, 1), 2) for name in names}
+        rows.append(
+            {
+                "coordinators": count,
+                "tasks_per_s": result.tasks_per_s,
+                "p50_ms": result.p50_ms,
+                "completed": result.completed,
+                "errors": result.errors,
+                "error_samples": result.error_samples,
+                "coordinator_cpu_ms_per_task": per_task,
+                "service_cpu_ms_per_task": round(result.service_cpu_ms_per_task, 2),
+                "coordinators_idle_rss_mb": round(sum(idle.values()), 1),
+                "coordinators_peak_rss_mb": round(sum(result.rss_peak_mb.get(name, 0.0) for name in names), 1),
+            }
+        )
+        log.info("coordinators %d: %s", count, rows[-1])
+    return rows
+
+
+def render_coordinators(rows: list[dict[str, Any]]) -> list[str]:
+    """The table (docs/benchmarks.md reads it)."""
+    lines = [
+        "## Coordinators (HTTP face, SendStreamingMessage, the replicas in turn; no task store)",
+        "",
+        "| coordinators | tasks/s | p50 ms | errors | CPU ms/task: each coordinator | all services |"
+        " coordinators' idle / peak RSS MB (sum) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        shares = ", ".join(f"{name} {ms}" for name, ms in r["coordinator_cpu_ms_per_task"].items())
+        lines.append(
+            f"| {r['coordinators']} | {r['tasks_per_s']} | {r['p50_ms']} | {r['errors']} | {shares} | "
+            f"{r['service_cpu_ms_per_task']} | {r['coordinators_idle_rss_mb']} / {r['coordinators_peak_rss_mb']} |"
+        )
+    return [*lines, ""]
