@@ -77,7 +77,8 @@ def test_the_coordinators_table_sends_tasks_to_every_replica_in_turn(tmp_path: P
     one, two = coordinator_rows(settings, (1, 2))
     for row in (one, two):
         assert (row["completed"], row["errors"]) == (40, 0), row["error_samples"]
-        assert row["coordinators_idle_rss_mb"] > 0 and row["coordinators_peak_rss_mb"] > 0, row
+        assert all(mb > 0 for mb in row["coordinators_idle_rss_mb"].values()), row
+        assert set(row["coordinators_peak_rss_mb"]) == set(row["coordinator_cpu_ms_per_task"]), row
     assert set(one["coordinator_cpu_ms_per_task"]) == {"coordinator"}
     shares = two["coordinator_cpu_ms_per_task"]
     assert set(shares) == {"coordinator", "coordinator-1"}

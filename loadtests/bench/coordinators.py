@@ -49,8 +49,9 @@ def coordinator_names(count: int) -> list[str]:
 
 
 def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINATOR_COUNTS) -> list[dict[str, Any]]:
-    """At each count: tasks/s and p50 through the replicas in turn, every coordinator's share of the CPU per task,
-    and their idle and peak memory."""
+    """At each count: tasks/s and p50 through the replicas in turn, each coordinator's and Redis's share of the CPU
+    per task (replicas share their rate limits through Redis; one coordinator keeps them in memory), and each
+    coordinator's idle and peak memory."""
     text = filler_text(settings.payload_bytes)
     envs = ServiceEnvs(settings.report_dir / "envs")  # built once, for every count's stack
     rows = []
@@ -77,7 +78,7 @@ def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINA
             )
         finally:
             procs.stop_all()
-        per_task = {name: round(1000 * result.cpu_s.get(name, 0.0) / max(result.completed, 1), 2) for name in names}
+        per_task = {name: round(1000 * seconds / max(result.completed, 1), 2) for name, seconds in result.cpu_s.items()}
         rows.append(
             {
                 "coordinators": count,
@@ -86,10 +87,11 @@ def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINA
                 "completed": result.completed,
                 "errors": result.errors,
                 "error_samples": result.error_samples,
-                "coordinator_cpu_ms_per_task": per_task,
+                "coordinator_cpu_ms_per_task": {name: per_task.get(name, 0.0) for name in names},
+                "redis_cpu_ms_per_task": per_task.get("redis", 0.0),
                 "service_cpu_ms_per_task": round(result.service_cpu_ms_per_task, 2),
-                "coordinators_idle_rss_mb": round(sum(idle.values()), 1),
-                "coordinators_peak_rss_mb": round(sum(result.rss_peak_mb.get(name, 0.0) for name in names), 1),
+                "coordinators_idle_rss_mb": {name: round(idle.get(name, 0.0), 1) for name in names},
+                "coordinators_peak_rss_mb": {name: result.rss_peak_mb.get(name, 0.0) for name in names},
             }
         )
         log.info("coordinators %d: %s", count, rows[-1])
@@ -101,14 +103,16 @@ def render_coordinators(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Coordinators (HTTP face, SendStreamingMessage, the replicas in turn; no task store)",
         "",
-        "| coordinators | tasks/s | p50 ms | errors | CPU ms/task: each coordinator | all services |"
-        " coordinators' idle / peak RSS MB (sum) |",
-        "|---|---|---|---|---|---|---|",
+        "| coordinators | tasks/s | p50 ms | errors | CPU ms/task: each coordinator | Redis | all services |"
+        " idle / peak RSS MB: each coordinator |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         shares = ", ".join(f"{name} {ms}" for name, ms in r["coordinator_cpu_ms_per_task"].items())
+        idle, peak = r["coordinators_idle_rss_mb"], r["coordinators_peak_rss_mb"]
+        memory = ", ".join(f"{name} {idle[name]} / {peak[name]}" for name in idle)
         lines.append(
             f"| {r['coordinators']} | {r['tasks_per_s']} | {r['p50_ms']} | {r['errors']} | {shares} | "
-            f"{r['service_cpu_ms_per_task']} | {r['coordinators_idle_rss_mb']} / {r['coordinators_peak_rss_mb']} |"
+            f"{r['redis_cpu_ms_per_task']} | {r['service_cpu_ms_per_task']} | {memory} |"
         )
     return [*lines, ""]
