@@ -26,12 +26,14 @@ PATH = ("echo", "broker", "registry", "redis")
 
 
 @contextlib.asynccontextmanager
-async def round_robin(urls: list[str], text: str, concurrency: int, api_key: str) -> AsyncIterator[Call]:
+async def round_robin(
+    urls: list[str], text: str, concurrency: int, api_key: str, *, streaming: bool
+) -> AsyncIterator[Call]:
     """One call that sends each task to the next coordinator in turn (an HTTP client of each)."""
     async with contextlib.AsyncExitStack() as stack:
         calls = [
             await stack.enter_async_context(
-                http_client(url, text, concurrency, streaming=True, api_key=api_key, skill="echo")
+                http_client(url, text, concurrency, streaming=streaming, api_key=api_key, skill="echo")
             )
             for url in urls
         ]
@@ -69,7 +71,9 @@ def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINA
                 path="bench (HTTP, replicas in turn) -> coordinators -> registry lookup -> broker -> echo",
                 messages="as http-face",
                 pids=procs.pids(*names, *PATH),
-                client=lambda urls=urls, key=key: round_robin(urls, text, settings.concurrency, key),
+                client=lambda urls=urls, key=key: round_robin(
+                    urls, text, settings.concurrency, key, streaming=settings.http_streaming
+                ),
                 tasks=settings.tasks,
                 concurrency=settings.concurrency,
             )
@@ -101,7 +105,7 @@ def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINA
 def render_coordinators(rows: list[dict[str, Any]]) -> list[str]:
     """The table (docs/benchmarks.md reads it)."""
     lines = [
-        "## Coordinators (HTTP face, SendStreamingMessage, the replicas in turn; no task store)",
+        "## Coordinators (HTTP face as in `make bench`, the replicas in turn; no task store)",
         "",
         "| coordinators | tasks/s | p50 ms | errors | CPU ms/task: each coordinator | Redis | all services |"
         " idle / peak RSS MB: each coordinator |",

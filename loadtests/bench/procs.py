@@ -100,12 +100,21 @@ class BenchStack:
         return self.pids(*self.stack.processes, POSTGRES)
 
     # -- definitions ----------------------------------------------------------------------------------------------
+    def _as_deployed(self, name: str, module: str) -> bool:
+        """Whether the process runs in its service's own environment: a mesh service, neither patched nor profiled."""
+        wrapped = bool(self.settings.whatif) or name in self.settings.profile
+        return self.settings.service_envs and not wrapped and not module.startswith(BENCH_SCRIPTS)
+
+    def prepare(self, name: str, module: str, extras: tuple[str, ...] = ()) -> None:
+        """Build the environment `name` will run from now, ahead of its start (a second start only reuses it)."""
+        if self._as_deployed(name, module):
+            self.envs.python(module, extras)
+
     def _wrap(self, process: ManagedProcess, module: str, *args: str, extras: tuple[str, ...] = ()) -> ManagedProcess:
         """Run `python -m module args` through the what-if and profiling wrappers the settings ask for; a mesh
         service without either runs in its own environment, with its package's `extras` (see envs.py)."""
         patches = ",".join(self.settings.whatif)
-        as_deployed = self.settings.service_envs and not patches and process.name not in self.settings.profile
-        if as_deployed and not module.startswith(BENCH_SCRIPTS):
+        if self._as_deployed(process.name, module):
             process.argv = [self.envs.python(module, extras), "-m", module, *args]
             if optimize := image_optimization(module):
                 process.env["PYTHONOPTIMIZE"] = optimize

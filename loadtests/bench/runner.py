@@ -42,7 +42,8 @@ HOLD_WARNING = 15.0
 """Seconds the coordinator may be held while a store starts before the run says so. Its MQTT keepalive is 30 s
 (MqttSettings) and a broker drops a client silent for one and a half keepalives (45 s) after its last packet, which
 for a coordinator idle before the hold can be a ping 30 s old: past 15 s it may have been dropped, and its reconnect
-would fall in the catch-up. A hold lasts the store's start and settling, a few seconds."""
+would fall in the catch-up. A hold lasts the store's start and settling (its environment is built before it),
+some seconds."""
 TWIN = "twin"
 """The second stack's folder under the report's, beside the first's `run`."""
 TWIN_START_SECONDS = 60.0
@@ -294,6 +295,7 @@ class Bench:
         the reconciler confirms a thousand at a time, that burst came within the idle sample."""
         if not self.procs.pids(name):
             self.twin()  # started, and quiet again, before the store is
+            self.procs.prepare(name, "mesh_taskstore", extras)  # its environment built before the hold, not in it
             held = time.monotonic()
             with self.procs.held("coordinator"):
                 self.procs.start_taskstore(name, database_url, extras)
@@ -301,6 +303,8 @@ class Bench:
             held = time.monotonic() - held
             if held > HOLD_WARNING:  # the broker may have dropped the coordinator (HOLD_WARNING)
                 log.warning("the coordinator was held %.0f s while the store started; it may have reconnected", held)
+            else:
+                log.info("the coordinator was held %.1f s while the store started", held)
             log.info("waiting for the coordinator to reconcile the earlier scenarios' tasks with the store")
             waited = time.monotonic()
             if wait_quiet(self.procs.pids("coordinator", name, POSTGRES, "broker"), BACKLOG_SECONDS):

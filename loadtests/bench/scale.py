@@ -59,13 +59,16 @@ class ScaleSettings:
         env = os.environ
         numbers = lambda name, default: tuple(int(n) for n in env.get(name, default).split(",") if n.strip())  # noqa: E731
         parts = tuple(part.strip() for part in env.get("BENCH_SCALE_PARTS", ",".join(PARTS)).split(",") if part.strip())
+        coordinators = numbers("BENCH_SCALE_COORDINATORS", ",".join(str(n) for n in COORDINATOR_COUNTS))
+        if any(count < 1 for count in coordinators):
+            raise ValueError(f"BENCH_SCALE_COORDINATORS must be counts of 1 or more, not {coordinators}")
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise ValueError(f"unknown BENCH_SCALE_PARTS {sorted(unknown)}; choose from {', '.join(PARTS)}")
         return cls(
             parts=parts,
             replicas=numbers("BENCH_SCALE_REPLICAS", "1,2,4,8"),
-            coordinators=numbers("BENCH_SCALE_COORDINATORS", ",".join(str(n) for n in COORDINATOR_COUNTS)),
+            coordinators=coordinators,
             stored=numbers("BENCH_SCALE_STORED", ",".join(str(n) for n in STORED_SIZES)),
             reads=int(env.get("BENCH_SCALE_READS", READS)),
             streams=numbers("BENCH_SCALE_STREAMS", ",".join(str(n) for n in STREAM_SIZES)),
