@@ -72,6 +72,10 @@ async def test_a_nul_in_an_id_is_answered_as_an_unknown_id(store: Stack) -> None
         ):
             put = await answer(http, "PUT", "/tasks/t1/push-configs/hook", config)
             assert put[0] == 400 and "NUL" in put[1], (config, put)
+        for authentication in ("Bearer x", ["Bearer", "x"]):  # not an object: refused, not a 500
+            config = {"url": "https://example.com/hook", "authentication": authentication}
+            put = await answer(http, "PUT", "/tasks/t1/push-configs/hook", config)
+            assert put[0] == 400 and "authentication" in put[1], (config, put)
         states = await http.post("/task-states", params=OWNER, json={"ids": ["t1", "a\x00b"]})
         assert states.status_code == 400 and "NUL" in states.json()["error"]
 

@@ -359,6 +359,8 @@ def push_routes(store: TaskStore, read_scope: Any) -> list[Route]:
             body = await request.json()
             if not isinstance(body, dict) or not body.get("url"):
                 raise ValueError("body must be a push config with a url")
+            if not isinstance(body.get("authentication") or {}, dict):
+                raise ValueError("a push config's authentication must be an object")
             task_id, body["id"] = request.path_params["task_id"], request.path_params["config_id"]
             if not storable(body["id"]):
                 raise ValueError("a push config id must be UTF-8 text without NUL characters")
