@@ -45,11 +45,6 @@ async def round_robin(
         yield call
 
 
-def coordinator_names(count: int) -> list[str]:
-    """The coordinators' process names, as devstack names the replicas."""
-    return ["coordinator", *(f"coordinator-{n}" for n in range(1, count))]
-
-
 def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINATOR_COUNTS) -> list[dict[str, Any]]:
     """At each count: tasks/s and p50 through the replicas in turn, each coordinator's and Redis's share of the CPU
     per task (replicas share their rate limits through Redis; one coordinator keeps them in memory), and each
@@ -62,9 +57,8 @@ def coordinator_rows(settings: BenchSettings, counts: tuple[int, ...] = COORDINA
         try:
             procs.start_core(coordinators=count)
             settle()
-            names = coordinator_names(count)
+            names, urls, key = list(procs.coordinators), list(procs.coordinators.values()), procs.stack.api_key
             idle = rss_of(procs.pids(*names))
-            urls, key = procs.coordinator_urls, procs.stack.api_key
             scenario = Scenario(
                 f"coordinators-{count}",
                 f"HTTP face through {count} coordinator(s) in turn -> echo agent",

@@ -69,8 +69,9 @@ class BenchStack:
         self.sdk_http_port = free_port()
         self.envs = envs or ServiceEnvs(settings.report_dir / "envs")
         self.postgres_pid: int | None = None
-        self.coordinator_urls: list[str] = []
-        """Where each running coordinator serves the HTTP face: `coordinator`'s first, then `coordinator-1`'s..."""
+        self.coordinators: dict[str, str] = {}
+        """Each running coordinator's process name (as devstack names the replicas) and where it serves the HTTP
+        face: `coordinator` first, then `coordinator-1`..."""
         self._servers = contextlib.ExitStack()
         """What stops after the mesh's processes: the PostgreSQL server (its store stops first)."""
 
@@ -153,7 +154,7 @@ class BenchStack:
             coordinator.env.update(UNLIMITED)  # the per-key rate limit (50/s) would measure the policy, not the face
             coordinator.env.update(coordinator_env or {})
             self.launch(self._wrap(coordinator, "mesh_coordinator"))
-        self.coordinator_urls = [process.env["MESH_PUBLIC_URL"] for process in replicas]
+        self.coordinators = {process.name: process.env["MESH_PUBLIC_URL"] for process in replicas}
 
     def start_floor(self) -> None:
         log = self.stack.run_dir / "logs" / "floor.log"
