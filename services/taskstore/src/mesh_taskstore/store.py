@@ -82,7 +82,7 @@ class Cursor:
             data = json.loads(raw)
             floor = utc(datetime.fromisoformat(data["f"])) if data.get("f") is not None else None
             task_id = str(data["i"])
-            if not storable(task_id):  # no token this class made: no stored id has one
+            if not storable(task_id):  # PostgreSQL cannot be asked about it (see `storable`)
                 raise ValueError("unstorable task id")
             return cls(utc(datetime.fromisoformat(data["u"])), task_id, floor)
         except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
